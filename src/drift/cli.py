@@ -1,0 +1,57 @@
+"""``drift <command>``: one sub-command per pipeline stage, each configured by one dataclass.
+
+Commands are a table (name -> config class, runner, summary); runners are imported only when
+their command runs, so ``drift --help`` and ``drift weight`` never import torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from drift import DriftError, __version__
+from drift import config as C
+
+COMMANDS: dict[str, tuple[type, str, str]] = {
+    "weight": (C.WeightConfig, "drift.commands:run_weight", "add returns and DRIFT importance weights to trajectories"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="drift",
+        description="DRIFT: decoupled multi-turn rollouts and importance-weighted fine-tuning.",
+        epilog="Run 'drift <command> --help' for a command's options. Options can also come from "
+        "a YAML file (--config FILE); flags override it.",
+    )
+    parser.add_argument("--version", action="version", version=f"drift {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
+    for name, (cls, _, summary) in COMMANDS.items():
+        doc = (cls.__doc__ or "").strip()
+        p = sub.add_parser(
+            name, help=summary, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
+        C.add_arguments(p, cls)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    cls, target, _ = COMMANDS[args.command]
+    try:
+        cfg = C.resolve(cls, args)
+        module, func = target.split(":")
+        getattr(importlib.import_module(module), func)(cfg)
+    except DriftError as e:
+        print(f"drift {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"drift {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,342 @@
+"""The trajectory record: one JSON object per line, shared by every stage.
+
+Schema version 1 (turn ``t`` lives at index ``t-1`` of every per-turn list)::
+
+    schema              1
+    prompt_id           str    groups trajectories of one prompt (the Z(x) of the weights)
+    traj_id             int    0..K-1 within the prompt
+    messages            list   [{"role": "system"|"user"|"assistant"|"tool", "content": str}]
+    answers             list   normalised answer per turn, null where none could be parsed
+    correct             list   bool per turn
+    rewards             list   r_t per turn (1.0 on the correct turn)
+    format_errors       int    turns with no parsable answer (= answers.count(null))
+    first_correct_turn  int|null
+    optional: task, question, gold, max_turns, sampling, model, ...; added by `drift weight`:
+    return, weight
+
+Stages only add fields; unknown fields are carried through untouched.
+
+The DRIFT reference code writes another layout (``turn_rewards: {"t1": 0.0, ...}``,
+``verifier``, ``t_star``, ``answer_norms`` holding only the parsable answers, ``format_penalty``).
+:func:`read_records` detects it per file and converts it; :func:`to_reference` writes it back.
+
+Reading is strict: the first bad line stops the read with ``file:line: field '...' ...``.
+Whole-file outputs go through :func:`atomic_write`, so a failure never leaves a torn or
+clobbered output.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import orjson
+
+from drift import DriftError
+from drift.answers import extract_answer
+
+SCHEMA_VERSION = 1
+ROLES = frozenset({"system", "user", "assistant", "tool"})
+FORMATS = ("drift", "reference")
+_REFERENCE_KEYS = ("turn_rewards", "verifier", "t_star", "answer_norms", "format_penalty")
+
+
+class RecordError(DriftError):
+    """A bad record: says where (file and 1-based line) and which field."""
+
+    def __init__(self, path: str | os.PathLike, line: int | None, message: str):
+        self.path, self.line = str(path), line
+        where = f"{path}:{line}" if line is not None else str(path)
+        super().__init__(f"{where}: {message}")
+
+
+class FieldError(ValueError):
+    """Raised by the validators; :func:`iter_records` adds file and line."""
+
+
+# -- validation ------------------------------------------------------------------------------
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _check_messages(messages) -> int:
+    """Validate a message list; return the number of assistant turns."""
+    if not isinstance(messages, list) or not messages:
+        raise FieldError("field 'messages' must be a non-empty list")
+    turns = 0
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("content"), str):
+            raise FieldError(f"field 'messages[{i}]' must be an object with a string 'content'")
+        role = m.get("role")
+        if role not in ROLES:
+            raise FieldError(f"field 'messages[{i}].role' must be one of {sorted(ROLES)}, got {role!r}")
+        turns += role == "assistant"
+    if turns == 0:
+        raise FieldError("field 'messages' has no assistant turn")
+    return turns
+
+
+def _check_id(rec: dict) -> None:
+    if not isinstance(rec.get("prompt_id"), str) or not rec["prompt_id"]:
+        raise FieldError("field 'prompt_id' must be a non-empty string")
+
+
+def validate_record(rec) -> dict:
+    """Check a schema-1 record in place and return it; raise :class:`FieldError` if it is bad.
+
+    >>> rec = {"schema": 1, "prompt_id": "p0", "traj_id": 0,
+    ...        "messages": [{"role": "user", "content": "2+2?"},
+    ...                     {"role": "assistant", "content": "<answer>4</answer>"}],
+    ...        "answers": ["4"], "correct": [True], "rewards": [1.0],
+    ...        "format_errors": 0, "first_correct_turn": 1}
+    >>> validate_record(rec)["first_correct_turn"]
+    1
+    >>> validate_record({**rec, "correct": ["yes"]})
+    Traceback (most recent call last):
+    ...
+    drift.records.FieldError: field 'correct' must be a list of booleans
+    """
+    if not isinstance(rec, dict):
+        raise FieldError("a record must be a JSON object")
+    if rec.get("schema") != SCHEMA_VERSION:
+        raise FieldError(f"field 'schema' must be {SCHEMA_VERSION}, got {rec.get('schema')!r}")
+    _check_id(rec)
+    traj_id = rec.get("traj_id")
+    if not isinstance(traj_id, int) or isinstance(traj_id, bool) or traj_id < 0:
+        raise FieldError("field 'traj_id' must be a non-negative integer")
+    turns = _check_messages(rec.get("messages"))
+    correct, rewards, answers = rec.get("correct"), rec.get("rewards"), rec.get("answers")
+    if not isinstance(correct, list) or not all(isinstance(c, bool) for c in correct):
+        raise FieldError("field 'correct' must be a list of booleans")
+    if not isinstance(rewards, list) or not all(_is_number(r) for r in rewards):
+        raise FieldError("field 'rewards' must be a list of finite numbers")
+    if not isinstance(answers, list) or not all(a is None or isinstance(a, str) for a in answers):
+        raise FieldError("field 'answers' must be a list of strings or nulls")
+    for name, values in (("answers", answers), ("correct", correct), ("rewards", rewards)):
+        if len(values) != turns:
+            raise FieldError(f"field '{name}' has {len(values)} entries for {turns} assistant turns")
+    if rec.get("format_errors") != answers.count(None) or isinstance(rec.get("format_errors"), bool):
+        raise FieldError(f"field 'format_errors' must equal the number of null answers ({answers.count(None)})")
+    first = correct.index(True) + 1 if True in correct else None
+    if rec.get("first_correct_turn", "missing") != first:
+        raise FieldError(f"field 'first_correct_turn' must be {first} (the first true entry of 'correct')")
+    for name in ("return", "weight"):
+        if name in rec and not _is_number(rec[name]):
+            raise FieldError(f"field '{name}' must be a finite number")
+    if "weight" in rec and rec["weight"] < 0:
+        raise FieldError("field 'weight' must be >= 0")
+    return rec
+
+
+def _check_reference(rec: dict) -> int:
+    _check_id(rec)
+    turns = _check_messages(rec.get("messages"))
+    for name in ("turn_rewards", "verifier"):
+        table = rec.get(name)
+        if not isinstance(table, dict):
+            raise FieldError(f"field '{name}' must be an object like {{\"t1\": ...}}")
+        for t in range(1, turns + 1):
+            if not _is_number(table.get(f"t{t}")):
+                raise FieldError(f"field '{name}.t{t}' must be a finite number")
+    norms = rec.get("answer_norms")
+    if not isinstance(norms, list) or not all(isinstance(a, str) for a in norms) or len(norms) > turns:
+        raise FieldError(f"field 'answer_norms' must be a list of at most {turns} strings")
+    t_star = rec.get("t_star")
+    if t_star is not None and (not isinstance(t_star, int) or isinstance(t_star, bool) or not 1 <= t_star <= turns):
+        raise FieldError(f"field 't_star' must be null or an integer in 1..{turns}")
+    if not _is_number(rec.get("format_penalty", 0.0)):
+        raise FieldError("field 'format_penalty' must be a finite number")
+    return turns
+
+
+# -- reference-format conversion -------------------------------------------------------------
+
+
+def from_reference(rec: dict, traj_id: int) -> dict:
+    """Convert one reference-format record to schema 1 (``traj_id`` is its index in its group).
+
+    ``answer_norms`` holds only the parsable answers; they are put back on the turns whose
+    reply has an ``<answer>`` tag. Where the reference parser disagreed with ours they fill the
+    first turns in order: the return only depends on how many answers there are and which are
+    distinct, so the weights are the same either way.
+    """
+    turns = _check_reference(rec)
+    norms = rec["answer_norms"]
+    replies = [m["content"] for m in rec["messages"] if m["role"] == "assistant"]
+    parsed = [extract_answer(r) is not None for r in replies]
+    if sum(parsed) != len(norms):
+        parsed = [t < len(norms) for t in range(turns)]
+    it = iter(norms)
+    answers = [next(it) if ok else None for ok in parsed]
+    correct = [bool(rec["verifier"][f"t{t}"]) for t in range(1, turns + 1)]
+    first = correct.index(True) + 1 if True in correct else None
+    if rec.get("t_star") != first:
+        raise FieldError(f"field 't_star' is {rec.get('t_star')!r} but 'verifier' first passes at turn {first}")
+    out = {"schema": SCHEMA_VERSION, "prompt_id": rec["prompt_id"], "traj_id": traj_id}
+    extra = {k: v for k, v in rec.items() if k not in _REFERENCE_KEYS and k not in out}
+    if "gold" in extra and isinstance(extra["gold"], (int, float)):
+        extra["gold"] = str(extra["gold"])
+    out.update(extra)
+    out.update(
+        answers=answers,
+        correct=correct,
+        rewards=[float(rec["turn_rewards"][f"t{t}"]) for t in range(1, turns + 1)],
+        format_errors=answers.count(None),
+        first_correct_turn=first,
+        max_turns=max(len(rec["turn_rewards"]), turns),
+    )
+    return out
+
+
+def to_reference(rec: dict, format_penalty: float = 0.1) -> dict:
+    """Write a schema-1 record in the reference layout (inverse of :func:`from_reference`).
+
+    >>> rec = {"schema": 1, "prompt_id": "p0", "traj_id": 0, "gold": "4", "max_turns": 2,
+    ...        "messages": [{"role": "user", "content": "2+2?"},
+    ...                     {"role": "assistant", "content": "<answer>4</answer>"}],
+    ...        "answers": ["4"], "correct": [True], "rewards": [1.0],
+    ...        "format_errors": 0, "first_correct_turn": 1}
+    >>> ref = to_reference(rec)
+    >>> ref["verifier"], ref["turn_rewards"], ref["t_star"]
+    ({'t1': 1, 't2': 0}, {'t1': 1.0, 't2': 0.0}, 1)
+    """
+    turns = len(rec["correct"])
+    horizon = max(rec.get("max_turns", turns), turns)
+    out = {"prompt_id": rec["prompt_id"]}
+    skip = {"schema", "traj_id", "answers", "correct", "rewards", "format_errors", "first_correct_turn", "max_turns"}
+    out.update({k: v for k, v in rec.items() if k not in skip and k not in out})
+    out["verifier"] = {f"t{t}": int(rec["correct"][t - 1]) if t <= turns else 0 for t in range(1, horizon + 1)}
+    out["turn_rewards"] = {
+        f"t{t}": float(rec["rewards"][t - 1]) if t <= turns else 0.0 for t in range(1, horizon + 1)
+    }
+    out.setdefault("reward_details", {})
+    out["t_star"] = rec["first_correct_turn"]
+    out["answer_norms"] = [a for a in rec["answers"] if a is not None]
+    out["format_penalty"] = round(-format_penalty * rec["format_errors"], 10)
+    return out
+
+
+# -- reading ---------------------------------------------------------------------------------
+
+
+def _parse_line(raw: bytes):
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        pass
+    # Slow path for a precise message: stdlib json accepts NaN/Infinity, so the validator
+    # can name the field that holds one; anything else really is broken JSON.
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise FieldError(f"line is not valid UTF-8 (byte {e.start})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise FieldError(f"invalid JSON ({e.msg} at column {e.colno}); truncated line?") from None
+
+
+def detect_format(rec) -> str:
+    """``"reference"`` for the DRIFT reference layout, else ``"drift"``.
+
+    >>> detect_format({"prompt_id": "a", "turn_rewards": {"t1": 1.0}})
+    'reference'
+    """
+    return "reference" if isinstance(rec, dict) and "turn_rewards" in rec and "schema" not in rec else "drift"
+
+
+def iter_records(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    """Yield ``(line_number, record)`` in schema 1, validating every line (blank lines skipped).
+
+    The format (ours or the reference code's) is detected from the first record; a file
+    mixing both is an error.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise RecordError(path, None, "no such file")
+    fmt = None
+    group_sizes: dict[str, int] = {}
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            try:
+                rec = _parse_line(raw)
+                this = detect_format(rec)
+                if fmt is None:
+                    fmt = this
+                elif this != fmt:
+                    raise FieldError(f"a {this}-format record in a {fmt}-format file (mixed formats)")
+                if fmt == "reference":
+                    k = group_sizes.get(rec.get("prompt_id"), 0) if isinstance(rec, dict) else 0
+                    rec = from_reference(rec, traj_id=k)
+                    group_sizes[rec["prompt_id"]] = k + 1
+                else:
+                    validate_record(rec)
+            except FieldError as e:
+                raise RecordError(path, line_no, str(e)) from None
+            yield line_no, rec
+
+
+def read_records(path: str | os.PathLike, *, allow_empty: bool = False) -> list[dict]:
+    """Read and validate a whole file; reject duplicate ``(prompt_id, traj_id)`` and empty files."""
+    records, seen = [], {}
+    for line_no, rec in iter_records(path):
+        key = (rec["prompt_id"], rec["traj_id"])
+        if key in seen:
+            raise RecordError(
+                path, line_no, f"field 'traj_id': duplicate (prompt_id, traj_id) = {key}, first on line {seen[key]}"
+            )
+        seen[key] = line_no
+        records.append(rec)
+    if not records and not allow_empty:
+        raise RecordError(path, None, "no records (empty file)")
+    return records
+
+
+# -- writing ---------------------------------------------------------------------------------
+
+
+def dumps(rec: dict) -> bytes:
+    """One JSONL line (UTF-8, newline-terminated)."""
+    return orjson.dumps(rec) + b"\n"
+
+
+@contextmanager
+def atomic_write(path: str | os.PathLike):
+    """Open ``path`` for binary writing through a temporary file renamed into place on success.
+
+    On any exception the temporary file is removed and an existing ``path`` is left untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_records(
+    path: str | os.PathLike, records: Iterable[dict], *, to_format: str = "drift", format_penalty: float = 0.1
+) -> int:
+    """Write records atomically, in our layout or the reference code's; return how many."""
+    if to_format not in FORMATS:
+        raise DriftError(f"unknown format {to_format!r}; choose from {FORMATS}")
+    n = 0
+    with atomic_write(path) as f:
+        for rec in records:
+            f.write(dumps(to_reference(rec, format_penalty) if to_format == "reference" else rec))
+            n += 1
+    return n
