@@ -32,6 +32,9 @@ MAX_ANSWER_CHARS = 1000
 """Longer extracted answers are cut: no real answer is this long, and verifiers stay cheap."""
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+# Canonicalised by normalize_answer: commas only as thousands separators, so the list "1,2"
+# is not read as the number 12.
+_PLAIN_NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|-?\.\d+")
 
 
 def _from_tag(text: str) -> str | None:
@@ -111,7 +114,8 @@ def normalize_answer(answer: str) -> str:
     """Canonical string form of an answer, used for exact matching and repetition tracking.
 
     Lower-cases, drops ``$``, spaces, ``\\left``/``\\right``, ``\\text{}`` wrappers, a trailing
-    period and thousands separators; writes numbers canonically (``42.0`` -> ``42``).
+    period and thousands separators; writes numbers canonically (``42.0`` -> ``42``). Commas
+    not in groups of three are kept (``1,2`` is a list, not twelve).
 
     >>> normalize_answer(" $1,234.50$ ")
     '1234.5'
@@ -119,13 +123,15 @@ def normalize_answer(answer: str) -> str:
     'yes'
     >>> normalize_answer("-0")
     '0'
+    >>> normalize_answer("1,2")
+    '1,2'
     """
     s = answer.strip()
     s = _LATEX_WRAPPERS.sub(r"\1", s)
     for junk in ("$", "\\left", "\\right", "\\!", "\\,", "\\;", " ", "\t", "\n"):
         s = s.replace(junk, "")
     s = s.rstrip(".").lower()
-    if _NUMBER.fullmatch(s) and len(s) <= 100:
+    if len(s) <= 100 and _PLAIN_NUMBER.fullmatch(s):
         try:
             number = Decimal(s.replace(",", ""))
         except InvalidOperation:  # pragma: no cover - the regex admits only valid decimals

@@ -14,6 +14,11 @@ from drift import DriftError, __version__
 from drift import config as C
 
 COMMANDS: dict[str, tuple[type, str, str]] = {
+    "rollout": (C.RolloutConfig, "drift.rollout:run_rollout", "sample K multi-turn trajectories per prompt (offline)"),
+    "train": (C.TrainConfig, "drift.train:run_train", "weighted SFT (drift, sft, rft: the weights decide)"),
+    "export-trl": (C.ExportTRLConfig, "drift.trl_export:run_export_trl",
+                   "write weighted trajectories as a TRL prompt/completion dataset"),
+    "compare": (C.CompareConfig, "drift.compare:run_compare", "compare eval reports: table and plots"),
     "weight": (C.WeightConfig, "drift.commands:run_weight", "add returns and DRIFT importance weights to trajectories"),
 }
 

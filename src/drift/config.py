@@ -61,6 +61,123 @@ class WeightConfig:
     plot: bool = option(False, "also save a histogram of weights and returns next to the output (PNG)")
 
 
+@dataclass
+class GenerationOptions:
+    """Options shared by every command that runs a policy in the correction environment."""
+
+    model: str = option("smollm2-135m", "model folder, .gguf file, short name (smollm2-135m, tiny-random) or hub id")
+    backend: Literal["hf", "vllm", "openai", "scripted"] = option(
+        "hf", "hf: transformers generate; vllm: offline engine; openai: any OpenAI-compatible server; "
+        "scripted: a fake policy for tests"
+    )
+    base_url: str = option("http://127.0.0.1:8000/v1", "server URL for --backend openai")
+    concurrency: int = option(16, "parallel requests for --backend openai")
+    batch_size: int = option(32, "sequences per generate call for --backend hf")
+    bf16: bool = option(True, "bf16 autocast for --backend hf (2-4x faster on CPUs with bf16 units)")
+    task: str = option("arithmetic", "task name: arithmetic, gsm8k, math, math500, metamathqa, jsonl, mcq, ...")
+    source: str | None = option(None, "dataset: local file/folder or hub name (default: the task's own)")
+    split: str = option("train", "dataset split")
+    task_options: dict = option(dict, "task knobs as k=v,k=v (arithmetic: digits, ops, terms)")
+    num_prompts: int | None = option(None, "use the first N prompts (none: all)")
+    max_turns: int = option(5, "T: attempts per episode; stop at the first correct answer")
+    protocol: Literal["simple", "full"] = option("simple", "feedback after a wrong answer: simple or full (reward/turn block)")
+    answer_mode: Literal["strict", "lenient"] = option(
+        "strict", "strict: only <answer>...</answer>; lenient: also \\boxed{}, '#### x', last number"
+    )
+    verifier: str | None = option(None, "override the task's verifier: math, exact, numeric, choice")
+    verifier_timeout: float = option(5.0, "seconds per verification; a timeout counts as wrong")
+    temperature: float = option(1.0, "sampling temperature (0: greedy)")
+    top_p: float = option(1.0, "nucleus sampling mass")
+    max_new_tokens: int = option(256, "longest reply per turn, in tokens")
+    seed: int = option(0, "seed of the prompts (procedural tasks) and of every trajectory")
+
+
+@dataclass
+class RolloutConfig(GenerationOptions):
+    """drift rollout: sample K multi-turn correction trajectories per prompt from a fixed policy.
+
+    Each episode: the problem -> the model answers -> the verifier checks -> on a wrong answer the
+    user says "Incorrect. Please think again." -> retry, up to T turns, stopping at the first
+    correct answer. Records are appended per chunk of prompts and flushed, so a crash loses at most
+    one chunk; --resume continues a run and gives the same file as an uninterrupted one.
+    """
+
+    out: str = option("", "trajectory JSONL to write (appended chunk by chunk)", short="-o")
+    n: int = option(16, "K: trajectories per prompt")
+    chunk_prompts: int = option(8, "prompts rolled out together (one generate call per turn); the unit of resume")
+    resume: bool = option(False, "continue an interrupted run of the same command")
+    shard: str | None = option(None, "i/N: only prompts i, i+N, i+2N, ... (merge the shards by prompt_id)")
+
+
+@dataclass
+class TrainConfig:
+    """drift train: weighted SFT on the last assistant turn of each trajectory (history as prompt).
+
+    loss = sum_i w_i * (token-mean NLL of completion i, EOS included) / D over each optimizer step,
+    D = number of examples (reduction mean) or sum of weights (reduction weighted). DRIFT, SFT and
+    RFT differ only in the weights of the input file (drift weight --scheme ...).
+    Multi-GPU: accelerate launch --config_file configs/accelerate/ddp.yaml -m drift.cli train ...
+    """
+
+    input: str = option("", "weighted trajectories (JSONL with a 'weight' field, from drift weight)", positional=True)
+    out: str = option("", "run folder: model/, checkpoints/, train_log.jsonl, config.yaml", short="-o")
+    model: str = option("smollm2-135m", "model folder, .gguf file, short name or hub id")
+    target: Literal["last", "all"] = option("last", "train the last assistant turn (the paper) or every one")
+    max_length: int = option(1024, "tokens per example; the history is cut from the left")
+    reduction: Literal["mean", "weighted"] = option("mean", "divide the batch's sum of w*nll by its size or by sum w")
+    batch_size: int = option(16, "examples per optimizer step (over all processes)")
+    micro_batch_size: int = option(8, "examples per forward pass and process (gradient accumulation = the ratio)")
+    epochs: float = option(1.0, "passes over the data")
+    max_steps: int | None = option(None, "stop after this many optimizer steps (overrides epochs)")
+    lr: float = option(1e-5, "peak learning rate")
+    optimizer: Literal["adamw", "sgd"] = option("adamw", "adamw, or plain sgd (least memory)")
+    lr_scheduler: str = option("cosine", "transformers scheduler name: cosine, linear, constant_with_warmup, ...")
+    warmup_ratio: float = option(0.03, "share of the steps spent warming up")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    max_grad_norm: float = option(1.0, "gradient clipping (0: off)")
+    bf16: bool = option(True, "bf16 autocast (fast on bf16-capable CPUs and on GPUs)")
+    gradient_checkpointing: bool = option(False, "recompute activations in the backward pass (less memory)")
+    group_by_length: bool = option(True, "sort each step's examples by length before cutting micro-batches")
+    lora_r: int = option(0, "LoRA rank (0: full fine-tuning)")
+    lora_alpha: int = option(16, "LoRA alpha")
+    lora_dropout: float = option(0.0, "LoRA dropout")
+    merge_lora: bool = option(True, "merge the LoRA adapter into the saved model")
+    save_steps: int = option(0, "checkpoint every N steps (0: only the final model)")
+    save_total_limit: int = option(2, "checkpoints kept")
+    resume: bool = option(False, "continue from the latest checkpoint in --out")
+    log_steps: int = option(1, "log every N steps to train_log.jsonl (and the tracker)")
+    report_to: Literal["none", "tensorboard", "wandb", "trackio"] = option("none", "experiment tracker")
+    seed: int = option(0, "seed of data order and initialisation")
+
+
+@dataclass
+class CompareConfig:
+    """drift compare: a table of multi@k, correction rate, unique-answer ratio, format errors and
+    compute per run, and plots of accuracy by turn.
+
+    multi@k = share of episodes solved within k turns; correction rate at t = share of the
+    episodes still wrong before turn t that turn t fixes.
+    """
+
+    reports: list[str] = option(list, "report.json files, or folders holding one", positional=True)
+    names: list[str] = option(list, "a label per report (comma-separated; default: the report's folder name)")
+    out: str = option("", "folder for cumulative_accuracy.png, multi_at_k.png, comparison.json (default: none)")
+
+
+@dataclass
+class ExportTRLConfig:
+    """drift export-trl: write weighted trajectories as a TRL conversational prompt/completion JSONL.
+
+    Each row: {"prompt": [messages before the turn], "completion": [{"role": "assistant", ...}],
+    "weight": w, "prompt_id": ..., "traj_id": ..., "turn": t}; load it with
+    datasets.load_dataset("json", data_files=OUT) and pass it to trl.SFTTrainer.
+    """
+
+    input: str = option("", "weighted trajectories (JSONL with a 'weight' field, from drift weight)", positional=True)
+    out: str = option("", "where to write the TRL dataset (JSONL, atomically; parent folders are created)", short="-o")
+    target: Literal["last", "all"] = option("last", "export the last assistant turn (the paper) or every one")
+
+
 # -- dataclass -> argparse -------------------------------------------------------------------
 
 
@@ -89,6 +206,11 @@ def _parse_scalar(text: str, hint):
     if typing.get_origin(inner) is list:
         (item,) = typing.get_args(inner)
         return [item(x) for x in text.split(",") if x]
+    if inner is dict:
+        pairs = [p.split("=", 1) for p in text.split(",") if p]
+        if any(len(p) != 2 for p in pairs):
+            raise argparse.ArgumentTypeError(f"expected k=v,k=v, got {text!r}")
+        return {k.strip(): yaml.safe_load(v) for k, v in pairs}
     try:
         return inner(text)
     except ValueError:
@@ -103,10 +225,11 @@ def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
         hint = hints[f.name]
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         help_text = f.metadata.get("help", "")
-        if hint is not bool and default not in ("", None):
+        if hint is not bool and default not in ("", None, [], {}):
             help_text += f" (default: {default})"
         if f.metadata.get("positional"):
-            parser.add_argument(f.name, nargs="?", default=argparse.SUPPRESS, help=help_text)
+            many = typing.get_origin(hint) is list
+            parser.add_argument(f.name, nargs="*" if many else "?", default=argparse.SUPPRESS, help=help_text)
             continue
         names = [_flag(f.name)] + ([f.metadata["short"]] if f.metadata.get("short") else [])
         if hint is bool:

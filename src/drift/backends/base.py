@@ -1,0 +1,85 @@
+"""The generator plug point: what every backend (hf, vllm, openai, scripted) provides.
+
+A conversation is a list of chat messages ``{"role": ..., "content": ...}``. A backend turns a
+batch of conversations into ``n`` assistant replies each (plain text, without the end-of-turn
+marker); it owns the tokenizer and the chat template.
+
+Seeding. ``seeds`` holds one int per conversation; the rollout derives it deterministically from
+``(seed, prompt_id, traj_id, turn)``, so a backend that can seed each request makes a rollout
+reproducible and resumable whatever the batch composition. Without ``seeds``, every request is
+seeded with ``sampling.seed`` (which may be ``None``: unseeded). :func:`resolve_seeds` applies
+this rule so that all backends read it the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from drift import DriftError
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How to sample one batch of replies.
+
+    >>> Sampling(temperature=0.7, seed=3)
+    Sampling(temperature=0.7, top_p=1.0, max_new_tokens=256, seed=3)
+    """
+
+    temperature: float = 1.0
+    """Softmax temperature; 0 means greedy where the backend supports it."""
+    top_p: float = 1.0
+    """Nucleus sampling mass; 1.0 turns it off."""
+    max_new_tokens: int = 256
+    """Upper bound on each reply's length, in the backend's tokens."""
+    seed: int | None = None
+    """Seed used for every request when ``generate`` gets no per-conversation ``seeds``."""
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """A policy that writes assistant replies.
+
+    ``tokens_generated`` counts the reply tokens produced since construction (for throughput
+    reports; the scripted backend counts whitespace-separated words).
+    """
+
+    tokens_generated: int
+
+    def generate(
+        self,
+        conversations: list[list[dict]],
+        n: int,
+        sampling: Sampling,
+        seeds: list[int] | None = None,
+    ) -> list[list[str]]:
+        """Return ``n`` replies for each conversation: shape ``(len(conversations), n)``."""
+        ...
+
+    def close(self) -> None:
+        """Release the model, connections, threads. Calling it twice is harmless."""
+        ...
+
+
+def resolve_seeds(
+    conversations: list[list[dict]], n: int, sampling: Sampling, seeds: list[int] | None
+) -> list[int | None]:
+    """Check a ``generate`` request and return the seed of each conversation's request.
+
+    >>> resolve_seeds([[], []], 1, Sampling(seed=5), None)
+    [5, 5]
+    >>> resolve_seeds([[], []], 1, Sampling(seed=5), [10, 11])
+    [10, 11]
+    >>> resolve_seeds([[]], 0, Sampling(), None)
+    Traceback (most recent call last):
+    ...
+    drift.DriftError: n must be >= 1, got 0
+    """
+    if n < 1:
+        raise DriftError(f"n must be >= 1, got {n}")
+    if seeds is None:
+        return [sampling.seed] * len(conversations)
+    if len(seeds) != len(conversations):
+        raise DriftError(f"got {len(seeds)} seeds for {len(conversations)} conversations; give one per conversation")
+    return list(seeds)

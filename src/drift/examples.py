@@ -1,0 +1,105 @@
+"""Training examples from trajectory records: prompt = history, completion = an assistant turn.
+
+For the target turn the prompt is the conversation before it rendered with the chat template
+(generation prompt added), the completion is the turn's text followed by EOS. The two are
+concatenated as *token ids* (the joined text is never re-tokenised), labels cover the completion
+only (EOS included, so the model learns to stop), and an over-long history is cut from the left.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from drift import DriftError
+
+
+@dataclass
+class Example:
+    input_ids: list[int]
+    n_prompt: int  # the first n_prompt tokens are context; the rest is trained
+    weight: float
+    index: int  # record index, for error messages and logs
+
+    @property
+    def n_completion(self) -> int:
+        return len(self.input_ids) - self.n_prompt
+
+
+def render_prompt(tokenizer, messages: list[dict]) -> list[int]:
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+
+def build_examples(record: dict, tokenizer, *, index: int = 0, target: str = "last", max_length: int = 1024,
+                   weight: float | None = None) -> list[Example]:
+    """The examples of one record: its last assistant turn (``target="last"``) or every one (``"all"``)."""
+    if target not in ("last", "all"):
+        raise DriftError(f"target must be 'last' or 'all', got {target!r}")
+    w = record.get("weight") if weight is None else weight
+    if w is None:
+        raise DriftError(f"record {index} (prompt_id {record.get('prompt_id')!r}) has no 'weight': run drift weight first")
+    messages = record["messages"]
+    turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    if not turns:
+        raise DriftError(f"record {index} (prompt_id {record.get('prompt_id')!r}) has no assistant turn")
+    eos = tokenizer.eos_token_id
+    out = []
+    for i in turns if target == "all" else turns[-1:]:
+        completion = tokenizer(messages[i]["content"], add_special_tokens=False)["input_ids"] + [eos]
+        completion = completion[: max(1, max_length // 2)] if len(completion) > max_length // 2 else completion
+        prompt = render_prompt(tokenizer, messages[:i])
+        prompt = prompt[-(max_length - len(completion)):]  # keep the most recent history
+        out.append(Example(prompt + completion, len(prompt), float(w), index))
+    return out
+
+
+def plan_batches(examples: list[Example], batch_size: int, micro_batch_size: int, *, seed: int, epoch: int,
+                 group_by_length: bool = True) -> list[list[list[int]]]:
+    """Split an epoch into optimizer steps of ``batch_size`` examples, each a list of micro-batches.
+
+    The order is a function of ``(seed, epoch)`` only, so a resumed run sees the same batches.
+    With ``group_by_length`` each step's examples are sorted by length before being cut into
+    micro-batches (less padding; the step's gradient is unchanged). A final short step is kept.
+
+    >>> exs = [Example([0] * n, 1, 1.0, i) for i, n in enumerate([5, 2, 9, 3])]
+    >>> plan_batches(exs, 4, 2, seed=0, epoch=0)
+    [[[2, 0], [3, 1]]]
+    """
+    order = list(range(len(examples)))
+    random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    steps = []
+    for s in range(0, len(order), batch_size):
+        step = order[s : s + batch_size]
+        if group_by_length:
+            step.sort(key=lambda i: -len(examples[i].input_ids))
+        steps.append([step[m : m + micro_batch_size] for m in range(0, len(step), micro_batch_size)])
+    return steps
+
+
+def collate(examples: list[Example], pad_id: int):
+    """Left-padded tensors for a micro-batch; only the last ``k`` positions need logits.
+
+    Returns ``input_ids, attention_mask, position_ids`` (b, s), ``labels`` (b, k) aligned with the
+    logits of the last k positions (position j predicts token j+1), ``weights`` (b,), and ``k``.
+    Left padding puts every completion at the end, so the LM head runs on k = longest completion
+    positions instead of the whole sequence.
+    """
+    import torch
+
+    from drift.losses import IGNORE
+
+    width = max(len(e.input_ids) for e in examples)
+    k = max(e.n_completion for e in examples)
+    ids, mask, labels = [], [], []
+    for e in examples:
+        pad = width - len(e.input_ids)
+        ids.append([pad_id] * pad + e.input_ids)
+        mask.append([0] * pad + [1] * len(e.input_ids))
+        # logits at positions width-k-1 .. width-2 predict tokens width-k .. width-1
+        tail = ([IGNORE] * pad + [IGNORE] * e.n_prompt + e.input_ids[e.n_prompt :])[width - k :]
+        labels.append(tail)
+    attention = torch.tensor(mask)
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)
+    return (torch.tensor(ids), attention, positions, torch.tensor(labels),
+            torch.tensor([e.weight for e in examples], dtype=torch.float32), k)

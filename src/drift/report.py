@@ -1,0 +1,79 @@
+"""``report.json``: the metrics of one evaluation, built from records, read back by ``drift compare``.
+
+A report is plain JSON. Its core is :func:`drift.metrics.summarize` (turn keys are 1-based
+strings), plus::
+
+    report_version   1
+    prompts          distinct prompt_ids
+    pass_at_k        {"1": ..., "2": ..., "4": ...} up to the fewest episodes of any prompt
+    optional, added by the command that wrote it: compute {"train_seconds": ..., ...}, model, ...
+
+Readers only require ``n`` and ``cumulative_accuracy``; everything else is shown when present.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+from drift import DriftError
+from drift.metrics import pass_at_k_values, summarize
+
+REPORT_VERSION = 1
+REPORT_NAME = "report.json"
+
+
+def score_records(records: Sequence[dict], max_turns: int | None = None) -> dict:
+    """The report of a list of evaluated episodes (records of schema 1).
+
+    >>> rec = {"prompt_id": "p0", "correct": [False, True], "answers": ["3", "4"], "format_errors": 0}
+    >>> report = score_records([rec], max_turns=3)
+    >>> report["n"], report["cumulative_accuracy"], report["pass_at_k"]
+    (1, {'1': 0.0, '2': 1.0, '3': 1.0}, {'1': 1.0})
+    """
+    report = {"report_version": REPORT_VERSION}
+    report.update(summarize(records, max_turns))
+    report["prompts"] = len({rec["prompt_id"] for rec in records})
+    report["pass_at_k"] = pass_at_k_values(records)
+    return report
+
+
+def _check_turn_table(path: Path, report: dict, key: str, required: bool) -> None:
+    table = report.get(key)
+    if table is None and not required:
+        return
+    if not isinstance(table, dict):
+        raise DriftError(f"{path}: field '{key}' must be an object like {{\"1\": 0.5, ...}}")
+    for t, value in table.items():
+        if not t.isdigit() or int(t) < 1:
+            raise DriftError(f"{path}: field '{key}' has key {t!r}; turn keys are 1-based integers")
+        ok = value is None or (
+            isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        )
+        if not ok:
+            raise DriftError(f"{path}: field '{key}.{t}' must be a number or null, got {value!r}")
+
+
+def load_report(path: str | Path) -> dict:
+    """Read a ``report.json`` (or the ``report.json`` inside a folder) and check its shape."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / REPORT_NAME
+    if not path.is_file():
+        raise DriftError(f"{path}: no such report file")
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DriftError(f"{path}: not a readable JSON report ({e})") from None
+    if not isinstance(report, dict):
+        raise DriftError(f"{path}: a report must be a JSON object")
+    if not isinstance(report.get("n"), int) or isinstance(report.get("n"), bool):
+        raise DriftError(f"{path}: field 'n' (number of episodes) must be an integer")
+    _check_turn_table(path, report, "cumulative_accuracy", required=True)
+    for key in ("per_turn_accuracy", "correction_rate"):
+        _check_turn_table(path, report, key, required=False)
+    if "compute" in report and not isinstance(report["compute"], dict):
+        raise DriftError(f"{path}: field 'compute' must be an object")
+    return report

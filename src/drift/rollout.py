@@ -1,0 +1,242 @@
+"""Decoupled multi-turn rollouts: K correction trajectories per prompt from a fixed policy.
+
+The loop is turn-synchronous over a *chunk* of prompts: at turn t every still-active episode of
+the chunk goes to the generator in one call, replies are stepped through their environments, and
+solved (or exhausted) episodes leave. When the chunk is finished its records are appended to the
+output and flushed to disk, so a crash loses at most the chunk in flight.
+
+Reproducibility: trajectory (prompt_id, traj_id) at turn t is sampled with the seed
+``trajectory_seed(seed, prompt_id, traj_id, turn)``, and chunks are a fixed partition of the
+prompt list. ``--resume`` keeps the complete chunks already on disk (dropping a torn last line
+and a partly written chunk) and regenerates the rest, so kill -9 and resume gives the same file as
+an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+
+from drift import DriftError
+from drift.backends.base import Sampling
+from drift.records import atomic_write, dumps, iter_records
+
+
+def trajectory_seed(seed: int, prompt_id: str, traj_id: int, turn: int) -> int:
+    """A 63-bit seed determined by the run seed, the trajectory and the 1-based turn.
+
+    >>> trajectory_seed(0, "arith-000001", 3, 1) == trajectory_seed(0, "arith-000001", 3, 1)
+    True
+    >>> trajectory_seed(0, "arith-000001", 3, 1) != trajectory_seed(0, "arith-000001", 3, 2)
+    True
+    """
+    digest = hashlib.sha256(f"{seed}\x00{prompt_id}\x00{traj_id}\x00{turn}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def parse_shard(shard: str | None) -> tuple[int, int]:
+    """``"i/N"`` -> ``(i, N)`` with 0 <= i < N; ``None`` -> ``(0, 1)``.
+
+    >>> parse_shard("1/4")
+    (1, 4)
+    """
+    if not shard:
+        return 0, 1
+    try:
+        i, n = (int(x) for x in shard.split("/"))
+    except ValueError:
+        raise DriftError(f"--shard must look like i/N (e.g. 0/4), got {shard!r}") from None
+    if not 0 <= i < n:
+        raise DriftError(f"--shard {shard}: need 0 <= i < N")
+    return i, n
+
+
+def run_episodes(examples, make_env, generator, *, n: int, max_turns: int, sampling: Sampling, seed: int,
+                 extra: dict | None = None, on_turn=None) -> list[dict]:
+    """Roll out ``n`` episodes of every example; return their records (grouped by example, traj_id order).
+
+    ``make_env()`` builds a fresh environment; ``on_turn(turn, replies)`` is called after each turn.
+    """
+    episodes = []
+    for ex in examples:
+        for k in range(n):
+            env = make_env()
+            env.reset(ex)
+            episodes.append((ex, k, env))
+    active = list(episodes)
+    for turn in range(1, max_turns + 1):
+        if not active:
+            break
+        conversations = [env.messages for _, _, env in active]
+        seeds = [trajectory_seed(seed, ex.prompt_id, k, turn) for ex, k, _ in active]
+        replies = generator.generate(conversations, 1, sampling, seeds)
+        still = []
+        for (ex, k, env), reply in zip(active, replies):
+            if not env.step(reply[0]).done:
+                still.append((ex, k, env))
+        if on_turn:
+            on_turn(turn, replies)
+        active = still
+    return [env.record(traj_id=k, **(extra or {})) for _, k, env in episodes]
+
+
+def _completed(out: Path, chunks: list[list], n: int) -> int:
+    """Repair ``out`` for ``--resume``: keep the leading complete chunks, return how many.
+
+    A torn last line (a crash mid-write) and the records of a partly written chunk are removed,
+    atomically, so the regenerated chunk starts clean. Any other bad line is corruption: error.
+    """
+    data = out.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with atomic_write(out) as f:
+            f.write(data[: data.rfind(b"\n") + 1])
+    records = [rec for _, rec in iter_records(out)]
+    counts = Counter(r["prompt_id"] for r in records)
+    done = 0
+    while done < len(chunks) and all(counts.get(ex.prompt_id, 0) == n for ex in chunks[done]):
+        done += 1
+    keep_ids = {ex.prompt_id for chunk in chunks[:done] for ex in chunk}
+    kept = [r for r in records if r["prompt_id"] in keep_ids]
+    if len(kept) != len(records):
+        with atomic_write(out) as f:
+            f.write(b"".join(dumps(rec) for rec in kept))
+    return done
+
+
+def _check_resume_config(cfg, path: Path) -> None:
+    """Refuse to resume with options that would change what the finished part contains."""
+    import yaml
+
+    from drift.config import to_dict
+
+    if not path.exists():
+        return
+    saved = yaml.safe_load(path.read_text()) or {}
+    now = to_dict(cfg)
+    differ = [k for k in now if k != "resume" and k in saved and saved[k] != now[k]]
+    if differ:
+        raise DriftError(f"cannot resume {cfg.out}: options differ from the first run ({', '.join(differ)}); "
+                         f"see {path}")
+
+
+def run_rollout(cfg) -> dict:
+    """``drift rollout``: sample, verify, write; return the summary."""
+    from tqdm.auto import tqdm
+
+    from drift.backends import load_backend
+    from drift.commands import sidecar, write_json
+    from drift.config import save_config
+    from drift.tasks import load_examples
+
+    if not cfg.out:
+        raise DriftError("no output given (--out OUT)")
+    out = Path(cfg.out)
+    if out.exists() and not cfg.resume:
+        raise DriftError(f"{out} exists; pass --resume to continue it, or choose another --out")
+    shard_i, shard_n = parse_shard(cfg.shard)
+    examples = load_examples(cfg.task, source=cfg.source, split=cfg.split, limit=cfg.num_prompts, seed=cfg.seed,
+                             **cfg.task_options)
+    examples = examples[shard_i::shard_n]
+    if not examples:
+        raise DriftError(f"task {cfg.task!r} gave no prompts")
+    chunks = [examples[i : i + cfg.chunk_prompts] for i in range(0, len(examples), cfg.chunk_prompts)]
+    if out.exists():
+        _check_resume_config(cfg, sidecar(out, "config.yaml"))
+    done_chunks = _completed(out, chunks, cfg.n) if out.exists() else 0
+    make_env, verifier = env_factory(cfg)
+    sampling = Sampling(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
+                        seed=cfg.seed)
+    generator = load_backend(cfg.backend, **backend_options(cfg))
+    extra = {"sampling": asdict(sampling), "model": cfg.model}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, sidecar(out, "config.yaml"))
+    start, tokens0 = time.perf_counter(), generator.tokens_generated
+    firsts: list[int | None] = []
+    format_errors = 0
+    bar = tqdm(total=len(examples), initial=sum(len(c) for c in chunks[:done_chunks]), unit="prompt",
+               desc="rollout", dynamic_ncols=True)
+    try:
+        with open(out, "ab") as f:
+            for chunk in chunks[done_chunks:]:
+                records = run_episodes(chunk, make_env, generator, n=cfg.n, max_turns=cfg.max_turns,
+                                       sampling=sampling, seed=cfg.seed, extra=extra)
+                f.write(b"".join(dumps(r) for r in records))
+                f.flush()
+                os.fsync(f.fileno())
+                firsts += [r["first_correct_turn"] for r in records]
+                format_errors += sum(r["format_errors"] for r in records)
+                elapsed = time.perf_counter() - start
+                bar.update(len(chunk))
+                bar.set_postfix(acc1=f"{sum(t == 1 for t in firsts) / len(firsts):.2f}",
+                                solved=f"{sum(t is not None for t in firsts) / len(firsts):.2f}",
+                                tok_s=f"{(generator.tokens_generated - tokens0) / max(elapsed, 1e-9):.0f}")
+    finally:
+        bar.close()
+        generator.close()
+    wall = time.perf_counter() - start
+    summary = rollout_summary(out, cfg.max_turns)
+    summary.update(
+        new_trajectories=len(firsts), format_errors_this_run=format_errors,
+        verifier_calls=verifier.stats.calls, verifier_timeouts=verifier.stats.timeouts,
+        tokens_generated=generator.tokens_generated - tokens0, wall_seconds=round(wall, 2),
+        tokens_per_second=round((generator.tokens_generated - tokens0) / max(wall, 1e-9), 1),
+    )
+    write_json(sidecar(out, "summary.json"), summary)
+    print_summary(summary)
+    return summary
+
+
+def env_factory(cfg):
+    """``(make_env, verifier)``: fresh correction environments sharing one verifier (and its counts)."""
+    from drift.env import make_env
+    from drift.tasks import get_task
+    from drift.verifiers import get_verifier
+
+    spec = get_task(cfg.task)
+    verifier = get_verifier(cfg.verifier or spec.verifier, cfg.verifier_timeout)
+
+    def build():
+        return make_env(spec, max_turns=cfg.max_turns, protocol=cfg.protocol, answer_mode=cfg.answer_mode,
+                        verifier=verifier)
+
+    return build, verifier
+
+
+def backend_options(cfg) -> dict:
+    """Constructor arguments of the chosen backend, from the rollout/eval config."""
+    table = {
+        "hf": lambda: {"model": cfg.model, "batch_size": cfg.batch_size, "autocast_bf16": cfg.bf16},
+        "vllm": lambda: {"model": cfg.model},
+        "openai": lambda: {"base_url": cfg.base_url, "model": cfg.model, "concurrency": cfg.concurrency},
+        "scripted": lambda: {"seed": cfg.seed},
+    }
+    if cfg.backend not in table:
+        raise DriftError(f"unknown backend {cfg.backend!r}; choose from {sorted(table)}")
+    return table[cfg.backend]()
+
+
+def rollout_summary(path: Path, max_turns: int) -> dict:
+    """Accuracy by turn and format errors over every trajectory in ``path``."""
+    records = [rec for _, rec in iter_records(path)]
+    firsts = [r["first_correct_turn"] for r in records]
+    total = max(len(records), 1)
+    return {
+        "trajectories": len(records),
+        "prompts": len({r["prompt_id"] for r in records}),
+        "solved_by_turn": {str(t): sum(1 for f in firsts if f is not None and f <= t) / total
+                           for t in range(1, max_turns + 1)},
+        "format_errors": sum(r["format_errors"] for r in records),
+        "turns": sum(len(r["correct"]) for r in records),
+    }
+
+
+def print_summary(summary: dict) -> None:
+    from drift.tables import format_table
+
+    rows = [[f"solved by turn {t}", v] for t, v in summary["solved_by_turn"].items()]
+    rows += [[k, v] for k, v in summary.items() if k != "solved_by_turn"]
+    print(format_table(rows, ["rollout", ""]))

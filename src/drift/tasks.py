@@ -1,0 +1,356 @@
+"""Tasks by name: where examples come from, how their gold answer is read, which verifier checks it.
+
+==============  =========================================  =======================  ========
+task            rows                                       gold                     verifier
+==============  =========================================  =======================  ========
+``arithmetic``  generated (seeded; knobs below)            the exact integer        numeric
+``gsm8k``       ``question``, ``answer``                   after ``####``, no ``,``  math
+``math``        ``problem``, ``answer`` or ``solution``    ``answer``, else the     math
+                                                           last ``\\boxed{}``
+``math500``     as ``math``                                as ``math``              math
+``metamathqa``  ``query``, ``response``                    after "The answer is:"   math
+``jsonl``       ``question``, ``answer`` (renamable)       the answer field         math
+``mcq``         ``question``, ``choices``, ``answer``      the letter (index 0 = A)  choice
+==============  =========================================  =======================  ========
+
+A ``source`` is a local ``.jsonl``/``.json`` (``.parquet`` with pandas) file, a folder holding
+``{split}.jsonl``, or a Hugging Face hub dataset (``owner/name`` or ``owner/name:config``;
+needs ``datasets``, imported only then). Row tasks take the knobs ``question_field``,
+``answer_field`` (``mcq`` also ``choices_field``) to rename columns and ``id_field`` to take
+``prompt_id`` from a column; otherwise ``prompt_id`` is ``{task}-{row index:06d}``. Bad rows stop
+the load with ``file:line: field '...' ...``.
+
+``arithmetic`` is generated: ``digits`` per operand, ``terms`` operands joined by operators
+drawn from ``ops`` (``+-*``, usual precedence), ``mix`` draws 1..digits digits and 2..terms
+operands per problem. A problem belongs to split ``test`` when a hash of its text falls in
+bucket 0 of 10, ``validation`` in bucket 1, ``train`` otherwise, so splits never share a
+problem, whatever the seeds; the seed only picks which problems of the split you get.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+
+from drift import DriftError
+from drift.answers import extract_answer
+from drift.env import Example
+from drift.records import FieldError
+from drift.verifiers import parse_choice
+
+# -- reading rows ----------------------------------------------------------------------------
+
+_LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
+
+
+def _rows_jsonl(path: Path) -> Iterator[tuple[str, dict]]:
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            try:
+                row = orjson.loads(raw)
+            except orjson.JSONDecodeError as e:
+                raise DriftError(f"{path}:{line_no}: invalid JSON ({e})") from None
+            yield f"{path}:{line_no}", row
+
+
+def _rows_json(path: Path) -> Iterator[tuple[str, dict]]:
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DriftError(f"{path}: invalid JSON ({e})") from None
+    if not isinstance(rows, list):
+        raise DriftError(f"{path}: expected a JSON list of objects, got {type(rows).__name__}")
+    for i, row in enumerate(rows):
+        yield f"{path}[{i}]", row
+
+
+def _rows_parquet(path: Path) -> Iterator[tuple[str, dict]]:
+    try:
+        import pandas
+    except ImportError:
+        raise DriftError(f"{path}: reading parquet needs pandas (pip install pandas pyarrow)") from None
+    for i, row in enumerate(pandas.read_parquet(path).to_dict(orient="records")):
+        yield f"{path}:row {i}", row
+
+
+_READERS = {".jsonl": _rows_jsonl, ".json": _rows_json, ".parquet": _rows_parquet}
+
+
+def _rows_hub(name: str, split: str) -> Iterator[tuple[str, dict]]:
+    repo, _, config = name.partition(":")
+    try:
+        import datasets
+    except ImportError:
+        raise DriftError(
+            f"{name!r} is no local file or folder, and loading it from the Hugging Face hub needs "
+            f"`pip install datasets`; or pass a local file (a .jsonl, or a folder with {split}.jsonl)"
+        ) from None
+    try:
+        rows = datasets.load_dataset(repo, config or None, split=split)
+    except Exception as e:  # network, unknown dataset, unknown split: all fixable by the user
+        raise DriftError(
+            f"could not load {name!r} split {split!r} from the Hugging Face hub ({type(e).__name__}: {e}); "
+            f"pass a local file instead (a .jsonl, or a folder with {split}.jsonl)"
+        ) from None
+    for i, row in enumerate(rows):
+        yield f"{name}[{split}]#{i}", row
+
+
+def read_rows(source: str, split: str) -> Iterator[tuple[str, dict]]:
+    """Yield ``(where, row)`` from a file, a folder's ``{split}.jsonl``/``.json``, or the hub.
+
+    ``where`` (``file:line``) is the place to name in an error about the row.
+    """
+    path = Path(source).expanduser()
+    if path.is_dir():
+        for suffix in (".jsonl", ".json"):
+            if (path / f"{split}{suffix}").is_file():
+                return _rows_jsonl(path / f"{split}{suffix}") if suffix == ".jsonl" else _rows_json(path / f"{split}{suffix}")
+        found = sorted(p.name for p in path.iterdir() if p.suffix in _LOCAL_SUFFIXES)
+        raise DriftError(f"{path}: no {split}.jsonl or {split}.json in this folder (found: {', '.join(found) or 'nothing'})")
+    if path.is_file():
+        if path.suffix not in _READERS:
+            raise DriftError(f"{path}: unknown file type {path.suffix!r}; use .jsonl, .json or .parquet")
+        return _READERS[path.suffix](path)
+    if path.suffix in _LOCAL_SUFFIXES or source.startswith((".", "/", "~")) or source.count("/") > 1:
+        raise DriftError(f"{source}: no such file or folder")
+    return _rows_hub(source, split)
+
+
+# -- fields ----------------------------------------------------------------------------------
+
+
+def _text(row: dict, name: str) -> str:
+    """``row[name]`` as a non-empty string (numbers are written out); :class:`FieldError` if not."""
+    if not isinstance(row, dict):
+        raise FieldError(f"expected a JSON object, got {type(row).__name__}")
+    if name not in row:
+        raise FieldError(f"field {name!r} missing")
+    value = row[name]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str) or not value.strip():
+        raise FieldError(f"field {name!r} must be a non-empty string, got {value!r:.40}")
+    return value.strip()
+
+
+def _qa_row(row: dict, question_field: str, answer_field: str) -> tuple[str, str, dict]:
+    return _text(row, question_field), _text(row, answer_field), {}
+
+
+def _gsm8k_row(row: dict, question_field: str, answer_field: str) -> tuple[str, str, dict]:
+    solution = _text(row, answer_field)
+    gold = extract_answer(solution, ("hash",))
+    if gold is None:
+        raise FieldError(f"field {answer_field!r} has no '#### <answer>' line")
+    return _text(row, question_field), gold.replace(",", ""), {"solution": solution}
+
+
+def _math_row(row: dict, question_field: str, answer_field: str, solution_field: str) -> tuple[str, str, dict]:
+    meta = {k: row[k] for k in ("level", "type", "subject", "unique_id") if k in row}
+    if row.get(answer_field) not in (None, ""):
+        return _text(row, question_field), _text(row, answer_field), meta
+    gold = extract_answer(_text(row, solution_field), ("boxed",))
+    if gold is None:
+        raise FieldError(f"field {answer_field!r} missing and field {solution_field!r} has no \\boxed{{}} answer")
+    return _text(row, question_field), gold, meta
+
+
+_METAMATH_ANSWER = re.compile(r"The answer is:?\s*")
+
+
+def _metamathqa_row(row: dict, question_field: str, answer_field: str) -> tuple[str, str, dict]:
+    response = _text(row, answer_field)
+    start = response.rfind("The answer is")
+    gold = _METAMATH_ANSWER.sub("", response[start:], count=1).strip() if start >= 0 else ""
+    if not gold:
+        raise FieldError(f"field {answer_field!r} has no 'The answer is: <answer>' ending")
+    return _text(row, question_field), gold, {"type": row["type"]} if "type" in row else {}
+
+
+def _mcq_row(row: dict, question_field: str, answer_field: str, choices_field: str) -> tuple[str, str, dict]:
+    question = _text(row, question_field)
+    choices = row.get(choices_field)
+    if not isinstance(choices, list) or not 2 <= len(choices) <= 26:
+        raise FieldError(f"field {choices_field!r} must be a list of 2 to 26 choices")
+    choices = [str(c).strip() for c in choices]
+    letters = [chr(ord("A") + i) for i in range(len(choices))]
+    answer = row.get(answer_field)
+    if isinstance(answer, int) and not isinstance(answer, bool) and 0 <= answer < len(choices):
+        gold = letters[answer]  # an index, 0-based (as in MMLU's "answer": 1 for B)
+    elif isinstance(answer, str) and answer.strip() in choices:
+        gold = letters[choices.index(answer.strip())]  # the text of the right choice
+    elif isinstance(answer, str) and parse_choice(answer) in letters:
+        gold = parse_choice(answer)
+    else:
+        raise FieldError(
+            f"field {answer_field!r} must be a letter A-{letters[-1]}, a 0-based index or a choice's text, got {answer!r:.40}"
+        )
+    rendered = question + "\n\n" + "\n".join(f"({letter}) {text}" for letter, text in zip(letters, choices))
+    return rendered, gold, {"choices": choices}
+
+
+def _rows_loader(convert: Callable[..., tuple[str, str, dict]]):
+    """A loader reading rows from ``source`` and turning each into an :class:`Example` with ``convert``."""
+
+    def load(spec: TaskSpec, source: str, split: str, limit: int | None, seed: int, id_field=None, **fields):
+        if source is None:
+            raise DriftError(
+                f"task {spec.name!r} needs a source: a .jsonl/.json file, a folder with {split}.jsonl, or a hub dataset name"
+            )
+        examples: list[Example] = []
+        first_seen: dict[str, str] = {}
+        for index, (where, row) in enumerate(read_rows(source, split)):
+            if limit is not None and len(examples) >= limit:
+                break
+            try:
+                question, gold, meta = convert(row, **fields)
+                prompt_id = _text(row, id_field) if id_field else f"{spec.name}-{index:06d}"
+            except FieldError as e:
+                raise DriftError(f"{where}: {e}") from None
+            if prompt_id in first_seen:
+                raise DriftError(f"{where}: field {id_field!r}: duplicate id {prompt_id!r} (first at {first_seen[prompt_id]})")
+            first_seen[prompt_id] = where
+            examples.append(Example(prompt_id, question, gold, spec.name, meta))
+        return examples
+
+    return load
+
+
+# -- arithmetic (generated) ------------------------------------------------------------------
+
+SPLIT_BUCKETS = {"test": range(0, 1), "validation": range(1, 2), "train": range(2, 10)}
+"""Which of 10 hash buckets of the question text belong to each split of ``arithmetic``."""
+
+DEFAULT_ARITHMETIC_SIZE = 1000
+
+
+def evaluate_arithmetic(numbers: list[int], ops: list[str]) -> int:
+    """``numbers[0] ops[0] numbers[1] ...`` with ``*`` before ``+``/``-`` (no ``eval``).
+
+    >>> evaluate_arithmetic([2, 3, 4, 5], ["-", "*", "+"])   # 2 - 3*4 + 5
+    -5
+    """
+    total, sign, product = 0, 1, numbers[0]
+    for op, n in zip(ops, numbers[1:]):
+        if op == "*":
+            product *= n
+        else:
+            total, sign, product = total + sign * product, 1 if op == "+" else -1, n
+    return total + sign * product
+
+
+def split_of(question: str) -> str:
+    """The split a generated question belongs to (a stable hash, the same in every process).
+
+    >>> split_of("What is 40+85?") in SPLIT_BUCKETS
+    True
+    """
+    bucket = int.from_bytes(hashlib.blake2b(question.encode(), digest_size=8).digest(), "big") % 10
+    return next(name for name, buckets in SPLIT_BUCKETS.items() if bucket in buckets)
+
+
+def _load_arithmetic(spec, source, split, limit, seed, digits=2, ops="+", terms=2, mix=False) -> list[Example]:
+    if source is not None:
+        raise DriftError("task 'arithmetic' is generated and takes no source")
+    if split not in SPLIT_BUCKETS:
+        raise DriftError(f"arithmetic: unknown split {split!r}; known: {', '.join(SPLIT_BUCKETS)}")
+    if not isinstance(digits, int) or not 1 <= digits <= 18:
+        raise DriftError(f"arithmetic: knob 'digits' must be an integer in 1..18, got {digits!r}")
+    if not isinstance(terms, int) or not 2 <= terms <= 10:
+        raise DriftError(f"arithmetic: knob 'terms' must be an integer in 2..10, got {terms!r}")
+    if not isinstance(ops, str) or not ops or set(ops) - set("+-*"):
+        raise DriftError(f"arithmetic: knob 'ops' must be made of + - *, got {ops!r}")
+    count = DEFAULT_ARITHMETIC_SIZE if limit is None else limit
+    rng = random.Random(f"arithmetic/{split}/{seed}")  # str seeds are hashed stably (sha512)
+    questions: dict[str, int] = {}
+    for _ in range(100 * count + 1000):
+        if len(questions) >= count:
+            break
+        n_terms = rng.randint(2, terms) if mix else terms
+        widths = [rng.randint(1, digits) if mix else digits for _ in range(n_terms)]
+        numbers = [rng.randint(10 ** (w - 1) if w > 1 else 0, 10**w - 1) for w in widths]
+        chosen = [rng.choice(ops) for _ in range(n_terms - 1)]
+        question = "What is " + "".join(f"{n}{op}" for n, op in zip(numbers, chosen)) + f"{numbers[-1]}?"
+        if question not in questions and split_of(question) == split:
+            questions[question] = evaluate_arithmetic(numbers, chosen)
+    if len(questions) < count:
+        raise DriftError(
+            f"arithmetic: only {len(questions)} distinct {split} problems with digits={digits}, terms={terms}, "
+            f"ops={ops!r}; ask for fewer (limit) or allow more (digits, terms, ops)"
+        )
+    return [
+        Example(f"arith-{i:06d}", question, str(gold), spec.name, {"split": split, "seed": seed})
+        for i, (question, gold) in enumerate(questions.items())
+    ]
+
+
+# -- the table -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A task: ``loader(spec, source, split, limit, seed, **knobs) -> list[Example]``, the
+    verifier and instruction kind its episodes use, its default source and knobs."""
+
+    name: str
+    loader: Callable[..., list[Example]]
+    verifier: str
+    instruction: str = "math"
+    default_source: str | None = None
+    knobs: Mapping[str, object] = field(default_factory=dict)
+
+
+_QA = {"question_field": "question", "answer_field": "answer", "id_field": None}
+_MATH = {"question_field": "problem", "answer_field": "answer", "solution_field": "solution", "id_field": None}
+
+TASKS: dict[str, TaskSpec] = {
+    spec.name: spec
+    for spec in (
+        TaskSpec("arithmetic", _load_arithmetic, "numeric", knobs={"digits": 2, "ops": "+", "terms": 2, "mix": False}),
+        TaskSpec("gsm8k", _rows_loader(_gsm8k_row), "math", default_source="openai/gsm8k:main", knobs=_QA),
+        TaskSpec("math", _rows_loader(_math_row), "math", default_source="DigitalLearningGmbH/MATH-lighteval", knobs=_MATH),
+        TaskSpec("math500", _rows_loader(_math_row), "math", default_source="HuggingFaceH4/MATH-500", knobs=_MATH),
+        TaskSpec(
+            "metamathqa", _rows_loader(_metamathqa_row), "math", default_source="meta-math/MetaMathQA",
+            knobs={"question_field": "query", "answer_field": "response", "id_field": None},
+        ),
+        TaskSpec("jsonl", _rows_loader(_qa_row), "math", knobs=_QA),
+        TaskSpec("mcq", _rows_loader(_mcq_row), "choice", "choice", knobs={**_QA, "choices_field": "choices"}),
+    )
+}
+
+
+def get_task(name: str) -> TaskSpec:
+    """The :class:`TaskSpec` called ``name``; :class:`DriftError` listing the known ones if none."""
+    if name not in TASKS:
+        raise DriftError(f"unknown task {name!r}; known: {', '.join(sorted(TASKS))}")
+    return TASKS[name]
+
+
+def load_examples(
+    task: str, source: str | None = None, split: str = "test", limit: int | None = None, seed: int = 0, **knobs
+) -> list[Example]:
+    """The first ``limit`` examples of ``task`` (all when ``None``) from ``source`` (default: the task's).
+
+    >>> examples = load_examples("arithmetic", split="test", limit=2, seed=0, digits=2, ops="+")
+    >>> [e.prompt_id for e in examples], all(e.question.startswith("What is ") for e in examples)
+    (['arith-000000', 'arith-000001'], True)
+    """
+    spec = get_task(task)
+    unknown = sorted(set(knobs) - set(spec.knobs))
+    if unknown:
+        raise DriftError(f"task {task!r}: unknown knob(s) {unknown}; known: {', '.join(spec.knobs) or 'none'}")
+    if limit is not None and (not isinstance(limit, int) or limit < 0):
+        raise DriftError(f"limit must be a non-negative integer or None, got {limit!r}")
+    source = source if source is not None else spec.default_source
+    return spec.loader(spec, source, split, limit, seed, **{**spec.knobs, **knobs})

@@ -1,0 +1,92 @@
+"""``drift export-trl``: weighted trajectories -> TRL's conversational prompt/completion dataset.
+
+One JSONL row per trained assistant turn, in the *conversational prompt-completion* format that
+TRL's ``SFTTrainer`` reads (``datasets.load_dataset("json", data_files=...)``)::
+
+    {"prompt":     [{"role": "system", ...}, {"role": "user", ...}, ...],   # history before the turn
+     "completion": [{"role": "assistant", "content": "..."}],               # the trained turn
+     "weight": 1.7, "prompt_id": "p0", "traj_id": 3, "turn": 2}
+
+``target="last"`` (drift train's default, the paper's) writes the last assistant turn of each
+trajectory, ``"all"`` one row per assistant turn, exactly the examples ``drift train`` builds
+(:func:`drift.examples.build_examples`). ``turn`` is the 1-based assistant turn, as in the record
+schema. TRL's ``SFTTrainer`` ignores ``weight``: it is there for a weighted trainer (a subclass
+whose ``compute_loss`` multiplies each example's loss by it), and so that nothing is lost.
+
+Two differences from ``drift train`` remain when TRL trains on this file, both from TRL's side:
+TRL tokenizes ``prompt + completion`` rendered by the chat template, so it also trains whatever
+the template writes after the end-of-turn token (ChatML's ``"\\n"`` after ``<|im_end|>``), which
+drift does not; and TRL averages the NLL over all completion tokens of a batch, drift per example
+first (see ``tests/test_trl_interop.py``).
+"""
+
+from __future__ import annotations
+
+
+from drift import DriftError
+from drift.config import ExportTRLConfig
+
+
+def to_trl_rows(record: dict, target: str = "last", *, index: int = 0, source: str = "") -> list[dict]:
+    """The TRL prompt/completion rows of one weighted record (``index`` and ``source`` name it in errors).
+
+    >>> rec = {"prompt_id": "p0", "traj_id": 1, "weight": 0.5, "messages": [
+    ...     {"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "5"},
+    ...     {"role": "user", "content": "Incorrect."}, {"role": "assistant", "content": "4"}]}
+    >>> row = to_trl_rows(rec)[0]
+    >>> [m["content"] for m in row["prompt"]], row["completion"], row["weight"], row["turn"]
+    (['2+2?', '5', 'Incorrect.'], [{'role': 'assistant', 'content': '4'}], 0.5, 2)
+    >>> [r["turn"] for r in to_trl_rows(rec, "all")]
+    [1, 2]
+    >>> to_trl_rows({**rec, "weight": None}, source="w.jsonl", index=4)
+    Traceback (most recent call last):
+    ...
+    drift.DriftError: w.jsonl: record 5 (prompt_id 'p0', traj_id 1) has no field 'weight'; run drift weight first
+    """
+    if target not in ("last", "all"):
+        raise DriftError(f"target must be 'last' or 'all', got {target!r}")
+    where = f"{source + ': ' if source else ''}record {index + 1} (prompt_id {record.get('prompt_id')!r}, " \
+            f"traj_id {record.get('traj_id')!r})"
+    weight = record.get("weight")
+    if weight is None:
+        raise DriftError(f"{where} has no field 'weight'; run drift weight first")
+    messages = record["messages"]
+    turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    if not turns:
+        raise DriftError(f"{where} has no assistant turn")
+    rows = []
+    for t, i in enumerate(turns, start=1):
+        if target == "last" and t != len(turns):
+            continue
+        rows.append({
+            "prompt": [{"role": m["role"], "content": m["content"]} for m in messages[:i]],
+            "completion": [{"role": "assistant", "content": messages[i]["content"]}],
+            "weight": float(weight),
+            "prompt_id": record["prompt_id"],
+            "traj_id": record.get("traj_id"),
+            "turn": t,
+        })
+    return rows
+
+
+def run_export_trl(cfg: ExportTRLConfig) -> dict:
+    """Read weighted records, write the TRL dataset (and its config sidecar); return a small summary."""
+    from drift.commands import sidecar, write_json
+    from drift.config import save_config
+    from drift.records import atomic_write, dumps, read_records
+
+    if not cfg.input:
+        raise DriftError("no input file given (drift export-trl weighted.jsonl --out trl.jsonl)")
+    if not cfg.out:
+        raise DriftError("no output given (--out OUT)")
+    records = read_records(cfg.input)
+    rows = [row for i, rec in enumerate(records) for row in to_trl_rows(rec, cfg.target, index=i, source=cfg.input)]
+    with atomic_write(cfg.out) as f:
+        for row in rows:
+            f.write(dumps(row))
+    summary = {"records": len(records), "rows": len(rows), "target": cfg.target,
+               "weight_sum": sum(r["weight"] for r in rows), "format": "trl conversational prompt-completion"}
+    save_config(cfg, sidecar(cfg.out, "config.yaml"))
+    write_json(sidecar(cfg.out, "summary.json"), summary)
+    print(f"wrote {len(rows)} prompt/completion rows from {len(records)} records to {cfg.out}")
+    return summary

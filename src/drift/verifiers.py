@@ -1,0 +1,397 @@
+"""Verifiers: is a predicted answer equal to the gold one? Chosen by name from :data:`VERIFIERS`.
+
+=========  ==========================================================  =====================
+name       equal when                                                   example
+=========  ==========================================================  =====================
+``math``   math-verify finds the expressions equivalent (sympy)         ``1/2`` = ``\\frac12``
+``exact``  :func:`~drift.answers.normalize_answer` forms are equal      ``Yes.`` = ``yes``
+``numeric``  numbers agree (integers exactly, others within 1e-6)        ``1,000`` = ``1000.0``
+``choice`` the same multiple-choice letter                              ``(B)`` = ``b``
+=========  ==========================================================  =====================
+
+Each is a plain function ``(prediction, gold) -> bool``. Use them through :class:`Verifier`
+(:func:`get_verifier`), which never raises on model text, counts calls, timeouts and errors in
+``.stats``, and gives ``math`` its time limit.
+
+Why ``math`` runs in a subprocess: sympy can take forever on hostile input (``9^{9^{9^{9}}}``
+never finishes), and math-verify's own timeout uses ``signal.alarm``, which only works on the
+main thread. So math-verify runs in one persistent worker process per Python process
+(:class:`MathWorker`, fed one JSON line per question); a request that overruns the limit kills
+the worker, which is restarted, and counts as wrong. Cheap cases never reach the worker:
+answers whose normalised forms agree, or that are both plain numbers, are decided here.
+Nothing here evaluates model text (no ``eval``/``exec``): it is only parsed, by math-verify's
+LaTeX grammar inside the worker.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import queue
+import re
+import subprocess
+import sys
+import threading
+import weakref
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from decimal import Decimal, InvalidOperation, localcontext
+
+from drift import DriftError
+from drift.answers import normalize_answer
+
+DEFAULT_TIMEOUT = 5.0
+"""Seconds one ``math`` check may take before it counts as wrong."""
+
+MAX_MATH_CHARS = 2000
+"""Longer answers are wrong without asking math-verify (extracted answers are cut at 1000)."""
+
+REL_TOL = ABS_TOL = 1e-6
+"""Tolerances of ``numeric`` (and of ``math`` on plain numbers) for non-integers."""
+
+# -- numbers ---------------------------------------------------------------------------------
+
+# Thousands separators only in groups of three ("1,000" yes, "1,00" no); exponents of at most
+# four digits, so no parse can build a number Decimal cannot hold.
+_NUMBER_RE = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:e[-+]?\d{1,4})?|[-+]?\.\d+")
+_NUMBER_JUNK = ("$", " ", "\\!", "\\,", "\\;", "\\ ")
+
+
+def parse_number(text: str) -> tuple[Decimal, bool] | None:
+    """``(value, is_integer_as_written)`` for a plain number or ``a/b``; ``None`` otherwise.
+
+    A trailing ``%`` is dropped (``50%`` reads as 50, the number written), as are ``$``,
+    spaces and a final period.
+
+    >>> parse_number("1,000.")
+    (Decimal('1000'), True)
+    >>> parse_number("3/4")
+    (Decimal('0.75'), False)
+    >>> parse_number("50\\\\%"), parse_number("1,00"), parse_number("x")
+    ((Decimal('50'), True), None, None)
+    """
+    s = text.strip()
+    for junk in _NUMBER_JUNK:
+        s = s.replace(junk, "")
+    s = s.replace("\\%", "%").rstrip(".").removesuffix("%").lower()
+    parts = s.split("/")
+    if len(parts) > 2 or not all(_NUMBER_RE.fullmatch(p) for p in parts):
+        return None
+    with localcontext() as ctx:
+        ctx.prec = 50
+        try:
+            values = [Decimal(p.replace(",", "")) for p in parts]
+            if len(values) == 2:
+                return (values[0] / values[1], False) if values[1] != 0 else None
+        except InvalidOperation:  # pragma: no cover - the regex admits only valid decimals
+            return None
+    return values[0], not any(c in s for c in ".e")
+
+
+def numbers_equal(a: tuple[Decimal, bool], b: tuple[Decimal, bool]) -> bool:
+    """Integers (as written) must match exactly; otherwise ``|a-b| <= max(1e-6 max(|a|,|b|), 1e-6)``.
+
+    >>> numbers_equal(parse_number("1000000"), parse_number("1000001"))
+    False
+    >>> numbers_equal(parse_number("0.3333333"), parse_number("1/3"))
+    True
+    """
+    (x, x_int), (y, y_int) = a, b
+    if x_int and y_int:
+        return x == y
+    with localcontext() as ctx:
+        ctx.prec = 50
+        return abs(x - y) <= max(Decimal(REL_TOL) * max(abs(x), abs(y)), Decimal(ABS_TOL))
+
+
+# -- exact, numeric, choice ------------------------------------------------------------------
+
+
+def verify_exact(prediction: str, gold: str) -> bool:
+    """Equal after :func:`~drift.answers.normalize_answer`.
+
+    >>> verify_exact(" $1,234.50$ ", "1234.5"), verify_exact("Yes.", "yes"), verify_exact("", "")
+    (True, True, False)
+    """
+    p = normalize_answer(prediction)
+    return bool(p) and p == normalize_answer(gold)
+
+
+def verify_numeric(prediction: str, gold: str) -> bool:
+    """Both parse as numbers (:func:`parse_number`) and agree (:func:`numbers_equal`).
+
+    >>> verify_numeric("1,000", "1000.0"), verify_numeric("0.5", "1/2"), verify_numeric("7", "seven")
+    (True, True, False)
+    """
+    p, g = parse_number(prediction), parse_number(gold)
+    return p is not None and g is not None and numbers_equal(p, g)
+
+
+_CHOICE_ALONE = re.compile(r"[(\[]?([a-z])[)\].:]?")
+_CHOICE_STATED = re.compile(r"answer\b(?: is)?(?: ?[:=])? ?(?:option )?[(\[]?([a-z])(?![a-z])")
+_CHOICE_LEADING = re.compile(r"[(\[]?([a-z])(?:[)\].:]| -) ")
+_CHOICE_PARENS = re.compile(r"\(([a-z])\)")
+
+
+def _last_match(pattern: re.Pattern, text: str) -> re.Match | None:
+    last = None
+    for last in pattern.finditer(text):
+        pass
+    return last
+
+
+def parse_choice(text: str) -> str | None:
+    """The multiple-choice letter in ``text`` (upper case), or ``None``.
+
+    Tried in order: the whole text is a letter (``B``, ``(b)``, ``B.``); the last "answer is X"
+    / "answer: X"; a leading ``B) ...`` / ``B. ...``; the last ``(B)`` in the text.
+
+    >>> [parse_choice(t) for t in ["(B)", "B.", "b", "The answer is B", "C) 42", "I pick (D) here", "maybe"]]
+    ['B', 'B', 'B', 'B', 'C', 'D', None]
+    """
+    # One space between words: the patterns below then never backtrack over long blank runs.
+    s = " ".join(text.lower().replace("\\text{", "").replace("$", "").replace("}", "").split())
+    match = (
+        _CHOICE_ALONE.fullmatch(s)
+        or _last_match(_CHOICE_STATED, s)
+        or _CHOICE_LEADING.match(s)
+        or _last_match(_CHOICE_PARENS, s)
+    )
+    return match.group(1).upper() if match else None
+
+
+def verify_choice(prediction: str, gold: str) -> bool:
+    """The same letter (:func:`parse_choice`) in both.
+
+    >>> verify_choice("The answer is (c).", "C"), verify_choice("A", "B")
+    (True, False)
+    """
+    p = parse_choice(prediction)
+    return p is not None and p == parse_choice(gold)
+
+
+# -- math (math-verify in a worker process) --------------------------------------------------
+
+_WORKER_MEMORY_BYTES = 4 << 30  # a sympy blow-up fails with MemoryError instead of swapping
+
+_WORKER_SOURCE = f"""
+import json, sys
+try:
+    import resource
+    resource.setrlimit(resource.RLIMIT_AS, ({_WORKER_MEMORY_BYTES}, {_WORKER_MEMORY_BYTES}))
+except Exception:
+    pass
+from math_verify import parse, verify
+
+def check(prediction, gold):
+    # No math-verify timeouts (signals): the parent process kills this one when it overruns.
+    gold = parse("$" + gold + "$", parsing_timeout=None)
+    return verify(gold, parse("$" + prediction + "$", parsing_timeout=None), timeout_seconds=None)
+
+check("1/2", "0.5")  # build the LaTeX grammar before the first timed request
+print("ready", flush=True)
+for line in sys.stdin:
+    try:
+        reply = "1" if check(*json.loads(line)) else "0"
+    except BaseException as e:  # RecursionError, MemoryError, sympy internals
+        reply = "e " + type(e).__name__
+    print(reply, flush=True)
+"""
+
+
+class MathWorkerError(RuntimeError):
+    """The worker failed on a request (exception inside math-verify, or the process died)."""
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+    for stream in (proc.stdin, proc.stdout):
+        try:
+            stream.close()
+        except OSError:  # pragma: no cover - closing a pipe to a killed process
+            pass
+
+
+class MathWorker:
+    """A persistent ``python -c`` process answering ``[prediction, gold]`` JSON lines.
+
+    Thread-safe (requests are serialised). Started on first use and again after a timeout or a
+    crash; killed when garbage-collected or at interpreter exit.
+    """
+
+    def __init__(self, startup_timeout: float = 120.0):
+        self.startup_timeout = startup_timeout
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen | None = None
+        self._replies: queue.Queue = queue.Queue()
+        self._finalizer: weakref.finalize | None = None
+        self._booting = False
+
+    def _start(self) -> None:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _WORKER_SOURCE],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            text=True, encoding="utf-8", bufsize=1,
+        )
+        replies: queue.Queue = queue.Queue()  # a fresh queue: no stale reply can reach a new request
+
+        def pump() -> None:
+            for line in proc.stdout:
+                replies.put(line.rstrip("\n"))
+            replies.put(None)  # end of file: the process is gone
+
+        threading.Thread(target=pump, name="drift-math-worker", daemon=True).start()
+        self._proc, self._replies = proc, replies
+        self._finalizer = weakref.finalize(self, _stop, proc)
+
+    def _restart(self) -> None:
+        """Kill the current process (if any) and start the next one now, so it boots meanwhile."""
+        if self._finalizer is not None:
+            self._finalizer()
+        self._start()
+        self._booting = True
+
+    def _ensure_ready(self) -> None:
+        if self._proc is None or self._proc.poll() is not None:
+            self._restart()
+        if self._booting:  # its first line must be "ready", not a verdict
+            if self._replies.get(timeout=self.startup_timeout) != "ready":  # queue.Empty if it hangs
+                raise MathWorkerError("the math-verify worker did not start (is math-verify installed?)")
+            self._booting = False
+
+    def check(self, prediction: str, gold: str, timeout: float) -> bool:
+        """math-verify's verdict; :class:`TimeoutError` after ``timeout`` seconds (worker restarted)."""
+        with self._lock:
+            try:
+                self._ensure_ready()
+            except queue.Empty:
+                self._restart()
+                raise MathWorkerError("the math-verify worker did not start in time") from None
+            try:
+                self._proc.stdin.write(json.dumps([prediction, gold]) + "\n")
+                self._proc.stdin.flush()
+                reply = self._replies.get(timeout=timeout)
+            except queue.Empty:
+                self._restart()
+                raise TimeoutError(f"math-verify took longer than {timeout} s") from None
+            except OSError:  # broken pipe: the worker died between requests
+                self._restart()
+                raise MathWorkerError("the math-verify worker died") from None
+            if reply is None:
+                self._restart()
+                raise MathWorkerError("the math-verify worker died")
+            if reply.startswith("e"):
+                raise MathWorkerError(f"math-verify raised {reply[2:]}")
+            return reply == "1"
+
+    def close(self) -> None:
+        """Stop the process now (it would be restarted by a later :meth:`check`)."""
+        with self._lock:
+            if self._finalizer is not None:
+                self._finalizer()
+            self._proc = None
+
+
+_SHARED_WORKER = MathWorker()
+
+
+def verify_math(prediction: str, gold: str, *, timeout: float = DEFAULT_TIMEOUT, worker: MathWorker | None = None) -> bool:
+    """math-verify equivalence, with fast paths and a hard time limit.
+
+    Raises :class:`TimeoutError` past ``timeout`` and :class:`MathWorkerError` when math-verify
+    fails; :class:`Verifier` turns both into ``False`` and counts them.
+
+    >>> verify_math("1,000", "1000"), verify_math("0.5", "1/2"), verify_math("3", "4")  # no worker needed
+    (True, True, False)
+    """
+    p_norm, g_norm = normalize_answer(prediction), normalize_answer(gold)
+    if not p_norm or not g_norm:
+        return False
+    if p_norm == g_norm:
+        return True
+    p_num, g_num = parse_number(p_norm), parse_number(g_norm)
+    if p_num is not None and g_num is not None:
+        return numbers_equal(p_num, g_num)
+    if len(prediction) > MAX_MATH_CHARS or len(gold) > MAX_MATH_CHARS:
+        return False
+    return (worker or _SHARED_WORKER).check(prediction.strip(), gold.strip(), timeout)
+
+
+VERIFIERS: dict[str, Callable[[str, str], bool]] = {
+    "math": verify_math,
+    "exact": verify_exact,
+    "numeric": verify_numeric,
+    "choice": verify_choice,
+}
+
+
+# -- the counted, never-raising wrapper ------------------------------------------------------
+
+
+@dataclass
+class VerifierStats:
+    """How a verifier fared: ``calls``; ``timeouts`` and ``errors`` (both scored as wrong)."""
+
+    calls: int = 0
+    timeouts: int = 0
+    errors: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+class Verifier:
+    """A named verifier that never raises on model text and counts what happened.
+
+    >>> check = Verifier("numeric")
+    >>> check("1,000", "1000"), check("12", "13")
+    (True, False)
+    >>> check.stats
+    VerifierStats(calls=2, timeouts=0, errors=0)
+    """
+
+    def __init__(self, name: str, timeout: float = DEFAULT_TIMEOUT, *, worker: MathWorker | None = None):
+        if name not in VERIFIERS:
+            raise DriftError(f"unknown verifier {name!r}; known: {', '.join(sorted(VERIFIERS))}")
+        if not timeout > 0:
+            raise DriftError(f"verifier timeout must be > 0 seconds, got {timeout!r}")
+        self.name, self.timeout = name, timeout
+        self.stats = VerifierStats()
+        self._lock = threading.Lock()
+        self._fn = VERIFIERS[name]
+        if self._fn is verify_math:  # the one verifier with a time limit and a worker process
+            if importlib.util.find_spec("math_verify") is None:
+                raise DriftError("the 'math' verifier needs math-verify: pip install 'math-verify>=0.7'")
+            self._fn = functools.partial(verify_math, timeout=timeout, worker=worker)
+
+    def __call__(self, prediction: str, gold: str) -> bool:
+        try:
+            result, outcome = bool(self._fn(prediction, gold)), None
+        except TimeoutError:
+            result, outcome = False, "timeouts"
+        except Exception:  # a verifier bug or a math-verify failure must not end a rollout
+            result, outcome = False, "errors"
+        with self._lock:
+            self.stats.calls += 1
+            if outcome:
+                setattr(self.stats, outcome, getattr(self.stats, outcome) + 1)
+        return result
+
+    def __repr__(self) -> str:
+        return f"Verifier({self.name!r}, timeout={self.timeout})"
+
+
+def get_verifier(name: str, timeout: float = DEFAULT_TIMEOUT) -> Verifier:
+    """A fresh :class:`Verifier` (own stats; ``math`` ones share this process's worker).
+
+    >>> get_verifier("exact")("Yes", "yes")
+    True
+    >>> get_verifier("fuzzy")
+    Traceback (most recent call last):
+    ...
+    drift.DriftError: unknown verifier 'fuzzy'; known: choice, exact, math, numeric
+    """
+    return Verifier(name, timeout)

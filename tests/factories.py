@@ -1,0 +1,19 @@
+"""Builders of small valid records for tests."""
+
+
+def make_record(prompt_id, traj_id, answers, first_correct=None, weight=None, question="What is 2+3?"):
+    """A schema-1 record with the given per-turn answers (None = no <answer> tag)."""
+    msgs = [{"role": "system", "content": "You're a helpful assistant."}, {"role": "user", "content": question}]
+    for t, a in enumerate(answers):
+        if t:
+            msgs.append({"role": "user", "content": "Incorrect. Please think again."})
+        msgs.append({"role": "assistant", "content": f"<answer>{a}</answer>" if a is not None else "I think 5"})
+    correct = [t + 1 == first_correct for t in range(len(answers))]
+    rec = {
+        "schema": 1, "prompt_id": prompt_id, "traj_id": traj_id, "messages": msgs, "answers": list(answers),
+        "correct": correct, "rewards": [float(c) for c in correct], "format_errors": list(answers).count(None),
+        "first_correct_turn": first_correct,
+    }
+    if weight is not None:
+        rec["weight"] = weight
+    return rec

@@ -1,0 +1,159 @@
+"""`drift weight` end to end: exact weights on reference rollouts, bad input, config files."""
+
+import json
+import math
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+import yaml
+
+from drift.cli import main
+
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "data" / "reference-format" / "rollouts_small.jsonl"
+needs_reference = pytest.mark.skipif(not REFERENCE.exists(), reason="../shared/data not present")
+
+
+def expected_weights(raw, beta, gamma, lam=0.5, penalty_per_error=0.1):
+    """Independent re-derivation from the reference layout's own fields."""
+    returns = []
+    for r in raw:
+        turns = sum(m["role"] == "assistant" for m in r["messages"])
+        disc = sum(gamma ** (t - 1) * r["turn_rewards"][f"t{t}"] for t in range(1, turns + 1))
+        norms = r["answer_norms"]
+        rep = lam * (1 - len(set(norms)) / len(norms)) if norms else 0.0
+        errors = turns - len(norms)
+        returns.append(disc - penalty_per_error * errors - rep)
+    groups = defaultdict(list)
+    for i, r in enumerate(raw):
+        groups[r["prompt_id"]].append(i)
+    weights = [0.0] * len(raw)
+    for idx in groups.values():
+        z = sum(math.exp(returns[i] / beta) for i in idx) / len(idx)
+        for i in idx:
+            weights[i] = math.exp(returns[i] / beta) / z
+    return returns, weights
+
+
+@needs_reference
+@pytest.mark.parametrize("beta,gamma", [(0.1, 0.9), (0.2, 0.7), (1.0, 0.5), (0.05, 1.0)])
+def test_weights_equal_the_formula(tmp_path, capsys, beta, gamma):
+    out = tmp_path / "w.jsonl"
+    assert main(["weight", str(REFERENCE), "--out", str(out), "--beta", str(beta), "--gamma", str(gamma)]) == 0
+    raw = [json.loads(line) for line in REFERENCE.read_text().splitlines()]
+    returns, weights = expected_weights(raw, beta, gamma)
+    got = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(got) == len(raw)
+    for rec, r, w, src in zip(got, returns, weights, raw):
+        assert rec["prompt_id"] == src["prompt_id"] and rec["messages"] == src["messages"]
+        assert rec["return"] == pytest.approx(r, rel=1e-12, abs=1e-12)
+        assert abs(rec["weight"] - w) <= 1e-9 * w
+    saved = yaml.safe_load((tmp_path / "w.config.yaml").read_text())
+    assert saved["beta"] == beta and saved["gamma"] == gamma and saved["scheme"] == "drift"
+    summary = json.loads((tmp_path / "w.summary.json").read_text())
+    assert summary["records"] == 48 and summary["groups"] == 12
+    assert "ess_ratio" in capsys.readouterr().out
+
+
+@needs_reference
+def test_reference_output_and_rft(tmp_path):
+    out = tmp_path / "ref.jsonl"
+    assert main(["weight", str(REFERENCE), "-o", str(out), "--to-format", "reference", "--scheme", "rft"]) == 0
+    got = [json.loads(line) for line in out.read_text().splitlines()]
+    raw = [json.loads(line) for line in REFERENCE.read_text().splitlines()]
+    assert len(got) == sum(r["t_star"] is not None for r in raw)
+    assert all("turn_rewards" in g and g["weight"] == 1.0 for g in got)
+
+
+def bad_inputs(tmp_path):
+    good_line = REFERENCE.read_text().splitlines()[0] if REFERENCE.exists() else None
+    rec = json.loads(good_line) if good_line else None
+    cases = {
+        "truncated.jsonl": (good_line[: len(good_line) // 2] + "\n").encode(),
+        "wrong_type.jsonl": (json.dumps({**rec, "answer_norms": "135"}) + "\n").encode(),
+        "nan.jsonl": (json.dumps({**rec, "turn_rewards": {**rec["turn_rewards"], "t1": float("nan")}}) + "\n").encode(),
+        "inf.jsonl": (json.dumps({**rec, "turn_rewards": {**rec["turn_rewards"], "t1": float("inf")}}) + "\n").encode(),
+        "role.jsonl": (json.dumps({**rec, "messages": rec["messages"] + [{"role": "wizard", "content": ""}]}) + "\n").encode(),
+        "empty.jsonl": b"",
+        "no_prompt_id.jsonl": (json.dumps({k: v for k, v in rec.items() if k != "prompt_id"}) + "\n").encode(),
+        "latin1.jsonl": good_line.replace("assistant", "assistänt").encode("latin-1") + b"\n",
+    }
+    paths = {}
+    for name, data in cases.items():
+        paths[name] = tmp_path / name
+        paths[name].write_bytes(data)
+    return paths
+
+
+@needs_reference
+def test_every_bad_input_exits_2_with_location_and_writes_nothing(tmp_path, capsys):
+    for name, path in bad_inputs(tmp_path).items():
+        out = tmp_path / "out" / f"{name}.weighted.jsonl"
+        assert main(["weight", str(path), "--out", str(out)]) == 2, name
+        err = capsys.readouterr().err
+        assert f"{path}" in err, (name, err)
+        if name != "empty.jsonl":
+            assert f"{path}:1: " in err, (name, err)
+            assert "field" in err or "JSON" in err or "UTF-8" in err, (name, err)
+        assert not out.exists()
+        assert not out.parent.exists() or not any(out.parent.iterdir())
+
+
+@needs_reference
+@pytest.mark.parametrize("beta", ["0", "-0.1"])
+def test_non_positive_beta_exits_2(tmp_path, capsys, beta):
+    out = tmp_path / "w.jsonl"
+    assert main(["weight", str(REFERENCE), "--out", str(out), "--beta", beta]) == 2
+    assert "beta" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@needs_reference
+def test_existing_output_is_untouched_by_a_failed_run(tmp_path):
+    out = tmp_path / "w.jsonl"
+    out.write_text("keep me\n")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(REFERENCE.read_text().splitlines()[0] + "\n{oops\n")
+    assert main(["weight", str(bad), "--out", str(out)]) == 2
+    assert out.read_text() == "keep me\n"
+
+
+@needs_reference
+def test_yaml_config_and_flag_precedence(tmp_path):
+    cfg = tmp_path / "w.yaml"
+    cfg.write_text("beta: 0.5\ngamma: 0.7\nscheme: drift\n")
+    out = tmp_path / "w.jsonl"
+    assert main(["weight", str(REFERENCE), "--out", str(out), "--config", str(cfg), "--gamma", "0.8"]) == 0
+    saved = yaml.safe_load((tmp_path / "w.config.yaml").read_text())
+    assert saved["beta"] == 0.5 and saved["gamma"] == 0.8
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [("beta: 0.5\nbogus: 1\n", "c.yaml:2: key 'bogus' is not an option"),
+     ("beta: high\n", "c.yaml:1: key 'beta' must be float"),
+     ("scheme: magic\n", "c.yaml:1: key 'scheme' must be one of"),
+     ("- 1\n- 2\n", "must be a mapping")],
+)
+def test_bad_config_files(tmp_path, capsys, text, message):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(text)
+    assert main(["weight", "in.jsonl", "--out", str(tmp_path / "o.jsonl"), "--config", str(cfg)]) == 2
+    assert message in capsys.readouterr().err
+
+
+@needs_reference
+def test_console_script_runs(tmp_path):
+    out = tmp_path / "w.jsonl"
+    proc = subprocess.run(
+        [sys.executable, "-m", "drift.cli", "weight", str(REFERENCE), "--out", str(out)],
+        capture_output=True, text=True, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "wrote 48 records" in proc.stdout
+    help_text = subprocess.run(
+        [sys.executable, "-m", "drift.cli", "weight", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "--beta" in help_text and "exp(R/beta)" in help_text

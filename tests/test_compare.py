@@ -1,0 +1,105 @@
+"""drift compare on two tiny hand-written reports: table, plots, JSON, errors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from drift import DriftError
+from drift.compare import run_compare
+from drift.config import CompareConfig
+from drift.config import add_arguments, resolve
+
+DRIFT_REPORT = {
+    "n": 4, "max_turns": 2,
+    "cumulative_accuracy": {"1": 0.25, "2": 0.75},
+    "cumulative_accuracy_ci": {"1": [0.05, 0.7], "2": [0.3, 0.95]},
+    "correction_rate": {"2": 2 / 3}, "correction_rate_overall": 2 / 3,
+    "unique_answer_ratio": 0.875, "format_error_rate": 0.125,
+    "compute": {"train_seconds": 12.5, "generated_tokens": 3456},
+}
+SFT_REPORT = {
+    "n": 2, "max_turns": 3,
+    "cumulative_accuracy": {"1": 0.5, "2": 0.5, "3": 1.0},
+    "correction_rate": {"2": 0.0, "3": 1.0}, "correction_rate_overall": 1.0,
+    "unique_answer_ratio": 1.0, "format_error_rate": 0.0,
+}
+
+
+@pytest.fixture
+def runs(tmp_path):
+    for name, report in (("drift", DRIFT_REPORT), ("sft", SFT_REPORT)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "report.json").write_text(json.dumps(report))
+    return tmp_path
+
+
+def test_table_plots_and_json(runs, capsys):
+    out = runs / "cmp"
+    result = run_compare(CompareConfig(reports=[str(runs / "drift"), str(runs / "sft" / "report.json")], out=str(out)))
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["method", "n", "multi@1", "multi@2", "multi@3", "corr@2", "corr", "all", "unique",
+                                "fmt", "err"]
+    # drift has no turn 3: '-'
+    assert lines[2].split() == ["drift", "4", "0.2500", "0.7500", "-", "0.6667", "0.6667", "0.8750", "0.1250"]
+    assert lines[3].split() == ["sft", "2", "0.5000", "0.5000", "1.0000", "0.0000", "1.0000", "1.0000", "0.0000"]
+    # the compute table, only with what the reports carry
+    assert lines[5].split() == ["method", "train_seconds", "generated_tokens"]
+    assert lines[7].split() == ["drift", "12.5000", "3456"]
+    assert lines[8].split() == ["sft", "-", "-"]
+    for name in ("cumulative_accuracy.png", "multi_at_k.png"):
+        assert (out / name).read_bytes().startswith(b"\x89PNG")
+    saved = json.loads((out / "comparison.json").read_text())
+    assert saved == result
+    assert [r["name"] for r in saved["runs"]] == ["drift", "sft"]
+    assert saved["runs"][0]["multi@3"] is None and saved["runs"][1]["multi@3"] == 1.0
+    assert saved["runs"][0]["compute"] == DRIFT_REPORT["compute"] and "compute" not in saved["runs"][1]
+
+
+def test_names_and_no_output_folder(runs, capsys):
+    result = run_compare(CompareConfig(reports=[str(runs / "drift"), str(runs / "sft")], names=["ours", "base"]))
+    assert [r["name"] for r in result["runs"]] == ["ours", "base"]
+    assert capsys.readouterr().out.splitlines()[2].startswith("ours")
+    assert sorted(p.name for p in runs.iterdir()) == ["drift", "sft"]  # nothing written
+
+
+def test_flags_parse_into_lists(runs):
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, CompareConfig)
+    cfg = resolve(CompareConfig, parser.parse_args([f"{runs}/drift", f"{runs}/sft", "--names", "a,b"]))
+    assert cfg.reports == [f"{runs}/drift", f"{runs}/sft"] and cfg.names == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "no such report file"),
+        ("{not json", "not a readable JSON report"),
+        ("[1, 2]", "must be a JSON object"),
+        ('{"cumulative_accuracy": {"1": 0.5}}', "field 'n'"),
+        ('{"n": 2}', "field 'cumulative_accuracy'"),
+        ('{"n": 2, "cumulative_accuracy": {"t1": 0.5}}', "turn keys"),
+        ('{"n": 2, "cumulative_accuracy": {"1": "half"}}', "cumulative_accuracy.1"),
+    ],
+)
+def test_bad_report_is_a_drift_error(runs, content, message):
+    bad = runs / "bad"
+    bad.mkdir()
+    if content is not None:
+        (bad / "report.json").write_text(content)
+    with pytest.raises(DriftError, match=message):
+        run_compare(CompareConfig(reports=[str(runs / "drift"), str(bad)]))
+
+
+def test_bad_options_are_drift_errors(runs, tmp_path):
+    with pytest.raises(DriftError, match="no reports"):
+        run_compare(CompareConfig())
+    with pytest.raises(DriftError, match="2 reports"):
+        run_compare(CompareConfig(reports=[str(runs / "drift"), str(runs / "sft")], names=["one"]))
+    other = tmp_path / "elsewhere" / "drift"
+    other.mkdir(parents=True)
+    (other / "report.json").write_text(json.dumps(SFT_REPORT))
+    with pytest.raises(DriftError, match="named 'drift'"):
+        run_compare(CompareConfig(reports=[str(runs / "drift"), str(other)]))

@@ -1,0 +1,42 @@
+"""Every figure is written as a non-empty PNG, also for odd inputs (no CI, no data)."""
+
+from __future__ import annotations
+
+import pytest
+
+from drift.plots import plot_cumulative_accuracy, plot_multi_at_k, plot_weights
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+REPORTS = {
+    "drift": {"n": 10, "cumulative_accuracy": {"1": 0.3, "2": 0.5, "3": 0.6},
+              "cumulative_accuracy_ci": {"1": [0.1, 0.6], "2": [0.24, 0.76], "3": [0.31, 0.83]}},
+    "sft": {"n": 10, "cumulative_accuracy": {"1": 0.2, "2": 0.3}},       # no CI, fewer turns
+    "empty": {"n": 0, "cumulative_accuracy": {"1": None, "2": None}},   # nothing to draw
+}
+
+
+def assert_png(path):
+    data = path.read_bytes()
+    assert data.startswith(PNG_MAGIC) and len(data) > 5_000
+
+
+@pytest.mark.parametrize("plot", [plot_cumulative_accuracy, plot_multi_at_k])
+def test_report_plots_write_pngs(tmp_path, plot):
+    path = tmp_path / "nested" / "figure.png"  # parent folders are created
+    plot(REPORTS, path)
+    assert_png(path)
+    assert [p.name for p in path.parent.iterdir()] == ["figure.png"]  # no temporary file left
+
+
+@pytest.mark.parametrize("plot", [plot_cumulative_accuracy, plot_multi_at_k])
+def test_report_plots_accept_no_runs(tmp_path, plot):
+    plot({}, tmp_path / "figure.png")
+    assert (tmp_path / "figure.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_plot_weights(tmp_path):
+    plot_weights([0.9, 0.81, -0.1, 0.0], [1.8, 1.6, 0.3, 0.3], tmp_path / "weights.png")
+    assert_png(tmp_path / "weights.png")
+    plot_weights([], [], tmp_path / "none.png")
+    assert (tmp_path / "none.png").read_bytes().startswith(PNG_MAGIC)

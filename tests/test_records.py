@@ -1,0 +1,147 @@
+"""Schema validation, bad input with file:line:field, the reference-format round trip, atomic writes."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from drift.records import (
+    RecordError,
+    atomic_write,
+    from_reference,
+    read_records,
+    to_reference,
+    validate_record,
+    write_records,
+)
+
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "data" / "reference-format" / "rollouts_small.jsonl"
+needs_reference = pytest.mark.skipif(not REFERENCE.exists(), reason="../shared/data not present")
+
+
+def good(**over):
+    rec = {
+        "schema": 1, "prompt_id": "p0", "traj_id": 0, "gold": "4",
+        "messages": [
+            {"role": "system", "content": "s"}, {"role": "user", "content": "2+2?"},
+            {"role": "assistant", "content": "<answer>5</answer>"}, {"role": "user", "content": "Incorrect."},
+            {"role": "assistant", "content": "<answer>4</answer>"},
+        ],
+        "answers": ["5", "4"], "correct": [False, True], "rewards": [0.0, 1.0],
+        "format_errors": 0, "first_correct_turn": 2,
+    }
+    rec.update(over)
+    return rec
+
+
+def write_lines(path, lines):
+    path.write_bytes(b"".join(line if isinstance(line, bytes) else (line + "\n").encode() for line in lines))
+    return path
+
+
+def test_valid_record_round_trips(tmp_path):
+    recs = [good(), good(traj_id=1)]
+    write_records(tmp_path / "a.jsonl", recs)
+    assert read_records(tmp_path / "a.jsonl") == recs
+
+
+BAD = [
+    ('{"schema": 1, "prompt_id": "p0"', "invalid JSON"),
+    (json.dumps(good(correct=[0, 1])), "field 'correct' must be a list of booleans"),
+    (json.dumps(good(rewards=[0.0, "1"])), "field 'rewards'"),
+    (json.dumps(good(rewards=[0.0, float("nan")])), "field 'rewards' must be a list of finite numbers"),
+    (json.dumps(good(rewards=[0.0, float("inf")])), "field 'rewards' must be a list of finite numbers"),
+    (json.dumps({k: v for k, v in good().items() if k != "prompt_id"}), "field 'prompt_id'"),
+    (json.dumps(good(messages=[{"role": "robot", "content": "x"}])), "field 'messages[0].role'"),
+    (json.dumps(good(answers=["5"])), "field 'answers' has 1 entries for 2 assistant turns"),
+    (json.dumps(good(first_correct_turn=1)), "field 'first_correct_turn'"),
+    (json.dumps(good(format_errors=1)), "field 'format_errors'"),
+    (json.dumps(good(schema=2)), "field 'schema'"),
+    (json.dumps(good(traj_id="0")), "field 'traj_id'"),
+    (json.dumps(good(weight=-1.0)), "field 'weight' must be >= 0"),
+    (json.dumps([1, 2]), "must be a JSON object"),
+    (b'{"prompt_id": "\xff\xfe"}\n', "not valid UTF-8"),
+]
+
+
+@pytest.mark.parametrize("line,message", BAD)
+def test_bad_line_names_file_line_and_field(tmp_path, line, message):
+    path = write_lines(tmp_path / "rollouts.jsonl", [json.dumps(good(traj_id=7)), line])
+    with pytest.raises(RecordError) as err:
+        read_records(path)
+    assert str(err.value).startswith(f"{path}:2: ")
+    assert message in str(err.value)
+    assert err.value.line == 2
+
+
+def test_empty_file_and_missing_file(tmp_path):
+    empty = write_lines(tmp_path / "empty.jsonl", [])
+    with pytest.raises(RecordError, match="empty"):
+        read_records(empty)
+    assert read_records(empty, allow_empty=True) == []
+    with pytest.raises(RecordError, match="no such file"):
+        read_records(tmp_path / "nope.jsonl")
+
+
+def test_duplicate_ids_are_an_error(tmp_path):
+    path = write_lines(tmp_path / "d.jsonl", [json.dumps(good()), "", json.dumps(good())])
+    with pytest.raises(RecordError, match=r"d.jsonl:3: field 'traj_id': duplicate .* first on line 1"):
+        read_records(path)
+
+
+@needs_reference
+def test_mixed_formats_are_an_error(tmp_path):
+    ref_line = REFERENCE.read_text().splitlines()[0]
+    path = write_lines(tmp_path / "m.jsonl", [json.dumps(good()), ref_line])
+    with pytest.raises(RecordError, match="m.jsonl:2: .*mixed formats"):
+        read_records(path)
+
+
+@needs_reference
+def test_reference_import_matches_raw_fields():
+    raw = [json.loads(line) for line in REFERENCE.read_text().splitlines()]
+    recs = read_records(REFERENCE)
+    assert len(recs) == len(raw) == 48
+    for r, rec in zip(raw, recs):
+        validate_record(rec)
+        assert rec["first_correct_turn"] == r["t_star"]
+        assert [a for a in rec["answers"] if a is not None] == r["answer_norms"]
+        assert rec["format_errors"] * -0.1 == pytest.approx(r["format_penalty"])
+        assert rec["max_turns"] == 5
+    # traj_id numbers the trajectories of each prompt in file order
+    assert [rec["traj_id"] for rec in recs[:5]] == [0, 1, 2, 3, 0]
+
+
+@needs_reference
+def test_reference_round_trip_is_exact(tmp_path):
+    recs = read_records(REFERENCE)
+    write_records(tmp_path / "back.jsonl", recs, to_format="reference")
+    original = [json.loads(line) for line in REFERENCE.read_text().splitlines()]
+    back = [json.loads(line) for line in (tmp_path / "back.jsonl").read_text().splitlines()]
+    assert back == original
+
+
+def test_reference_answers_align_with_parsable_turns():
+    ref = {
+        "prompt_id": "x", "gold": "80",
+        "messages": [
+            {"role": "user", "content": "q"}, {"role": "assistant", "content": "I think 80"},
+            {"role": "user", "content": "again"}, {"role": "assistant", "content": "<answer>80</answer>"},
+        ],
+        "verifier": {"t1": 0, "t2": 1, "t3": 0}, "turn_rewards": {"t1": 0.0, "t2": 1.0, "t3": 0.0},
+        "t_star": 2, "answer_norms": ["80"], "format_penalty": -0.1, "reward_details": {},
+    }
+    rec = from_reference(ref, traj_id=0)
+    assert rec["answers"] == [None, "80"] and rec["format_errors"] == 1 and rec["max_turns"] == 3
+    assert to_reference(rec) == ref
+
+
+def test_atomic_write_leaves_old_output_on_error(tmp_path):
+    out = tmp_path / "out.jsonl"
+    out.write_text("precious\n")
+    with pytest.raises(RuntimeError):
+        with atomic_write(out) as f:
+            f.write(b"half")
+            raise RuntimeError("boom")
+    assert out.read_text() == "precious\n"
+    assert list(tmp_path.iterdir()) == [out]

@@ -1,0 +1,205 @@
+"""The weighting math against hand-computed values, invariants and random groups."""
+
+import math
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from drift import DriftError
+from drift.weighting import (
+    WeightingParams,
+    compute_weights,
+    diagnostics,
+    discounted_return,
+    group_weights,
+    kish_ess,
+    repetition_penalty,
+    trajectory_return,
+)
+
+
+def make(prompt_id, traj_id, answers, first_correct=None):
+    """A record with the given per-turn answers; correct only at ``first_correct`` (1-based)."""
+    turns = len(answers)
+    correct = [t + 1 == first_correct for t in range(turns)]
+    msgs = [{"role": "user", "content": "q"}]
+    for a in answers:
+        msgs += [{"role": "assistant", "content": f"<answer>{a}</answer>"}, {"role": "user", "content": "again"}]
+    return {
+        "schema": 1, "prompt_id": prompt_id, "traj_id": traj_id, "messages": msgs[:-1],
+        "answers": answers, "correct": correct, "rewards": [float(c) for c in correct],
+        "format_errors": answers.count(None), "first_correct_turn": first_correct,
+    }
+
+
+# -- returns, by hand -------------------------------------------------------------------------
+
+
+def test_discounted_return_by_hand():
+    # r = (0, 0, 0, 1): gamma^3 = 0.9^3 = 0.729
+    assert discounted_return([0, 0, 0, 1], 0.9) == pytest.approx(0.729, abs=1e-15)
+    # two rewards: 1 + 0.5 * 1 = 1.5
+    assert discounted_return([1, 1], 0.5) == 1.5
+    assert discounted_return([], 0.9) == 0.0
+
+
+def test_repetition_penalty_by_hand():
+    # 4 answers, 1 unique: 0.5 * (1 - 1/4) = 0.375
+    assert repetition_penalty(["7", "7", "7", "7"], 0.5) == 0.375
+    # nulls are not answers: 2 answers, 2 unique -> 0
+    assert repetition_penalty(["1", None, "2", None], 0.5) == 0.0
+    assert repetition_penalty([], 0.5) == 0.0
+
+
+def test_trajectory_return_composes_three_terms():
+    # solved at turn 4 (0.9^3 = 0.729), 1 format error (-0.1),
+    # answers 5, 5, 6 -> 3 answers 2 unique -> 0.5 * (1 - 2/3) = 1/6
+    r = trajectory_return([0, 0, 0, 1], ["5", None, "5", "6"], 1, gamma=0.9, lam=0.5, format_penalty=0.1)
+    assert r == pytest.approx(0.729 - 0.1 - 0.5 / 3, abs=1e-12)
+
+
+# -- group weights, by hand -------------------------------------------------------------------
+
+
+def test_group_weights_by_hand():
+    # returns (1, 0), beta 0.1: exp(10), exp(0); mean (e^10 + 1)/2
+    w = group_weights([1.0, 0.0], beta=0.1)
+    assert w[0] == pytest.approx(2 * math.exp(10) / (math.exp(10) + 1), rel=1e-12)
+    assert w[1] == pytest.approx(2 / (math.exp(10) + 1), rel=1e-12)
+
+
+def test_group_weights_extreme_returns_do_not_overflow():
+    w = group_weights([1e5, -1e5, 0.0], beta=0.1)  # |R/beta| = 1e6
+    assert w == [3.0, 0.0, 0.0]
+    assert all(math.isfinite(x) for x in group_weights([1e5] * 4, beta=0.1))
+
+
+@pytest.mark.parametrize("beta", [0.0, -1.0, float("nan"), float("inf")])
+def test_bad_beta_is_an_error(beta):
+    with pytest.raises(DriftError, match="beta"):
+        group_weights([0.0, 1.0], beta=beta)
+    with pytest.raises(DriftError, match="beta"):
+        WeightingParams(beta=beta)
+
+
+# -- invariants -------------------------------------------------------------------------------
+
+returns_lists = st.lists(st.floats(min_value=-50, max_value=50, allow_nan=False), min_size=1, max_size=32)
+betas = st.floats(min_value=1e-3, max_value=1e3)
+
+
+@settings(max_examples=200, deadline=None)
+@given(returns_lists, betas)
+def test_weights_average_one_and_are_finite(returns, beta):
+    w = group_weights(returns, beta)
+    assert all(math.isfinite(x) and x >= 0 for x in w)
+    assert sum(w) / len(w) == pytest.approx(1.0, rel=1e-9)
+
+
+@settings(max_examples=200, deadline=None)
+@given(returns_lists, betas, st.floats(min_value=-100, max_value=100))
+def test_adding_a_constant_changes_nothing(returns, beta, c):
+    a = group_weights(returns, beta)
+    b = group_weights([r + c for r in returns], beta)
+    # shifting by c changes R - max(R) only by rounding
+    assert b == pytest.approx(a, rel=1e-6, abs=1e-9)
+
+
+@settings(max_examples=100, deadline=None)
+@given(returns_lists, betas, st.randoms())
+def test_permuting_records_permutes_weights(returns, beta, rnd):
+    order = list(range(len(returns)))
+    rnd.shuffle(order)
+    w = group_weights(returns, beta)
+    assert group_weights([returns[i] for i in order], beta) == pytest.approx([w[i] for i in order], rel=1e-12)
+
+
+def test_beta_to_infinity_is_uniform_and_to_zero_is_argmax():
+    returns = [0.2, 0.9, 0.5, 0.9]
+    assert group_weights(returns, 1e9) == pytest.approx([1.0] * 4, rel=1e-6)
+    # beta -> 0: the two best share all the mass, 4 / 2 = 2 each
+    assert group_weights(returns, 1e-6) == [0.0, 2.0, 0.0, 2.0]
+
+
+def test_kish_ess():
+    assert kish_ess([2.0, 2.0]) == 2.0
+    assert kish_ess([1.0, 0.0, 0.0]) == 1.0
+    assert kish_ess([]) == 0.0
+
+
+# -- schemes on records -----------------------------------------------------------------------
+
+
+def _records():
+    return [
+        make("a", 0, ["1"], 1),  # R = 1
+        make("a", 1, ["2", "1"], 2),  # R = 0.9
+        make("a", 2, ["2", "2"]),  # R = -0.5 * (1 - 1/2) = -0.25
+        make("b", 0, ["5", "6"]),  # all fail, R = 0
+        make("b", 1, ["5", "6"]),  # R = 0 -> zero-variance group
+    ]
+
+
+def test_drift_scheme_on_records_by_hand():
+    returns, weights = compute_weights(_records(), WeightingParams(beta=0.1, gamma=0.9))
+    assert returns == pytest.approx([1.0, 0.9, -0.25, 0.0, 0.0])
+    z = (math.exp(10) + math.exp(9) + math.exp(-2.5)) / 3
+    assert weights[:3] == pytest.approx([math.exp(10) / z, math.exp(9) / z, math.exp(-2.5) / z], rel=1e-12)
+    assert weights[3:] == [1.0, 1.0]  # the reference code's behaviour on all-fail groups
+
+
+def test_zero_variance_drop_and_rft_and_sft():
+    recs = _records()
+    _, w = compute_weights(recs, WeightingParams(zero_variance="drop"))
+    assert w[3:] == [None, None] and all(x is not None for x in w[:3])
+    _, w = compute_weights(recs, WeightingParams(scheme="rft"))
+    assert w == [1.0, 1.0, None, None, None]
+    _, w = compute_weights(recs, WeightingParams(scheme="sft"))
+    assert w == [1.0] * 5
+
+
+def test_rwr_and_global_scope_normalise_over_the_file():
+    recs = _records()
+    _, w1 = compute_weights(recs, WeightingParams(scheme="rwr", beta=0.5))
+    _, w2 = compute_weights(recs, WeightingParams(scope="global", beta=0.5))
+    assert w1 == pytest.approx(w2)
+    assert sum(w1) / len(w1) == pytest.approx(1.0)
+
+
+def test_clip_caps_without_renormalising():
+    _, w = compute_weights(_records(), WeightingParams(clip=1.5))
+    assert max(w) == 1.5
+    assert w[3:] == [1.0, 1.0]
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(min_value=1, max_value=6), st.integers(min_value=1, max_value=8), st.integers(0, 10**6))
+def test_random_files_average_one_per_group(n_prompts, k, seed):
+    rnd = random.Random(seed)
+    recs = []
+    for p in range(n_prompts):
+        for j in range(k):
+            turns = rnd.randint(1, 5)
+            answers = [rnd.choice(["1", "2", None]) for _ in range(turns)]
+            first = turns if rnd.random() < 0.5 else None
+            recs.append(make(f"p{p}", j, answers, first))
+    returns, weights = compute_weights(recs, WeightingParams(beta=rnd.choice([0.01, 0.1, 1.0])))
+    for p in range(n_prompts):
+        ws = [w for r, w in zip(recs, weights) if r["prompt_id"] == f"p{p}"]
+        assert sum(ws) / len(ws) == pytest.approx(1.0, rel=1e-9)
+    d = diagnostics(recs, returns, weights)
+    assert 0 < d["ess"] <= len(recs) + 1e-9
+    assert d["all_fail_groups"] + d["all_pass_groups"] + d["mixed_groups"] == pytest.approx(1.0)
+
+
+def test_diagnostics_by_hand():
+    recs = _records()
+    returns, weights = compute_weights(recs, WeightingParams())
+    d = diagnostics(recs, returns, weights)
+    assert d["groups"] == 2 and d["mixed_groups"] == 0.5 and d["all_fail_groups"] == 0.5
+    assert d["zero_variance_groups"] == 0.5
+    # 1 of 5 solved at turn 1, 2 of 5 by turn 2
+    assert d["success_by_turn"] == {"1": 0.2, "2": 0.4}
+    assert d["mean_return"] == pytest.approx((1 + 0.9 - 0.25) / 5)
