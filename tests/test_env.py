@@ -31,7 +31,7 @@ def test_correct_at_turn_one_stops():
 
 def test_wrong_gets_feedback_then_correct():
     env = CorrectionEnv(VERIFIERS["numeric"], max_turns=5)
-    first, second = run(env, ["<answer>135</answer>", "<answer> 1,25 </answer>", ][:1] + ["<answer>125.0</answer>"])
+    first, second = run(env, ["<answer>135</answer>", "<answer>125.0</answer>"])
     assert first == StepResult(0.0, False, False, "135", FEEDBACK)
     assert env.messages[3] == {"role": "user", "content": FEEDBACK}
     assert second.correct and second.done and second.answer == "125"

@@ -160,6 +160,14 @@ def test_zero_variance_drop_and_rft_and_sft():
     assert w == [1.0] * 5
 
 
+def test_all_fail_drop_removes_groups_without_a_success():
+    recs = _records() + [make("c", 0, ["7", "7"]), make("c", 1, ["7", "8"])]  # all fail, returns differ
+    _, w = compute_weights(recs, WeightingParams(all_fail="drop"))
+    assert w[3:] == [None] * 4 and all(x is not None for x in w[:3])
+    _, w = compute_weights(recs, WeightingParams(zero_variance="drop"))
+    assert w[3:5] == [None, None] and w[5] is not None  # group c is not zero-variance
+
+
 def test_rwr_and_global_scope_normalise_over_the_file():
     recs = _records()
     _, w1 = compute_weights(recs, WeightingParams(scheme="rwr", beta=0.5))

@@ -37,7 +37,7 @@ def run_weight(cfg: WeightConfig) -> dict:
     start = time.perf_counter()
     params = WeightingParams(
         scheme=cfg.scheme, beta=cfg.beta, gamma=cfg.gamma, lam=cfg.lam, format_penalty=cfg.format_penalty,
-        scope=cfg.scope, zero_variance=cfg.zero_variance, clip=cfg.clip,
+        scope=cfg.scope, zero_variance=cfg.zero_variance, all_fail=cfg.all_fail, clip=cfg.clip,
     )
     records = read_records(cfg.input)
     returns, weights = compute_weights(records, params)
@@ -47,7 +47,8 @@ def run_weight(cfg: WeightConfig) -> dict:
             rec["return"], rec["weight"] = ret, w
             kept.append(rec)
     if not kept:
-        raise DriftError(f"scheme {cfg.scheme!r} with zero_variance={cfg.zero_variance!r} dropped every record")
+        raise DriftError(f"scheme {cfg.scheme!r} with zero_variance={cfg.zero_variance!r}, all_fail={cfg.all_fail!r} "
+                         "dropped every record")
     write_records(cfg.out, kept, to_format=cfg.to_format, format_penalty=cfg.format_penalty)
     diag = diagnostics(records, returns, weights)
     diag["seconds"] = round(time.perf_counter() - start, 3)

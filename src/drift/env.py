@@ -25,7 +25,13 @@ from typing import Protocol, runtime_checkable
 
 from drift import DriftError
 from drift.answers import MODES, extract_answer, normalize_answer
-from drift.prompts import DEFAULT_SYSTEM_PROMPT, FEEDBACK, FORMAT_FEEDBACK, build_messages, get_protocol
+from drift.prompts import (
+    DEFAULT_SYSTEM_PROMPT,
+    FEEDBACK,
+    FORMAT_FEEDBACK,
+    build_messages,
+    get_protocol,
+)
 from drift.records import SCHEMA_VERSION
 from drift.verifiers import DEFAULT_TIMEOUT, get_verifier
 
@@ -136,6 +142,9 @@ class CorrectionEnv:
             raise RuntimeError("step() before reset()")
         if self.done:
             raise RuntimeError(f"the episode is over (turn {self.turn} of {self.max_turns}); call reset()")
+        # A server's JSON may carry lone surrogates ("\ud800"), which no UTF-8 writer accepts: the
+        # record must stay writable, so they become U+FFFD.
+        text = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
         self.messages.append({"role": "assistant", "content": text})
         extracted = extract_answer(text, self.answer_mode)
         # The record keeps the normalised answer (the repetition penalty compares these); the

@@ -19,6 +19,20 @@ import torch.nn.functional as F
 IGNORE = -100
 
 
+def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p(label) at every kept position, and the 0/1 mask of trained positions; both (b, k).
+
+    >>> logp, mask = token_logprobs(torch.zeros(1, 2, 4), torch.tensor([[IGNORE, 1]]))
+    >>> round(logp[0, 1].item(), 6), mask.tolist()      # log(1/4) at the one trained position
+    (-1.386294, [[0.0, 1.0]])
+    """
+    mask = (labels != IGNORE).float()
+    logp = -F.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]), labels.clamp(min=0).reshape(-1), reduction="none"
+    ).view(labels.shape)
+    return logp, mask
+
+
 def per_sample_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Token-mean negative log-likelihood of each sample, and its number of label tokens.
 
@@ -31,12 +45,9 @@ def per_sample_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     >>> round(nll.item(), 6), n.item()
     (1.386294, 2)
     """
-    mask = labels != IGNORE
-    token_nll = F.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]), labels.clamp(min=0).reshape(-1), reduction="none"
-    ).view(labels.shape)
-    counts = mask.sum(-1)
-    return (token_nll * mask).sum(-1) / counts.clamp(min=1), counts
+    logp, mask = token_logprobs(logits, labels)
+    counts = mask.sum(-1).long()
+    return -(logp * mask).sum(-1) / counts.clamp(min=1), counts
 
 
 def weighted_nll(nll: torch.Tensor, weights: torch.Tensor, denominator: float) -> torch.Tensor:

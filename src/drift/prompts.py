@@ -41,6 +41,9 @@ CHOICE_INSTRUCTION = (
 INSTRUCTIONS: dict[str, str] = {"math": MATH_INSTRUCTION, "choice": CHOICE_INSTRUCTION}
 """Instruction templates by kind (a task's ``instruction``); each has one ``{question}`` slot."""
 
+ANSWER_FORMAT = "<answer>{answer}</answer>"
+"""A reply in exactly the requested format (used to build format warm-up data)."""
+
 FEEDBACK = "Incorrect. Please think again."
 """Said after a wrong answer."""
 

@@ -74,7 +74,7 @@ def _check_messages(messages) -> int:
         if not isinstance(m, dict) or not isinstance(m.get("content"), str):
             raise FieldError(f"field 'messages[{i}]' must be an object with a string 'content'")
         role = m.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:
             raise FieldError(f"field 'messages[{i}].role' must be one of {sorted(ROLES)}, got {role!r}")
         turns += role == "assistant"
     if turns == 0:
@@ -237,9 +237,38 @@ def _parse_line(raw: bytes):
     except UnicodeDecodeError as e:
         raise FieldError(f"line is not valid UTF-8 (byte {e.start})") from None
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except json.JSONDecodeError as e:
         raise FieldError(f"invalid JSON ({e.msg} at column {e.colno}); truncated line?") from None
+    except RecursionError:
+        raise FieldError("invalid JSON (nested too deeply)") from None
+    except ValueError as e:  # an integer past Python's 4300-digit limit
+        raise FieldError(f"invalid JSON ({e})") from None
+    try:  # stdlib json also accepts lone surrogate escapes ("\\ud800"), which no writer can encode
+        orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        raise FieldError(f"field '{_surrogate_field(value)}' holds a lone UTF-16 surrogate (not valid Unicode)") from None
+    return value
+
+
+def _surrogate_field(value, where: str = "") -> str:
+    """Dotted path of the first string (or key) in ``value`` that is not encodable as UTF-8."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return where or "(line)"
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            found = _surrogate_field(k, where) or _surrogate_field(v, f"{where}.{k}" if where else k)
+            if found:
+                return found
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            found = _surrogate_field(v, f"{where}[{i}]")
+            if found:
+                return found
+    return ""
 
 
 def detect_format(rec) -> str:
@@ -274,7 +303,8 @@ def iter_records(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
                 elif this != fmt:
                     raise FieldError(f"a {this}-format record in a {fmt}-format file (mixed formats)")
                 if fmt == "reference":
-                    k = group_sizes.get(rec.get("prompt_id"), 0) if isinstance(rec, dict) else 0
+                    pid = rec.get("prompt_id") if isinstance(rec, dict) else None
+                    k = group_sizes.get(pid, 0) if isinstance(pid, str) else 0  # a bad id fails in from_reference
                     rec = from_reference(rec, traj_id=k)
                     group_sizes[rec["prompt_id"]] = k + 1
                 else:

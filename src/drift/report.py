@@ -47,8 +47,8 @@ def _check_turn_table(path: Path, report: dict, key: str, required: bool) -> Non
     if not isinstance(table, dict):
         raise DriftError(f"{path}: field '{key}' must be an object like {{\"1\": 0.5, ...}}")
     for t, value in table.items():
-        if not t.isdigit() or int(t) < 1:
-            raise DriftError(f"{path}: field '{key}' has key {t!r}; turn keys are 1-based integers")
+        if not (t.isascii() and t.isdigit() and len(t) <= 6) or int(t) < 1:  # "²".isdigit() is True
+            raise DriftError(f"{path}: field '{key}' has key {t!r:.40}; turn keys are 1-based integers below 10^6")
         ok = value is None or (
             isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         )
@@ -65,8 +65,10 @@ def load_report(path: str | Path) -> dict:
         raise DriftError(f"{path}: no such report file")
     try:
         report = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DriftError(f"{path}: not a readable JSON report ({e})") from None
+    except json.JSONDecodeError as e:
+        raise DriftError(f"{path}:{e.lineno}: not a readable JSON report ({e.msg} at column {e.colno})") from None
+    except (OSError, UnicodeDecodeError, RecursionError, ValueError) as e:  # ValueError: a 5000-digit integer
+        raise DriftError(f"{path}: not a readable JSON report ({type(e).__name__}: {str(e)[:200]})") from None
     if not isinstance(report, dict):
         raise DriftError(f"{path}: a report must be a JSON object")
     if not isinstance(report.get("n"), int) or isinstance(report.get("n"), bool):

@@ -117,24 +117,25 @@ def _check_resume_config(cfg, path: Path) -> None:
         return
     saved = yaml.safe_load(path.read_text()) or {}
     now = to_dict(cfg)
-    differ = [k for k in now if k != "resume" and k in saved and saved[k] != now[k]]
+    differ = [k for k in now if k not in ("resume", "out") and k in saved and saved[k] != now[k]]
     if differ:
         raise DriftError(f"cannot resume {cfg.out}: options differ from the first run ({', '.join(differ)}); "
                          f"see {path}")
 
 
-def run_rollout(cfg) -> dict:
-    """``drift rollout``: sample, verify, write; return the summary."""
+def sample_to_file(cfg, out: Path, *, desc: str = "rollout", generator=None) -> dict:
+    """Roll out ``cfg`` into ``out`` (appending chunk by chunk, resuming when ``cfg.resume``).
+
+    Shared by ``drift rollout`` and ``drift eval``. Pass a loaded ``generator`` to reuse a model
+    (it is then not closed). Returns counts for the summary.
+    """
     from tqdm.auto import tqdm
 
     from drift.backends import load_backend
-    from drift.commands import sidecar, write_json
+    from drift.commands import sidecar
     from drift.config import save_config
     from drift.tasks import load_examples
 
-    if not cfg.out:
-        raise DriftError("no output given (--out OUT)")
-    out = Path(cfg.out)
     if out.exists() and not cfg.resume:
         raise DriftError(f"{out} exists; pass --resume to continue it, or choose another --out")
     shard_i, shard_n = parse_shard(cfg.shard)
@@ -142,23 +143,25 @@ def run_rollout(cfg) -> dict:
                              **cfg.task_options)
     examples = examples[shard_i::shard_n]
     if not examples:
-        raise DriftError(f"task {cfg.task!r} gave no prompts")
+        raise DriftError(f"{cfg.source + ': ' if cfg.source else ''}task {cfg.task!r} gave no prompts")
     chunks = [examples[i : i + cfg.chunk_prompts] for i in range(0, len(examples), cfg.chunk_prompts)]
+    config_path = sidecar(out, "config.yaml")
     if out.exists():
-        _check_resume_config(cfg, sidecar(out, "config.yaml"))
+        _check_resume_config(cfg, config_path)
     done_chunks = _completed(out, chunks, cfg.n) if out.exists() else 0
     make_env, verifier = env_factory(cfg)
     sampling = Sampling(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
                         seed=cfg.seed)
-    generator = load_backend(cfg.backend, **backend_options(cfg))
+    own_generator = generator is None
+    if own_generator:
+        generator = load_backend(cfg.backend, **backend_options(cfg))
     extra = {"sampling": asdict(sampling), "model": cfg.model}
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, sidecar(out, "config.yaml"))
+    save_config(cfg, config_path)
     start, tokens0 = time.perf_counter(), generator.tokens_generated
     firsts: list[int | None] = []
-    format_errors = 0
     bar = tqdm(total=len(examples), initial=sum(len(c) for c in chunks[:done_chunks]), unit="prompt",
-               desc="rollout", dynamic_ncols=True)
+               desc=desc, dynamic_ncols=True)
     try:
         with open(out, "ab") as f:
             for chunk in chunks[done_chunks:]:
@@ -168,7 +171,6 @@ def run_rollout(cfg) -> dict:
                 f.flush()
                 os.fsync(f.fileno())
                 firsts += [r["first_correct_turn"] for r in records]
-                format_errors += sum(r["format_errors"] for r in records)
                 elapsed = time.perf_counter() - start
                 bar.update(len(chunk))
                 bar.set_postfix(acc1=f"{sum(t == 1 for t in firsts) / len(firsts):.2f}",
@@ -176,15 +178,28 @@ def run_rollout(cfg) -> dict:
                                 tok_s=f"{(generator.tokens_generated - tokens0) / max(elapsed, 1e-9):.0f}")
     finally:
         bar.close()
-        generator.close()
+        if own_generator:
+            generator.close()
     wall = time.perf_counter() - start
+    tokens = generator.tokens_generated - tokens0
+    return {
+        "new_trajectories": len(firsts), "verifier_calls": verifier.stats.calls,
+        "verifier_timeouts": verifier.stats.timeouts, "verifier_errors": verifier.stats.errors,
+        "tokens_generated": tokens,
+        "wall_seconds": round(wall, 2), "tokens_per_second": round(tokens / max(wall, 1e-9), 1),
+    }
+
+
+def run_rollout(cfg) -> dict:
+    """``drift rollout``: sample, verify, write; print and save the summary."""
+    from drift.commands import sidecar, write_json
+
+    if not cfg.out:
+        raise DriftError("no output given (--out OUT)")
+    out = Path(cfg.out)
+    stats = sample_to_file(cfg, out)
     summary = rollout_summary(out, cfg.max_turns)
-    summary.update(
-        new_trajectories=len(firsts), format_errors_this_run=format_errors,
-        verifier_calls=verifier.stats.calls, verifier_timeouts=verifier.stats.timeouts,
-        tokens_generated=generator.tokens_generated - tokens0, wall_seconds=round(wall, 2),
-        tokens_per_second=round((generator.tokens_generated - tokens0) / max(wall, 1e-9), 1),
-    )
+    summary.update(stats)
     write_json(sidecar(out, "summary.json"), summary)
     print_summary(summary)
     return summary
@@ -210,7 +225,8 @@ def backend_options(cfg) -> dict:
     """Constructor arguments of the chosen backend, from the rollout/eval config."""
     table = {
         "hf": lambda: {"model": cfg.model, "batch_size": cfg.batch_size, "autocast_bf16": cfg.bf16},
-        "vllm": lambda: {"model": cfg.model},
+        "vllm": lambda: {"model": cfg.model, "tensor_parallel_size": cfg.tensor_parallel_size,
+                         "gpu_memory_utilization": cfg.gpu_memory_utilization, "seed": cfg.seed},
         "openai": lambda: {"base_url": cfg.base_url, "model": cfg.model, "concurrency": cfg.concurrency},
         "scripted": lambda: {"seed": cfg.seed},
     }

@@ -11,7 +11,21 @@ task            rows                                       gold                 
 ``metamathqa``  ``query``, ``response``                    after "The answer is:"   math
 ``jsonl``       ``question``, ``answer`` (renamable)       the answer field         math
 ``mcq``         ``question``, ``choices``, ``answer``      the letter (index 0 = A)  choice
+``theoremqa``   ``Question``, ``Answer``                   ``Answer`` as text       math
+``gpqa``        ``Question``, ``Correct Answer``,          the letter of the        choice
+                ``Incorrect Answer 1..3``                  correct answer after a
+                                                           seeded shuffle
+``mmlu_redux``  ``question``, ``choices``, ``answer``      as ``mcq``               choice
+``mmlu_pro``    ``question``, ``options``,                 as ``mcq``               choice
+                ``answer_index``
 ==============  =========================================  =======================  ========
+
+Hub defaults of the benchmark tasks: ``TIGER-Lab/TheoremQA`` (split ``test``),
+``Idavidrein/gpqa:gpqa_diamond`` (a gated dataset whose only split, ``train``, serves as
+``test``), ``TIGER-Lab/MMLU-Pro`` (``test``, ``validation``); MMLU-Redux 2.0 comes one subject
+per config, so ``mmlu_redux`` takes ``--source edinburgh-dawg/mmlu-redux-2.0:<subject>`` or a
+local file. GPQA's four answers are shuffled by a hash of ``(seed, question)``: the order is
+the same in every run with that seed, whatever the row order or ``limit``.
 
 A ``source`` is a local ``.jsonl``/``.json`` (``.parquet`` with pandas) file, a folder holding
 ``{split}.jsonl``, or a Hugging Face hub dataset (``owner/name`` or ``owner/name:config``;
@@ -24,7 +38,8 @@ the load with ``file:line: field '...' ...``.
 drawn from ``ops`` (``+-*``, usual precedence), ``mix`` draws 1..digits digits and 2..terms
 operands per problem. A problem belongs to split ``test`` when a hash of its text falls in
 bucket 0 of 10, ``validation`` in bucket 1, ``train`` otherwise, so splits never share a
-problem, whatever the seeds; the seed only picks which problems of the split you get.
+problem, whatever the seeds; the seed only picks which problems of the split you get, and
+``limit`` how many (default :data:`DEFAULT_ARITHMETIC_SIZE`).
 """
 
 from __future__ import annotations
@@ -96,7 +111,7 @@ def _rows_hub(name: str, split: str) -> Iterator[tuple[str, dict]]:
         ) from None
     try:
         rows = datasets.load_dataset(repo, config or None, split=split)
-    except Exception as e:  # network, unknown dataset, unknown split: all fixable by the user
+    except Exception as e:  # noqa: BLE001 - network, unknown dataset, unknown split: all fixable by the user
         raise DriftError(
             f"could not load {name!r} split {split!r} from the Hugging Face hub ({type(e).__name__}: {e}); "
             f"pass a local file instead (a .jsonl, or a folder with {split}.jsonl)"
@@ -177,9 +192,18 @@ def _metamathqa_row(row: dict, question_field: str, answer_field: str) -> tuple[
     return _text(row, question_field), gold, {"type": row["type"]} if "type" in row else {}
 
 
+def _render_mcq(question: str, choices: list[str], gold_index: int) -> tuple[str, str, dict]:
+    """The question followed by ``(A) ...`` lines; the gold letter; the choices as meta."""
+    letters = [chr(ord("A") + i) for i in range(len(choices))]
+    rendered = question + "\n\n" + "\n".join(f"({letter}) {text}" for letter, text in zip(letters, choices))
+    return rendered, letters[gold_index], {"choices": choices}
+
+
 def _mcq_row(row: dict, question_field: str, answer_field: str, choices_field: str) -> tuple[str, str, dict]:
     question = _text(row, question_field)
     choices = row.get(choices_field)
+    if hasattr(choices, "tolist"):  # a numpy array, from a parquet file
+        choices = choices.tolist()
     if not isinstance(choices, list) or not 2 <= len(choices) <= 26:
         raise FieldError(f"field {choices_field!r} must be a list of 2 to 26 choices")
     choices = [str(c).strip() for c in choices]
@@ -195,12 +219,48 @@ def _mcq_row(row: dict, question_field: str, answer_field: str, choices_field: s
         raise FieldError(
             f"field {answer_field!r} must be a letter A-{letters[-1]}, a 0-based index or a choice's text, got {answer!r:.40}"
         )
-    rendered = question + "\n\n" + "\n".join(f"({letter}) {text}" for letter, text in zip(letters, choices))
-    return rendered, gold, {"choices": choices}
+    return _render_mcq(question, choices, letters.index(gold))
 
 
-def _rows_loader(convert: Callable[..., tuple[str, str, dict]]):
-    """A loader reading rows from ``source`` and turning each into an :class:`Example` with ``convert``."""
+def _benchmark_mcq_row(meta_fields: tuple[str, ...]):
+    """``_mcq_row`` keeping the benchmark's own labels (subject, category, ...) as meta."""
+
+    def convert(row: dict, question_field: str, answer_field: str, choices_field: str) -> tuple[str, str, dict]:
+        question, gold, meta = _mcq_row(row, question_field, answer_field, choices_field)
+        return question, gold, {**meta, **{k: row[k] for k in meta_fields if k in row}}
+
+    return convert
+
+
+def _theoremqa_row(row: dict, question_field: str, answer_field: str) -> tuple[str, str, dict]:
+    # TheoremQA answers are numbers, lists ("[1, 2]"), booleans or expressions; the math verifier
+    # compares them. Questions with a picture cannot be solved from the text alone: marked in meta.
+    answer = row.get(answer_field) if isinstance(row, dict) else None
+    if isinstance(answer, (bool, list)):
+        row = {**row, answer_field: str(answer)}
+    meta = {"answer_type": row["Answer_type"]} if "Answer_type" in row else {}
+    if row.get("Picture"):
+        meta["has_picture"] = True
+    return _text(row, question_field), _text(row, answer_field), meta
+
+
+_GPQA_WRONG = ("Incorrect Answer 1", "Incorrect Answer 2", "Incorrect Answer 3")
+
+
+def _gpqa_row(row: dict, question_field: str, answer_field: str, seed: int) -> tuple[str, str, dict]:
+    question = _text(row, question_field)
+    choices = [_text(row, answer_field)] + [_text(row, name) for name in _GPQA_WRONG]
+    # The correct answer is first in the data: shuffle, keyed by the seed and the question only.
+    order = list(range(4))
+    random.Random(f"gpqa/{seed}/{question}").shuffle(order)
+    meta_fields = ("Subdomain", "High-level domain", "Record ID")
+    rendered, gold, meta = _render_mcq(question, [choices[i] for i in order], order.index(0))
+    return rendered, gold, {**meta, **{k: row[k] for k in meta_fields if k in row}}
+
+
+def _rows_loader(convert: Callable[..., tuple[str, str, dict]], seeded: bool = False):
+    """A loader reading rows from ``source`` and turning each into an :class:`Example` with ``convert``
+    (called as ``convert(row, **fields)``, plus ``seed=`` when ``seeded``)."""
 
     def load(spec: TaskSpec, source: str, split: str, limit: int | None, seed: int, id_field=None, **fields):
         if source is None:
@@ -213,7 +273,7 @@ def _rows_loader(convert: Callable[..., tuple[str, str, dict]]):
             if limit is not None and len(examples) >= limit:
                 break
             try:
-                question, gold, meta = convert(row, **fields)
+                question, gold, meta = convert(row, **fields, **({"seed": seed} if seeded else {}))
                 prompt_id = _text(row, id_field) if id_field else f"{spec.name}-{index:06d}"
             except FieldError as e:
                 raise DriftError(f"{where}: {e}") from None
@@ -228,7 +288,7 @@ def _rows_loader(convert: Callable[..., tuple[str, str, dict]]):
 
 # -- arithmetic (generated) ------------------------------------------------------------------
 
-SPLIT_BUCKETS = {"test": range(0, 1), "validation": range(1, 2), "train": range(2, 10)}
+SPLIT_BUCKETS = {"test": range(1), "validation": range(1, 2), "train": range(2, 10)}
 """Which of 10 hash buckets of the question text belong to each split of ``arithmetic``."""
 
 DEFAULT_ARITHMETIC_SIZE = 1000
@@ -308,6 +368,8 @@ class TaskSpec:
     instruction: str = "math"
     default_source: str | None = None
     knobs: Mapping[str, object] = field(default_factory=dict)
+    source_splits: Mapping[str, str] = field(default_factory=dict)
+    """How the default source names our splits, where it differs (GPQA's only split is ``train``)."""
 
 
 _QA = {"question_field": "question", "answer_field": "answer", "id_field": None}
@@ -326,6 +388,24 @@ TASKS: dict[str, TaskSpec] = {
         ),
         TaskSpec("jsonl", _rows_loader(_qa_row), "math", knobs=_QA),
         TaskSpec("mcq", _rows_loader(_mcq_row), "choice", "choice", knobs={**_QA, "choices_field": "choices"}),
+        TaskSpec(
+            "theoremqa", _rows_loader(_theoremqa_row), "math", default_source="TIGER-Lab/TheoremQA",
+            knobs={"question_field": "Question", "answer_field": "Answer", "id_field": None},
+        ),
+        TaskSpec(
+            "gpqa", _rows_loader(_gpqa_row, seeded=True), "choice", "choice",
+            default_source="Idavidrein/gpqa:gpqa_diamond", source_splits={"test": "train"},
+            knobs={"question_field": "Question", "answer_field": "Correct Answer", "id_field": None},
+        ),
+        TaskSpec(
+            "mmlu_redux", _rows_loader(_benchmark_mcq_row(("subject", "error_type"))), "choice", "choice",
+            knobs={**_QA, "choices_field": "choices"},
+        ),
+        TaskSpec(
+            "mmlu_pro", _rows_loader(_benchmark_mcq_row(("category", "src", "question_id"))), "choice", "choice",
+            default_source="TIGER-Lab/MMLU-Pro",
+            knobs={**_QA, "answer_field": "answer_index", "choices_field": "options"},
+        ),
     )
 }
 
@@ -352,5 +432,6 @@ def load_examples(
         raise DriftError(f"task {task!r}: unknown knob(s) {unknown}; known: {', '.join(spec.knobs) or 'none'}")
     if limit is not None and (not isinstance(limit, int) or limit < 0):
         raise DriftError(f"limit must be a non-negative integer or None, got {limit!r}")
-    source = source if source is not None else spec.default_source
+    if source is None:
+        source, split = spec.default_source, spec.source_splits.get(split, split)
     return spec.loader(spec, source, split, limit, seed, **{**spec.knobs, **knobs})

@@ -164,6 +164,10 @@ def run_train(cfg) -> dict:
         accelerator.print(f"resumed from {ckpt} at step {start_step}")
     accelerator.wait_for_everyone()  # every rank has checked --out before the main one writes to it
     if accelerator.is_main_process:
+        if cfg.resume:  # the steps logged after the checkpoint are about to be redone
+            from drift.runlog import trim_log
+
+            trim_log(out / "train_log.jsonl", start_step)
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
     if cfg.report_to != "none":

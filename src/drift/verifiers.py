@@ -189,14 +189,15 @@ def check(prediction, gold):
     gold = parse("$" + gold + "$", parsing_timeout=None)
     return verify(gold, parse("$" + prediction + "$", parsing_timeout=None), timeout_seconds=None)
 
+replies, sys.stdout = sys.stdout, sys.stderr  # a stray print cannot break the protocol
 check("1/2", "0.5")  # build the LaTeX grammar before the first timed request
-print("ready", flush=True)
+print("ready", file=replies, flush=True)
 for line in sys.stdin:
     try:
         reply = "1" if check(*json.loads(line)) else "0"
     except BaseException as e:  # RecursionError, MemoryError, sympy internals
         reply = "e " + type(e).__name__
-    print(reply, flush=True)
+    print(reply, file=replies, flush=True)
 """
 
 
@@ -239,8 +240,11 @@ class MathWorker:
         replies: queue.Queue = queue.Queue()  # a fresh queue: no stale reply can reach a new request
 
         def pump() -> None:
-            for line in proc.stdout:
-                replies.put(line.rstrip("\n"))
+            try:
+                for line in proc.stdout:
+                    replies.put(line.rstrip("\n"))
+            except (OSError, ValueError):  # the pipe was closed under us by _stop
+                pass
             replies.put(None)  # end of file: the process is gone
 
         threading.Thread(target=pump, name="drift-math-worker", daemon=True).start()
@@ -259,6 +263,8 @@ class MathWorker:
             self._restart()
         if self._booting:  # its first line must be "ready", not a verdict
             if self._replies.get(timeout=self.startup_timeout) != "ready":  # queue.Empty if it hangs
+                self._finalizer()
+                self._proc = None  # start afresh next time (poll() may not see the exit yet)
                 raise MathWorkerError("the math-verify worker did not start (is math-verify installed?)")
             self._booting = False
 
@@ -372,7 +378,7 @@ class Verifier:
             result, outcome = bool(self._fn(prediction, gold)), None
         except TimeoutError:
             result, outcome = False, "timeouts"
-        except Exception:  # a verifier bug or a math-verify failure must not end a rollout
+        except Exception:  # noqa: BLE001 - a verifier bug or a math-verify failure must not end a rollout
             result, outcome = False, "errors"
         with self._lock:
             self.stats.calls += 1

@@ -17,7 +17,10 @@ forward KL, which on samples y ~ pi_ref is weighted maximum likelihood with weig
    succeeds the same way) get weight 1 everywhere under ``drift``, exactly as in the reference
    code. ``zero_variance="drop"`` removes them instead, so the model never imitates a prompt's
    wrong answers when no better alternative was sampled.
-5. ``clip`` caps weights after normalisation and does not renormalise (the cap is a variance
+5. ``all_fail="drop"`` removes the groups where no trajectory succeeds (their returns may still
+   differ through the penalties, so they are not zero-variance): with no correct answer to
+   prefer, the weights would only choose which wrong answers to imitate.
+6. ``clip`` caps weights after normalisation and does not renormalise (the cap is a variance
    control, not part of the estimator).
 
 The training loss itself (weight x token-mean NLL of the last assistant turn) lives in the
@@ -149,6 +152,7 @@ class WeightingParams:
     format_penalty: float = 0.1
     scope: str = "group"
     zero_variance: str = "keep"
+    all_fail: str = "keep"
     clip: float | None = None
 
     def __post_init__(self):
@@ -162,6 +166,8 @@ class WeightingParams:
             raise DriftError(f"scope must be 'group' or 'global', got {self.scope!r}")
         if self.zero_variance not in ("keep", "drop"):
             raise DriftError(f"zero_variance must be 'keep' or 'drop', got {self.zero_variance!r}")
+        if self.all_fail not in ("keep", "drop"):
+            raise DriftError(f"all_fail must be 'keep' or 'drop', got {self.all_fail!r}")
         if self.clip is not None and not self.clip > 0:
             raise DriftError(f"clip must be positive, got {self.clip!r}")
 
@@ -190,11 +196,12 @@ def compute_weights(records: Sequence[dict], params: WeightingParams) -> tuple[l
     returns = compute_returns(records, params)
     groups = group_indices(records)
     keep = [True] * len(records)
-    if params.zero_variance == "drop":
-        for idx in groups.values():
-            if max(returns[i] for i in idx) == min(returns[i] for i in idx):
-                for i in idx:
-                    keep[i] = False
+    for idx in groups.values():
+        zero_variance = max(returns[i] for i in idx) == min(returns[i] for i in idx)
+        all_fail = all(records[i]["first_correct_turn"] is None for i in idx)
+        if (params.zero_variance == "drop" and zero_variance) or (params.all_fail == "drop" and all_fail):
+            for i in idx:
+                keep[i] = False
     kept = [i for i in range(len(records)) if keep[i]]
     sub_returns = [returns[i] for i in kept]
     sub_groups = group_indices([records[i] for i in kept])

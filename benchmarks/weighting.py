@@ -1,0 +1,63 @@
+"""Benchmark: weight 1,000,000 trajectories (16 per prompt) from JSONL to JSONL.
+
+    python benchmarks/weighting.py [--n 1000000] [--dir /tmp/drift-bench]
+
+Reports: writing the synthetic input, `drift weight` end to end (read + validate + weight +
+write + diagnostics), and the math alone (returns + group weights) on the in-memory records.
+Targets (issue #2): end to end < 10 s, math < 1 s, on the 2-core development machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from drift.records import read_records, write_records
+from drift.weighting import WeightingParams, compute_weights
+
+
+def synthetic(n: int, k: int = 16, seed: int = 0):
+    rnd = random.Random(seed)
+    for i in range(n):
+        turns = rnd.randint(1, 5)
+        first = turns if rnd.random() < 0.4 else None
+        answers = [str(rnd.randint(0, 200)) if rnd.random() > 0.05 else None for _ in range(turns)]
+        msgs = [{"role": "system", "content": "You're a helpful assistant."},
+                {"role": "user", "content": f"What is {i % 97}+{i % 89}?"}]
+        for t, a in enumerate(answers):
+            if t:
+                msgs.append({"role": "user", "content": "Incorrect. Please think again."})
+            msgs.append({"role": "assistant", "content": f"<answer>{a}</answer>" if a else "no idea"})
+        correct = [t + 1 == first for t in range(turns)]
+        yield {"schema": 1, "prompt_id": f"p{i // k:07d}", "traj_id": i % k, "messages": msgs, "answers": answers,
+               "correct": correct, "rewards": [float(c) for c in correct], "format_errors": answers.count(None),
+               "first_correct_turn": first}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=1_000_000)
+    parser.add_argument("--dir", default="/tmp/drift-bench")
+    args = parser.parse_args()
+    d = Path(args.dir)
+    d.mkdir(parents=True, exist_ok=True)
+    src, out = d / "rollouts.jsonl", d / "weighted.jsonl"
+    t = time.perf_counter()
+    write_records(src, synthetic(args.n))
+    print(f"input: {args.n} trajectories, {src.stat().st_size / 1e6:.0f} MB, written in {time.perf_counter() - t:.1f} s")
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "drift.cli", "weight", str(src), "--out", str(out)], check=True,
+                   stdout=subprocess.DEVNULL)
+    print(f"drift weight end to end: {time.perf_counter() - t:.2f} s")
+    records = read_records(src)
+    t = time.perf_counter()
+    compute_weights(records, WeightingParams())
+    print(f"math only (returns + group weights): {time.perf_counter() - t:.2f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""The vllm backend: its wiring against a stand-in ``vllm`` module (always), the real engine (opt-in, slow)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import types
+from dataclasses import dataclass
+from typing import ClassVar
+
+import pytest
+
+from drift.backends import Sampling, load_backend
+from drift.config import RolloutConfig
+from drift.rollout import backend_options
+
+QUESTION = [{"role": "user", "content": "What is 2+3?"}]
+
+
+@dataclass
+class FakeSamplingParams:
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 16
+    seed: int | None = None
+
+
+class FakeLLM:
+    """Records its construction and chat calls; replies ``"<seed>:<j>"`` as ``j + 1`` token ids."""
+
+    instances: ClassVar[list] = []
+
+    def __init__(self, **kwargs):
+        self.kwargs, self.calls = kwargs, []
+        FakeLLM.instances.append(self)
+
+    def chat(self, messages, sampling_params, use_tqdm=True):
+        self.calls.append((messages, sampling_params))
+        assert isinstance(sampling_params, list) and len(sampling_params) == len(messages)
+        completion = types.SimpleNamespace
+        return [
+            types.SimpleNamespace(outputs=[completion(text=f" {p.seed}:{j} ", token_ids=list(range(j + 1)))
+                                           for j in range(p.n)])
+            for p in sampling_params
+        ]
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    """A folder drift.models.resolve_model accepts as a model (the fake engine never reads it)."""
+    (tmp_path / "config.json").write_text("{}")
+    return str(tmp_path)
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    FakeLLM.instances = []
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=FakeLLM, SamplingParams=FakeSamplingParams))
+    return FakeLLM
+
+
+def test_requests_carry_their_own_seed_and_sampling(fake_vllm, model_dir):
+    gen = load_backend("vllm", model=model_dir, tensor_parallel_size=2, gpu_memory_utilization=0.5, seed=7,
+                       enforce_eager=True)
+    (llm,) = fake_vllm.instances
+    assert llm.kwargs == {"model": model_dir, "tensor_parallel_size": 2, "dtype": "auto",
+                          "gpu_memory_utilization": 0.5, "max_model_len": None, "seed": 7, "enforce_eager": True}
+    second = QUESTION + [{"role": "assistant", "content": "4"}, {"role": "user", "content": "Incorrect."}]
+    sampling = Sampling(temperature=0.7, top_p=0.9, max_new_tokens=12, seed=99)
+    replies = gen.generate([QUESTION, second], 3, sampling, seeds=[11, 12])
+    assert replies == [["11:0", "11:1", "11:2"], ["12:0", "12:1", "12:2"]]  # stripped, in order
+    messages, params = llm.calls[-1]
+    assert messages == [QUESTION, second]
+    assert params == [FakeSamplingParams(n=3, temperature=0.7, top_p=0.9, max_tokens=12, seed=s) for s in (11, 12)]
+    assert gen.tokens_generated == 2 * (1 + 2 + 3)
+    gen.generate([QUESTION], 1, sampling)  # no per-conversation seeds: sampling.seed
+    assert llm.calls[-1][1][0].seed == 99
+    assert gen.generate([], 1, sampling) == []
+    gen.close()
+    gen.close()
+
+
+def test_rollout_options_reach_the_engine(fake_vllm, model_dir):
+    cfg = RolloutConfig(backend="vllm", model=model_dir, tensor_parallel_size=4, gpu_memory_utilization=0.8, seed=3)
+    load_backend("vllm", **backend_options(cfg))
+    kwargs = fake_vllm.instances[-1].kwargs
+    assert (kwargs["tensor_parallel_size"], kwargs["gpu_memory_utilization"], kwargs["seed"]) == (4, 0.8, 3)
+
+
+def test_short_names_are_resolved_before_the_engine_sees_them(fake_vllm, monkeypatch):
+    import drift.models
+
+    monkeypatch.setattr(drift.models, "resolve_model", lambda name, cache_dir=None: f"/models/{name}")
+    gen = load_backend("vllm", model="smollm2-135m")
+    assert fake_vllm.instances[-1].kwargs["model"] == "/models/smollm2-135m" == gen.model_path
+
+
+def test_module_imports_without_vllm_or_torch():
+    code = "import sys, drift.backends.vllm; print(sorted(m for m in ('torch', 'vllm') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+@pytest.mark.slow
+def test_real_engine_generates_with_the_tiny_model(tiny_model):
+    pytest.importorskip("vllm")
+    gen = load_backend("vllm", model=tiny_model, gpu_memory_utilization=0.3, enforce_eager=True)
+    try:
+        sampling = Sampling(temperature=1.0, max_new_tokens=8)
+        conversations = [QUESTION, [{"role": "user", "content": "What is 7*6?"}]]
+        first = gen.generate(conversations, 2, sampling, seeds=[1, 2])
+        assert [len(r) for r in first] == [2, 2] and all(isinstance(t, str) for r in first for t in r)
+        assert 0 < gen.tokens_generated <= 2 * 2 * 8
+        assert gen.generate(conversations, 2, sampling, seeds=[1, 2]) == first  # seeded per request
+        greedy = Sampling(temperature=0.0, max_new_tokens=8)
+        assert gen.generate([QUESTION], 1, greedy) == gen.generate([QUESTION], 1, greedy)
+    finally:
+        gen.close()

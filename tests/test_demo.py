@@ -1,0 +1,31 @@
+"""`drift demo --quick`: the whole pipeline (warm-up, eval, rollout, weight, train, eval, compare) on a tiny model."""
+
+import json
+
+import pytest
+
+pytest.importorskip("torch")
+
+
+def test_demo_quick_runs_every_stage_and_reuses_them(tmp_path, tiny_model, monkeypatch, capsys):
+    from drift import demo
+    from drift.cli import main
+
+    # the tiny model of the test session instead of the cached one
+    monkeypatch.setitem(demo.PRESETS, "quick", {**demo.PRESETS["quick"], "model": tiny_model})
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    for stage in ("0/5", "1/5", "2/5", "3/5", "4/5", "5/5", "before / after", "multi@5"):
+        assert stage in printed
+    for path in ("base/report.json", "rollouts.jsonl", "weighted.jsonl", "drift/model/config.json",
+                 "drift-eval/report.json", "cumulative_accuracy.png", "multi_at_k.png", "weighted.weights.png"):
+        assert (out / path).exists(), path
+    summary = json.loads((out / "demo_summary.json").read_text())
+    base = json.loads((out / "base" / "report.json").read_text())
+    after = json.loads((out / "drift-eval" / "report.json").read_text())
+    assert summary["gain_multi_at_max_turns"] == pytest.approx(
+        after["cumulative_accuracy"]["5"] - base["cumulative_accuracy"]["5"])
+    # a second run reuses every finished stage
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.count("already done, reusing it") == 6

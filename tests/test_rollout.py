@@ -1,0 +1,213 @@
+"""drift rollout end to end: counts, determinism, shards, refusing to clobber, and crash + resume.
+
+The resume guarantee (rollout.py's docstring) is that kill -9 at any moment followed by
+``--resume`` gives the byte-identical file of an uninterrupted run. A crash can only leave a
+prefix of that file on disk (chunks are appended and fsynced in order), so cutting copies of the
+finished file at many byte offsets - mid-line, on line ends mid-chunk, on chunk ends - covers
+every crash point deterministically; one real SIGKILL of a running process checks the rest
+(the process really dies with the sidecar files written and a chunk on disk).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from drift.cli import main
+from drift.records import read_records
+
+SCRIPTED = ["--backend", "scripted", "--task", "arithmetic", "--max-turns", "3"]
+
+
+def rollout(out: Path, *flags: str, num_prompts: int = 6, n: int = 3, chunk: int = 2, seed: int = 0) -> int:
+    args = ["rollout", *SCRIPTED, "--num-prompts", str(num_prompts), "--n", str(n), "--chunk-prompts", str(chunk),
+            "--seed", str(seed), "-o", str(out), *flags]
+    return main(args)
+
+
+def by_prompt(records: list[dict]) -> dict[str, list[dict]]:
+    groups = defaultdict(list)
+    for rec in records:
+        groups[rec["prompt_id"]].append(rec)
+    return dict(groups)
+
+
+# -- a full run ------------------------------------------------------------------------------
+
+
+def test_scripted_rollout_writes_valid_records_and_sidecars(tmp_path):
+    out = tmp_path / "r.jsonl"
+    assert rollout(out, num_prompts=5, n=4) == 0
+    records = read_records(out)  # validates every line
+    assert len(records) == 5 * 4
+    groups = by_prompt(records)
+    assert len(groups) == 5
+    assert all([r["traj_id"] for r in group] == [0, 1, 2, 3] for group in groups.values())
+    # the K trajectories of a prompt are independent draws, not K copies of one
+    assert sum(len({json.dumps(r["messages"]) for r in group}) > 1 for group in groups.values()) >= 4
+    assert all(r["task"] == "arithmetic" and 1 <= len(r["correct"]) <= 3 for r in records)
+    # an episode stops at its first correct turn, and only there
+    assert all(r["correct"].index(True) + 1 == r["first_correct_turn"] if True in r["correct"]
+               else r["first_correct_turn"] is None and len(r["correct"]) == 3 for r in records)
+
+    summary = json.loads((tmp_path / "r.summary.json").read_text())
+    assert summary["trajectories"] == 20 and summary["prompts"] == 5 and summary["new_trajectories"] == 20
+    solved = [sum(r["first_correct_turn"] is not None and r["first_correct_turn"] <= t for r in records) / 20
+              for t in (1, 2, 3)]
+    assert list(summary["solved_by_turn"].values()) == pytest.approx(solved)
+    assert summary["turns"] == sum(len(r["correct"]) for r in records)
+
+    import yaml
+
+    config = yaml.safe_load((tmp_path / "r.config.yaml").read_text())
+    assert (config["n"], config["num_prompts"], config["backend"], config["out"]) == (4, 5, "scripted", str(out))
+
+
+def test_same_seed_same_file_other_seed_other_file(tmp_path):
+    a, b, c = tmp_path / "a.jsonl", tmp_path / "b.jsonl", tmp_path / "c.jsonl"
+    assert rollout(a, seed=3) == 0 and rollout(b, seed=3) == 0 and rollout(c, seed=4) == 0
+    assert a.read_bytes() == b.read_bytes()
+    assert a.read_bytes() != c.read_bytes()
+
+
+def test_chunking_does_not_change_the_records(tmp_path):
+    one, many = tmp_path / "one.jsonl", tmp_path / "many.jsonl"
+    assert rollout(one, chunk=100) == 0 and rollout(many, chunk=1) == 0
+    assert one.read_bytes() == many.read_bytes()
+
+
+def test_shards_merge_to_the_unsharded_run(tmp_path):
+    full, s0, s1 = tmp_path / "full.jsonl", tmp_path / "s0.jsonl", tmp_path / "s1.jsonl"
+    assert rollout(full, num_prompts=7) == 0
+    assert rollout(s0, "--shard", "0/2", num_prompts=7) == 0
+    assert rollout(s1, "--shard", "1/2", num_prompts=7) == 0
+    shard0, shard1 = by_prompt(read_records(s0)), by_prompt(read_records(s1))
+    assert not set(shard0) & set(shard1)
+    assert len(shard0) == 4 and len(shard1) == 3  # prompts 0, 2, 4, 6 and 1, 3, 5
+    assert {**shard0, **shard1} == by_prompt(read_records(full))
+
+
+# -- refusing and resuming -------------------------------------------------------------------
+
+
+def test_existing_output_is_not_overwritten(tmp_path, capsys):
+    out = tmp_path / "r.jsonl"
+    assert rollout(out) == 0
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    capsys.readouterr()
+    assert rollout(out, seed=9) == 2
+    assert "exists; pass --resume" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_resume_with_other_options_is_refused(tmp_path, capsys):
+    out = tmp_path / "r.jsonl"
+    assert rollout(out) == 0
+    before = out.read_bytes()
+    capsys.readouterr()
+    assert rollout(out, "--resume", n=5) == 2
+    assert "options differ from the first run (n)" in capsys.readouterr().err
+    assert out.read_bytes() == before
+    assert rollout(out, "--resume") == 0  # the same options: nothing left to do
+    assert out.read_bytes() == before
+
+
+def _cut_points(data: bytes, rng: random.Random, count: int) -> list[int]:
+    """Every line end (mid-chunk and chunk ends), empty, and ``count`` random offsets (mostly mid-line)."""
+    line_ends = [i + 1 for i, b in enumerate(data) if b == ord("\n")]
+    return sorted({0, len(data) - 1, *line_ends[:-1], *(rng.randrange(1, len(data)) for _ in range(count))})
+
+
+def test_resume_after_a_crash_at_any_byte_gives_the_same_file(tmp_path):
+    out = tmp_path / "r.jsonl"
+    flags = {"num_prompts": 9, "n": 3, "chunk": 2, "seed": 5}  # chunks of 6 records, the last one of 3
+    assert rollout(out, **flags) == 0
+    data = out.read_bytes()
+    summary = json.loads((tmp_path / "r.summary.json").read_text())
+    cuts = _cut_points(data, random.Random(0), 25)
+    assert len(cuts) > 20 + 26 and sum(data[c - 1] != ord("\n") for c in cuts if c) >= 20
+    for cut in cuts:
+        out.write_bytes(data[:cut])  # what a crash leaves: a prefix, maybe ending mid-line
+        (tmp_path / "r.summary.json").unlink()
+        assert rollout(out, "--resume", **flags) == 0, f"cut at byte {cut}"
+        assert out.read_bytes() == data, f"cut at byte {cut}"
+        resumed = json.loads((tmp_path / "r.summary.json").read_text())
+        keys = ("trajectories", "prompts", "solved_by_turn", "turns", "format_errors")
+        assert {k: resumed[k] for k in keys} == {k: summary[k] for k in keys}
+        kept_lines = data[:cut].count(b"\n")
+        assert resumed["new_trajectories"] == 27 - 6 * (kept_lines // 6), f"cut at byte {cut}"
+
+
+def test_resume_refuses_a_corrupt_middle_line(tmp_path, capsys):
+    out = tmp_path / "r.jsonl"
+    assert rollout(out) == 0
+    lines = out.read_bytes().splitlines(keepends=True)
+    out.write_bytes(b"".join(lines[:2] + [b"{not json}\n"] + lines[3:]))
+    capsys.readouterr()
+    assert rollout(out, "--resume") == 2
+    assert "r.jsonl:3" in capsys.readouterr().err
+
+
+# -- the tiny real model ---------------------------------------------------------------------
+
+HF_FLAGS = ["--backend", "hf", "--task", "arithmetic", "--max-turns", "2", "--max-new-tokens", "4",
+            "--temperature", "1.0", "--n", "2", "--no-bf16"]
+
+
+def test_tiny_model_rollout_end_to_end(tmp_path, tiny_model):
+    out = tmp_path / "r.jsonl"
+    args = ["rollout", *HF_FLAGS, "--model", tiny_model, "--num-prompts", "3", "--chunk-prompts", "2", "-o", str(out)]
+    assert main(args) == 0
+    records = read_records(out)
+    assert len(records) == 6
+    assert sorted((r["prompt_id"], r["traj_id"]) for r in records) == [
+        (f"arith-{i:06d}", k) for i in range(3) for k in range(2)]
+    assert all(r["model"] == tiny_model and r["sampling"]["temperature"] == 1.0 for r in records)
+    for r in records:
+        replies = [m for m in r["messages"] if m["role"] == "assistant"]
+        assert len(replies) == len(r["correct"]) == len(r["answers"])
+    summary = json.loads((tmp_path / "r.summary.json").read_text())
+    assert summary["trajectories"] == 6 and 0 < summary["tokens_generated"] <= 4 * summary["turns"]
+    again = tmp_path / "again.jsonl"
+    assert main(args[:-1] + [str(again)]) == 0
+    assert again.read_bytes() == out.read_bytes()  # per-trajectory seeds: the same file
+
+
+def test_sigkill_of_a_real_rollout_then_resume(tmp_path, tiny_model):
+    """kill -9 a running ``drift rollout`` once it has written a chunk; --resume must match a clean run."""
+    flags = [*HF_FLAGS, "--model", tiny_model, "--num-prompts", "120", "--chunk-prompts", "2", "--seed", "1"]
+    killed = tmp_path / "killed" / "r.jsonl"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "drift.cli", "rollout", *flags, "-o", str(killed)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (killed.exists() and killed.stat().st_size > 0):
+            assert proc.poll() is None, "the rollout ended before writing anything"
+            assert time.monotonic() < deadline, "no chunk written within 120 s"
+            time.sleep(0.005)
+        time.sleep(random.Random(0).uniform(0.0, 0.1))  # somewhere inside a later chunk
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    partial = killed.read_bytes()
+    lines = partial.count(b"\n")
+    assert 4 <= lines < 120 * 2, "kill landed after the run finished; raise --num-prompts"
+    assert (killed.parent / "r.config.yaml").exists() and not (killed.parent / "r.summary.json").exists()
+
+    assert main(["rollout", *flags, "-o", str(killed), "--resume"]) == 0
+    clean = tmp_path / "clean" / "r.jsonl"
+    assert main(["rollout", *flags, "-o", str(clean)]) == 0
+    assert killed.read_bytes() == clean.read_bytes()
+    assert clean.read_bytes().startswith(partial[: partial.rfind(b"\n") + 1])  # the killed process wrote the same
