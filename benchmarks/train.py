@@ -30,7 +30,7 @@ ds = load_dataset("json", data_files=data, split="train").remove_columns(["weigh
 model = AutoModelForCausalLM.from_pretrained(model_path)
 args = SFTConfig(output_dir=out, per_device_train_batch_size=bs, max_steps=steps, bf16=True, use_cpu=True,
                  learning_rate=1e-5, logging_steps=1000, save_strategy="no", report_to=[], completion_only_loss=True,
-                 dataloader_num_workers=0, group_by_length=True)
+                 dataloader_num_workers=0)
 tokens = [0]
 class Count(TrainerCallback):
     def on_step_begin(self, a, s, c, **kw): pass

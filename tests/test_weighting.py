@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from drift import DriftError
 from drift.weighting import (
     WeightingParams,
+    compute_returns,
     compute_weights,
     diagnostics,
     discounted_return,
@@ -211,3 +212,20 @@ def test_diagnostics_by_hand():
     # 1 of 5 solved at turn 1, 2 of 5 by turn 2
     assert d["success_by_turn"] == {"1": 0.2, "2": 0.4}
     assert d["mean_return"] == pytest.approx((1 + 0.9 - 0.25) / 5)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(min_value=1, max_value=40), st.integers(0, 10**6),
+       st.floats(min_value=0.0, max_value=1.0), st.floats(min_value=0.0, max_value=2.0))
+def test_fast_returns_equal_the_reference_formula(n, seed, gamma, lam):
+    rnd = random.Random(seed)
+    recs = []
+    for i in range(n):
+        turns = rnd.randint(1, 6)
+        answers = [rnd.choice(["1", "2", "3", None]) for _ in range(turns)]
+        recs.append(make(f"p{i % 3}", i, answers, turns if rnd.random() < 0.5 else None))
+    params = WeightingParams(gamma=gamma, lam=lam, format_penalty=0.1)
+    fast = compute_returns(recs, params)
+    slow = [trajectory_return(r["rewards"], r["answers"], r["format_errors"], gamma=gamma, lam=lam)
+            for r in recs]
+    assert fast == pytest.approx(slow, rel=1e-12, abs=1e-12)

@@ -13,16 +13,16 @@ import sys
 from drift import DriftError, __version__
 from drift import config as C
 
-COMMANDS: dict[str, tuple[type, str, str]] = {
+COMMANDS: dict[str, tuple[type, str, str]] = {  # in pipeline order, as --help lists them
     "demo": (C.DemoConfig, "drift.demo:run_demo", "the whole pipeline on SmolLM2-135M, offline, on a CPU"),
     "rollout": (C.RolloutConfig, "drift.rollout:run_rollout", "sample K multi-turn trajectories per prompt (offline)"),
-    "rl": (C.RLConfig, "drift.rl:run_rl", "online multi-turn RL baseline (group-relative PG) or iterated DRIFT"),
+    "weight": (C.WeightConfig, "drift.commands:run_weight", "add returns and DRIFT importance weights to trajectories"),
     "train": (C.TrainConfig, "drift.train:run_train", "weighted SFT (drift, sft, rft: the weights decide)"),
     "eval": (C.EvalConfig, "drift.evaluate:run_eval", "multi-turn accuracy of a model (or of records): report.json"),
+    "compare": (C.CompareConfig, "drift.compare:run_compare", "compare eval reports: table and plots"),
+    "rl": (C.RLConfig, "drift.rl:run_rl", "online multi-turn RL baseline (group-relative PG) or iterated DRIFT"),
     "export-trl": (C.ExportTRLConfig, "drift.trl_export:run_export_trl",
                    "write weighted trajectories as a TRL prompt/completion dataset"),
-    "compare": (C.CompareConfig, "drift.compare:run_compare", "compare eval reports: table and plots"),
-    "weight": (C.WeightConfig, "drift.commands:run_weight", "add returns and DRIFT importance weights to trajectories"),
 }
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from drift import DriftError
 from drift.config import WeightConfig, save_config
-from drift.records import atomic_write, read_records, write_records
+from drift.records import atomic_write, paused_gc, read_records, write_records
 from drift.tables import format_table
 from drift.weighting import WeightingParams, compute_weights, diagnostics
 
@@ -30,6 +30,11 @@ def write_json(path: str | Path, data) -> None:
 
 def run_weight(cfg: WeightConfig) -> dict:
     """Read, weight, write; print and save the diagnostics. Returns them."""
+    with paused_gc():
+        return _run_weight(cfg)
+
+
+def _run_weight(cfg: WeightConfig) -> dict:
     if not cfg.input:
         raise DriftError("no input file given (drift weight IN --out OUT)")
     if not cfg.out:

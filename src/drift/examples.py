@@ -31,26 +31,44 @@ def render_prompt(tokenizer, messages: list[dict]) -> list[int]:
     return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
 
 
-def build_examples(record: dict, tokenizer, *, index: int = 0, target: str = "last", max_length: int = 1024,
-                   weight: float | None = None) -> list[Example]:
-    """The examples of one record: its last assistant turn (``target="last"``) or every one (``"all"``)."""
+def training_turns(record: dict, target: str = "last", *, where: str = "record",
+                   weight: float | None = None) -> tuple[float, list[tuple[int, int]]]:
+    """The weight of a record and its ``(turn, message index)`` pairs to train (1-based turns).
+
+    ``target="last"`` gives the last assistant turn (the paper), ``"all"`` every one. ``weight``
+    overrides the record's own (online RL passes advantages); ``where`` names the record in errors.
+
+    >>> rec = {"weight": 0.5, "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"},
+    ...        {"role": "user", "content": "again"}, {"role": "assistant", "content": "b"}]}
+    >>> training_turns(rec), training_turns(rec, "all")
+    ((0.5, [(2, 3)]), (0.5, [(1, 1), (2, 3)]))
+    """
     if target not in ("last", "all"):
         raise DriftError(f"target must be 'last' or 'all', got {target!r}")
     w = record.get("weight") if weight is None else weight
     if w is None:
-        raise DriftError(f"record {index} (prompt_id {record.get('prompt_id')!r}) has no 'weight': run drift weight first")
-    messages = record["messages"]
-    turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+        raise DriftError(f"{where} has no field 'weight'; run drift weight first")
+    turns = [i for i, m in enumerate(record["messages"]) if m["role"] == "assistant"]
     if not turns:
-        raise DriftError(f"record {index} (prompt_id {record.get('prompt_id')!r}) has no assistant turn")
+        raise DriftError(f"{where} has no assistant turn")
+    pairs = list(enumerate(turns, start=1))
+    return float(w), pairs if target == "all" else pairs[-1:]
+
+
+def build_examples(record: dict, tokenizer, *, index: int = 0, target: str = "last", max_length: int = 1024,
+                   weight: float | None = None) -> list[Example]:
+    """The examples of one record: its last assistant turn (``target="last"``) or every one (``"all"``)."""
+    where = f"record {index + 1} (prompt_id {record.get('prompt_id')!r})"
+    w, turns = training_turns(record, target, where=where, weight=weight)
+    messages = record["messages"]
     eos = tokenizer.eos_token_id
     out = []
-    for i in turns if target == "all" else turns[-1:]:
+    for _, i in turns:
         completion = tokenizer(messages[i]["content"], add_special_tokens=False)["input_ids"] + [eos]
         completion = completion[: max(1, max_length // 2)] if len(completion) > max_length // 2 else completion
         prompt = render_prompt(tokenizer, messages[:i])
         prompt = prompt[-(max_length - len(completion)):]  # keep the most recent history
-        out.append(Example(prompt + completion, len(prompt), float(w), index))
+        out.append(Example(prompt + completion, len(prompt), w, index))
     return out
 
 

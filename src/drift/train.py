@@ -18,6 +18,7 @@ Runs on one CPU/GPU as ``drift train`` and on many through ``accelerate launch -
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -42,8 +43,6 @@ def _load_examples(cfg, tokenizer):
 
 
 def _autocast(cfg, accelerator):
-    import contextlib
-
     import torch
 
     if cfg.bf16:
@@ -69,7 +68,8 @@ def _set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _save_checkpoint(out: Path, step: int, model, optimizer, scheduler, accelerator, keep: int) -> None:
+def _save_checkpoint(out: Path, step: int, accelerator, keep: int) -> None:
+    """Save model, optimizer, scheduler and RNG states (accelerate) as checkpoints/step-N, keep the newest ``keep``."""
     import torch
 
     final = out / "checkpoints" / f"step-{step:07d}"
@@ -130,8 +130,7 @@ def run_train(cfg) -> dict:
     if cfg.batch_size % cfg.micro_batch_size:
         raise DriftError(f"batch_size {cfg.batch_size} must be a multiple of micro_batch_size {cfg.micro_batch_size}")
     out = Path(cfg.out)
-    fresh = not (out.exists() and any(out.iterdir()))  # decided before any rank writes there
-    if not fresh and not cfg.resume:
+    if out.exists() and any(out.iterdir()) and not cfg.resume:  # checked before any rank writes there
         raise DriftError(f"{out} is not empty; pass --resume to continue that run, or choose another --out")
     accelerator = Accelerator(log_with=None if cfg.report_to == "none" else cfg.report_to, project_dir=str(out))
     world = accelerator.num_processes
@@ -199,7 +198,7 @@ def run_train(cfg) -> dict:
                 batch = [t.to(accelerator.device) if hasattr(t, "to") else t
                          for t in collate([examples[i] for i in mine], pad)]
                 sync = m == len(micro_batches) - 1
-                ctx = accelerator.no_sync(model) if not sync and world > 1 else _null()
+                ctx = accelerator.no_sync(model) if not sync and world > 1 else contextlib.nullcontext()
                 with ctx:
                     loss, nll, counts = micro_batch_loss(model, batch, denominator / world, autocast)
                     accelerator.backward(loss)
@@ -226,7 +225,7 @@ def run_train(cfg) -> dict:
                 if cfg.report_to != "none":
                     accelerator.log(entry, step=step)
             if cfg.save_steps and step % cfg.save_steps == 0 and step < total_steps:
-                _save_checkpoint(out, step, model, optimizer, scheduler, accelerator, cfg.save_total_limit)
+                _save_checkpoint(out, step, accelerator, cfg.save_total_limit)
     bar.close()
     wall = time.perf_counter() - t0
     accelerator.wait_for_everyone()
@@ -245,8 +244,3 @@ def run_train(cfg) -> dict:
         accelerator.end_training()
     return summary
 
-
-def _null():
-    import contextlib
-
-    return contextlib.nullcontext()

