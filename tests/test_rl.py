@@ -99,3 +99,16 @@ def test_drift_rl_runs_counts_compute_and_resumes(tmp_path, tiny_model):
     a = AutoModelForCausalLM.from_pretrained(out / "model").state_dict()
     b = AutoModelForCausalLM.from_pretrained(crashed / "model").state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_iterated_drift_reuses_each_round(tmp_path, tiny_model):
+    from drift.cli import main
+
+    out = tmp_path / "iter"
+    assert main(["rl", "--model", tiny_model, "--out", str(out), "--algorithm", "drift", "--steps", "1",
+                 "--updates-per-round", "2", "--prompts-per-step", "2", "--group-size", "2", "--max-new-tokens", "4",
+                 "--max-turns", "1", "--task-options", "digits=1", "--num-prompts", "4", "--no-bf16"]) == 0
+    summary = json.loads((out / "rl_summary.json").read_text())
+    assert summary["algorithm"] == "drift" and summary["steps"] == 1 and summary["trajectories"] == 4
+    # grpo refuses to reuse samples: without an importance ratio that would be off-policy
+    assert main(["rl", "--model", tiny_model, "--out", str(tmp_path / "g"), "--updates-per-round", "2"]) == 2
