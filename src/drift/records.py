@@ -63,13 +63,22 @@ class FieldError(ValueError):
 
 
 def _is_number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    if type(x) is float:
+        return math.isfinite(x)
+    return type(x) is int and abs(x) < 2**1023  # bool is not a number here; a huge int is not finite as a float
 
 
 def _check_messages(messages) -> int:
     """Validate a message list; return the number of assistant turns."""
     if not isinstance(messages, list) or not messages:
         raise FieldError("field 'messages' must be a non-empty list")
+    try:  # fast path for the usual well-formed list; the loop below finds and names any problem
+        if all(type(m) is dict and type(m["content"]) is str for m in messages):
+            roles = [m["role"] for m in messages]
+            if ROLES.issuperset(roles) and "assistant" in roles:
+                return roles.count("assistant")
+    except (KeyError, TypeError):
+        pass
     turns = 0
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or not isinstance(m.get("content"), str):

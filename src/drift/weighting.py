@@ -240,13 +240,13 @@ def kish_ess(weights: Sequence[float]) -> float:
     return math.fsum(weights) ** 2 / s2 if s2 > 0 else 0.0
 
 
-def quantile(values: Sequence[float], q: float) -> float:
+def quantile(values: Sequence[float], q: float, *, presorted: bool = False) -> float:
     """Linear-interpolation quantile of a non-empty sequence (numpy's default method).
 
     >>> quantile([1.0, 2.0, 3.0, 4.0], 0.5)
     2.5
     """
-    xs = sorted(values)
+    xs = values if presorted else sorted(values)
     pos = q * (len(xs) - 1)
     lo = math.floor(pos)
     hi = min(lo + 1, len(xs) - 1)
@@ -262,6 +262,8 @@ def diagnostics(records: Sequence[dict], returns: Sequence[float], weights: Sequ
     """
     groups = group_indices(records)
     kept = [w for w in weights if w is not None]
+    ordered = sorted(kept)
+    ess = kish_ess(kept)
     group_kinds = {"all_fail": 0, "all_pass": 0, "mixed": 0}
     zero_variance = 0
     group_ess = []
@@ -285,12 +287,12 @@ def diagnostics(records: Sequence[dict], returns: Sequence[float], weights: Sequ
         "mixed_groups": group_kinds["mixed"] / n_groups,
         "zero_variance_groups": zero_variance / n_groups,
         "mean_return": math.fsum(returns) / len(returns) if returns else 0.0,
-        "ess": kish_ess(kept),
-        "ess_ratio": kish_ess(kept) / len(kept) if kept else 0.0,
+        "ess": ess,
+        "ess_ratio": ess / len(kept) if kept else 0.0,
         "group_ess_ratio": math.fsum(group_ess) / len(group_ess) if group_ess else 0.0,
-        "weight_p50": quantile(kept, 0.5) if kept else 0.0,
-        "weight_p90": quantile(kept, 0.9) if kept else 0.0,
-        "weight_p99": quantile(kept, 0.99) if kept else 0.0,
+        "weight_p50": quantile(ordered, 0.5, presorted=True) if kept else 0.0,
+        "weight_p90": quantile(ordered, 0.9, presorted=True) if kept else 0.0,
+        "weight_p99": quantile(ordered, 0.99, presorted=True) if kept else 0.0,
         "weight_max": max(kept, default=0.0),
         "success_by_turn": {
             str(t): sum(1 for f in firsts if f is not None and f <= t) / len(records) for t in range(1, horizon + 1)
