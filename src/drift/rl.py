@@ -36,7 +36,7 @@ from pathlib import Path
 
 from drift import DriftError
 from drift.runlog import trim_log
-from drift.weighting import WeightingParams, compute_returns, group_indices, group_weights
+from drift.weighting import SCHEMES, WeightingParams, compute_returns, group_indices
 
 
 def group_advantages(returns: list[float], groups: dict[str, list[int]], normalize_std: bool = True,
@@ -67,11 +67,7 @@ def round_coefficients(records: list[dict], cfg) -> tuple[list[float], list[floa
     groups = group_indices(records)
     if cfg.algorithm == "grpo":
         return returns, group_advantages(returns, groups, cfg.normalize_std)
-    coef = [0.0] * len(records)
-    for idx in groups.values():
-        for i, w in zip(idx, group_weights([returns[i] for i in idx], cfg.beta)):
-            coef[i] = w
-    return returns, coef
+    return returns, SCHEMES["drift"](returns, groups, None, params)  # exactly drift weight's per-prompt weights
 
 
 def kl_k3(logp, ref_logp, mask):

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from drift import DriftError
 from drift.backends.base import Sampling
+from drift.metrics import cumulative_accuracy
 from drift.records import atomic_write, dumps, iter_records
 
 
@@ -56,10 +57,10 @@ def parse_shard(shard: str | None) -> tuple[int, int]:
 
 
 def run_episodes(examples, make_env, generator, *, n: int, max_turns: int, sampling: Sampling, seed: int,
-                 extra: dict | None = None, on_turn=None) -> list[dict]:
+                 extra: dict | None = None) -> list[dict]:
     """Roll out ``n`` episodes of every example; return their records (grouped by example, traj_id order).
 
-    ``make_env()`` builds a fresh environment; ``on_turn(turn, replies)`` is called after each turn.
+    ``make_env()`` builds a fresh environment for each episode.
     """
     episodes = []
     for ex in examples:
@@ -78,8 +79,6 @@ def run_episodes(examples, make_env, generator, *, n: int, max_turns: int, sampl
         for (ex, k, env), reply in zip(active, replies):
             if not env.step(reply[0]).done:
                 still.append((ex, k, env))
-        if on_turn:
-            on_turn(turn, replies)
         active = still
     return [env.record(traj_id=k, **(extra or {})) for _, k, env in episodes]
 
@@ -238,13 +237,10 @@ def backend_options(cfg) -> dict:
 def rollout_summary(path: Path, max_turns: int) -> dict:
     """Accuracy by turn and format errors over every trajectory in ``path``."""
     records = [rec for _, rec in iter_records(path)]
-    firsts = [r["first_correct_turn"] for r in records]
-    total = max(len(records), 1)
     return {
         "trajectories": len(records),
         "prompts": len({r["prompt_id"] for r in records}),
-        "solved_by_turn": {str(t): sum(1 for f in firsts if f is not None and f <= t) / total
-                           for t in range(1, max_turns + 1)},
+        "solved_by_turn": {str(t): a or 0.0 for t, a in cumulative_accuracy(records, max_turns).items()},
         "format_errors": sum(r["format_errors"] for r in records),
         "turns": sum(len(r["correct"]) for r in records),
     }

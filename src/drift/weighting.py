@@ -35,6 +35,7 @@ from operator import mul
 from dataclasses import dataclass
 
 from drift import DriftError
+from drift.metrics import cumulative_accuracy
 
 # -- returns ---------------------------------------------------------------------------------
 
@@ -276,7 +277,6 @@ def diagnostics(records: Sequence[dict], returns: Sequence[float], weights: Sequ
         if ws:
             group_ess.append(kish_ess(ws) / len(ws))
     horizon = max((len(r["correct"]) for r in records), default=0)
-    firsts = [r["first_correct_turn"] for r in records]
     n_groups = max(len(groups), 1)
     return {
         "records": len(records),
@@ -294,9 +294,5 @@ def diagnostics(records: Sequence[dict], returns: Sequence[float], weights: Sequ
         "weight_p90": quantile(ordered, 0.9, presorted=True) if kept else 0.0,
         "weight_p99": quantile(ordered, 0.99, presorted=True) if kept else 0.0,
         "weight_max": max(kept, default=0.0),
-        "success_by_turn": {
-            str(t): sum(1 for f in firsts if f is not None and f <= t) / len(records) for t in range(1, horizon + 1)
-        }
-        if records
-        else {},
+        "success_by_turn": {str(t): a for t, a in cumulative_accuracy(records, horizon).items()} if records else {},
     }

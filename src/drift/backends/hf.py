@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 
 from drift.backends.base import Sampling, resolve_seeds
+from drift.examples import render_prompt
 
 
 class _RowSampler:
@@ -71,10 +72,6 @@ class HFGenerator:
         self.eos_ids = sorted({i for i in [self.tokenizer.eos_token_id, self.model.generation_config.eos_token_id]
                                if isinstance(i, int)})
 
-    def _render(self, conversation: list[dict]) -> list[int]:
-        ids = self.tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True)
-        return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
-
     def _autocast(self):
         import torch
 
@@ -86,7 +83,7 @@ class HFGenerator:
         import torch
 
         request_seeds = resolve_seeds(conversations, n, sampling, seeds)
-        prompts = [self._render(c) for c in conversations]
+        prompts = [render_prompt(self.tokenizer, c) for c in conversations]
         rows = [(i, j) for i in range(len(conversations)) for j in range(n)]
         rows.sort(key=lambda r: -len(prompts[r[0]]))  # similar lengths share a batch: less padding
         out = [[""] * n for _ in conversations]
