@@ -11,9 +11,15 @@ import pytest
 import yaml
 
 from drift.cli import main
+from drift.records import read_records, write_records
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "data" / "reference-format" / "rollouts_small.jsonl"
 needs_reference = pytest.mark.skipif(not REFERENCE.exists(), reason="../shared/data not present")
+
+
+def _no_duplicate_keys(pairs):
+    assert len({k for k, _ in pairs}) == len(pairs), pairs
+    return dict(pairs)
 
 
 def expected_weights(raw, beta, gamma, lam=0.5, penalty_per_error=0.1):
@@ -37,14 +43,32 @@ def expected_weights(raw, beta, gamma, lam=0.5, penalty_per_error=0.1):
     return returns, weights
 
 
+def _input(tmp_path, layout: str) -> Path:
+    """The reference rollouts as given, converted to our layout, or already weighted once (β = 3)."""
+    if layout == "reference":
+        return REFERENCE
+    ours = tmp_path / "ours.jsonl"
+    write_records(ours, read_records(REFERENCE))
+    if layout == "drift":
+        return ours
+    weighted = tmp_path / "weighted-before.jsonl"
+    assert main(["weight", str(ours), "--out", str(weighted), "--beta", "3"]) == 0
+    return weighted
+
+
 @needs_reference
+@pytest.mark.parametrize("layout", ["reference", "drift", "drift-weighted"])
 @pytest.mark.parametrize("beta,gamma", [(0.1, 0.9), (0.2, 0.7), (1.0, 0.5), (0.05, 1.0)])
-def test_weights_equal_the_formula(tmp_path, capsys, beta, gamma):
+def test_weights_equal_the_formula(tmp_path, capsys, beta, gamma, layout):
+    # drift-layout input takes the streaming path (fields spliced into the lines), re-weighting
+    # an already weighted file replaces its fields; reference input is converted record by record
     out = tmp_path / "w.jsonl"
-    assert main(["weight", str(REFERENCE), "--out", str(out), "--beta", str(beta), "--gamma", str(gamma)]) == 0
+    source = _input(tmp_path, layout)
+    capsys.readouterr()
+    assert main(["weight", str(source), "--out", str(out), "--beta", str(beta), "--gamma", str(gamma)]) == 0
     raw = [json.loads(line) for line in REFERENCE.read_text().splitlines()]
     returns, weights = expected_weights(raw, beta, gamma)
-    got = [json.loads(line) for line in out.read_text().splitlines()]
+    got = [json.loads(line, object_pairs_hook=_no_duplicate_keys) for line in out.read_text().splitlines()]
     assert len(got) == len(raw)
     for rec, r, w, src in zip(got, returns, weights, raw):
         assert rec["prompt_id"] == src["prompt_id"] and rec["messages"] == src["messages"]

@@ -17,10 +17,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from drift.answers import MAX_ANSWER_CHARS, extract_answer, normalize_answer
-from drift.records import RecordError, iter_records, read_records
+from drift.records import FieldError, RecordError, Trajectory, _fast_core, iter_records, read_records, validate_record
 from drift.weighting import WeightingParams, compute_weights
 
-FUZZ_EXAMPLES = {"extract": 300, "extract_linear": 100, "records_bytes": 300, "records_json": 300, "weights": 200}
+FUZZ_EXAMPLES = {"extract": 300, "extract_linear": 100, "records_bytes": 300, "records_json": 300, "fast_path": 300,
+                 "fast_path_bytes": 300, "weights": 200}
 def fuzz(name: str):
     return settings(max_examples=FUZZ_EXAMPLES[name], deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -62,7 +63,8 @@ def _mutations():
         lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
         max_leaves=10,
     )
-    fields = st.sampled_from(sorted(_good_line()) + ["return", "messages.0", "messages.2.role"])
+    fields = st.sampled_from(sorted(_good_line()) + ["return", "messages.0", "messages.2.role", "messages.2.content",
+                                                     "rewards.0", "correct.1", "answers.0"])
 
     def mutate(field, value, drop):
         rec = _good_line()
@@ -116,6 +118,46 @@ def test_iter_records_on_mutated_records(line):
         assert rec["format_errors"] == rec["answers"].count(None)
     else:
         assert error.line == 1 and ("field" in str(error) or "JSON" in str(error))
+
+
+def _slow_verdict(line: bytes):
+    """What the precise (slow) validator says: the record, or None if it rejects the line."""
+    try:
+        return validate_record(json.loads(line.decode("utf-8")))
+    except (ValueError, FieldError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return None
+
+
+def test_fast_path_takes_the_usual_record():  # else the two tests below would check nothing
+    line = json.dumps(_good_line()).encode()
+    assert _fast_core(line) == Trajectory.of(json.loads(line))
+
+
+@fuzz("fast_path")
+@given(_mutations())
+def test_fast_path_never_accepts_what_validation_rejects(line):
+    core = _fast_core(line)
+    if core is not None:
+        rec = _slow_verdict(line)
+        assert rec is not None, line
+        assert core == Trajectory.of(rec)
+
+
+@fuzz("fast_path_bytes")
+@given(st.integers(0, 10**6), st.binary(min_size=1, max_size=4), st.sampled_from(["insert", "replace", "delete"]))
+def test_fast_path_on_corrupted_bytes(position, chunk, how):
+    line = json.dumps(_good_line(), ensure_ascii=False).replace("5", "é5").encode()  # some UTF-8 too
+    i = position % len(line)
+    line = {"insert": line[:i] + chunk + line[i:], "replace": line[:i] + chunk + line[i + len(chunk):],
+            "delete": line[:i] + line[i + len(chunk):]}[how].replace(b"\n", b" ")
+    core = _fast_core(line)
+    if core is not None:
+        rec = _slow_verdict(line)
+        assert rec is not None, line
+        assert core == Trajectory.of(rec)
+    # and reading it after a good first line (where the fast path is on) agrees with the slow verdict
+    records, error = _read([json.dumps(_good_line()).encode().replace(b'"p0"', b'"p1"'), line])
+    assert (error is None) == (_slow_verdict(line) is not None or not line.strip())
 
 
 def _group(draw, prompt_id: str, k: int) -> list[dict]:

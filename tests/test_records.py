@@ -5,14 +5,22 @@ from pathlib import Path
 
 import pytest
 
+from msgspec import UNSET
+
+from drift import DriftError
 from drift.records import (
+    FieldError,
     RecordError,
+    Trajectory,
+    _fast_core,
     atomic_write,
     from_reference,
+    iter_records,
     read_records,
     to_reference,
     validate_record,
     write_records,
+    write_spliced,
 )
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "data" / "reference-format" / "rollouts_small.jsonl"
@@ -145,3 +153,45 @@ def test_atomic_write_leaves_old_output_on_error(tmp_path):
             raise RuntimeError("boom")
     assert out.read_text() == "precious\n"
     assert list(tmp_path.iterdir()) == [out]
+
+
+@pytest.mark.parametrize("reward,ok", [(1, True), (2**1024 - 2**970 - 1, True), (2**1024 - 2**970, False), (True, False)])
+def test_fast_path_and_validation_agree_on_numbers_at_the_float_limit(reward, ok):
+    line = json.dumps(good(rewards=[0.0, reward])).encode()
+    assert (_fast_core(line) is not None) == ok
+    if ok:
+        validate_record(json.loads(line))
+    else:
+        with pytest.raises(FieldError, match="'rewards'"):
+            validate_record(json.loads(line))
+
+
+def test_typed_reading_gives_the_cores_of_the_records(tmp_path):
+    path = tmp_path / "r.jsonl"
+    recs = [good(), good(traj_id=1, rewards=[0, 1]), good(traj_id=2, weight=0.5, extra={"x": [1]})]
+    path.write_text("\n".join(json.dumps(r) for r in recs) + "\n\n")
+    typed = [core for _, core in iter_records(path, typed=True)]
+    assert typed == [Trajectory.of(r) for r in read_records(path)]
+    assert typed[1].rewards == [0.0, 1.0] and typed[2].weight == 0.5 and typed[0].weight is UNSET
+
+
+def _pairs_without_duplicates(pairs):
+    keys = [k for k, _ in pairs]
+    assert len(keys) == len(set(keys)), f"duplicate key in {keys}"
+    return dict(pairs)
+
+
+def test_write_spliced_adds_fields_without_reserialising(tmp_path):
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    recs = [good(), good(traj_id=1), good(traj_id=2, weight=2.0, **{"return": 0.3})]
+    lines = [json.dumps(recs[0]), "", json.dumps(recs[1], indent=None, separators=(", ", ": ")) + " \r",
+             json.dumps(recs[2])]
+    src.write_text("\n".join(lines) + "\n")
+    n = write_spliced(src, out, {"return": [0.5, 0.25, 1.0], "weight": [1.5, 1e-300, 0.0]},
+                      keep=[True, False, True], rewrite={2})
+    assert n == 2
+    got = [json.loads(line, object_pairs_hook=_pairs_without_duplicates) for line in out.read_text().splitlines()]
+    assert got == [{**recs[0], "return": 0.5, "weight": 1.5}, {**recs[2], "return": 1.0, "weight": 0.0}]
+    assert out.read_bytes().splitlines()[0].startswith(lines[0][:-1].encode())  # the original bytes, extended
+    with pytest.raises(DriftError, match="changed while"):
+        write_spliced(src, out, {"weight": [1.0, 1.0]}, keep=[True, True])

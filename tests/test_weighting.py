@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from drift import DriftError
 from drift.weighting import (
+    Columns,
     WeightingParams,
     compute_returns,
     compute_weights,
@@ -229,3 +230,41 @@ def test_fast_returns_equal_the_reference_formula(n, seed, gamma, lam):
     slow = [trajectory_return(r["rewards"], r["answers"], r["format_errors"], gamma=gamma, lam=lam)
             for r in recs]
     assert fast == pytest.approx(slow, rel=1e-12, abs=1e-12)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(1, 6), min_size=1, max_size=6), st.integers(0, 10**6),
+       st.sampled_from([0.01, 0.1, 1.0, 50.0]), st.sampled_from(["drift", "rwr"]))
+def test_vectorised_weights_equal_the_reference(group_sizes, seed, beta, scheme):
+    rnd = random.Random(seed)
+    recs = []
+    for g, k in enumerate(group_sizes):
+        for j in range(k):
+            answers = [rnd.choice(["1", "2", None]) for _ in range(rnd.randint(1, 4))]
+            recs.append(make(f"p{g}", j, answers, len(answers) if rnd.random() < 0.4 else None))
+    rnd.shuffle(recs)  # groups interleaved in the file
+    params = WeightingParams(beta=beta, scheme=scheme)
+    returns, weights = compute_weights(recs, params)
+    expected = [0.0] * len(recs)
+    groups = {"all": range(len(recs))} if scheme == "rwr" else {}
+    if scheme == "drift":
+        for i, r in enumerate(recs):
+            groups.setdefault(r["prompt_id"], []).append(i)
+    for idx in groups.values():
+        for i, w in zip(idx, group_weights([returns[i] for i in idx], beta)):
+            expected[i] = w
+    assert weights == pytest.approx(expected, rel=1e-12, abs=1e-300)
+
+
+def test_columns_are_what_the_math_reads():
+    recs = _records()
+    cols = Columns.of(recs)
+    assert cols.codes.tolist() == [0, 0, 0, 1, 1] and cols.n_groups == 2 and len(cols) == 5
+    assert cols.turns.tolist() == [1, 2, 2, 2, 2] and cols.rewards.tolist() == [1, 0, 1, 0, 0, 0, 0, 0, 0]
+    assert cols.answered.tolist() == [1, 2, 2, 2, 2] and cols.distinct.tolist() == [1, 2, 1, 2, 2]
+    assert cols.first_correct_turn.tolist() == [1, 2, 0, 0, 0]
+    returns, weights = compute_weights(cols, WeightingParams())
+    assert (returns, weights) == compute_weights(recs, WeightingParams())
+    assert diagnostics(cols, returns, weights) == diagnostics(recs, returns, weights)
+    empty = Columns.of([])
+    assert compute_weights(empty, WeightingParams()) == ([], []) and diagnostics(empty, [], [])["records"] == 0

@@ -4,13 +4,26 @@ from __future__ import annotations
 
 import json
 import time
+from operator import attrgetter
 from pathlib import Path
+
+from msgspec import UNSET
 
 from drift import DriftError
 from drift.config import WeightConfig, save_config
-from drift.records import atomic_write, paused_gc, read_records, write_records
+from drift.records import (
+    RecordError,
+    atomic_write,
+    check_unique,
+    file_format,
+    iter_records,
+    paused_gc,
+    read_records,
+    write_records,
+    write_spliced,
+)
 from drift.tables import format_table
-from drift.weighting import WeightingParams, compute_weights, diagnostics
+from drift.weighting import ROW_FIELDS, Columns, WeightingParams, compute_weights, diagnostics, summary_row
 
 
 def sidecar(out: str | Path, suffix: str) -> Path:
@@ -26,6 +39,21 @@ def sidecar(out: str | Path, suffix: str) -> Path:
 def write_json(path: str | Path, data) -> None:
     with atomic_write(path) as f:
         f.write(json.dumps(data, indent=2).encode() + b"\n")
+
+
+def _read_columns(path) -> tuple[Columns, set[int]]:
+    """The numbers of a schema-1 file, and which records already hold a ``return`` or ``weight``."""
+    rows, line_nos, reweighted = [], [], set()
+    fields = attrgetter(*ROW_FIELDS)
+    for line_no, core in iter_records(path, typed=True):
+        if core.return_ is not UNSET or core.weight is not UNSET:
+            reweighted.add(len(rows))
+        rows.append(summary_row(*fields(core)))
+        line_nos.append(line_no)
+    if not rows:
+        raise RecordError(path, None, "no records (empty file)")
+    check_unique(path, [row[:2] for row in rows], line_nos)
+    return Columns.from_rows(rows), reweighted
 
 
 def run_weight(cfg: WeightConfig) -> dict:
@@ -44,18 +72,31 @@ def _run_weight(cfg: WeightConfig) -> dict:
         scheme=cfg.scheme, beta=cfg.beta, gamma=cfg.gamma, lam=cfg.lam, format_penalty=cfg.format_penalty,
         scope=cfg.scope, zero_variance=cfg.zero_variance, all_fail=cfg.all_fail, clip=cfg.clip,
     )
-    records = read_records(cfg.input)
-    returns, weights = compute_weights(records, params)
-    kept = []
-    for rec, ret, w in zip(records, returns, weights):
-        if w is not None:
-            rec["return"], rec["weight"] = ret, w
-            kept.append(rec)
-    if not kept:
+    if cfg.to_format == "drift" and file_format(cfg.input) == "drift":
+        # Streaming: keep only the numbers the math needs, then splice the new fields into the
+        # input's lines (a million records in seconds, memory for the numbers only).
+        cols, reweighted = _read_columns(cfg.input)
+        returns, weights = compute_weights(cols, params)
+        keep = [w is not None for w in weights]
+        n_kept = sum(keep)
+        if n_kept:
+            write_spliced(cfg.input, cfg.out, {"return": returns, "weight": weights}, keep, reweighted)
+    else:
+        records = read_records(cfg.input)
+        cols = Columns.of(records)
+        returns, weights = compute_weights(cols, params)
+        kept = []
+        for rec, ret, w in zip(records, returns, weights):
+            if w is not None:
+                rec["return"], rec["weight"] = ret, w
+                kept.append(rec)
+        n_kept = len(kept)
+        if kept:
+            write_records(cfg.out, kept, to_format=cfg.to_format, format_penalty=cfg.format_penalty)
+    if not n_kept:
         raise DriftError(f"scheme {cfg.scheme!r} with zero_variance={cfg.zero_variance!r}, all_fail={cfg.all_fail!r} "
                          "dropped every record")
-    write_records(cfg.out, kept, to_format=cfg.to_format, format_penalty=cfg.format_penalty)
-    diag = diagnostics(records, returns, weights)
+    diag = diagnostics(cols, returns, weights)
     diag["seconds"] = round(time.perf_counter() - start, 3)
     save_config(cfg, sidecar(cfg.out, "config.yaml"))
     write_json(sidecar(cfg.out, "summary.json"), diag)
@@ -66,5 +107,5 @@ def _run_weight(cfg: WeightConfig) -> dict:
     rows = [[k, v] for k, v in diag.items() if k != "success_by_turn"]
     rows += [[f"solved by turn {t}", v] for t, v in diag["success_by_turn"].items()]
     print(format_table(rows, ["weights", cfg.scheme]))
-    print(f"wrote {len(kept)} records to {cfg.out}")
+    print(f"wrote {n_kept} records to {cfg.out}")
     return diag

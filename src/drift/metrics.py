@@ -31,7 +31,9 @@ Choices (say so when you cite):
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
+from operator import itemgetter
 
 from drift import DriftError
 
@@ -153,17 +155,20 @@ def turn_counts(records: Sequence[dict], max_turns: int | None = None) -> dict[i
     >>> turn_counts([{"correct": [True]}, {"correct": [False, True]}, {"correct": [False, False]}])[2]
     {'reached': 2, 'correct': 1, 'solved_at': 1, 'solved_by': 2, 'wrong_before': 2}
     """
-    counts = {}
-    firsts = [first_correct_turn(rec["correct"]) for rec in records]
-    for t in range(1, horizon(records, max_turns) + 1):
-        reached = [(rec["correct"], s) for rec, s in zip(records, firsts) if len(rec["correct"]) >= t]
-        counts[t] = {
-            "reached": len(reached),
-            "correct": sum(correct[t - 1] for correct, _ in reached),
-            "solved_at": sum(s == t for s in firsts),
-            "solved_by": sum(s is not None and s <= t for s in firsts),
-            "wrong_before": sum(s is None or s >= t for _, s in reached),
-        }
+    counts = {t: dict.fromkeys(("reached", "correct", "solved_at", "solved_by", "wrong_before"), 0)
+              for t in range(1, horizon(records, max_turns) + 1)}
+    # Every count depends on an episode only through its correctness pattern, and there are few
+    # distinct patterns (at most 2^T): count those in one C-level pass, then work per pattern.
+    patterns = Counter(map(tuple, map(itemgetter("correct"), records)))
+    for correct, n in patterns.items():
+        s = first_correct_turn(correct)
+        for t, c in counts.items():
+            if len(correct) >= t:
+                c["reached"] += n
+                c["correct"] += n * bool(correct[t - 1])
+                c["wrong_before"] += n * (s is None or s >= t)
+            c["solved_at"] += n * (s == t)
+            c["solved_by"] += n * (s is not None and s <= t)
     return counts
 
 

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from drift import DriftError
 from drift.runlog import trim_log
-from drift.weighting import SCHEMES, WeightingParams, compute_returns, group_indices
+from drift.weighting import WeightingParams, compute_returns, compute_weights, group_indices
 
 
 def group_advantages(returns: list[float], groups: dict[str, list[int]], normalize_std: bool = True,
@@ -63,11 +63,10 @@ def group_advantages(returns: list[float], groups: dict[str, list[int]], normali
 def round_coefficients(records: list[dict], cfg) -> tuple[list[float], list[float]]:
     """Returns and per-trajectory loss coefficients (advantages, or DRIFT weights) of one round."""
     params = WeightingParams(beta=cfg.beta, gamma=cfg.gamma, lam=cfg.lam, format_penalty=cfg.format_penalty)
-    returns = compute_returns(records, params)
-    groups = group_indices(records)
     if cfg.algorithm == "grpo":
-        return returns, group_advantages(returns, groups, cfg.normalize_std)
-    return returns, SCHEMES["drift"](returns, groups, None, params)  # exactly drift weight's per-prompt weights
+        returns = compute_returns(records, params)
+        return returns, group_advantages(returns, group_indices(records), cfg.normalize_std)
+    return compute_weights(records, params)  # exactly drift weight's per-prompt weights
 
 
 def kl_k3(logp, ref_logp, mask):

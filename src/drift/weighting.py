@@ -1,4 +1,8 @@
-"""Return-based importance weights: the math of DRIFT. Pure Python, no torch.
+"""Return-based importance weights: the math of DRIFT. No torch.
+
+Each formula is written once in plain Python (:func:`trajectory_return`, :func:`group_weights`:
+the readable reference) and once vectorised with numpy over a whole file
+(:func:`compute_returns`, :func:`compute_weights`); the tests hold the two to 1e-12.
 
 KL-regularised RL, max_pi E_pi[R] - beta KL(pi || pi_ref), has the closed-form optimum
 pi*(y|x) = pi_ref(y|x) exp(R(x,y)/beta) / Z(x). DRIFT projects pi* onto the policy class with a
@@ -30,12 +34,14 @@ trainer; here we only produce numbers.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from operator import mul
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import chain
+from operator import itemgetter
+
+import numpy as np
 
 from drift import DriftError
-from drift.metrics import cumulative_accuracy
 
 # -- returns ---------------------------------------------------------------------------------
 
@@ -99,7 +105,8 @@ def group_weights(returns: Sequence[float], beta: float = 0.1) -> list[float]:
     """``w_i = exp(R_i/beta) / mean_j exp(R_j/beta)`` over one group, computed stably.
 
     Shape: ``returns`` has K entries (the K trajectories of one prompt); the result too, with
-    ``mean(w) == 1``.
+    ``mean(w) == 1``. This is the readable reference; :func:`compute_weights` does every group of
+    a file at once with numpy, and the tests hold the two to 1e-12.
 
     >>> # returns 1 and 0 at beta = 1: e/(e+1)*2 and 1/(e+1)*2
     >>> [round(w, 6) for w in group_weights([1.0, 0.0], beta=1.0)]
@@ -117,30 +124,42 @@ def group_weights(returns: Sequence[float], beta: float = 0.1) -> list[float]:
     return [u / mean for u in unnormalised]
 
 
-def _drift(returns, groups, solved, cfg) -> list[float]:
+def grouped_weights(returns: np.ndarray, codes: np.ndarray, n_groups: int, beta: float) -> np.ndarray:
+    """:func:`group_weights` of every group at once: record i belongs to group ``codes[i]``.
+
+    Shapes: ``returns`` and ``codes`` (ints in 0..n_groups-1) have N entries; so has the result.
+
+    >>> grouped_weights(np.array([1.0, 5.0, 0.0]), np.array([0, 1, 0]), 2, beta=1.0).round(6).tolist()
+    [1.462117, 1.0, 0.537883]
+    """
+    top = np.full(n_groups, -np.inf)
+    np.maximum.at(top, codes, returns)
+    unnormalised = np.exp((returns - top[codes]) / beta)  # the max-shift: every group's best term is 1
+    size = np.bincount(codes, minlength=n_groups)
+    mean = np.bincount(codes, weights=unnormalised, minlength=n_groups) / np.maximum(size, 1)
+    return unnormalised / mean[codes]
+
+
+def _drift(returns, codes, n_groups, solved, cfg) -> np.ndarray:
     if cfg.scope == "global":
-        return group_weights(returns, cfg.beta)
-    weights = [0.0] * len(returns)
-    for idx in groups.values():
-        for i, w in zip(idx, group_weights([returns[i] for i in idx], cfg.beta)):
-            weights[i] = w
-    return weights
+        return _rwr(returns, codes, n_groups, solved, cfg)
+    return grouped_weights(returns, codes, n_groups, cfg.beta)
 
 
-def _rwr(returns, groups, solved, cfg):
-    return group_weights(returns, cfg.beta)
+def _rwr(returns, codes, n_groups, solved, cfg):
+    return grouped_weights(returns, np.zeros(len(returns), dtype=np.intp), 1, cfg.beta)
 
 
-def _sft(returns, groups, solved, cfg):
-    return [1.0] * len(returns)
+def _sft(returns, codes, n_groups, solved, cfg):
+    return np.ones(len(returns))
 
 
-def _rft(returns, groups, solved, cfg):
-    return [1.0 if s else None for s in solved]
+def _rft(returns, codes, n_groups, solved, cfg):
+    return np.where(solved, 1.0, np.nan)
 
 
 SCHEMES = {"drift": _drift, "rwr": _rwr, "sft": _sft, "rft": _rft}
-"""name -> ``fn(returns, groups, solved, cfg) -> weights`` (``None`` drops a record)."""
+"""name -> ``fn(returns, codes, n_groups, solved, cfg) -> weights`` (numpy arrays; NaN drops a record)."""
 
 
 @dataclass(frozen=True)
@@ -182,48 +201,126 @@ def group_indices(records: Sequence[dict]) -> dict[str, list[int]]:
     return groups
 
 
-def compute_returns(records: Sequence[dict], params: WeightingParams) -> list[float]:
-    """:func:`trajectory_return` of every record, inlined for speed (a million records a second).
+# -- the whole-file math, on columns ---------------------------------------------------------
 
-    The tests check it against :func:`trajectory_return`, the readable reference, to 1e-12.
+
+ROW_FIELDS = ("prompt_id", "traj_id", "rewards", "answers", "format_errors", "first_correct_turn")
+
+
+def summary_row(prompt_id: str, traj_id: int, rewards: list, answers: list, format_errors: int,
+                first_correct_turn: int | None) -> tuple:
+    """What the math needs from one record (its :data:`ROW_FIELDS`): ``(prompt_id, traj_id,
+    rewards, N, U, format_errors, first_correct_turn or 0)``, N parsable answers, U of them distinct.
+
+    A reader calls it while the freshly parsed record is still in the CPU cache; the record itself
+    can then be dropped.
+
+    >>> summary_row("p", 3, [0.0, 1.0], ["5", None, "5"], 1, 2)
+    ('p', 3, [0.0, 1.0], 2, 1, 1, 2)
     """
-    gamma, lam, penalty = params.gamma, params.lam, params.format_penalty
-    powers = [1.0]
-    returns = []
-    for r in records:
-        rewards, answers = r["rewards"], r["answers"]
-        while len(powers) < len(rewards):
-            powers.append(powers[-1] * gamma)
-        given = [a for a in answers if a is not None]
-        repetition = lam * (1.0 - len(set(given)) / len(given)) if given else 0.0
-        returns.append(sum(map(mul, rewards, powers)) - penalty * r["format_errors"] - repetition)
-    return returns
+    nulls = answers.count(None)
+    return (prompt_id, traj_id, rewards, len(answers) - nulls, len(set(answers)) - (nulls > 0), format_errors,
+            first_correct_turn or 0)
 
 
-def compute_weights(records: Sequence[dict], params: WeightingParams) -> tuple[list[float], list[float | None]]:
+_row_fields = itemgetter(*ROW_FIELDS)
+
+
+@dataclass(frozen=True)
+class Columns:
+    """The numbers of N trajectories as arrays (M turns in all), so the math runs in numpy.
+
+    ``codes[i]`` numbers record i's prompt (0..n_groups-1, in order of first appearance);
+    ``rewards`` concatenates every record's r_t; ``first_correct_turn`` is 0 for unsolved.
+    """
+
+    prompt_ids: tuple[str, ...]
+    traj_ids: tuple[int, ...]
+    codes: np.ndarray  # (N,) int
+    n_groups: int
+    turns: np.ndarray  # (N,) int, T_i
+    rewards: np.ndarray  # (M,) float
+    answered: np.ndarray  # (N,) int, N_i
+    distinct: np.ndarray  # (N,) int, U_i
+    format_errors: np.ndarray  # (N,) float
+    first_correct_turn: np.ndarray  # (N,) int
+
+    @classmethod
+    def of(cls, records: Iterable[dict]) -> Columns:
+        return cls.from_rows([summary_row(*_row_fields(r)) for r in records])
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[tuple]) -> Columns:
+        n = len(rows)
+        prompt_ids, traj_ids, rewards, answered, distinct, format_errors, first = zip(*rows) if rows else ((),) * 7
+        number = {p: i for i, p in enumerate(dict.fromkeys(prompt_ids))}
+        turns = np.fromiter(map(len, rewards), dtype=np.intp, count=n)
+
+        def ints(values):
+            return np.fromiter(values, dtype=np.intp, count=n)
+
+        return cls(
+            prompt_ids, traj_ids, ints(map(number.__getitem__, prompt_ids)), len(number), turns,
+            np.fromiter(chain.from_iterable(rewards), dtype=np.float64, count=int(turns.sum())),
+            ints(answered), ints(distinct), np.fromiter(format_errors, dtype=np.float64, count=n), ints(first),
+        )
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+
+def _columns(data: Sequence[dict] | Columns) -> Columns:
+    return data if isinstance(data, Columns) else Columns.of(data)
+
+
+def returns_array(cols: Columns, params: WeightingParams) -> np.ndarray:
+    """:func:`trajectory_return` of every trajectory at once; shape (N,)."""
+    n = len(cols)
+    owner = np.repeat(np.arange(n), cols.turns)  # which trajectory each reward belongs to
+    turn = np.arange(len(cols.rewards)) - np.repeat(np.cumsum(cols.turns) - cols.turns, cols.turns)  # t - 1
+    discounted = np.bincount(owner, weights=cols.rewards * params.gamma**turn, minlength=n)
+    answered = np.maximum(cols.answered, 1)
+    repetition = params.lam * (1.0 - cols.distinct / answered) * (cols.answered > 0)
+    return discounted - params.format_penalty * cols.format_errors - repetition
+
+
+def compute_returns(records: Sequence[dict] | Columns, params: WeightingParams) -> list[float]:
+    """:func:`trajectory_return` of every record, vectorised. The tests hold it to the readable
+    reference to 1e-12."""
+    return returns_array(_columns(records), params).tolist()
+
+
+def compute_weights(
+    records: Sequence[dict] | Columns, params: WeightingParams
+) -> tuple[list[float], list[float | None]]:
     """Returns and weights of ``records`` under ``params``; a ``None`` weight drops the record."""
-    returns = compute_returns(records, params)
-    if params.zero_variance == params.all_fail == "keep" and params.clip is None:
-        groups = group_indices(records)
-        solved = [r["first_correct_turn"] is not None for r in records]
-        return returns, SCHEMES[params.scheme](returns, groups, solved, params)
-    groups = group_indices(records)
-    keep = [True] * len(records)
-    for idx in groups.values():
-        zero_variance = max(returns[i] for i in idx) == min(returns[i] for i in idx)
-        all_fail = all(records[i]["first_correct_turn"] is None for i in idx)
-        if (params.zero_variance == "drop" and zero_variance) or (params.all_fail == "drop" and all_fail):
-            for i in idx:
-                keep[i] = False
-    kept = [i for i in range(len(records)) if keep[i]]
-    sub_returns = [returns[i] for i in kept]
-    sub_groups = group_indices([records[i] for i in kept])
-    solved = [records[i]["first_correct_turn"] is not None for i in kept]
-    sub_weights = SCHEMES[params.scheme](sub_returns, sub_groups, solved, params)
-    weights: list[float | None] = [None] * len(records)
-    for i, w in zip(kept, sub_weights):
-        weights[i] = w if w is None or params.clip is None else min(w, params.clip)
-    return returns, weights
+    cols = _columns(records)
+    returns = returns_array(cols, params)
+    codes, n_groups, solved = cols.codes, cols.n_groups, cols.first_correct_turn > 0
+    keep = np.ones(len(cols), dtype=bool)
+    if params.zero_variance == "drop":
+        keep &= ~_zero_variance(returns, codes, n_groups)[codes]
+    if params.all_fail == "drop":
+        keep &= np.bincount(codes, weights=solved, minlength=n_groups)[codes] > 0
+    if keep.all():
+        weights = SCHEMES[params.scheme](returns, codes, n_groups, solved, params)
+    else:
+        weights = np.full(len(cols), np.nan)
+        weights[keep] = SCHEMES[params.scheme](returns[keep], codes[keep], n_groups, solved[keep], params)
+    if params.clip is not None:
+        weights = np.minimum(weights, params.clip)  # NaN (dropped) stays NaN
+    listed = weights.tolist()
+    for i in np.flatnonzero(np.isnan(weights)).tolist():
+        listed[i] = None
+    return returns.tolist(), listed
+
+
+def _zero_variance(returns: np.ndarray, codes: np.ndarray, n_groups: int) -> np.ndarray:
+    """Per group: are all its returns equal?"""
+    top, bottom = np.full(n_groups, -np.inf), np.full(n_groups, np.inf)
+    np.maximum.at(top, codes, returns)
+    np.minimum.at(bottom, codes, returns)
+    return top == bottom
 
 
 # -- diagnostics -----------------------------------------------------------------------------
@@ -254,45 +351,47 @@ def quantile(values: Sequence[float], q: float, *, presorted: bool = False) -> f
     return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
-def diagnostics(records: Sequence[dict], returns: Sequence[float], weights: Sequence[float | None]) -> dict:
+def diagnostics(
+    records: Sequence[dict] | Columns, returns: Sequence[float], weights: Sequence[float | None]
+) -> dict:
     """Health of a weighting: how many samples it effectively keeps, and where its mass sits.
 
     ``ess`` is Kish's over the kept records, ``ess_ratio`` that divided by their number,
     ``group_ess_ratio`` the mean over prompts of ESS_g / K_g. ``success_by_turn[t]`` is the share of
-    trajectories solved at or before turn t.
+    trajectories solved at or before turn t (multi@t).
     """
-    groups = group_indices(records)
-    kept = [w for w in weights if w is not None]
-    ordered = sorted(kept)
-    ess = kish_ess(kept)
-    group_kinds = {"all_fail": 0, "all_pass": 0, "mixed": 0}
-    zero_variance = 0
-    group_ess = []
-    for idx in groups.values():
-        solved = [records[i]["first_correct_turn"] is not None for i in idx]
-        kind = "all_pass" if all(solved) else "all_fail" if not any(solved) else "mixed"
-        group_kinds[kind] += 1
-        zero_variance += max(returns[i] for i in idx) == min(returns[i] for i in idx)
-        ws = [weights[i] for i in idx if weights[i] is not None]
-        if ws:
-            group_ess.append(kish_ess(ws) / len(ws))
-    horizon = max((len(r["correct"]) for r in records), default=0)
-    n_groups = max(len(groups), 1)
+    cols = _columns(records)
+    codes, n_groups, n = cols.codes, cols.n_groups, len(cols)
+    w = np.array(weights, dtype=np.float64)  # None -> NaN
+    kept = ~np.isnan(w)
+    size = np.bincount(codes, minlength=n_groups)
+    n_solved = np.bincount(codes, weights=cols.first_correct_turn > 0, minlength=n_groups)
+    all_pass, all_fail = int((n_solved == size).sum()), int((n_solved == 0).sum())
+    kw, kc = w[kept], codes[kept]
+    s1 = np.bincount(kc, weights=kw, minlength=n_groups)
+    s2 = np.bincount(kc, weights=kw * kw, minlength=n_groups)
+    k = np.bincount(kc, minlength=n_groups)
+    group_ess = np.divide(s1**2, s2, out=np.zeros(n_groups), where=s2 > 0)[k > 0] / k[k > 0]
+    ess = kish_ess(kw.tolist())
+    qs = np.quantile(kw, [0.5, 0.9, 0.99]).tolist() if kw.size else [0.0, 0.0, 0.0]
+    horizon = int(cols.turns.max()) if n else 0
+    solved_by = np.cumsum(np.bincount(cols.first_correct_turn, minlength=horizon + 1)[1:]) / max(n, 1)
+    groups = max(n_groups, 1)
     return {
-        "records": len(records),
-        "kept": len(kept),
-        "groups": len(groups),
-        "all_fail_groups": group_kinds["all_fail"] / n_groups,
-        "all_pass_groups": group_kinds["all_pass"] / n_groups,
-        "mixed_groups": group_kinds["mixed"] / n_groups,
-        "zero_variance_groups": zero_variance / n_groups,
-        "mean_return": math.fsum(returns) / len(returns) if returns else 0.0,
+        "records": n,
+        "kept": int(kept.sum()),
+        "groups": n_groups,
+        "all_fail_groups": all_fail / groups,
+        "all_pass_groups": all_pass / groups,
+        "mixed_groups": (n_groups - all_fail - all_pass) / groups,
+        "zero_variance_groups": int(_zero_variance(np.asarray(returns, float), codes, n_groups).sum()) / groups,
+        "mean_return": math.fsum(returns) / n if n else 0.0,
         "ess": ess,
-        "ess_ratio": ess / len(kept) if kept else 0.0,
-        "group_ess_ratio": math.fsum(group_ess) / len(group_ess) if group_ess else 0.0,
-        "weight_p50": quantile(ordered, 0.5, presorted=True) if kept else 0.0,
-        "weight_p90": quantile(ordered, 0.9, presorted=True) if kept else 0.0,
-        "weight_p99": quantile(ordered, 0.99, presorted=True) if kept else 0.0,
-        "weight_max": max(kept, default=0.0),
-        "success_by_turn": {str(t): a for t, a in cumulative_accuracy(records, horizon).items()} if records else {},
+        "ess_ratio": ess / kw.size if kw.size else 0.0,
+        "group_ess_ratio": float(group_ess.mean()) if group_ess.size else 0.0,
+        "weight_p50": qs[0],
+        "weight_p90": qs[1],
+        "weight_p99": qs[2],
+        "weight_max": float(kw.max()) if kw.size else 0.0,
+        "success_by_turn": {str(t): float(a) for t, a in enumerate(solved_by[:horizon].tolist(), start=1)},
     }
