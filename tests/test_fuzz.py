@@ -146,7 +146,8 @@ def test_fast_path_never_accepts_what_validation_rejects(line):
 @fuzz("fast_path_bytes")
 @given(st.integers(0, 10**6), st.binary(min_size=1, max_size=4), st.sampled_from(["insert", "replace", "delete"]))
 def test_fast_path_on_corrupted_bytes(position, chunk, how):
-    line = json.dumps(_good_line(), ensure_ascii=False).replace("5", "é5").encode()  # some UTF-8 too
+    rec = {**_good_line(), "question": "Combien font 2+3 ? Réponds.", "sampling": {"note": "été"}}  # fields the fast path skips
+    line = json.dumps(rec, ensure_ascii=False).replace("5", "é5").encode()  # and UTF-8 in the ones it reads
     i = position % len(line)
     line = {"insert": line[:i] + chunk + line[i:], "replace": line[:i] + chunk + line[i + len(chunk):],
             "delete": line[:i] + line[i + len(chunk):]}[how].replace(b"\n", b" ")

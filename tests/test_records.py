@@ -195,3 +195,56 @@ def test_write_spliced_adds_fields_without_reserialising(tmp_path):
     assert out.read_bytes().splitlines()[0].startswith(lines[0][:-1].encode())  # the original bytes, extended
     with pytest.raises(DriftError, match="changed while"):
         write_spliced(src, out, {"weight": [1.0, 1.0]}, keep=[True, True])
+
+
+def test_invalid_utf8_in_a_field_the_fast_path_skips_is_still_an_error(tmp_path):
+    # msgspec does not check the bytes of fields it skips; the reader must
+    line = json.dumps(good(traj_id=1, question="été"), ensure_ascii=False).encode().replace("été".encode(), b"\xff\xfe")
+    assert _fast_core(line) is None
+    path = tmp_path / "r.jsonl"
+    path.write_bytes(json.dumps(good()).encode() + b"\n" + line + b"\n")
+    with pytest.raises(RecordError, match=r"r\.jsonl:2: line is not valid UTF-8"):
+        read_records(path)
+
+
+def _near_misses():
+    """Records that differ from a valid one in one way each check of the fast path exists for."""
+    msgs = good()["messages"]
+    yield "format_errors off by one", good(format_errors=1)
+    yield "format_errors as bool", good(format_errors=False)
+    yield "first_correct_turn wrong", good(first_correct_turn=1)
+    yield "first_correct_turn missing", {k: v for k, v in good().items() if k != "first_correct_turn"}
+    yield "solved but first_correct_turn null", good(first_correct_turn=None)
+    yield "one answer too many", good(answers=["5", "4", "3"], format_errors=0)
+    yield "one reward too few", good(rewards=[1.0])
+    yield "one correct too many", good(correct=[False, True, False])
+    yield "no assistant turn", good(messages=msgs[:2], answers=[], correct=[], rewards=[], first_correct_turn=None)
+    yield "unknown role", good(messages=[{**msgs[0], "role": "bot"}, *msgs[1:]])
+    yield "content not a string", good(messages=[{**msgs[0], "content": 5}, *msgs[1:]])
+    yield "negative traj_id", good(traj_id=-1)
+    yield "empty prompt_id", good(prompt_id="")
+    yield "schema 2", good(schema=2)
+    yield "reward is a bool", good(rewards=[False, True])
+    yield "correct holds an int", good(correct=[0, True])
+    yield "negative weight", good(weight=-0.5)
+    yield "weight not a number", good(weight="1")
+    yield "return not a number", good(**{"return": None})
+    yield "valid, integer rewards", good(rewards=[0, 1])
+    yield "valid, with weight and return", good(weight=0.0, **{"return": -1.5})
+    yield "valid, extra fields", good(question="2+2?", sampling={"temperature": 1.0})
+
+
+@pytest.mark.parametrize("name,rec", list(_near_misses()), ids=[n for n, _ in _near_misses()])
+def test_fast_path_agrees_with_validation_on_near_misses(name, rec):
+    line = json.dumps(rec).encode()
+    core = _fast_core(line)
+    try:
+        validate_record(json.loads(line))
+        valid = True
+    except FieldError:
+        valid = False
+    assert valid == name.startswith("valid"), "the case itself is mislabelled"
+    if valid:
+        assert core == Trajectory.of(json.loads(line))
+    else:
+        assert core is None

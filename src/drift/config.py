@@ -79,7 +79,8 @@ class GenerationOptions:
     batch_size: int = option(32, "sequences per generate call for --backend hf")
     tensor_parallel_size: int = option(1, "GPUs one model is split across, for --backend vllm")
     gpu_memory_utilization: float = option(0.9, "share of GPU memory vLLM may use (weights + KV cache), for --backend vllm")
-    bf16: bool = option(True, "bf16 autocast for --backend hf (2-4x faster on CPUs with bf16 units)")
+    bf16: bool = option(True, "bf16 compute: autocast for --backend hf (2-4x faster on CPUs with bf16 units), "
+                              "dtype bfloat16 for --backend vllm (--no-bf16: the model's own dtype)")
     task: str = option("arithmetic", "task name: arithmetic, gsm8k, math, math500, metamathqa, jsonl, mcq, ...")
     source: str | None = option(None, "dataset: local file/folder or hub name (default: the task's own)")
     split: str = option("train", "dataset split")

@@ -225,7 +225,8 @@ def backend_options(cfg) -> dict:
     table = {
         "hf": lambda: {"model": cfg.model, "batch_size": cfg.batch_size, "autocast_bf16": cfg.bf16},
         "vllm": lambda: {"model": cfg.model, "tensor_parallel_size": cfg.tensor_parallel_size,
-                         "gpu_memory_utilization": cfg.gpu_memory_utilization, "seed": cfg.seed},
+                         "gpu_memory_utilization": cfg.gpu_memory_utilization, "seed": cfg.seed,
+                         "dtype": "bfloat16" if cfg.bf16 else "auto"},
         "openai": lambda: {"base_url": cfg.base_url, "model": cfg.model, "concurrency": cfg.concurrency},
         "scripted": lambda: {"seed": cfg.seed},
     }

@@ -28,8 +28,9 @@ def _corpus() -> list[str]:
     return lines
 
 
-def build_tiny_model(folder: str | Path, vocab_size: int = 512, seed: int = 0) -> Path:
-    """Write a tiny random chat model (config, safetensors, tokenizer) into ``folder``."""
+def build_tiny_model(folder: str | Path, vocab_size: int = 512, seed: int = 0, head_dim: int = 16) -> Path:
+    """Write a tiny random chat model (config, safetensors, tokenizer) into ``folder``: 2 layers,
+    4 heads of ``head_dim`` (vLLM's CPU attention wants 32 or more)."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -49,7 +50,7 @@ def build_tiny_model(folder: str | Path, vocab_size: int = 512, seed: int = 0) -
     tokenizer.chat_template = CHAT_TEMPLATE
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        vocab_size=len(tokenizer), hidden_size=4 * head_dim, intermediate_size=8 * head_dim, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,

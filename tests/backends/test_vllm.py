@@ -57,7 +57,18 @@ def model_dir(tmp_path):
 def fake_vllm(monkeypatch):
     FakeLLM.instances = []
     monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=FakeLLM, SamplingParams=FakeSamplingParams))
+    monkeypatch.setitem(sys.modules, "vllm.platforms", None)  # a vllm without the platforms module
     return FakeLLM
+
+
+@pytest.mark.parametrize("cpu", [True, False])
+def test_cpu_builds_get_chunked_prefill_off_unless_set(fake_vllm, model_dir, monkeypatch, cpu):
+    platform = types.SimpleNamespace(is_cpu=lambda: cpu)
+    monkeypatch.setitem(sys.modules, "vllm.platforms", types.SimpleNamespace(current_platform=platform))
+    load_backend("vllm", model=model_dir)
+    assert fake_vllm.instances[-1].kwargs.get("enable_chunked_prefill") == (False if cpu else None)
+    load_backend("vllm", model=model_dir, enable_chunked_prefill=True)
+    assert fake_vllm.instances[-1].kwargs["enable_chunked_prefill"] is True
 
 
 def test_requests_carry_their_own_seed_and_sampling(fake_vllm, model_dir):
@@ -86,6 +97,9 @@ def test_rollout_options_reach_the_engine(fake_vllm, model_dir):
     load_backend("vllm", **backend_options(cfg))
     kwargs = fake_vllm.instances[-1].kwargs
     assert (kwargs["tensor_parallel_size"], kwargs["gpu_memory_utilization"], kwargs["seed"]) == (4, 0.8, 3)
+    assert kwargs["dtype"] == "bfloat16"
+    load_backend("vllm", **backend_options(RolloutConfig(backend="vllm", model=model_dir, bf16=False)))
+    assert fake_vllm.instances[-1].kwargs["dtype"] == "auto"
 
 
 def test_short_names_are_resolved_before_the_engine_sees_them(fake_vllm, monkeypatch):
@@ -103,9 +117,12 @@ def test_module_imports_without_vllm_or_torch():
 
 
 @pytest.mark.slow
-def test_real_engine_generates_with_the_tiny_model(tiny_model):
+def test_real_engine_generates_with_the_tiny_model(tmp_path):
     pytest.importorskip("vllm")
-    gen = load_backend("vllm", model=tiny_model, gpu_memory_utilization=0.3, enforce_eager=True)
+    from drift.tiny import build_tiny_model
+
+    model = str(build_tiny_model(tmp_path / "model", head_dim=64))  # vLLM's CPU attention needs >= 32
+    gen = load_backend("vllm", model=model, gpu_memory_utilization=0.3, enforce_eager=True, max_model_len=512)
     try:
         sampling = Sampling(temperature=1.0, max_new_tokens=8)
         conversations = [QUESTION, [{"role": "user", "content": "What is 7*6?"}]]

