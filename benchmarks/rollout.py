@@ -48,6 +48,25 @@ def bare(prompts, model_path, batch_size, max_new_tokens) -> tuple[int, float]:
     return tokens, time.perf_counter() - start
 
 
+def shared_prefill(prompts, model_path, batch_size, max_new_tokens, k: int = 8) -> None:
+    """Turn 1 of a rollout: each prompt K times. The hf backend with and without shared prefill."""
+    from drift.backends.base import Sampling
+    from drift.backends.hf import HFGenerator
+
+    conversations = [p for p in prompts[: batch_size // k * 2] for _ in range(k)]  # two batches of k-fold repeats
+    seeds = list(range(len(conversations)))
+    for temperature in (0.0, 1.0):
+        sampling = Sampling(temperature=temperature, max_new_tokens=max_new_tokens)
+        best = {}
+        for share in (False, True, False, True):
+            gen = HFGenerator(model_path, batch_size=batch_size, share_prefill=share)
+            start = time.perf_counter()
+            gen.generate(conversations, 1, sampling, seeds)
+            best[share] = min(best.get(share, float("inf")), time.perf_counter() - start)
+        print(f"shared prefill, {len(conversations)} rows ({k} per prompt), temperature {temperature}: "
+              f"{best[False]:.2f} s -> {best[True]:.2f} s ({best[False] / best[True]:.2f}x)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompts", type=int, default=64)
@@ -65,6 +84,7 @@ def main() -> None:
     examples = load_examples(args.task, source=args.source, split="train", limit=args.prompts)
     spec = get_task(args.task)
     prompts = [make_env(spec).reset(ex) for ex in examples]
+    shared_prefill(prompts, model_path, args.batch_size, args.max_new_tokens)
     tokens, secs = bare(prompts, model_path, args.batch_size, args.max_new_tokens)
     print(f"bare generate: {tokens} tokens in {secs:.1f} s = {tokens / secs:.1f} tokens/s")
     results = {"bare": tokens / secs}

@@ -6,8 +6,12 @@
   ``torch.Generator`` (seeded from the rollout's per-trajectory seed) and hands ``generate`` a
   one-hot choice to take greedily. A trajectory's text therefore depends on its seed, not on
   which other trajectories shared its batch (up to floating-point differences from padding).
-- ``n`` samples of one conversation are ``n`` rows; on CPU the prompt is short next to the
-  replies, so sharing its prefill would save little.
+- ``n`` samples of one conversation are ``n`` rows, and so are the K trajectories of a prompt at
+  turn 1 (same conversation, different seeds): rows of a batch with the same prompt share one
+  prefill (``share_prefill``), its KV cache copied to each: 1.28x faster greedy, 1.13x sampled on
+  turn 1 of 8 prompts x 8 trajectories with SmolLM2-135M on a CPU (benchmarks/rollout.py). In
+  bf16 the replies may differ from unshared ones in the last bits (a batch's shape changes the
+  matmul's rounding); runs stay reproducible, as batches are the same from run to run.
 - On CPU, ``autocast_bf16`` runs the matmuls in bfloat16 (2-4x faster on CPUs with bf16 units).
 """
 
@@ -55,6 +59,7 @@ class HFGenerator:
         cache_dir: str | None = None,
         model_obj=None,
         tokenizer=None,
+        share_prefill: bool = True,
     ):
         import torch
 
@@ -68,6 +73,7 @@ class HFGenerator:
             self.model.to(self.device)
         self.batch_size = batch_size
         self.autocast_bf16 = autocast_bf16
+        self.share_prefill = share_prefill
         self.tokens_generated = 0
         self.eos_ids = sorted({i for i in [self.tokenizer.eos_token_id, self.model.generation_config.eos_token_id]
                                if isinstance(i, int)})
@@ -98,6 +104,8 @@ class HFGenerator:
                 attention = torch.tensor([[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i, _ in batch])
                 kwargs = dict(max_new_tokens=sampling.max_new_tokens, do_sample=False, pad_token_id=pad,
                               eos_token_id=self.eos_ids, temperature=None, top_p=None, top_k=None)
+                if self.share_prefill:
+                    kwargs.update(self._shared_prefill(batch, prompts, width, pad))
                 if sampling.temperature > 0:
                     gens = []
                     for i, j in batch:
@@ -121,6 +129,32 @@ class HFGenerator:
         finally:
             self.model.train(was_training)
         return out
+
+    def _shared_prefill(self, batch, prompts, width: int, pad: int) -> dict:
+        """``generate`` arguments with the KV cache of the batch's prompts but their last token,
+        computed once per distinct prompt and copied to the rows that share it (``{}`` when every
+        row's prompt differs).
+
+        The K trajectories of a prompt all start from the same conversation, so at turn 1 a batch
+        holds a few distinct prompts many times over. Positions follow the left padding exactly as
+        ``generate`` numbers them, so the rows continue as if each had been prefilled alone.
+        """
+        import torch
+
+        distinct: dict[tuple, int] = {}  # prompt tokens -> row of the prefill batch
+        rows = [distinct.setdefault(tuple(prompts[i]), len(distinct)) for i, _ in batch]
+        if len(distinct) == len(batch) or width < 2:
+            return {}
+        ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in distinct])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in distinct])
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        with torch.no_grad(), self._autocast():
+            out = self.model(input_ids=ids[:, :-1].to(self.device), attention_mask=mask[:, :-1].to(self.device),
+                             position_ids=positions[:, :-1].to(self.device), use_cache=True)
+        name = "cache" if "cache" in type(out).__dataclass_fields__ else "past_key_values"  # transformers >= 5.2x
+        cache = getattr(out, name)
+        cache.reorder_cache(torch.tensor(rows, device=self.device))
+        return {name: cache}
 
     def close(self) -> None:
         self.model = None
