@@ -181,3 +181,25 @@ def test_console_script_runs(tmp_path):
         [sys.executable, "-m", "drift.cli", "weight", "--help"], capture_output=True, text=True, check=True
     ).stdout
     assert "--beta" in help_text and "exp(R/beta)" in help_text
+
+
+@pytest.mark.parametrize("flags", [[], ["--scheme", "rwr"], ["--scheme", "sft"], ["--scheme", "rft"],
+                                   ["--zero-variance", "drop"], ["--all-fail", "drop"], ["--clip", "1.5"],
+                                   ["--scope", "global", "--beta", "0.5"]])
+def test_streaming_output_equals_the_api_on_every_option(tmp_path, flags):
+    from factories import make_record
+
+    from drift.weighting import WeightingParams, compute_weights
+
+    recs = [make_record("a", 0, ["1"], 1), make_record("a", 1, ["2", "1"], 2), make_record("a", 2, ["2", "2"]),
+            make_record("b", 0, ["5", "6"]), make_record("b", 1, ["5", "6"]),  # zero variance, all fail
+            make_record("c", 0, ["7", None]), make_record("c", 1, ["8"]),  # all fail, returns differ
+            make_record("d", 0, ["3"], 1), make_record("d", 1, ["3"], 1)]  # all pass
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_records(src, recs)
+    assert main(["weight", str(src), "--out", str(out), *flags]) == 0
+    saved = yaml.safe_load((tmp_path / "out.config.yaml").read_text())  # the resolved config of the run
+    params = WeightingParams(**{k: saved[k] for k in WeightingParams.__dataclass_fields__})
+    returns, weights = compute_weights(recs, params)
+    expected = [{**r, "return": ret, "weight": w} for r, ret, w in zip(recs, returns, weights) if w is not None]
+    assert [json.loads(line) for line in out.read_text().splitlines()] == expected
