@@ -25,6 +25,7 @@ from typing import Protocol, runtime_checkable
 
 from drift import DriftError
 from drift.answers import MODES, extract_answer, normalize_answer
+from drift.metrics import first_correct_turn
 from drift.prompts import (
     DEFAULT_SYSTEM_PROMPT,
     FEEDBACK,
@@ -127,7 +128,7 @@ class CorrectionEnv:
 
     @property
     def first_correct_turn(self) -> int | None:
-        return self.correct.index(True) + 1 if True in self.correct else None
+        return first_correct_turn(self.correct)
 
     def reset(self, example: Example) -> list[dict]:
         """Start an episode on ``example``; return (a copy of) the opening messages."""

@@ -42,6 +42,7 @@ import orjson
 
 from drift import DriftError
 from drift.answers import extract_answer
+from drift.metrics import first_correct_turn
 
 SCHEMA_VERSION = 1
 Role = Literal["system", "user", "assistant", "tool"]
@@ -150,11 +151,10 @@ _role = attrgetter("role")
 
 def _consistent(t: Trajectory) -> bool:
     turns = list(map(_role, t.messages)).count("assistant")
-    correct = t.correct
     return (
-        turns > 0 and turns == len(correct) == len(t.rewards) == len(t.answers)
+        turns > 0 and turns == len(t.correct) == len(t.rewards) == len(t.answers)
         and t.format_errors == t.answers.count(None)
-        and t.first_correct_turn == (correct.index(True) + 1 if True in correct else None)
+        and t.first_correct_turn == first_correct_turn(t.correct)
     )  # msgspec rejects numbers out of float range, so every float here is finite
 
 
@@ -208,7 +208,7 @@ def validate_record(rec) -> dict:
             raise FieldError(f"field '{name}' has {len(values)} entries for {turns} assistant turns")
     if rec.get("format_errors") != answers.count(None) or isinstance(rec.get("format_errors"), bool):
         raise FieldError(f"field 'format_errors' must equal the number of null answers ({answers.count(None)})")
-    first = correct.index(True) + 1 if True in correct else None
+    first = first_correct_turn(correct)
     if rec.get("first_correct_turn", "missing") != first:
         raise FieldError(f"field 'first_correct_turn' must be {first} (the first true entry of 'correct')")
     for name in ("return", "weight"):
@@ -260,7 +260,7 @@ def from_reference(rec: dict, traj_id: int) -> dict:
     it = iter(norms)
     answers = [next(it) if ok else None for ok in parsed]
     correct = [bool(rec["verifier"][f"t{t}"]) for t in range(1, turns + 1)]
-    first = correct.index(True) + 1 if True in correct else None
+    first = first_correct_turn(correct)
     if rec.get("t_star") != first:
         raise FieldError(f"field 't_star' is {rec.get('t_star')!r} but 'verifier' first passes at turn {first}")
     out = {"schema": SCHEMA_VERSION, "prompt_id": rec["prompt_id"], "traj_id": traj_id}

@@ -338,19 +338,6 @@ def kish_ess(weights: Sequence[float]) -> float:
     return math.fsum(weights) ** 2 / s2 if s2 > 0 else 0.0
 
 
-def quantile(values: Sequence[float], q: float, *, presorted: bool = False) -> float:
-    """Linear-interpolation quantile of a non-empty sequence (numpy's default method).
-
-    >>> quantile([1.0, 2.0, 3.0, 4.0], 0.5)
-    2.5
-    """
-    xs = values if presorted else sorted(values)
-    pos = q * (len(xs) - 1)
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
-
-
 def diagnostics(
     records: Sequence[dict] | Columns, returns: Sequence[float], weights: Sequence[float | None]
 ) -> dict:

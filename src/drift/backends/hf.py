@@ -46,6 +46,15 @@ class _RowSampler:
         return out
 
 
+def _left_pad(prompts: list[list[int]], width: int, pad: int):
+    """``(input_ids, attention_mask)``, each (len(prompts), width): the prompts left-padded to ``width``."""
+    import torch
+
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    return ids, mask
+
+
 class HFGenerator:
     """Generate with a local transformers model (folder, GGUF file or short name; see drift.models)."""
 
@@ -100,8 +109,7 @@ class HFGenerator:
             for start in range(0, len(rows), self.batch_size):
                 batch = rows[start : start + self.batch_size]
                 width = max(len(prompts[i]) for i, _ in batch)
-                input_ids = torch.tensor([[pad] * (width - len(prompts[i])) + prompts[i] for i, _ in batch])
-                attention = torch.tensor([[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i, _ in batch])
+                input_ids, attention = _left_pad([prompts[i] for i, _ in batch], width, pad)
                 kwargs = dict(max_new_tokens=sampling.max_new_tokens, do_sample=False, pad_token_id=pad,
                               eos_token_id=self.eos_ids, temperature=None, top_p=None, top_k=None)
                 if self.share_prefill:
@@ -145,8 +153,7 @@ class HFGenerator:
         rows = [distinct.setdefault(tuple(prompts[i]), len(distinct)) for i, _ in batch]
         if len(distinct) == len(batch) or width < 2:
             return {}
-        ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in distinct])
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in distinct])
+        ids, mask = _left_pad([list(p) for p in distinct], width, pad)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         with torch.no_grad(), self._autocast():
             out = self.model(input_ids=ids[:, :-1].to(self.device), attention_mask=mask[:, :-1].to(self.device),
