@@ -234,8 +234,6 @@ class Columns:
     ``rewards`` concatenates every record's r_t; ``first_correct_turn`` is 0 for unsolved.
     """
 
-    prompt_ids: tuple[str, ...]
-    traj_ids: tuple[int, ...]
     codes: np.ndarray  # (N,) int
     n_groups: int
     turns: np.ndarray  # (N,) int, T_i
@@ -252,7 +250,7 @@ class Columns:
     @classmethod
     def from_rows(cls, rows: Sequence[tuple]) -> Columns:
         n = len(rows)
-        prompt_ids, traj_ids, rewards, answered, distinct, format_errors, first = zip(*rows) if rows else ((),) * 7
+        prompt_ids, _, rewards, answered, distinct, format_errors, first = zip(*rows) if rows else ((),) * 7
         number = {p: i for i, p in enumerate(dict.fromkeys(prompt_ids))}
         turns = np.fromiter(map(len, rewards), dtype=np.intp, count=n)
 
@@ -260,7 +258,7 @@ class Columns:
             return np.fromiter(values, dtype=np.intp, count=n)
 
         return cls(
-            prompt_ids, traj_ids, ints(map(number.__getitem__, prompt_ids)), len(number), turns,
+            ints(map(number.__getitem__, prompt_ids)), len(number), turns,
             np.fromiter(chain.from_iterable(rewards), dtype=np.float64, count=int(turns.sum())),
             ints(answered), ints(distinct), np.fromiter(format_errors, dtype=np.float64, count=n), ints(first),
         )
