@@ -77,6 +77,12 @@ def assert_same_params(a: dict, b: dict) -> None:
         assert torch.equal(v, b[k]), k
 
 
+def newest_checkpoint(out: Path) -> int:
+    """The step of the newest complete checkpoint in a run folder (0 for none)."""
+    done = [p.name for p in (out / "checkpoints").glob("step-*") if not p.name.endswith(".tmp")]
+    return int(max(done).removeprefix("step-")) if done else 0
+
+
 def log_steps(path: Path) -> list[int]:
     return [json.loads(line)["step"] for line in path.read_text().splitlines()]
 
@@ -94,7 +100,7 @@ def train_setup(tmp_path_factory, tiny_model):
     write_records(data, recs)
 
     def args(out: Path) -> list[str]:
-        return ["train", str(data), "--out", str(out), "--model", tiny_model, "--no-bf16", "--batch-size", "4",
+        return ["train", str(data), "--out", str(out), "--model", tiny_model, "--dtype", "float32", "--batch-size", "4",
                 "--micro-batch-size", "2", "--max-steps", str(TRAIN_STEPS), "--save-steps", "1", "--lr", "1e-3",
                 "--warmup-ratio", "0.1", "--seed", "3"]
 
@@ -106,13 +112,7 @@ def train_setup(tmp_path_factory, tiny_model):
 def test_train_killed_and_resumed_equals_uninterrupted(tmp_path, train_setup, seed):
     args, full = train_setup
     out = tmp_path / "run"
-    checkpoints = out / "checkpoints"
-
-    def checkpoint_step() -> int:
-        done = [p.name for p in checkpoints.glob("step-*") if not p.name.endswith(".tmp")]
-        return int(max(done).removeprefix("step-")) if done else 0
-
-    kill_at_random_point(args(out), checkpoint_step, TRAIN_STEPS, seed)
+    kill_at_random_point(args(out), lambda: newest_checkpoint(out), TRAIN_STEPS, seed)
     assert not (out / "train_summary.json").exists()
     drift(*args(out), "--resume")
     assert_same_params(full, model_params(out / "model"))
@@ -129,7 +129,7 @@ def rl_setup(tmp_path_factory, tiny_model):
     def args(out: Path) -> list[str]:
         return ["rl", "--model", tiny_model, "--out", str(out), "--steps", str(RL_STEPS), "--prompts-per-step", "2",
                 "--group-size", "2", "--max-new-tokens", "4", "--max-turns", "2", "--task-options", "digits=1",
-                "--num-prompts", "20", "--no-bf16", "--save-steps", "1", "--lr", "1e-3", "--seed", "5"]
+                "--num-prompts", "20", "--dtype", "float32", "--save-steps", "1", "--lr", "1e-3", "--seed", "5"]
 
     drift(*args(root / "full"))
     return args, model_params(root / "full" / "model")
@@ -139,16 +139,29 @@ def rl_setup(tmp_path_factory, tiny_model):
 def test_rl_killed_and_resumed_equals_uninterrupted(tmp_path, rl_setup, seed):
     args, full = rl_setup
     out = tmp_path / "run"
-    state = out / "checkpoint" / "state.pt"
-
-    def checkpoint_step() -> int:
-        try:
-            return torch.load(state, weights_only=False)["step"]
-        except Exception:  # noqa: BLE001 - not there yet, or being replaced
-            return 0
-
-    kill_at_random_point(args(out), checkpoint_step, RL_STEPS, seed)
+    kill_at_random_point(args(out), lambda: newest_checkpoint(out), RL_STEPS, seed)
     assert not (out / "rl_summary.json").exists()
     drift(*args(out), "--resume")
     assert_same_params(full, model_params(out / "model"))
     assert log_steps(out / "rl_log.jsonl") == list(range(1, RL_STEPS + 1))
+
+
+# -- SIGTERM ---------------------------------------------------------------------------------
+
+
+def test_sigterm_unwinds_like_ctrl_c(tmp_path, tiny_model):
+    """A terminated rollout closes its generator (a vLLM engine's workers with it) and says so,
+    instead of dying where it stands; what it wrote is resumable."""
+    out = tmp_path / "rollouts.jsonl"
+    args = ["rollout", "--model", tiny_model, "--out", str(out), "--num-prompts", "64", "--n", "2",
+            "--chunk-prompts", "2", "--max-new-tokens", "8", "--dtype", "float32", "--task-options", "digits=1"]
+    proc = subprocess.Popen([sys.executable, "-m", "drift.cli", *args], env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out.exists() and out.stat().st_size) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "drift rollout: interrupted" in err, err[-2000:]
+    drift(*args, "--resume")
+    assert len(out.read_text().splitlines()) == 128

@@ -100,7 +100,7 @@ def test_interrupted_eval_resumes_to_the_same_records(tmp_path):
 
 
 def test_eval_with_the_tiny_model_is_deterministic(tmp_path, tiny_model):
-    flags = ["--backend", "hf", "--model", tiny_model, "--max-new-tokens", "4", "--no-bf16"]
+    flags = ["--backend", "hf", "--model", tiny_model, "--max-new-tokens", "4", "--dtype", "float32"]
     a, b = tmp_path / "a", tmp_path / "b"
     assert main(eval_args(a, *flags)) == 0
     report = load_report(a)

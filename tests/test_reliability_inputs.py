@@ -125,7 +125,7 @@ def command(name: str, src: Path, area: Path, tiny_model: str | None) -> list[st
         "weight": lambda: ["weight", str(src), "--out", str(area / "weighted.jsonl")],
         "export-trl": lambda: ["export-trl", str(src), "--out", str(area / "trl.jsonl")],
         "eval": lambda: ["eval", "--records", str(src), "--out", str(area / "eval")],
-        "train": lambda: ["train", str(src), "--out", str(area / "train"), "--model", tiny_model, "--no-bf16",
+        "train": lambda: ["train", str(src), "--out", str(area / "train"), "--model", tiny_model, "--dtype", "float32",
                           "--batch-size", "1", "--micro-batch-size", "1"],
         "compare": lambda: ["compare", str(GOOD_REPORT), str(src), "--names", "good,bad",
                             "--out", str(area / "compare")],

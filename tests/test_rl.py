@@ -41,17 +41,16 @@ def test_round_coefficients_grpo_and_iterated_drift():
 
 def test_policy_gradient_loss_on_a_hand_built_group(tiny_model):
     torch = pytest.importorskip("torch")
-    import contextlib
-
     from drift.examples import build_examples, collate
     from drift.models import load_model, load_tokenizer
-    from drift.rl import _step_loss
+    from drift.rl import policy_terms
 
     tok, model = load_tokenizer(tiny_model), load_model(tiny_model)
     recs = [make_record("p", 0, ["5"], 1), make_record("p", 1, ["4", "5"], 2), make_record("p", 2, ["4", "4"])]
     advantages = [1.2, 0.3, -1.5]
     exs = [build_examples(r, tok, weight=a)[0] for r, a in zip(recs, advantages)]
-    loss, kl = _step_loss(model, None, collate(exs, tok.pad_token_id), 3.0, contextlib.nullcontext(), 0.0)
+    terms, stats = policy_terms()(model, collate(exs, tok.pad_token_id))
+    loss = terms.sum() / 3
     # by hand: -sum_i A_i * (token-mean log p of completion i) / 3, each sequence run alone
     expected = 0.0
     for e, a in zip(exs, advantages):
@@ -60,45 +59,65 @@ def test_policy_gradient_loss_on_a_hand_built_group(tiny_model):
         labels[:, : e.n_prompt] = -100
         expected += a * model(input_ids=ids, labels=labels).loss.item() / 3
     assert loss.item() == pytest.approx(expected, abs=1e-5)
-    assert kl is None
+    assert "kl_sum" not in stats
     # against itself the KL penalty is exactly zero
-    _, kl = _step_loss(model, model, collate(exs, tok.pad_token_id), 3.0, contextlib.nullcontext(), 0.1)
-    assert kl.abs().max().item() < 1e-6
+    with_kl, stats = policy_terms(model, 0.1)(model, collate(exs, tok.pad_token_id))
+    assert abs(stats["kl_sum"].item()) < 1e-6 and torch.allclose(with_kl, terms, atol=1e-6)
 
 
-def test_drift_rl_runs_counts_compute_and_resumes(tmp_path, tiny_model):
-    from drift.cli import main
+@pytest.fixture
+def even_length_is_right(monkeypatch):
+    """A rigged verifier: an answer is right when it has an even number of characters. The tiny
+    random model then solves some episodes and not others: groups with spread, advantages != 0."""
+    from drift import verifiers
 
-    out = tmp_path / "rl"
-    args = ["rl", "--model", tiny_model, "--out", str(out), "--steps", "2", "--prompts-per-step", "2",
-            "--group-size", "2", "--max-new-tokens", "4", "--max-turns", "2", "--task-options", "digits=1", "--num-prompts", "20",
-            "--no-bf16", "--save-steps", "1", "--lr", "1e-3"]
-    assert main(args) == 0
-    summary = json.loads((out / "rl_summary.json").read_text())
-    log = [json.loads(line) for line in (out / "rl_log.jsonl").read_text().splitlines()]
-    assert summary["steps"] == 2 and summary["trajectories"] == 8 and len(log) == 2
-    # every trajectory takes max_turns (the tiny model never answers), each reply at most 4 tokens:
-    # 2 rounds x 4 trajectories x 2 turns x <= 4 tokens
-    assert 0 < summary["generated_tokens"] <= 2 * 4 * 2 * 4
-    assert summary["trained_tokens"] > 0 and summary["generation_seconds"] > 0
-    assert log[-1]["generated_tokens"] == summary["generated_tokens"]
-    assert (out / "model" / "config.json").exists()
-    # a run killed after its round-1 checkpoint, resumed: the same model, the log without duplicates
+    monkeypatch.setitem(verifiers.VERIFIERS, "even", lambda prediction, gold: len(prediction) % 2 == 0)
+
+
+def test_drift_rl_moves_the_policy_counts_compute_and_resumes(tmp_path, tiny_model, even_length_is_right):
     import shutil
 
     import torch
     from transformers import AutoModelForCausalLM
 
+    from drift.cli import main
+
+    out = tmp_path / "rl"
+    args = ["rl", "--model", tiny_model, "--out", str(out), "--steps", "2", "--prompts-per-step", "2",
+            "--group-size", "4", "--max-new-tokens", "4", "--max-turns", "2", "--task-options", "digits=1",
+            "--num-prompts", "20", "--answer-mode", "lenient", "--verifier", "even", "--dtype", "float32",
+            "--save-steps", "1", "--lr", "1e-2", "--optimizer", "sgd", "--max-grad-norm", "0"]
+    assert main(args) == 0
+    summary = json.loads((out / "rl_summary.json").read_text())
+    log = [json.loads(line) for line in (out / "rl_log.jsonl").read_text().splitlines()]
+    assert summary["steps"] == 2 and summary["trajectories"] == 16 and len(log) == 2
+    assert summary["processes"] == 1 and summary["dtype"] == "float32" and summary["device"] == "cpu"
+    # some episodes solved, some not: the advantages are not all zero, so the policy must move
+    assert 0 < log[0]["solved"] < 1 or 0 < log[1]["solved"] < 1
+    # at most 2 rounds x 8 trajectories x 2 turns x 4 tokens
+    assert 0 < summary["generated_tokens"] <= 2 * 8 * 2 * 4
+    assert summary["trained_tokens"] > 0 and summary["generation_seconds"] > 0
+    assert log[-1]["generated_tokens"] == summary["generated_tokens"]
+    base = AutoModelForCausalLM.from_pretrained(tiny_model).state_dict()
+    a = AutoModelForCausalLM.from_pretrained(out / "model").state_dict()
+    assert any(not torch.equal(base[k], a[k]) for k in a), "the policy did not move"
+    # a run killed after its round-1 checkpoint, resumed: the same model, the log without duplicates
     crashed = tmp_path / "crashed"
     shutil.copytree(out, crashed)
     shutil.rmtree(crashed / "model")
+    shutil.rmtree(crashed / "checkpoints" / "step-0000002", ignore_errors=True)
     (crashed / "rl_summary.json").unlink()
     args[args.index(str(out))] = str(crashed)
     assert main(args + ["--resume"]) == 0
     assert [json.loads(line)["step"] for line in (crashed / "rl_log.jsonl").read_text().splitlines()] == [1, 2]
-    a = AutoModelForCausalLM.from_pretrained(out / "model").state_dict()
     b = AutoModelForCausalLM.from_pretrained(crashed / "model").state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # and the resumed round 2 is not the round 1 again: without the checkpoint, the result differs
+    fresh = tmp_path / "one-round"
+    args[args.index(str(crashed))] = str(fresh)
+    assert main([*args[: args.index("--steps") + 1], "1", *args[args.index("--steps") + 2 :]]) == 0
+    c = AutoModelForCausalLM.from_pretrained(fresh / "model").state_dict()
+    assert any(not torch.equal(a[k], c[k]) for k in a)
 
 
 def test_iterated_drift_reuses_each_round(tmp_path, tiny_model):
@@ -107,7 +126,7 @@ def test_iterated_drift_reuses_each_round(tmp_path, tiny_model):
     out = tmp_path / "iter"
     assert main(["rl", "--model", tiny_model, "--out", str(out), "--algorithm", "drift", "--steps", "1",
                  "--updates-per-round", "2", "--prompts-per-step", "2", "--group-size", "2", "--max-new-tokens", "4",
-                 "--max-turns", "1", "--task-options", "digits=1", "--num-prompts", "4", "--no-bf16"]) == 0
+                 "--max-turns", "1", "--task-options", "digits=1", "--num-prompts", "4", "--dtype", "float32"]) == 0
     summary = json.loads((out / "rl_summary.json").read_text())
     assert summary["algorithm"] == "drift" and summary["steps"] == 1 and summary["trajectories"] == 4
     # grpo refuses to reuse samples: without an importance ratio that would be off-policy

@@ -160,7 +160,7 @@ def test_resume_refuses_a_corrupt_middle_line(tmp_path, capsys):
 # -- the tiny real model ---------------------------------------------------------------------
 
 HF_FLAGS = ["--backend", "hf", "--task", "arithmetic", "--max-turns", "2", "--max-new-tokens", "4",
-            "--temperature", "1.0", "--n", "2", "--no-bf16"]
+            "--temperature", "1.0", "--n", "2", "--dtype", "float32"]
 
 
 def test_tiny_model_rollout_end_to_end(tmp_path, tiny_model):

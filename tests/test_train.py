@@ -2,8 +2,6 @@
 
 import json
 import shutil
-import subprocess
-import sys
 
 import pytest
 
@@ -34,7 +32,7 @@ def weighted_file(path, weights):
 
 def train(tmp_path, name, data, model, **over):
     over.setdefault("optimizer", "sgd")  # exact comparisons: Adam's first step amplifies float noise
-    cfg = resolve(TrainConfig, input=str(data), out=str(tmp_path / name), model=model, bf16=False,
+    cfg = resolve(TrainConfig, input=str(data), out=str(tmp_path / name), model=model, dtype="float32",
                   lr=1e-1, warmup_ratio=0.0, lr_scheduler="constant", max_grad_norm=0.0, **over)
     from drift.train import run_train
 
@@ -83,12 +81,11 @@ def test_target_all_trains_every_turn_and_history_is_cut_from_the_left(tiny_mode
 
 def test_padded_batch_loss_equals_unpadded_per_example(tiny_model):
     from drift.models import load_model, load_tokenizer
-    from drift.train import micro_batch_loss
-    import contextlib
+    from drift.trainer import weighted_nll_terms
 
     tok, model = load_tokenizer(tiny_model), load_model(tiny_model)
     exs = [build_examples(make_record("p", i, ["1"] * (i + 1), weight=1.0), tok)[0] for i in range(3)]
-    _, nll, _ = micro_batch_loss(model, collate(exs, tok.pad_token_id), 1.0, contextlib.nullcontext())
+    nll, _ = weighted_nll_terms(model, collate(exs, tok.pad_token_id))  # weights 1: the terms are the NLLs
     for e, got in zip(exs, nll):
         ids = torch.tensor([e.input_ids])
         labels = ids.clone()
@@ -98,13 +95,12 @@ def test_padded_batch_loss_equals_unpadded_per_example(tiny_model):
 
 def test_weight_zero_gives_zero_gradient(tiny_model):
     from drift.models import load_model, load_tokenizer
-    from drift.train import micro_batch_loss
-    import contextlib
+    from drift.trainer import weighted_nll_terms
 
     tok, model = load_tokenizer(tiny_model), load_model(tiny_model)
     exs = [build_examples(make_record("p", i, [str(i)], weight=0.0), tok)[0] for i in range(2)]
-    loss, _, _ = micro_batch_loss(model, collate(exs, tok.pad_token_id), 2.0, contextlib.nullcontext())
-    loss.backward()
+    terms, _ = weighted_nll_terms(model, collate(exs, tok.pad_token_id))
+    terms.sum().backward()
     assert all(p.grad is None or torch.count_nonzero(p.grad) == 0 for p in model.parameters())
 
 
@@ -199,23 +195,6 @@ def test_model_without_chat_template_is_an_error(tmp_path, tiny_model):
     data = weighted_file(tmp_path / "w.jsonl", [1.0])
     with pytest.raises(DriftError, match="no chat template"):
         train(tmp_path, "x", data, str(plain), batch_size=1, micro_batch_size=1)
-
-
-def test_two_processes_make_the_same_update_as_one(tmp_path, tiny_model):
-    data = weighted_file(tmp_path / "w.jsonl", [0.5, 2.0, 1.0, 0.0, 3.0, 1.5, 0.25, 1.0])
-    single = params(train(tmp_path, "single", data, tiny_model, batch_size=8, micro_batch_size=4, max_steps=2))
-    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-           "-m", "drift.cli", "train", str(data), "--out", str(tmp_path / "ddp"), "--model", tiny_model,
-           "--no-bf16", "--lr", "1e-1", "--optimizer", "sgd", "--warmup-ratio", "0", "--lr-scheduler", "constant", "--max-grad-norm", "0",
-           "--batch-size", "8", "--micro-batch-size", "2", "--max-steps", "2"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    from transformers import AutoModelForCausalLM
-
-    ddp = params(AutoModelForCausalLM.from_pretrained(tmp_path / "ddp" / "model"))
-    for k in single:
-        assert torch.allclose(single[k], ddp[k], atol=1e-5), k
 
 
 def test_cli_train_runs(tmp_path, tiny_model, capsys):

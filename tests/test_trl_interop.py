@@ -1,12 +1,12 @@
 """drift and TRL train the same objective: `drift export-trl` output through TRL's own SFTTrainer.
 
-With every weight 1, drift's loss (build_examples -> collate -> micro_batch_loss) must equal TRL's
+With every weight 1, drift's loss (build_examples -> collate -> weighted_nll_terms) must equal TRL's
 completion-only loss (SFTTrainer's dataset preparation -> its DataCollatorForLanguageModeling ->
 its compute_loss, fused LM head included) on the same examples, to 1e-5 in fp32.
 
 The two reductions differ on purpose: TRL divides the batch's summed token NLL by the number of
 completion tokens in the batch, drift takes each example's token-mean and then averages
-(micro_batch_loss with denominator = batch size). They agree per example (batch of 1) and on a
+(sum of weighted_nll_terms / batch size). They agree per example (batch of 1) and on a
 batch whose completions have the same number of tokens, and only there, so that is what is compared.
 
 Tokenization: TRL renders ``prompt + completion`` with the chat template and trains everything
@@ -16,7 +16,6 @@ the "\\n" after ``<|im_end|>``. The equality tests use a ChatML template without
 both sides train exactly the same tokens; a separate test pins the difference on the real template.
 """
 
-import contextlib
 import json
 
 import pytest
@@ -30,7 +29,7 @@ from drift import DriftError  # noqa: E402
 from drift.examples import build_examples, collate  # noqa: E402
 from drift.records import write_records  # noqa: E402
 from drift.tiny import CHAT_TEMPLATE, build_tiny_model  # noqa: E402
-from drift.train import micro_batch_loss  # noqa: E402
+from drift.trainer import weighted_nll_terms  # noqa: E402
 from drift.config import ExportTRLConfig  # noqa: E402
 from drift.trl_export import run_export_trl  # noqa: E402
 
@@ -116,8 +115,8 @@ def trl_loss(trainer, rows):
 
 def drift_loss(model, examples, pad_id):
     with torch.no_grad():
-        loss, _, _ = micro_batch_loss(model, collate(examples, pad_id), float(len(examples)), contextlib.nullcontext())
-    return loss.item()
+        terms, _ = weighted_nll_terms(model, collate(examples, pad_id))
+    return terms.sum().item() / len(examples)
 
 
 def drift_examples(records, tokenizer, target="last"):

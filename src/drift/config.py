@@ -33,6 +33,11 @@ def option(default: Any, help: str, *, positional: bool = False, short: str | No
 
 # -- commands' configs -----------------------------------------------------------------------
 
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+DTYPE_HELP = ("compute precision: auto = bfloat16 on GPUs that support it and on CPUs with bf16 units "
+              "(AVX512-BF16, AMX), float32 otherwise (bf16 without such units is many times slower); "
+              "bfloat16/float16 run the model in autocast with float32 weights for training")
+
 
 @dataclass
 class WeightConfig:
@@ -78,9 +83,10 @@ class GenerationOptions:
     concurrency: int = option(16, "parallel requests for --backend openai")
     batch_size: int = option(32, "sequences per generate call for --backend hf")
     tensor_parallel_size: int = option(1, "GPUs one model is split across, for --backend vllm")
-    gpu_memory_utilization: float = option(0.9, "share of GPU memory vLLM may use (weights + KV cache), for --backend vllm")
-    bf16: bool = option(True, "bf16 compute: autocast for --backend hf (2-4x faster on CPUs with bf16 units), "
-                              "dtype bfloat16 for --backend vllm (--no-bf16: the model's own dtype)")
+    gpu_memory_utilization: float | None = option(
+        None, "share of memory vLLM may use (weights + KV cache), for --backend vllm (none: 0.9 on GPUs; "
+              "on CPUs 80%% of the memory free at start, at most 0.5)")
+    dtype: Dtype = option("auto", DTYPE_HELP)
     task: str = option("arithmetic", "task name: arithmetic, gsm8k, math, math500, metamathqa, jsonl, mcq, ...")
     source: str | None = option(None, "dataset: local file/folder or hub name (default: the task's own)")
     split: str = option("train", "dataset split")
@@ -117,40 +123,47 @@ class RolloutConfig(GenerationOptions):
 
 
 @dataclass
-class TrainConfig:
-    """drift train: weighted SFT on the last assistant turn of each trajectory (history as prompt).
+class OptimizationOptions:
+    """Options of the one optimizer step that drift train and drift rl share (drift.trainer)."""
 
-    loss = sum_i w_i * (token-mean NLL of completion i, EOS included) / D over each optimizer step,
-    D = number of examples (reduction mean) or sum of weights (reduction weighted). DRIFT, SFT and
-    RFT differ only in the weights of the input file (drift weight --scheme ...).
-    Multi-GPU: accelerate launch --config_file configs/accelerate/ddp.yaml -m drift.cli train ...
-    """
-
-    input: str = option("", "weighted trajectories (JSONL with a 'weight' field, from drift weight)", positional=True)
-    out: str = option("", "run folder: model/, checkpoints/, train_log.jsonl, config.yaml", short="-o")
-    model: str = option("smollm2-135m", "model folder, .gguf file, short name or hub id")
     target: Literal["last", "all"] = option("last", "train the last assistant turn (the paper) or every one")
     max_length: int = option(1024, "tokens per example; the history is cut from the left")
-    reduction: Literal["mean", "weighted"] = option("mean", "divide the batch's sum of w*nll by its size or by sum w")
-    batch_size: int = option(16, "examples per optimizer step (over all processes)")
-    micro_batch_size: int = option(8, "examples per forward pass and process (gradient accumulation = the ratio)")
-    epochs: float = option(1.0, "passes over the data")
-    max_steps: int | None = option(None, "stop after this many optimizer steps (overrides epochs)")
+    micro_batch_size: int = option(8, "examples per forward pass and process (gradient accumulation fills the batch)")
     lr: float = option(1e-5, "peak learning rate")
     optimizer: Literal["adamw", "sgd"] = option("adamw", "adamw, or plain sgd (least memory)")
     lr_scheduler: str = option("cosine", "transformers scheduler name: cosine, linear, constant_with_warmup, ...")
-    warmup_ratio: float = option(0.03, "share of the steps spent warming up")
+    warmup_ratio: float = option(0.03, "share of the optimizer steps spent warming up")
     weight_decay: float = option(0.0, "AdamW weight decay")
     max_grad_norm: float = option(1.0, "gradient clipping (0: off)")
-    bf16: bool = option(True, "bf16 autocast (fast on bf16-capable CPUs and on GPUs)")
+    dtype: Dtype = option("auto", DTYPE_HELP)
     gradient_checkpointing: bool = option(False, "recompute activations in the backward pass (less memory)")
     group_by_length: bool = option(True, "sort each step's examples by length before cutting micro-batches")
     lora_r: int = option(0, "LoRA rank (0: full fine-tuning)")
     lora_alpha: int = option(16, "LoRA alpha")
     lora_dropout: float = option(0.0, "LoRA dropout")
     merge_lora: bool = option(True, "merge the LoRA adapter into the saved model")
-    save_steps: int = option(0, "checkpoint every N steps (0: only the final model)")
     save_total_limit: int = option(2, "checkpoints kept")
+
+
+@dataclass
+class TrainConfig(OptimizationOptions):
+    """drift train: weighted SFT on the last assistant turn of each trajectory (history as prompt).
+
+    loss = sum_i w_i * (token-mean NLL of completion i, EOS included) / D over each optimizer step,
+    D = number of examples (reduction mean) or sum of weights (reduction weighted). DRIFT, SFT and
+    RFT differ only in the weights of the input file (drift weight --scheme ...).
+    Several processes: accelerate launch --config_file configs/accelerate/ddp.yaml -m drift.cli train ...
+    (GPUs), or torchrun --nproc-per-node 2 -m drift.cli train ... (CPU processes, gloo).
+    """
+
+    input: str = option("", "weighted trajectories (JSONL with a 'weight' field, from drift weight)", positional=True)
+    out: str = option("", "run folder: model/, checkpoints/, train_log.jsonl, config.yaml", short="-o")
+    model: str = option("smollm2-135m", "model folder, LoRA adapter folder, .gguf file, short name or hub id")
+    reduction: Literal["mean", "weighted"] = option("mean", "divide the batch's sum of w*nll by its size or by sum w")
+    batch_size: int = option(16, "examples per optimizer step (over all processes)")
+    epochs: float = option(1.0, "passes over the data")
+    max_steps: int | None = option(None, "stop after this many optimizer steps (overrides epochs)")
+    save_steps: int = option(0, "checkpoint every N steps (0: only the final model)")
     resume: bool = option(False, "continue from the latest checkpoint in --out")
     log_steps: int = option(1, "log every N steps to train_log.jsonl (and the tracker)")
     report_to: Literal["none", "tensorboard", "wandb", "trackio"] = option("none", "experiment tracker")
@@ -219,22 +232,25 @@ class DemoConfig:
     quick: bool = option(False, "tiny random model, a handful of problems: about a minute (a smoke test)")
     fresh: bool = option(False, "delete --out first and start over")
     max_turns: int = option(5, "T: attempts per episode")
+    dtype: Dtype = option("auto", DTYPE_HELP)
     beta: float = option(0.1, "DRIFT temperature beta")
     gamma: float = option(0.9, "discount gamma")
     seed: int = option(0, "seed of problems, sampling and training")
 
 
 @dataclass
-class RLConfig(GenerationOptions):
+class RLConfig(OptimizationOptions, GenerationOptions):
     """drift rl: online multi-turn RL on the same environment (the baseline DRIFT is compared with).
 
     Every round: B prompts x G trajectories from the current policy, returns as in drift weight,
     group-relative advantages A = (R - mean_group R) / std_group R, one policy-gradient step on the
-    last assistant turn (the same target and reduction as drift train). --algorithm drift uses DRIFT
-    weights on the fresh samples instead (iterated DRIFT). Compute is counted in rl_summary.json.
+    last assistant turn (the same target, reduction and optimizer step as drift train). --algorithm
+    drift uses DRIFT weights on the fresh samples instead (iterated DRIFT). Compute is counted in
+    rl_summary.json. Several processes (DDP): torchrun / accelerate launch -m drift.cli rl ...; each
+    process samples its share of the round's prompts.
     """
 
-    out: str = option("", "run folder: model/, checkpoint/, rl_log.jsonl, rl_summary.json", short="-o")
+    out: str = option("", "run folder: model/, checkpoints/, rl_log.jsonl, rl_summary.json", short="-o")
     algorithm: Literal["grpo", "drift"] = option("grpo", "grpo: group-relative policy gradient; drift: iterated DRIFT")
     steps: int = option(20, "rounds of sample -> score -> update")
     prompts_per_step: int = option(8, "B: prompts sampled per round")
@@ -246,15 +262,8 @@ class RLConfig(GenerationOptions):
     gamma: float = option(0.9, "discount per turn in the return")
     lam: float = option(0.5, "repetition penalty in the return")
     format_penalty: float = option(0.1, "per unparsable turn, in the return")
-    target: Literal["last", "all"] = option("last", "train the last assistant turn or every one")
-    max_length: int = option(1024, "tokens per example; the history is cut from the left")
-    micro_batch_size: int = option(8, "examples per forward pass")
-    lr: float = option(1e-5, "learning rate (AdamW, constant after warm-up)")
-    warmup_ratio: float = option(0.0, "share of the updates spent warming up")
-    max_grad_norm: float = option(1.0, "gradient clipping (0: off)")
-    gradient_checkpointing: bool = option(False, "recompute activations in the backward pass")
     save_steps: int = option(5, "checkpoint every N rounds (0: only the final model)")
-    resume: bool = option(False, "continue from the checkpoint in --out")
+    resume: bool = option(False, "continue from the latest checkpoint in --out")
 
 
 # -- dataclass -> argparse -------------------------------------------------------------------

@@ -90,7 +90,7 @@ def format_warmup(out: Path, shared: dict, preset: dict, seed: int, timings: dic
             print("no answer to rewrite: skipping the warm-up")
             return
         run_train(C.TrainConfig(input=str(folder / "format.jsonl"), out=str(folder / "train"), model=shared["model"],
-                                epochs=2.0, lr=preset["warmup_lr"], batch_size=preset["batch_size"],
+                                epochs=2.0, lr=preset["warmup_lr"], batch_size=preset["batch_size"], dtype=shared["dtype"],
                                 micro_batch_size=preset["micro_batch_size"], warmup_ratio=0.1, seed=seed, resume=True))
 
     _stage("0/5 format warm-up (the model's own answers, wrapped in <answer> tags)",
@@ -116,7 +116,7 @@ def run_demo(cfg) -> dict:
     timings: dict = {}
     shared = dict(model=preset["model"], task="arithmetic", task_options=preset["task_options"],
                   max_turns=cfg.max_turns, answer_mode="lenient", max_new_tokens=preset["max_new_tokens"],
-                  seed=cfg.seed)
+                  seed=cfg.seed, dtype=cfg.dtype)
     shared["model"] = format_warmup(out, shared, preset, cfg.seed, timings)
     eval_cfg = C.EvalConfig(**shared, num_prompts=preset["eval_prompts"], split="test", resume=True)
     rollout_cfg = C.RolloutConfig(**shared, num_prompts=preset["train_prompts"], split="train", n=preset["k"],
@@ -126,7 +126,7 @@ def run_demo(cfg) -> dict:
     train_cfg = C.TrainConfig(input=weight_cfg.out, out=str(out / "drift"), model=shared["model"],
                               epochs=preset["epochs"], lr=preset["lr"], batch_size=preset["batch_size"],
                               micro_batch_size=preset["micro_batch_size"], warmup_ratio=0.1, seed=cfg.seed,
-                              save_steps=10, resume=True)
+                              save_steps=10, resume=True, dtype=cfg.dtype)
     _stage("1/5 evaluate the base model", (out / "base" / "report.json").exists(), timings,
            lambda: run_eval(replace(eval_cfg, out=str(out / "base"))))
     _stage("2/5 sample rollouts from the base model", (out / "rollouts.summary.json").exists(), timings,

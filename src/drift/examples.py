@@ -72,27 +72,41 @@ def build_examples(record: dict, tokenizer, *, index: int = 0, target: str = "la
     return out
 
 
-def plan_batches(examples: list[Example], batch_size: int, micro_batch_size: int, *, seed: int, epoch: int,
-                 group_by_length: bool = True) -> list[list[list[int]]]:
-    """Split an epoch into optimizer steps of ``batch_size`` examples, each a list of micro-batches.
+def plan_batches(n_examples: int, batch_size: int, *, seed: int, epoch: int) -> list[list[int]]:
+    """Split an epoch of ``n_examples`` into optimizer steps of ``batch_size`` example indices.
 
-    The order is a function of ``(seed, epoch)`` only, so a resumed run sees the same batches.
-    With ``group_by_length`` each step's examples are sorted by length before being cut into
-    micro-batches (less padding; the step's gradient is unchanged). A final short step is kept.
+    The order is a function of ``(seed, epoch)`` only, so a resumed run sees the same batches,
+    whatever the number of processes. A final short step is kept.
 
-    >>> exs = [Example([0] * n, 1, 1.0, i) for i, n in enumerate([5, 2, 9, 3])]
-    >>> plan_batches(exs, 4, 2, seed=0, epoch=0)
-    [[[2, 0], [3, 1]]]
+    >>> plan_batches(5, 2, seed=0, epoch=0)
+    [[2, 1], [0, 4], [3]]
+    """
+    order = list(range(n_examples))
+    random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+
+
+def split_micro_batches(examples: list[Example], micro_batch_size: int, processes: int, rank: int, *,
+                        group_by_length: bool = True) -> list[list[Example]]:
+    """Process ``rank``'s micro-batches of one global batch (drift.trainer, note 1).
+
+    The batch is sorted by length (``group_by_length``: less padding, same gradient) and cut into
+    A = ceil(len / (micro_batch_size x processes)) micro-batches; the process takes examples
+    rank, rank + processes, ... of each. Every process gets A micro-batches: where its slice is
+    empty, a filler keeps it in step with the others: two tokens, none of them trained, weight 0,
+    ``index -1``; every loss built on trained tokens is 0 on it.
+
+    >>> exs = [Example([5, 6, 7], 1, 1.0, i) for i in range(3)]
+    >>> [[(e.index, e.n_completion) for e in mb] for mb in split_micro_batches(exs, 1, 2, 1, group_by_length=False)]
+    [[(1, 2)], [(-1, 0)]]
     """
     order = list(range(len(examples)))
-    random.Random(seed * 1_000_003 + epoch).shuffle(order)
-    steps = []
-    for s in range(0, len(order), batch_size):
-        step = order[s : s + batch_size]
-        if group_by_length:
-            step.sort(key=lambda i: -len(examples[i].input_ids))
-        steps.append([step[m : m + micro_batch_size] for m in range(0, len(step), micro_batch_size)])
-    return steps
+    if group_by_length:
+        order.sort(key=lambda i: -len(examples[i].input_ids))
+    per = micro_batch_size * processes
+    cuts = [order[m : m + per] for m in range(0, len(order), per)]
+    filler = Example(examples[order[0]].input_ids[:2], 2, 0.0, -1)
+    return [[examples[i] for i in cut[rank::processes]] or [filler] for cut in cuts]
 
 
 def collate(examples: list[Example], pad_id: int):
@@ -101,14 +115,14 @@ def collate(examples: list[Example], pad_id: int):
     Returns ``input_ids, attention_mask, position_ids`` (b, s), ``labels`` (b, k) aligned with the
     logits of the last k positions (position j predicts token j+1), ``weights`` (b,), and ``k``.
     Left padding puts every completion at the end, so the LM head runs on k = longest completion
-    positions instead of the whole sequence.
+    positions instead of the whole sequence (k >= 1, so that a batch of fillers still has an output).
     """
     import torch
 
     from drift.losses import IGNORE
 
     width = max(len(e.input_ids) for e in examples)
-    k = max(e.n_completion for e in examples)
+    k = max(1, max(e.n_completion for e in examples))
     ids, mask, labels = [], [], []
     for e in examples:
         pad = width - len(e.input_ids)

@@ -46,8 +46,7 @@ def per_sample_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     (1.386294, 2)
     """
     logp, mask = token_logprobs(logits, labels)
-    counts = mask.sum(-1).long()
-    return -(logp * mask).sum(-1) / counts.clamp(min=1), counts
+    return -masked_mean(logp, mask), mask.sum(-1).long()
 
 
 def weighted_nll(nll: torch.Tensor, weights: torch.Tensor, denominator: float) -> torch.Tensor:
@@ -69,3 +68,34 @@ def policy_gradient_loss(logprob_mean: torch.Tensor, advantages: torch.Tensor, d
     tensor(-0.5000)
     """
     return weighted_nll(-logprob_mean, advantages, denominator)
+
+
+def completion_logits(model, batch) -> torch.Tensor:
+    """The model's logits at the last k positions of a :func:`drift.examples.collate` batch, aligned
+    with its labels: shape (b, k, v), ``[:, j]`` predicts ``labels[:, j]``."""
+    input_ids, attention, positions, _, _, k = batch
+    out = model(input_ids=input_ids, attention_mask=attention, position_ids=positions, logits_to_keep=k + 1)
+    return out.logits[:, :-1]
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of each sample's values over its trained positions, (b, k) -> (b,): the token-mean
+    log-probability when ``values`` are :func:`token_logprobs`.
+
+    >>> masked_mean(torch.tensor([[-1.0, -3.0, 0.0]]), torch.tensor([[1.0, 1.0, 0.0]]))
+    tensor([-2.])
+    """
+    return (values * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+
+
+def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-sample mean over trained tokens of the k3 estimator of KL(pi || pi_ref),
+    ``exp(ref - logp) - (ref - logp) - 1`` (>= 0; Schulman, "Approximating KL divergence", 2020).
+
+    Shapes: ``logp``, ``ref_logp``, ``mask``: (b, k). Returns (b,).
+
+    >>> kl_k3(torch.tensor([[-1.0, -2.0]]), torch.tensor([[-1.0, -2.0]]), torch.ones(1, 2))
+    tensor([0.])
+    """
+    diff = (ref_logp - logp) * mask
+    return masked_mean(diff.exp() - diff - 1, mask)

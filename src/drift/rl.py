@@ -16,18 +16,24 @@ Departures from textbook PPO / GRPO, on purpose:
 3. The target is the last assistant turn (or all of them) with the whole history as context, as
    in drift train; earlier turns are context, not actions.
 4. The optional KL penalty to the reference model is the k3 estimator
-   exp(ref - logp) - (ref - logp) - 1, averaged over target tokens, added to the loss.
+   exp(ref - logp) - (ref - logp) - 1, averaged over target tokens, added to the loss
+   (drift.losses.kl_k3).
 5. ``algorithm=drift`` makes this *iterated DRIFT*: the coefficients are DRIFT weights
    exp(R/beta)/Z over fresh samples of the current policy, and each round may be reused for
    ``updates_per_round`` steps (weighted SFT needs no ratio). Fully offline DRIFT is drift train.
 
 Compute is counted the same way for every method: tokens generated, tokens forwarded in training,
 and wall seconds spent generating and training (``rl_summary.json``).
+
+The update is drift.trainer's optimizer step, the one ``drift train`` takes: the same
+accumulation, mixed precision, devices and checkpoints. Under several processes (DDP through
+``torchrun`` or ``accelerate launch``) each process samples its share of the round's prompts with
+its replica of the policy, and all of them train on the whole round. Sharded strategies (ZeRO-3,
+FSDP) are refused: sampling needs the whole policy on every process.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import random
@@ -69,50 +75,76 @@ def round_coefficients(records: list[dict], cfg) -> tuple[list[float], list[floa
     return compute_weights(records, params)  # exactly drift weight's per-prompt weights
 
 
-def kl_k3(logp, ref_logp, mask):
-    """Per-sample mean over target tokens of ``exp(ref - logp) - (ref - logp) - 1`` (>= 0).
+def policy_terms(ref_model=None, kl_coef: float = 0.0, autocast=None):
+    """``loss_fn`` for drift.trainer: ``c_i = -A_i * mean log p(y_i)`` (+ ``kl_coef * k3 KL_i``).
 
-    Shapes: ``logp``, ``ref_logp``, ``mask``: (b, k). Returns (b,).
+    With A as the record's ``weight`` this is the weighted NLL of drift train, with advantages in
+    place of weights; fillers (no trained token) contribute 0 to both terms.
     """
-    diff = (ref_logp - logp) * mask
-    k3 = (diff.exp() - diff - 1) * mask
-    return k3.sum(-1) / mask.sum(-1).clamp(min=1)
+    import contextlib
+
+    import torch
+
+    from drift.losses import completion_logits, kl_k3, masked_mean, token_logprobs
+
+    def terms(model, batch):
+        labels, coef = batch[3], batch[4]
+        logp, mask = token_logprobs(completion_logits(model, batch), labels)
+        nll = -masked_mean(logp, mask)
+        out = coef.to(nll.device) * nll
+        stats = {"nll_sum": nll.detach().sum(), "trained_tokens": mask.sum()}
+        if ref_model is not None:
+            with torch.no_grad(), (autocast or contextlib.nullcontext()):
+                ref_logp, _ = token_logprobs(completion_logits(ref_model, batch), labels)
+            kl = kl_k3(logp, ref_logp, mask)
+            out = out + kl_coef * kl
+            stats["kl_sum"] = kl.detach().sum()
+        return out, stats
+
+    return terms
 
 
-def _step_loss(model, ref_model, batch, denominator, autocast, kl_coef):
-    from drift.losses import policy_gradient_loss, token_logprobs
+def _round_prompts(prompts: list, step: int, cfg) -> list:
+    """The B prompts of round ``step``: a fixed shuffle per pass over the prompts (a function of the seed)."""
+    order = list(range(len(prompts)))
+    epoch, offset = divmod(step * cfg.prompts_per_step, len(prompts))
+    random.Random(cfg.seed * 7919 + epoch).shuffle(order)
+    return [prompts[order[(offset + j) % len(prompts)]] for j in range(cfg.prompts_per_step)]
 
-    input_ids, attention, positions, labels, coef, k = batch
-    with autocast:
-        logits = model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
-                       logits_to_keep=k + 1).logits[:, :-1]
-    logp, mask = token_logprobs(logits, labels)
-    mean_logp = (logp * mask).sum(-1) / mask.sum(-1).clamp(min=1)
-    loss = policy_gradient_loss(mean_logp, coef, denominator)
-    kl = None
-    if ref_model is not None:
-        with __import__("torch").no_grad(), autocast:
-            ref_logits = ref_model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
-                                   logits_to_keep=k + 1).logits[:, :-1]
-        ref_logp, _ = token_logprobs(ref_logits, labels)
-        kl = kl_k3(logp, ref_logp, mask)
-        loss = loss + kl_coef * kl.sum() / denominator
-    return loss, kl
+
+def _sample_round(trainer, batch_prompts, make_env, generator, sampling, cfg, step) -> tuple[list[dict], int]:
+    """Every process samples prompts rank, rank + P, ...; all get the round's records in prompt order,
+    and the number of tokens generated over all processes."""
+    from accelerate.utils import gather_object
+
+    from drift.rollout import run_episodes
+
+    mine = list(range(trainer.rank, len(batch_prompts), trainer.processes))
+    tok0 = generator.tokens_generated
+    records = run_episodes([batch_prompts[j] for j in mine], make_env, generator, n=cfg.group_size,
+                           max_turns=cfg.max_turns, sampling=sampling, seed=cfg.seed * 1_000_003 + step)
+    tokens = generator.tokens_generated - tok0
+    if trainer.processes == 1:
+        return records, tokens
+    n = cfg.group_size
+    pieces = gather_object([(j, records[i * n : (i + 1) * n], tokens if i == 0 else 0) for i, j in enumerate(mine)])
+    pieces.sort(key=lambda piece: piece[0])
+    return [r for _, recs, _ in pieces for r in recs], sum(t for _, _, t in pieces)
 
 
 def run_rl(cfg) -> dict:
     """``drift rl``: online rounds of sample -> score -> step; returns the summary with compute."""
     import torch
     from tqdm.auto import tqdm
-    from transformers import get_scheduler
 
     from drift.backends.base import Sampling
     from drift.backends.hf import HFGenerator
     from drift.config import save_config
-    from drift.examples import build_examples, collate
-    from drift.models import load_model, load_tokenizer, resolve_model
-    from drift.rollout import env_factory, run_episodes
+    from drift.examples import build_examples
+    from drift.models import load_model, load_tokenizer, resolve_dtype, resolve_model
+    from drift.rollout import env_factory
     from drift.tasks import load_examples
+    from drift.trainer import Trainer, latest_checkpoint
 
     if cfg.backend != "hf":
         raise DriftError("drift rl samples from the policy being trained: only --backend hf is supported")
@@ -121,113 +153,81 @@ def run_rl(cfg) -> dict:
     if cfg.algorithm == "grpo" and cfg.updates_per_round != 1:
         raise DriftError("grpo here is strictly on-policy (no importance ratio): use updates_per_round=1")
     out = Path(cfg.out)
-    state_path = out / "checkpoint" / "state.pt"
     if out.exists() and any(out.iterdir()) and not cfg.resume:
         raise DriftError(f"{out} is not empty; pass --resume to continue that run, or choose another --out")
     torch.manual_seed(cfg.seed)
     path = resolve_model(cfg.model)
     tokenizer = load_tokenizer(path)
-    model = load_model(path)
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    ref_model = load_model(path).eval() if cfg.kl_coef > 0 else None
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
-    total_updates = cfg.steps * cfg.updates_per_round
-    scheduler = get_scheduler("constant_with_warmup", optimizer,
-                              num_warmup_steps=int(cfg.warmup_ratio * total_updates))
+    trainer = Trainer(cfg, dtype=resolve_dtype(cfg.dtype), out=out, pad_token_id=tokenizer.pad_token_id)
+    if trainer.strategy in ("DEEPSPEED", "FSDP"):
+        raise DriftError(f"drift rl samples with the policy on every process; {trainer.strategy} shards it. "
+                         "Use DDP (accelerate launch with configs/accelerate/ddp.yaml, or torchrun)")
     prompts = load_examples(cfg.task, source=cfg.source, split=cfg.split, limit=cfg.num_prompts, seed=cfg.seed,
                             **cfg.task_options)
     if not prompts:
         raise DriftError(f"task {cfg.task!r} gave no prompts")
+    trainer.prepare(load_model(path), cfg.steps * cfg.updates_per_round)  # rl refuses DeepSpeed
+    ref_model = load_model(path).to(trainer.device).eval() if cfg.kl_coef > 0 else None
+    loss_fn = policy_terms(ref_model, cfg.kl_coef, trainer.accelerator.autocast())
     make_env, verifier = env_factory(cfg)
-    generator = HFGenerator(path, batch_size=cfg.batch_size, autocast_bf16=cfg.bf16, model_obj=model,
-                            tokenizer=tokenizer)
+    generator = HFGenerator(path, batch_size=cfg.batch_size, dtype=trainer.dtype, model_obj=trainer.unwrapped(),
+                            tokenizer=tokenizer, device=str(trainer.device))
     sampling = Sampling(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
     compute = {"generated_tokens": 0, "trained_tokens": 0, "generation_seconds": 0.0, "training_seconds": 0.0}
     step = 0
-    if cfg.resume and state_path.exists():
-        state = torch.load(state_path, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
+    if cfg.resume and (ckpt := latest_checkpoint(out / "checkpoints")) is not None:
+        state = trainer.load_checkpoint(ckpt)
         step, compute = state["step"], state["compute"]
-        print(f"resumed from {state_path} at step {step}")
-    if cfg.resume:  # drop the rounds after the checkpoint (all of them without one): they are redone
-        trim_log(out / "rl_log.jsonl", step)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
-    autocast = (torch.autocast("cpu" if not torch.cuda.is_available() else "cuda", dtype=torch.bfloat16)
-                if cfg.bf16 else contextlib.nullcontext())
-    bar = tqdm(total=cfg.steps, initial=step, desc=f"rl ({cfg.algorithm})", unit="round", dynamic_ncols=True)
+        trainer.accelerator.print(f"resumed from {ckpt} at step {step}")
+    trainer.barrier()
+    if trainer.is_main:
+        if cfg.resume:  # drop the rounds after the checkpoint (all of them without one): they are redone
+            trim_log(out / "rl_log.jsonl", step)
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+    bar = tqdm(total=cfg.steps, initial=step, desc=f"rl ({cfg.algorithm})", unit="round", dynamic_ncols=True,
+               disable=not trainer.is_main)
     while step < cfg.steps:
         # 1. sample B prompts x G trajectories from the current policy
-        order = list(range(len(prompts)))
-        epoch, offset = divmod(step * cfg.prompts_per_step, len(prompts))
-        random.Random(cfg.seed * 7919 + epoch).shuffle(order)
-        batch_prompts = [prompts[order[(offset + j) % len(prompts)]] for j in range(cfg.prompts_per_step)]
-        t0, tok0 = time.perf_counter(), generator.tokens_generated
-        records = run_episodes(batch_prompts, make_env, generator, n=cfg.group_size, max_turns=cfg.max_turns,
-                               sampling=sampling, seed=cfg.seed * 1_000_003 + step)
+        t0 = time.perf_counter()
+        records, tokens = _sample_round(trainer, _round_prompts(prompts, step, cfg), make_env, generator, sampling,
+                                        cfg, step)
         compute["generation_seconds"] += time.perf_counter() - t0
-        compute["generated_tokens"] += generator.tokens_generated - tok0
+        compute["generated_tokens"] += tokens
         # 2. score
         returns, coef = round_coefficients(records, cfg)
         examples = []
         for i, (rec, c) in enumerate(zip(records, coef)):
             examples += build_examples(rec, tokenizer, index=i, target=cfg.target, max_length=cfg.max_length,
                                        weight=c)
-        # 3. gradient step(s) on the same targets and loss as drift train
+        # 3. optimizer step(s) on the same targets and loss as drift train
         t0 = time.perf_counter()
-        model.train()
-        losses, kls = [], []
-        for _ in range(cfg.updates_per_round):
-            denominator = float(len(examples))
-            for m in range(0, len(examples), cfg.micro_batch_size):
-                mb = collate(examples[m : m + cfg.micro_batch_size], tokenizer.pad_token_id)
-                loss, kl = _step_loss(model, ref_model, mb, denominator, autocast, cfg.kl_coef)
-                loss.backward()
-                losses.append(loss.item())
-                if kl is not None:
-                    kls.append(kl.mean().item())
-                compute["trained_tokens"] += int(mb[1].sum())
-            if cfg.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+        stats = [trainer.step(examples, float(len(examples)), loss_fn) for _ in range(cfg.updates_per_round)]
         compute["training_seconds"] += time.perf_counter() - t0
+        compute["trained_tokens"] += int(sum(s["tokens"] for s in stats))
         step += 1
         firsts = [r["first_correct_turn"] for r in records]
         entry = {"step": step, "mean_return": sum(returns) / len(returns),
                  "acc_turn1": sum(f == 1 for f in firsts) / len(firsts),
                  "solved": sum(f is not None for f in firsts) / len(firsts),
-                 "loss": sum(losses) / max(cfg.updates_per_round, 1),
-                 "kl": sum(kls) / len(kls) if kls else None, **compute}
-        with open(out / "rl_log.jsonl", "a") as f:
-            f.write(json.dumps(entry) + "\n")
+                 "loss": sum(s["loss"] for s in stats) / len(stats), "lr": stats[-1]["lr"],
+                 "kl": (sum(s["kl_sum"] for s in stats) / sum(s["examples"] for s in stats)
+                        if ref_model is not None else None), **compute}
+        if trainer.is_main:
+            with open(out / "rl_log.jsonl", "a") as f:
+                f.write(json.dumps(entry) + "\n")
         bar.update(1)
         bar.set_postfix(R=f"{entry['mean_return']:.3f}", solved=f"{entry['solved']:.2f}")
         if cfg.save_steps and step % cfg.save_steps == 0 and step < cfg.steps:
-            _save_state(state_path, model, optimizer, scheduler, step, compute)
+            trainer.save_checkpoint(out / "checkpoints", step, cfg.save_total_limit, extra={"compute": dict(compute)})
     bar.close()
-    model.save_pretrained(out / "model")
-    tokenizer.save_pretrained(out / "model")
+    trainer.save_model(out / "model", tokenizer, base_model=path)
     summary = {"algorithm": cfg.algorithm, "steps": step, "trajectories": step * cfg.prompts_per_step * cfg.group_size,
                "verifier_timeouts": verifier.stats.timeouts, "verifier_errors": verifier.stats.errors,
+               "processes": trainer.processes, "strategy": trainer.strategy, "dtype": trainer.dtype,
+               "device": str(trainer.device),
                **{k: round(v, 2) if isinstance(v, float) else v for k, v in compute.items()}}
-    (out / "rl_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"saved {out / 'model'}: {json.dumps(summary)}")
+    if trainer.is_main:
+        (out / "rl_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        print(f"saved {out / 'model'}: {json.dumps(summary)}")
     return summary
-
-
-
-def _save_state(path: Path, model, optimizer, scheduler, step: int, compute: dict) -> None:
-    import torch
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(), "step": step,
-                "compute": dict(compute)}, tmp)
-    tmp.replace(path)

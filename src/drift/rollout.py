@@ -184,7 +184,7 @@ def sample_to_file(cfg, out: Path, *, desc: str = "rollout", generator=None) -> 
     return {
         "new_trajectories": len(firsts), "verifier_calls": verifier.stats.calls,
         "verifier_timeouts": verifier.stats.timeouts, "verifier_errors": verifier.stats.errors,
-        "tokens_generated": tokens,
+        "tokens_generated": tokens, "dtype": getattr(generator, "dtype", None),
         "wall_seconds": round(wall, 2), "tokens_per_second": round(tokens / max(wall, 1e-9), 1),
     }
 
@@ -223,10 +223,10 @@ def env_factory(cfg):
 def backend_options(cfg) -> dict:
     """Constructor arguments of the chosen backend, from the rollout/eval config."""
     table = {
-        "hf": lambda: {"model": cfg.model, "batch_size": cfg.batch_size, "autocast_bf16": cfg.bf16},
+        "hf": lambda: {"model": cfg.model, "batch_size": cfg.batch_size, "dtype": cfg.dtype},
         "vllm": lambda: {"model": cfg.model, "tensor_parallel_size": cfg.tensor_parallel_size,
                          "gpu_memory_utilization": cfg.gpu_memory_utilization, "seed": cfg.seed,
-                         "dtype": "bfloat16" if cfg.bf16 else "auto"},
+                         "dtype": cfg.dtype},
         "openai": lambda: {"base_url": cfg.base_url, "model": cfg.model, "concurrency": cfg.concurrency},
         "scripted": lambda: {"seed": cfg.seed},
     }

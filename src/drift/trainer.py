@@ -1,0 +1,270 @@
+"""The one optimizer step of every training method: ``drift train`` (DRIFT, SFT, RFT, RWR) and ``drift rl``.
+
+accelerate owns devices, processes (DDP, DeepSpeed, FSDP) and mixed precision; this module owns how
+a global batch of examples becomes exactly one optimizer step, the same on 1 or P processes:
+
+1. The global batch (every process holds the same list) is sorted by length (less padding, same
+   gradient) and cut into A micro-batches of ``micro_batch_size x P`` examples; process r takes
+   examples r, r+P, r+2P, ... of each. Every process runs all A micro-batches: where its slice is
+   empty (a short last batch) it runs a two-token example of weight 0, so it still joins every
+   gradient all-reduce (a process that skipped one would leave the others waiting forever) and the
+   gradient does not change.
+2. Accumulation goes through ``accelerator.accumulate``: gradients are synchronised on the A-th
+   micro-batch only, and that is where DeepSpeed steps its engine, once per global batch.
+3. A micro-batch's loss is ``sum_i c_i / D`` (c_i = the method's per-example term, w_i * nll_i for
+   weighted SFT; D = the whole global batch's normaliser, see drift.losses), multiplied by P (data
+   parallelism averages gradients over processes) and by the accumulation divisor (accelerate, or
+   DeepSpeed's engine, divides every loss by it): the gradient is that of the global batch in one piece.
+4. The learning-rate scheduler steps once per optimizer step. (Prepared by accelerate with its
+   default ``step_scheduler_with_optimizer=True``, it would step once per *process*, running the
+   schedule P times too fast.)
+5. Checkpoints: accelerate's ``save_state`` into ``step-N.tmp``, renamed when every process has
+   written its part. The final model: ``get_state_dict`` on every process (it gathers full weights
+   under ZeRO-3 and FSDP), written by the main process.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from drift import DriftError
+from drift.examples import Example, collate, split_micro_batches
+
+MIXED_PRECISION = {"float32": "no", "bfloat16": "bf16", "float16": "fp16"}
+"""drift's dtype name -> accelerate's ``mixed_precision``."""
+
+LossFn = Callable[..., tuple]
+"""``loss_fn(model, batch) -> (terms, stats)``: per-example loss terms c_i, shape (b,), and a dict
+of scalar tensors to add up over the step (``nll_sum``, ``trained_tokens``, ...)."""
+
+
+def weighted_nll_terms(model, batch):
+    """Weighted SFT: ``c_i = w_i * nll_i`` (token-mean NLL of the completion); stats: NLL sum, tokens."""
+    from drift.losses import completion_logits, per_sample_nll
+
+    nll, counts = per_sample_nll(completion_logits(model, batch), batch[3])
+    weights = batch[4].to(nll.device)
+    return weights * nll, {"nll_sum": nll.detach().sum(), "trained_tokens": counts.sum()}
+
+
+def _adamw(params, **kw):
+    import torch
+
+    return torch.optim.AdamW(params, **kw)
+
+
+def _sgd(params, **kw):
+    import torch
+
+    return torch.optim.SGD(params, **kw)
+
+
+OPTIMIZERS = {"adamw": _adamw, "sgd": _sgd}
+
+
+def _has_accelerator() -> bool:
+    import torch
+
+    accel = getattr(torch, "accelerator", None)
+    return bool(accel.is_available()) if accel is not None else torch.cuda.is_available()
+
+
+class Trainer:
+    """Model, optimizer, scheduler and ``accelerate.Accelerator`` for one run.
+
+    Build it first (it starts the processes' group), then load the model and call :meth:`prepare`.
+
+    Args:
+        opts: an :class:`~drift.config.OptimizationOptions` (lr, optimizer, dtype, LoRA, ...).
+        dtype: the *resolved* dtype (drift.models.resolve_dtype); bfloat16/float16 = autocast.
+        out: run folder (trackers write there).
+        pad_token_id: the tokenizer's pad id (batches are left-padded with it).
+        report_to: experiment tracker name, or ``none``.
+    """
+
+    def __init__(self, opts, *, dtype: str, out: Path, pad_token_id: int, report_to: str = "none"):
+        from accelerate import Accelerator
+        from accelerate.state import AcceleratorState, GradientState
+
+        # accelerate keeps one state per process; a second run in the same process (the demo trains
+        # twice; the Python API; tests) may ask for another precision. The process group, in
+        # PartialState, is kept.
+        AcceleratorState._reset_state(reset_partial_state=False)
+        GradientState._reset_state()
+        self.opts, self.dtype, self.pad_token_id = opts, dtype, pad_token_id
+        # cpu=True on a machine without an accelerator: several processes started by torchrun then
+        # form a gloo group (MULTI_CPU); without it accelerate treats each as a world of one.
+        self.accelerator = Accelerator(
+            cpu=not _has_accelerator(), mixed_precision=MIXED_PRECISION[dtype], step_scheduler_with_optimizer=False,
+            log_with=None if report_to == "none" else report_to, project_dir=str(out),
+        )
+        self.model = self.optimizer = self.scheduler = None
+
+    # -- who and where -----------------------------------------------------------------------
+
+    @property
+    def processes(self) -> int:
+        return self.accelerator.num_processes
+
+    @property
+    def rank(self) -> int:
+        return self.accelerator.process_index
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def device(self):
+        return self.accelerator.device
+
+    @property
+    def strategy(self) -> str:
+        """``NO``, ``MULTI_CPU``, ``MULTI_GPU``, ``DEEPSPEED``, ``FSDP``, ..."""
+        return str(self.accelerator.distributed_type).split(".")[-1]
+
+    def barrier(self) -> None:
+        self.accelerator.wait_for_everyone()
+
+    def unwrapped(self):
+        return self.accelerator.unwrap_model(self.model)
+
+    # -- set up ------------------------------------------------------------------------------
+
+    def prepare(self, model, total_steps: int, batch_size: int | None = None) -> None:
+        """Wrap ``model`` (LoRA when ``lora_r > 0``), build the optimizer and schedule, hand them to
+        accelerate. ``batch_size``: the nominal global batch, for DeepSpeed's config."""
+        from transformers import get_scheduler
+
+        opts = self.opts
+        plugin = self.accelerator.state.deepspeed_plugin
+        if plugin is not None:  # drift feeds no DataLoader to accelerate: fill what DeepSpeed would take from one
+            ds = plugin.deepspeed_config
+            if ds.get("train_micro_batch_size_per_gpu", "auto") == "auto":
+                ds["train_micro_batch_size_per_gpu"] = opts.micro_batch_size
+            per_step = opts.micro_batch_size * self.processes
+            self.accelerator.gradient_accumulation_steps = max(1, (batch_size or per_step) // per_step)
+        if opts.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+            model.config.use_cache = False
+        if opts.lora_r > 0:
+            model = wrap_lora(model, opts)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = OPTIMIZERS[opts.optimizer](trainable, lr=opts.lr, weight_decay=opts.weight_decay)
+        scheduler = get_scheduler(opts.lr_scheduler, optimizer, num_warmup_steps=int(opts.warmup_ratio * total_steps),
+                                  num_training_steps=total_steps)
+        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
+        self.model.train()
+
+    def _accumulation_divisor(self) -> int:
+        """What accelerate (or DeepSpeed's engine) divides each micro-batch's loss by."""
+        wrapped = getattr(self.accelerator, "deepspeed_engine_wrapped", None)
+        if wrapped is not None:
+            return int(wrapped.engine.gradient_accumulation_steps())
+        return self.accelerator.gradient_accumulation_steps
+
+    # -- the step ----------------------------------------------------------------------------
+
+    def step(self, examples: list[Example], denominator: float, loss_fn: LossFn = weighted_nll_terms) -> dict:
+        """One optimizer step on the global batch ``examples`` (the same list on every process).
+
+        ``denominator``: D of ``sum_i c_i / D`` (drift.losses). Returns the step's totals over every
+        process: ``loss`` (= sum_i c_i / D), ``examples``, ``tokens`` (forwarded, padding excluded),
+        ``grad_norm``, ``lr`` (the one the step used), and the sums ``loss_fn`` reports.
+        """
+        import torch
+
+        if not examples:
+            raise DriftError("an optimizer step needs at least one example")
+        acc, pad = self.accelerator, self.pad_token_id
+        batches = split_micro_batches(examples, self.opts.micro_batch_size, self.processes, self.rank,
+                                      group_by_length=self.opts.group_by_length)
+        # The number of micro-batches may differ from step to step (a short last batch, online RL):
+        # tell accelerate, and restart its counter, so that gradients sync on the last one.
+        acc.gradient_accumulation_steps = len(batches)
+        acc.step = 0
+        scale = self.processes * self._accumulation_divisor() / denominator
+        lr = self.scheduler.get_last_lr()[0]
+        totals: dict[str, torch.Tensor] = {}
+        for mb in batches:
+            batch = [t.to(self.device) if hasattr(t, "to") else t for t in collate(mb, pad)]
+            with acc.accumulate(self.model):
+                terms, stats = loss_fn(self.model, batch)
+                acc.backward(terms.sum() * scale)
+            real = torch.tensor([e.index >= 0 for e in mb], device=terms.device)
+            stats = {**stats, "loss": (terms.detach() * real).sum() / denominator, "examples": real.sum(),
+                     "tokens": batch[1][real].sum()}
+            for key, value in stats.items():
+                totals[key] = totals.get(key, 0) + value.detach().float().to(self.device)
+        grad_norm = acc.clip_grad_norm_(self.model.parameters(), self.opts.max_grad_norm) \
+            if self.opts.max_grad_norm else None
+        self.optimizer.step()
+        if not self.optimizer.step_was_skipped:  # fp16 overflow: no step, and no schedule step either
+            self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        keys = sorted(totals)
+        summed = acc.reduce(torch.stack([totals[k] for k in keys]), reduction="sum").tolist()
+        out = dict(zip(keys, summed))
+        out.update(grad_norm=float(grad_norm) if grad_norm is not None else None, lr=lr)
+        return out
+
+    # -- checkpoints and the final model ----------------------------------------------------
+
+    def save_checkpoint(self, root: Path, step: int, keep: int, extra: dict | None = None) -> None:
+        """Save model, optimizer, scheduler and RNG states as ``root/step-N`` (keep the newest ``keep``)."""
+        import torch
+
+        final = root / f"step-{step:07d}"
+        tmp = final.with_name(final.name + ".tmp")
+        if self.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        self.barrier()
+        self.accelerator.save_state(str(tmp))
+        self.barrier()  # every process has written its part before the folder is renamed
+        if self.is_main:
+            torch.save({"step": step, **(extra or {})}, tmp / "drift_step.pt")
+            tmp.rename(final)
+            old = sorted(p for p in root.glob("step-*") if not p.name.endswith(".tmp"))
+            for p in old[: max(0, len(old) - keep)]:
+                shutil.rmtree(p, ignore_errors=True)
+        self.barrier()
+
+    def load_checkpoint(self, path: Path) -> dict:
+        """Restore a :meth:`save_checkpoint` folder; returns its ``{"step": N, ...}``."""
+        import torch
+
+        self.accelerator.load_state(str(path))
+        return torch.load(path / "drift_step.pt", weights_only=False)
+
+    def save_model(self, folder: Path, tokenizer, base_model: str) -> None:
+        """Write the trained model (full weights, or the LoRA adapter with ``--no-merge-lora``) and
+        its tokenizer into ``folder``. Every process must call it (the weights are gathered)."""
+        self.barrier()
+        state = self.accelerator.get_state_dict(self.model)  # full weights on the main process
+        if self.is_main:
+            final = self.unwrapped()
+            if self.opts.lora_r > 0 and self.opts.merge_lora:
+                # Merge on a fresh CPU copy: under ZeRO-3 / FSDP the live modules hold shards only.
+                from drift.models import load_model
+
+                fresh = wrap_lora(load_model(base_model), self.opts)
+                fresh.load_state_dict(state)
+                final, state = fresh.merge_and_unload(), None
+            final.save_pretrained(folder, state_dict=state, safe_serialization=True)
+            tokenizer.save_pretrained(folder)
+        self.barrier()
+
+
+def wrap_lora(model, opts):
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=opts.lora_r, lora_alpha=opts.lora_alpha, lora_dropout=opts.lora_dropout,
+                      target_modules="all-linear", task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    found = sorted(p for p in root.glob("step-*") if not p.name.endswith(".tmp"))
+    return found[-1] if found else None

@@ -1,0 +1,66 @@
+"""Model resolution: precision per machine, LoRA adapter folders as models."""
+
+import json
+
+import pytest
+
+from drift import DriftError
+from drift.models import resolve_dtype, resolve_model
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.mark.parametrize("bf16_units,expected", [(True, "bfloat16"), (False, "float32")])
+def test_auto_dtype_on_cpus_follows_their_bf16_units(monkeypatch, bf16_units, expected):
+    import drift.models
+
+    monkeypatch.setattr(drift.models, "cpu_has_bf16_units", lambda: bf16_units)
+    assert resolve_dtype("auto", "cpu") == expected
+    assert resolve_dtype("float32", "cpu") == "float32" and resolve_dtype("bfloat16", "cpu") == "bfloat16"
+
+
+def test_auto_dtype_on_gpus_asks_the_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert resolve_dtype("auto", "cuda") == "float32"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_dtype("auto", "cuda:0") == "bfloat16"
+
+
+def test_this_machines_answer_is_torchs():
+    units = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert resolve_dtype("auto", "cpu") == ("bfloat16" if units else "float32")
+
+
+def test_unknown_dtype_is_an_error():
+    with pytest.raises(DriftError, match="unknown dtype 'half'"):
+        resolve_dtype("half")
+
+
+def test_a_lora_adapter_folder_is_a_model(tmp_path, tiny_model):
+    # what drift train --no-merge-lora writes: adapter weights + tokenizer, no config.json
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    peft = get_peft_model(base, LoraConfig(r=2, target_modules="all-linear", task_type="CAUSAL_LM"))
+    for name, p in peft.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.5)  # a trained adapter: B != 0, so merging changes weights
+    adapter = tmp_path / "adapter"
+    peft.save_pretrained(adapter)
+    assert not (adapter / "config.json").exists()
+    merged = resolve_model(str(adapter), cache_dir=tmp_path / "cache")
+    assert resolve_model(str(adapter), cache_dir=tmp_path / "cache") == merged  # merged once
+    model = AutoModelForCausalLM.from_pretrained(merged)
+    expected = peft.merge_and_unload().state_dict()
+    got = model.state_dict()
+    assert any(not torch.equal(got[k], AutoModelForCausalLM.from_pretrained(tiny_model).state_dict()[k]) for k in got)
+    for k in expected:
+        torch.testing.assert_close(got[k], expected[k])
+    assert (tmp_path / "cache" / merged.split("/")[-1] / "tokenizer_config.json").exists()
+    json.loads((adapter / "adapter_config.json").read_text())  # untouched
+
+
+def test_a_folder_that_is_neither_is_an_error(tmp_path):
+    with pytest.raises(DriftError, match="nor a LoRA adapter"):
+        resolve_model(str(tmp_path))

@@ -1,0 +1,166 @@
+"""The one optimizer step (drift.trainer) on one and on two real processes.
+
+Two-process runs start exactly as the README says (``torchrun --nproc-per-node 2 -m drift.cli
+train ...``), with one thread each, and assert what the processes saw: both report a world of 2,
+the summary says 2 processes, and the run equals a one-process run step by step (learning rate)
+and at the end (weights, SGD).
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from test_train import params, weighted_file  # noqa: E402
+
+TORCHRUN = str(Path(sys.executable).parent / "torchrun")
+SGD = ["--dtype", "float32", "--optimizer", "sgd", "--lr", "0.5", "--max-grad-norm", "0", "--warmup-ratio", "0"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    torch.set_num_threads(1)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train_args(data, out, model, *extra):
+    return ["train", str(data), "--out", str(out), "--model", model, *SGD, *extra]
+
+
+def torchrun(args, nproc=2, **kw):
+    cmd = [TORCHRUN, "--nproc-per-node", str(nproc), "--master-port", str(free_port()), "-m", "drift.cli", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def finish(proc, timeout=240) -> str:
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:  # a hang (a process left out of a collective) fails, not blocks
+        proc.kill()
+        out, _ = proc.communicate()
+        pytest.fail(f"timed out after {timeout} s:\n{out[-3000:]}")
+    return out
+
+
+def read_log(out):
+    return [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+
+
+def load(folder):
+    from transformers import AutoModelForCausalLM
+
+    return params(AutoModelForCausalLM.from_pretrained(folder))
+
+
+def test_two_processes_equal_one_step_by_step_with_an_odd_example_count(tmp_path, tiny_model):
+    # 21 examples, batch 4, micro-batch 1: the last step has 1 example, so process 1's slice of it is
+    # empty (it must still join the all-reduce), and a decaying schedule shows a schedule run too fast
+    from drift.cli import main
+
+    data = weighted_file(tmp_path / "w.jsonl", [0.5, 2.0, 1.0, 0.0, 3.0, 1.5, 0.25] * 3)
+    args = ["--batch-size", "4", "--micro-batch-size", "1", "--lr-scheduler", "linear"]
+    assert main(train_args(data, tmp_path / "one", tiny_model, *args)) == 0
+    proc = torchrun(train_args(data, tmp_path / "two", tiny_model, *args))
+    log = finish(proc)
+    assert proc.returncode == 0, log[-3000:]
+    for rank in (0, 1):
+        assert f"process {rank} of 2 (MULTI_CPU, cpu:0, float32)" in log
+    summary = json.loads((tmp_path / "two" / "train_summary.json").read_text())
+    assert summary["processes"] == 2 and summary["strategy"] == "MULTI_CPU" and summary["dtype"] == "float32"
+    assert summary["examples"] == 21 and summary["steps"] == 6
+    one, two = read_log(tmp_path / "one"), read_log(tmp_path / "two")
+    assert [e["lr"] for e in two] == pytest.approx([e["lr"] for e in one], abs=1e-12)
+    assert [e["lr"] for e in one] == pytest.approx([0.5 * (1 - s / 6) for s in range(6)])
+    assert [e["weighted_loss"] for e in two] == pytest.approx([e["weighted_loss"] for e in one], abs=1e-5)
+    a, b = load(tmp_path / "one" / "model"), load(tmp_path / "two" / "model")
+    moved = load(tiny_model)
+    assert any(not torch.allclose(a[k], moved[k]) for k in a), "training did not move the weights"
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-4), k
+
+
+def test_gradients_sync_once_per_optimizer_step(tmp_path, tiny_model, monkeypatch):
+    # DeepSpeed steps its engine on every backward that syncs gradients: with accumulation by hand,
+    # that was every micro-batch. Now: only the last micro-batch of each optimizer step syncs.
+    from accelerate import Accelerator
+
+    from drift.cli import main
+
+    seen, backward = [], Accelerator.backward
+
+    def spy(self, loss, **kw):
+        seen.append(self.sync_gradients)
+        return backward(self, loss, **kw)
+
+    monkeypatch.setattr(Accelerator, "backward", spy)
+    data = weighted_file(tmp_path / "w.jsonl", [1.0] * 10)
+    assert main(train_args(data, tmp_path / "run", tiny_model, "--batch-size", "4", "--micro-batch-size", "1")) == 0
+    # steps of 4, 4, 2 examples
+    assert seen == [False, False, False, True] * 2 + [False, True]
+
+
+def test_optimizer_and_schedule_step_once_per_global_batch(tmp_path, tiny_model):
+    from drift.config import TrainConfig, resolve
+    from drift.examples import build_examples
+    from drift.models import load_model, load_tokenizer
+    from drift.records import read_records
+    from drift.trainer import Trainer
+
+    cfg = resolve(TrainConfig, micro_batch_size=1, lr=1.0, lr_scheduler="linear", warmup_ratio=0.0)
+    tok = load_tokenizer(tiny_model)
+    trainer = Trainer(cfg, dtype="float32", out=tmp_path, pad_token_id=tok.pad_token_id)
+    trainer.prepare(load_model(tiny_model), total_steps=4)
+    steps = []
+    inner = trainer.optimizer.optimizer
+    original = inner.step
+    inner.step = lambda *a, **k: (steps.append(1), original(*a, **k))[1]
+    data = weighted_file(tmp_path / "w.jsonl", [1.0] * 3)
+    exs = [build_examples(r, tok, index=i)[0] for i, r in enumerate(read_records(data))]
+    lrs = [trainer.step(exs, 3.0)["lr"] for _ in range(2)]
+    assert len(steps) == 2 and lrs == [1.0, 0.75]
+
+
+def test_kill_one_process_then_resume_gives_the_uninterrupted_weights(tmp_path, tiny_model):
+    psutil = pytest.importorskip("psutil")
+    data = weighted_file(tmp_path / "w.jsonl", [0.5, 2.0, 1.0, 0.0, 3.0, 1.5, 0.25, 1.0, 2.0] * 2)
+    args = ["--batch-size", "2", "--micro-batch-size", "1", "--epochs", "30", "--save-steps", "5",
+            "--save-total-limit", "3", "--optimizer", "adamw", "--lr", "1e-3"]
+    full = torchrun(train_args(data, tmp_path / "full", tiny_model, *args))
+    log = finish(full)
+    assert full.returncode == 0, log[-3000:]
+
+    killed = torchrun(train_args(data, tmp_path / "killed", tiny_model, *args))
+    ckpts = tmp_path / "killed" / "checkpoints"
+    deadline = time.monotonic() + 180
+    while not (ckpts / "step-0000010").exists() and killed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    workers = psutil.Process(killed.pid).children()
+    assert len(workers) == 2 and killed.poll() is None, "the run ended before it could be killed"
+    workers[-1].kill()  # kill -9 one of the two training processes
+    log = finish(killed)
+    assert killed.returncode != 0  # the launcher noticed, stopped the other process, and failed
+    assert all(not p.is_running() or p.status() == psutil.STATUS_ZOMBIE for p in workers)
+    assert not (tmp_path / "killed" / "model").exists()
+
+    resumed = torchrun(train_args(data, tmp_path / "killed", tiny_model, *args, "--resume"))
+    log = finish(resumed)
+    assert resumed.returncode == 0, log[-3000:]
+    assert "resumed from" in log
+    steps = [e["step"] for e in read_log(tmp_path / "killed")]
+    assert steps == list(range(1, 271))  # 18 examples / batch 2 x 30 epochs, each step logged once
+    a, b = load(tmp_path / "full" / "model"), load(tmp_path / "killed" / "model")
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
