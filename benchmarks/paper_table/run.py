@@ -136,6 +136,7 @@ def main() -> None:
     rl_cfg = C.RLConfig(**{**SHARED, "model": ref}, out=str(WORK / "rl"), algorithm="grpo", steps=RL_ROUNDS,
                         prompts_per_step=8, group_size=PRESET["k"], num_prompts=PRESET["train_prompts"],
                         split="train", temperature=1.0, lr=PRESET["lr"], micro_batch_size=PRESET["micro_batch_size"],
+                        lr_scheduler="constant_with_warmup", warmup_ratio=0.0,  # as when the table was measured
                         save_steps=2, resume=True)
     once(WORK / "rl" / "rl_summary.json", lambda: (log("online RL"), run_rl(rl_cfg)))
     rl = json.loads((WORK / "rl" / "rl_summary.json").read_text())
