@@ -43,13 +43,13 @@ def test_policy_gradient_loss_on_a_hand_built_group(tiny_model):
     torch = pytest.importorskip("torch")
     from drift.examples import build_examples, collate
     from drift.models import load_model, load_tokenizer
-    from drift.rl import policy_terms
+    from drift.losses import weighted_nll_terms
 
     tok, model = load_tokenizer(tiny_model), load_model(tiny_model)
     recs = [make_record("p", 0, ["5"], 1), make_record("p", 1, ["4", "5"], 2), make_record("p", 2, ["4", "4"])]
     advantages = [1.2, 0.3, -1.5]
     exs = [build_examples(r, tok, weight=a)[0] for r, a in zip(recs, advantages)]
-    terms, stats = policy_terms()(model, collate(exs, tok.pad_token_id))
+    terms, stats = weighted_nll_terms(model, collate(exs, tok.pad_token_id))
     loss = terms.sum() / 3
     # by hand: -sum_i A_i * (token-mean log p of completion i) / 3, each sequence run alone
     expected = 0.0
@@ -61,7 +61,7 @@ def test_policy_gradient_loss_on_a_hand_built_group(tiny_model):
     assert loss.item() == pytest.approx(expected, abs=1e-5)
     assert "kl_sum" not in stats
     # against itself the KL penalty is exactly zero
-    with_kl, stats = policy_terms(model, 0.1)(model, collate(exs, tok.pad_token_id))
+    with_kl, stats = weighted_nll_terms(model, collate(exs, tok.pad_token_id), ref_model=model, kl_coef=0.1)
     assert abs(stats["kl_sum"].item()) < 1e-6 and torch.allclose(with_kl, terms, atol=1e-6)
 
 

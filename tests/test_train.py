@@ -81,7 +81,7 @@ def test_target_all_trains_every_turn_and_history_is_cut_from_the_left(tiny_mode
 
 def test_padded_batch_loss_equals_unpadded_per_example(tiny_model):
     from drift.models import load_model, load_tokenizer
-    from drift.trainer import weighted_nll_terms
+    from drift.losses import weighted_nll_terms
 
     tok, model = load_tokenizer(tiny_model), load_model(tiny_model)
     exs = [build_examples(make_record("p", i, ["1"] * (i + 1), weight=1.0), tok)[0] for i in range(3)]
@@ -95,7 +95,7 @@ def test_padded_batch_loss_equals_unpadded_per_example(tiny_model):
 
 def test_weight_zero_gives_zero_gradient(tiny_model):
     from drift.models import load_model, load_tokenizer
-    from drift.trainer import weighted_nll_terms
+    from drift.losses import weighted_nll_terms
 
     tok, model = load_tokenizer(tiny_model), load_model(tiny_model)
     exs = [build_examples(make_record("p", i, [str(i)], weight=0.0), tok)[0] for i in range(2)]

@@ -29,7 +29,7 @@ from drift import DriftError  # noqa: E402
 from drift.examples import build_examples, collate  # noqa: E402
 from drift.records import write_records  # noqa: E402
 from drift.tiny import CHAT_TEMPLATE, build_tiny_model  # noqa: E402
-from drift.trainer import weighted_nll_terms  # noqa: E402
+from drift.losses import weighted_nll_terms  # noqa: E402
 from drift.config import ExportTRLConfig  # noqa: E402
 from drift.trl_export import run_export_trl  # noqa: E402
 

@@ -6,9 +6,12 @@ micro-batch and every data-parallel rank) is
     L = sum_{i in G} w_i * nll_i / D,   nll_i = mean over i's completion tokens of -log p(y_t | y_<t, x)
 
 with D = |G| (``reduction="mean"``, the reference code's) or D = sum_{i in G} w_i
-(``reduction="weighted"``, a self-normalised estimator). D is computed for the whole global batch
-before the first micro-batch, so gradient accumulation and data parallelism give the same
-gradient as one big batch (the usual bug is dividing each micro-batch by its own size).
+(``reduction="weighted"``, a self-normalised estimator). This module gives the per-example terms
+w_i * nll_i (:func:`weighted_nll_terms`); drift.trainer divides their sum by D computed for the
+whole global batch before the first micro-batch, so gradient accumulation and data parallelism
+give the same gradient as one big batch (the usual bug is dividing each micro-batch by its own
+size). Online RL uses the same terms with advantages A_i as weights (w_i * nll_i = -A_i * mean
+log p: REINFORCE with a baseline), plus an optional KL penalty.
 """
 
 from __future__ import annotations
@@ -49,27 +52,6 @@ def per_sample_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     return -masked_mean(logp, mask), mask.sum(-1).long()
 
 
-def weighted_nll(nll: torch.Tensor, weights: torch.Tensor, denominator: float) -> torch.Tensor:
-    """``sum_i w_i nll_i / D`` for one micro-batch (``D`` is the *global* batch's normaliser).
-
-    >>> weighted_nll(torch.tensor([1.0, 3.0]), torch.tensor([2.0, 0.0]), denominator=4.0)
-    tensor(0.5000)
-    """
-    return (weights * nll).sum() / denominator
-
-
-def policy_gradient_loss(logprob_mean: torch.Tensor, advantages: torch.Tensor, denominator: float) -> torch.Tensor:
-    """REINFORCE with a baseline: ``-sum_i A_i * logp_i / D`` (logp_i = token-mean log-prob).
-
-    The same reduction as :func:`weighted_nll` with w = A and nll = -logp, so online RL and DRIFT
-    differ only in where their per-sample coefficients come from.
-
-    >>> policy_gradient_loss(torch.tensor([-1.0, -2.0]), torch.tensor([1.0, -1.0]), 2.0)
-    tensor(-0.5000)
-    """
-    return weighted_nll(-logprob_mean, advantages, denominator)
-
-
 def completion_logits(model, batch) -> torch.Tensor:
     """The model's logits at the last k positions of a :func:`drift.examples.collate` batch, aligned
     with its labels: shape (b, k, v), ``[:, j]`` predicts ``labels[:, j]``."""
@@ -99,3 +81,27 @@ def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor) -> tor
     """
     diff = (ref_logp - logp) * mask
     return masked_mean(diff.exp() - diff - 1, mask)
+
+
+def weighted_nll_terms(model, batch, ref_model=None, kl_coef: float = 0.0, ref_autocast=None):
+    """Per-example loss terms of a :func:`drift.examples.collate` batch, and stats to add up.
+
+    ``c_i = w_i * nll_i`` (token-mean NLL of the completion), plus ``kl_coef * KL_i`` (k3, against
+    ``ref_model``, run without gradients in ``ref_autocast``) when a reference model is given.
+    Returns ``(c, stats)``: c of shape (b,); stats ``nll_sum``, ``trained_tokens`` (and ``kl_sum``)
+    as scalar tensors. An example with no trained token contributes 0 to every term.
+    """
+    import contextlib
+
+    labels = batch[3]
+    logp, mask = token_logprobs(completion_logits(model, batch), labels)
+    nll = -masked_mean(logp, mask)
+    terms = batch[4].to(nll.device) * nll
+    stats = {"nll_sum": nll.detach().sum(), "trained_tokens": mask.sum()}
+    if ref_model is not None:
+        with torch.no_grad(), (ref_autocast or contextlib.nullcontext()):
+            ref_logp, _ = token_logprobs(completion_logits(ref_model, batch), labels)
+        kl = kl_k3(logp, ref_logp, mask)
+        terms = terms + kl_coef * kl
+        stats["kl_sum"] = kl.detach().sum()
+    return terms, stats

@@ -38,10 +38,10 @@ import json
 import math
 import random
 import time
+from functools import partial
 from pathlib import Path
 
 from drift import DriftError
-from drift.runlog import trim_log
 from drift.weighting import WeightingParams, compute_returns, compute_weights, group_indices
 
 
@@ -73,35 +73,6 @@ def round_coefficients(records: list[dict], cfg) -> tuple[list[float], list[floa
         returns = compute_returns(records, params)
         return returns, group_advantages(returns, group_indices(records), cfg.normalize_std)
     return compute_weights(records, params)  # exactly drift weight's per-prompt weights
-
-
-def policy_terms(ref_model=None, kl_coef: float = 0.0, autocast=None):
-    """``loss_fn`` for drift.trainer: ``c_i = -A_i * mean log p(y_i)`` (+ ``kl_coef * k3 KL_i``).
-
-    With A as the record's ``weight`` this is the weighted NLL of drift train, with advantages in
-    place of weights; fillers (no trained token) contribute 0 to both terms.
-    """
-    import contextlib
-
-    import torch
-
-    from drift.losses import completion_logits, kl_k3, masked_mean, token_logprobs
-
-    def terms(model, batch):
-        labels, coef = batch[3], batch[4]
-        logp, mask = token_logprobs(completion_logits(model, batch), labels)
-        nll = -masked_mean(logp, mask)
-        out = coef.to(nll.device) * nll
-        stats = {"nll_sum": nll.detach().sum(), "trained_tokens": mask.sum()}
-        if ref_model is not None:
-            with torch.no_grad(), (autocast or contextlib.nullcontext()):
-                ref_logp, _ = token_logprobs(completion_logits(ref_model, batch), labels)
-            kl = kl_k3(logp, ref_logp, mask)
-            out = out + kl_coef * kl
-            stats["kl_sum"] = kl.detach().sum()
-        return out, stats
-
-    return terms
 
 
 def _round_prompts(prompts: list, step: int, cfg) -> list:
@@ -139,12 +110,12 @@ def run_rl(cfg) -> dict:
 
     from drift.backends.base import Sampling
     from drift.backends.hf import HFGenerator
-    from drift.config import save_config
     from drift.examples import build_examples
+    from drift.losses import weighted_nll_terms
     from drift.models import load_model, load_tokenizer, resolve_dtype, resolve_model
     from drift.rollout import env_factory
     from drift.tasks import load_examples
-    from drift.trainer import Trainer, latest_checkpoint
+    from drift.trainer import Trainer
 
     if cfg.backend != "hf":
         raise DriftError("drift rl samples from the policy being trained: only --backend hf is supported")
@@ -168,23 +139,15 @@ def run_rl(cfg) -> dict:
         raise DriftError(f"task {cfg.task!r} gave no prompts")
     trainer.prepare(load_model(path), cfg.steps * cfg.updates_per_round)  # rl refuses DeepSpeed
     ref_model = load_model(path).to(trainer.device).eval() if cfg.kl_coef > 0 else None
-    loss_fn = policy_terms(ref_model, cfg.kl_coef, trainer.accelerator.autocast())
+    loss_fn = partial(weighted_nll_terms, ref_model=ref_model, kl_coef=cfg.kl_coef,
+                      ref_autocast=trainer.accelerator.autocast())  # advantages as weights: see drift.losses
     make_env, verifier = env_factory(cfg)
     generator = HFGenerator(path, batch_size=cfg.batch_size, dtype=trainer.dtype, model_obj=trainer.unwrapped(),
                             tokenizer=tokenizer, device=str(trainer.device))
     sampling = Sampling(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
     compute = {"generated_tokens": 0, "trained_tokens": 0, "generation_seconds": 0.0, "training_seconds": 0.0}
-    step = 0
-    if cfg.resume and (ckpt := latest_checkpoint(out / "checkpoints")) is not None:
-        state = trainer.load_checkpoint(ckpt)
-        step, compute = state["step"], state["compute"]
-        trainer.accelerator.print(f"resumed from {ckpt} at step {step}")
-    trainer.barrier()
-    if trainer.is_main:
-        if cfg.resume:  # drop the rounds after the checkpoint (all of them without one): they are redone
-            trim_log(out / "rl_log.jsonl", step)
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
+    state = trainer.start("rl", cfg, out, out / "rl_log.jsonl")
+    step, compute = state["step"], state.get("compute", compute)
     bar = tqdm(total=cfg.steps, initial=step, desc=f"rl ({cfg.algorithm})", unit="round", dynamic_ncols=True,
                disable=not trainer.is_main)
     while step < cfg.steps:
@@ -224,8 +187,7 @@ def run_rl(cfg) -> dict:
     trainer.save_model(out / "model", tokenizer, base_model=path)
     summary = {"algorithm": cfg.algorithm, "steps": step, "trajectories": step * cfg.prompts_per_step * cfg.group_size,
                "verifier_timeouts": verifier.stats.timeouts, "verifier_errors": verifier.stats.errors,
-               "processes": trainer.processes, "strategy": trainer.strategy, "dtype": trainer.dtype,
-               "device": str(trainer.device),
+               **trainer.describe(),
                **{k: round(v, 2) if isinstance(v, float) else v for k, v in compute.items()}}
     if trainer.is_main:
         (out / "rl_summary.json").write_text(json.dumps(summary, indent=2) + "\n")

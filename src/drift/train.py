@@ -54,9 +54,8 @@ def run_train(cfg) -> dict:
     """``drift train``: weighted SFT from a weighted JSONL; returns the run summary."""
     from tqdm.auto import tqdm
 
-    from drift.config import save_config
     from drift.models import load_model, load_tokenizer, resolve_dtype, resolve_model
-    from drift.trainer import Trainer, latest_checkpoint
+    from drift.trainer import Trainer
 
     if not cfg.input or not cfg.out:
         raise DriftError("need an input file and --out (drift train weighted.jsonl --out runs/x)")
@@ -76,22 +75,8 @@ def run_train(cfg) -> dict:
     steps_per_epoch = math.ceil(len(examples) / cfg.batch_size)
     total_steps = cfg.max_steps or math.ceil(steps_per_epoch * cfg.epochs)
     trainer.prepare(load_model(path), total_steps, cfg.batch_size)
-    start_step = 0
-    if cfg.resume and (ckpt := latest_checkpoint(out / "checkpoints")) is not None:
-        start_step = trainer.load_checkpoint(ckpt)["step"]
-        trainer.accelerator.print(f"resumed from {ckpt} at step {start_step}")
-    if trainer.processes > 1:
-        print(f"drift train: process {trainer.rank} of {trainer.processes} ({trainer.strategy}, {trainer.device}, "
-              f"{trainer.dtype})", flush=True)
-    trainer.barrier()  # every process has checked --out before the main one writes to it
     log_path = out / "train_log.jsonl"
-    if trainer.is_main:
-        if cfg.resume:  # the steps logged after the checkpoint are about to be redone
-            from drift.runlog import trim_log
-
-            trim_log(log_path, start_step)
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
+    start_step = trainer.start("train", cfg, out, log_path)["step"]
     if cfg.report_to != "none":
         trainer.accelerator.init_trackers("drift", config={k: v for k, v in vars(cfg).items()
                                                            if not isinstance(v, dict)})
@@ -131,9 +116,7 @@ def run_train(cfg) -> dict:
     trainer.save_model(out / "model", tokenizer, base_model=path)
     summary = {"steps": step, "examples": len(examples), "records": len(records), "wall_seconds": round(wall, 2),
                "tokens": int(tokens), "trained_tokens": int(trained_tokens),
-               "tokens_per_second": round(tokens / max(wall, 1e-9), 1),
-               "processes": trainer.processes, "strategy": trainer.strategy, "dtype": trainer.dtype,
-               "device": str(trainer.device)}
+               "tokens_per_second": round(tokens / max(wall, 1e-9), 1), **trainer.describe()}
     if trainer.is_main:
         (out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         print(f"saved {out / 'model'}  ({step} steps on {trainer.processes} process(es), {trainer.dtype}, "

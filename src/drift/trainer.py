@@ -31,6 +31,7 @@ from pathlib import Path
 
 from drift import DriftError
 from drift.examples import Example, collate, split_micro_batches
+from drift.losses import weighted_nll_terms
 
 MIXED_PRECISION = {"float32": "no", "bfloat16": "bf16", "float16": "fp16"}
 """drift's dtype name -> accelerate's ``mixed_precision``."""
@@ -38,15 +39,6 @@ MIXED_PRECISION = {"float32": "no", "bfloat16": "bf16", "float16": "fp16"}
 LossFn = Callable[..., tuple]
 """``loss_fn(model, batch) -> (terms, stats)``: per-example loss terms c_i, shape (b,), and a dict
 of scalar tensors to add up over the step (``nll_sum``, ``trained_tokens``, ...)."""
-
-
-def weighted_nll_terms(model, batch):
-    """Weighted SFT: ``c_i = w_i * nll_i`` (token-mean NLL of the completion); stats: NLL sum, tokens."""
-    from drift.losses import completion_logits, per_sample_nll
-
-    nll, counts = per_sample_nll(completion_logits(model, batch), batch[3])
-    weights = batch[4].to(nll.device)
-    return weights * nll, {"nll_sum": nll.detach().sum(), "trained_tokens": counts.sum()}
 
 
 def _adamw(params, **kw):
@@ -131,6 +123,11 @@ class Trainer:
     def unwrapped(self):
         return self.accelerator.unwrap_model(self.model)
 
+    def describe(self) -> dict:
+        """What the run saw, for its summary: processes, strategy, dtype, device."""
+        return {"processes": self.processes, "strategy": self.strategy, "dtype": self.dtype,
+                "device": str(self.device)}
+
     # -- set up ------------------------------------------------------------------------------
 
     def prepare(self, model, total_steps: int, batch_size: int | None = None) -> None:
@@ -194,7 +191,7 @@ class Trainer:
                 terms, stats = loss_fn(self.model, batch)
                 acc.backward(terms.sum() * scale)
             real = torch.tensor([e.index >= 0 for e in mb], device=terms.device)
-            stats = {**stats, "loss": (terms.detach() * real).sum() / denominator, "examples": real.sum(),
+            stats = {**stats, "loss": terms.detach().sum() / denominator, "examples": real.sum(),  # fillers: 0
                      "tokens": batch[1][real].sum()}
             for key, value in stats.items():
                 totals[key] = totals.get(key, 0) + value.detach().float().to(self.device)
@@ -209,6 +206,28 @@ class Trainer:
         out = dict(zip(keys, summed))
         out.update(grad_norm=float(grad_norm) if grad_norm is not None else None, lr=lr)
         return out
+
+    def start(self, command: str, cfg, out: Path, log: Path) -> dict:
+        """Begin or resume a run in ``out``: with ``cfg.resume``, restore the newest checkpoint and trim
+        ``log`` to its step; save the config. Returns the checkpoint's ``{"step": N, ...}`` (step 0 for none).
+        Under several processes each one says what it saw."""
+        from drift.config import save_config
+        from drift.runlog import trim_log
+
+        state = {"step": 0}
+        if cfg.resume and (ckpt := latest_checkpoint(out / "checkpoints")) is not None:
+            state = self.load_checkpoint(ckpt)
+            self.accelerator.print(f"resumed from {ckpt} at step {state['step']}")
+        if self.processes > 1:
+            print(f"drift {command}: process {self.rank} of {self.processes} ({self.strategy}, {self.device}, "
+                  f"{self.dtype})", flush=True)
+        self.barrier()  # every process has checked --out before the main one writes to it
+        if self.is_main:
+            if cfg.resume:  # the steps logged after the checkpoint (all of them without one) are redone
+                trim_log(log, state["step"])
+            out.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, out / "config.yaml")
+        return state
 
     # -- checkpoints and the final model ----------------------------------------------------
 

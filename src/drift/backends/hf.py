@@ -93,8 +93,6 @@ class HFGenerator:
         tokenizer=None,
         share_prefill: bool = True,
     ):
-        import torch
-
         from drift.models import default_device, load_model, load_tokenizer, resolve_dtype, resolve_model
 
         path = resolve_model(model, cache_dir) if model_obj is None else model
