@@ -1,10 +1,6 @@
 """Shared fixtures: a tiny random chat model built once per session, and record builders."""
 
-from pathlib import Path
-
 import pytest
-
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,12 @@
-"""Builders of small valid records for tests."""
+"""Builders of small valid records for tests, and the fixtures shipped in tests/data."""
+
+from pathlib import Path
+
+DATA = Path(__file__).resolve().parent / "data"
+REFERENCE_SAMPLE = DATA / "reference-format" / "rollouts_small.jsonl"
+"""48 trajectories (12 prompts x 4) in the DRIFT reference code's layout (a copy of shared/data's)."""
+GSM8K_SAMPLE = DATA / "gsm8k"
+"""The first 150 problems of GSM8K's test split, in its original layout (MIT licence beside it)."""
 
 
 def make_record(prompt_id, traj_id, answers, first_correct=None, weight=None, question="What is 2+3?"):

@@ -10,11 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from factories import REFERENCE_SAMPLE as REFERENCE
 from drift.cli import main
 from drift.records import read_records, write_records
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "data" / "reference-format" / "rollouts_small.jsonl"
-needs_reference = pytest.mark.skipif(not REFERENCE.exists(), reason="../shared/data not present")
 
 
 def _no_duplicate_keys(pairs):
@@ -56,7 +55,6 @@ def _input(tmp_path, layout: str) -> Path:
     return weighted
 
 
-@needs_reference
 @pytest.mark.parametrize("layout", ["reference", "drift", "drift-weighted"])
 @pytest.mark.parametrize("beta,gamma", [(0.1, 0.9), (0.2, 0.7), (1.0, 0.5), (0.05, 1.0)])
 def test_weights_equal_the_formula(tmp_path, capsys, beta, gamma, layout):
@@ -81,7 +79,6 @@ def test_weights_equal_the_formula(tmp_path, capsys, beta, gamma, layout):
     assert "ess_ratio" in capsys.readouterr().out
 
 
-@needs_reference
 def test_reference_output_and_rft(tmp_path):
     out = tmp_path / "ref.jsonl"
     assert main(["weight", str(REFERENCE), "-o", str(out), "--to-format", "reference", "--scheme", "rft"]) == 0
@@ -92,7 +89,7 @@ def test_reference_output_and_rft(tmp_path):
 
 
 def bad_inputs(tmp_path):
-    good_line = REFERENCE.read_text().splitlines()[0] if REFERENCE.exists() else None
+    good_line = REFERENCE.read_text().splitlines()[0]
     rec = json.loads(good_line) if good_line else None
     cases = {
         "truncated.jsonl": (good_line[: len(good_line) // 2] + "\n").encode(),
@@ -111,7 +108,6 @@ def bad_inputs(tmp_path):
     return paths
 
 
-@needs_reference
 def test_every_bad_input_exits_2_with_location_and_writes_nothing(tmp_path, capsys):
     for name, path in bad_inputs(tmp_path).items():
         out = tmp_path / "out" / f"{name}.weighted.jsonl"
@@ -125,7 +121,6 @@ def test_every_bad_input_exits_2_with_location_and_writes_nothing(tmp_path, caps
         assert not out.parent.exists() or not any(out.parent.iterdir())
 
 
-@needs_reference
 @pytest.mark.parametrize("beta", ["0", "-0.1"])
 def test_non_positive_beta_exits_2(tmp_path, capsys, beta):
     out = tmp_path / "w.jsonl"
@@ -134,7 +129,6 @@ def test_non_positive_beta_exits_2(tmp_path, capsys, beta):
     assert not out.exists()
 
 
-@needs_reference
 def test_existing_output_is_untouched_by_a_failed_run(tmp_path):
     out = tmp_path / "w.jsonl"
     out.write_text("keep me\n")
@@ -144,7 +138,6 @@ def test_existing_output_is_untouched_by_a_failed_run(tmp_path):
     assert out.read_text() == "keep me\n"
 
 
-@needs_reference
 def test_yaml_config_and_flag_precedence(tmp_path):
     cfg = tmp_path / "w.yaml"
     cfg.write_text("beta: 0.5\ngamma: 0.7\nscheme: drift\n")
@@ -168,7 +161,6 @@ def test_bad_config_files(tmp_path, capsys, text, message):
     assert message in capsys.readouterr().err
 
 
-@needs_reference
 def test_console_script_runs(tmp_path):
     out = tmp_path / "w.jsonl"
     proc = subprocess.run(

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from factories import REFERENCE_SAMPLE as REFERENCE
 from drift.cli import main
 from drift.records import read_records
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "data" / "reference-format" / "rollouts_small.jsonl"
 
 REPORT_KEYS = {
     "n", "max_turns", "per_turn_accuracy", "cumulative_accuracy", "cumulative_accuracy_ci", "correction_rate",
@@ -29,7 +29,6 @@ def comparable(report: dict) -> dict:
     return {k: v for k, v in report.items() if k not in drop}
 
 
-@pytest.mark.skipif(not REFERENCE.is_file(), reason="no reference-format sample")
 def test_eval_of_reference_records_counts_t_star(tmp_path):
     raw = [json.loads(line) for line in REFERENCE.read_text().splitlines() if line.strip()]
     assert main(["eval", "--records", str(REFERENCE), "-o", str(tmp_path / "ev")]) == 0

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from factories import REFERENCE_SAMPLE as REFERENCE
 from drift import DriftError
 from drift.metrics import (
     correction_rate,
@@ -27,7 +27,6 @@ from drift.metrics import (
 from drift.records import read_records, validate_record
 from drift.report import score_records
 
-REFERENCE = Path("/work/shared/data/reference-format/rollouts_small.jsonl")
 
 
 def episode(answers, correct, *, prompt_id="p0", traj_id=0, max_turns=None) -> dict:

@@ -1,10 +1,10 @@
 """Prompt and feedback text: the reference wording, the two protocols, the table lookups."""
 
 import json
-from pathlib import Path
 
 import pytest
 
+from factories import REFERENCE_SAMPLE as REFERENCE
 from drift import DriftError
 from drift.prompts import (
     DEFAULT_SYSTEM_PROMPT,
@@ -17,7 +17,6 @@ from drift.prompts import (
     get_protocol,
 )
 
-REFERENCE = Path("/work/shared/data/reference-format/rollouts_small.jsonl")
 
 
 def test_instruction_matches_reference_wording():
@@ -31,7 +30,6 @@ def test_instruction_matches_reference_wording():
     assert FEEDBACK == FORMAT_FEEDBACK == "Incorrect. Please think again."
 
 
-@pytest.mark.skipif(not REFERENCE.is_file(), reason="reference sample not available")
 def test_same_text_as_reference_file():
     rec = json.loads(REFERENCE.read_text().splitlines()[0])
     system, user, _, feedback = rec["messages"][:4]

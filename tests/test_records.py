@@ -1,12 +1,12 @@
 """Schema validation, bad input with file:line:field, the reference-format round trip, atomic writes."""
 
 import json
-from pathlib import Path
 
 import pytest
 
 from msgspec import UNSET
 
+from factories import REFERENCE_SAMPLE as REFERENCE
 from drift import DriftError
 from drift.records import (
     FieldError,
@@ -23,8 +23,6 @@ from drift.records import (
     write_spliced,
 )
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "data" / "reference-format" / "rollouts_small.jsonl"
-needs_reference = pytest.mark.skipif(not REFERENCE.exists(), reason="../shared/data not present")
 
 
 def good(**over):
@@ -97,7 +95,6 @@ def test_duplicate_ids_are_an_error(tmp_path):
         read_records(path)
 
 
-@needs_reference
 def test_mixed_formats_are_an_error(tmp_path):
     ref_line = REFERENCE.read_text().splitlines()[0]
     path = write_lines(tmp_path / "m.jsonl", [json.dumps(good()), ref_line])
@@ -105,7 +102,6 @@ def test_mixed_formats_are_an_error(tmp_path):
         read_records(path)
 
 
-@needs_reference
 def test_reference_import_matches_raw_fields():
     raw = [json.loads(line) for line in REFERENCE.read_text().splitlines()]
     recs = read_records(REFERENCE)
@@ -120,7 +116,6 @@ def test_reference_import_matches_raw_fields():
     assert [rec["traj_id"] for rec in recs[:5]] == [0, 1, 2, 3, 0]
 
 
-@needs_reference
 def test_reference_round_trip_is_exact(tmp_path):
     recs = read_records(REFERENCE)
     write_records(tmp_path / "back.jsonl", recs, to_format="reference")
