@@ -29,3 +29,21 @@ def test_demo_quick_runs_every_stage_and_reuses_them(tmp_path, tiny_model, monke
     # a second run reuses every finished stage
     assert main(["demo", "--quick", "--out", str(out)]) == 0
     assert capsys.readouterr().out.count("already done, reusing it") == 6
+
+
+def test_format_warmup_trains_the_rewritten_text_not_the_sampled_ids(tmp_path, tiny_model):
+    from factories import make_record
+
+    from drift.demo import build_format_warmup
+    from drift.examples import build_examples
+    from drift.models import load_tokenizer
+    from drift.records import read_records, write_records
+
+    rec = make_record("p", 0, [None])  # the model said "I think 5", cut by max_new_tokens
+    rec.update(finish_reasons=["length"], token_ids=[[40, 41, 42]])
+    write_records(tmp_path / "own.jsonl", [rec])
+    assert build_format_warmup(tmp_path / "own.jsonl", tmp_path / "format.jsonl") == 1
+    (warm,) = read_records(tmp_path / "format.jsonl")
+    tok = load_tokenizer(tiny_model)
+    (ex,) = build_examples(warm, tok)
+    assert tok.decode(ex.input_ids[ex.n_prompt :]) == "<answer>5</answer><|im_end|>"

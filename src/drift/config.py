@@ -149,7 +149,7 @@ class OptimizationOptions:
 class TrainConfig(OptimizationOptions):
     """drift train: weighted SFT on the last assistant turn of each trajectory (history as prompt).
 
-    loss = sum_i w_i * (token-mean NLL of completion i, EOS included) / D over each optimizer step,
+    loss = sum_i w_i * (token-mean NLL of completion i: its sampled ids, end token included) / D per step,
     D = number of examples (reduction mean) or sum of weights (reduction weighted). DRIFT, SFT and
     RFT differ only in the weights of the input file (drift weight --scheme ...).
     Several processes: accelerate launch --config_file configs/accelerate/ddp.yaml -m drift.cli train ...

@@ -56,7 +56,9 @@ def build_format_warmup(records_path: Path, out_path: Path) -> int:
     """Rewrite each record's last reply as ``<answer>{its own extracted answer}</answer>``, weight 1.
 
     The answers are the model's, right or wrong: the warm-up teaches the format, not arithmetic.
-    Replies with no extractable answer are left out. Returns how many examples were written.
+    Replies with no extractable answer are left out. The rewritten reply is trained from its text
+    (its sampled ids, and a cut by max_new_tokens, belonged to the reply it replaces). Returns how
+    many examples were written.
     """
     from drift.answers import extract_answer
     from drift.prompts import ANSWER_FORMAT
@@ -67,6 +69,8 @@ def build_format_warmup(records_path: Path, out_path: Path) -> int:
         raw = extract_answer(rec["messages"][-1]["content"], "lenient")
         if raw is not None:
             rec["messages"][-1]["content"] = ANSWER_FORMAT.format(answer=raw)
+            rec.pop("token_ids", None)  # the sampled ids are those of the reply replaced: train the new text
+            rec["finish_reasons"][-1] = "stop"  # a finished reply, with its end-of-turn marker
             rec["weight"] = 1.0
             kept.append(rec)
     write_records(out_path, kept)

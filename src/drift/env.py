@@ -68,7 +68,7 @@ class Environment(Protocol):
 
     def reset(self, example: Example) -> list[dict]: ...
 
-    def step(self, text: str) -> StepResult: ...
+    def step(self, text: str, finish_reason: str | None = None, token_ids=None) -> StepResult: ...
 
     def record(self, traj_id: int, **extra) -> dict: ...
 
@@ -110,6 +110,8 @@ class CorrectionEnv:
         self.example: Example | None = None
         self.messages: list[dict] = []
         self.answers: list[str | None] = []
+        self.finish_reasons: list[str | None] = []
+        self.token_ids: list[list[int] | None] = []
         self.correct: list[bool] = []
         self.rewards: list[float] = []
 
@@ -134,11 +136,15 @@ class CorrectionEnv:
         """Start an episode on ``example``; return (a copy of) the opening messages."""
         self.example = example
         self.messages = build_messages(example.question, self.instruction, self.system_prompt)
-        self.answers, self.correct, self.rewards = [], [], []
+        self.answers, self.correct, self.rewards, self.finish_reasons, self.token_ids = [], [], [], [], []
         return [dict(m) for m in self.messages]
 
-    def step(self, text: str) -> StepResult:
-        """Score the assistant reply ``text`` for the next turn; append feedback unless done."""
+    def step(self, text: str, finish_reason: str | None = None, token_ids=None) -> StepResult:
+        """Score the assistant reply ``text`` for the next turn; append feedback unless done.
+
+        ``finish_reason`` (``stop``, ``length``; ``None``: unknown) and ``token_ids`` (the ids
+        sampled, end token included; ``None``: unknown) are recorded per turn: training trains
+        those ids, or the text with an end-of-turn marker only after ``stop``."""
         if self.example is None:
             raise RuntimeError("step() before reset()")
         if self.done:
@@ -156,6 +162,8 @@ class CorrectionEnv:
         correct = answer is not None and bool(self.verifier(extracted, self.example.gold))
         reward = 1.0 if correct else 0.0
         self.answers.append(answer)
+        self.finish_reasons.append(finish_reason)
+        self.token_ids.append(list(token_ids) if token_ids is not None else None)
         self.correct.append(correct)
         self.rewards.append(reward)
         feedback = None
@@ -176,7 +184,10 @@ class CorrectionEnv:
             "messages": [dict(m) for m in self.messages], "answers": list(self.answers),
             "correct": list(self.correct), "rewards": list(self.rewards),
             "format_errors": self.format_errors, "first_correct_turn": self.first_correct_turn,
+            "finish_reasons": list(self.finish_reasons),
         }
+        if any(ids is not None for ids in self.token_ids):
+            rec["token_ids"] = [list(ids) if ids is not None else None for ids in self.token_ids]
         clash = sorted(set(rec) & set(extra))
         if clash:
             raise ValueError(f"record(): extra fields {clash} would overwrite the episode's own")

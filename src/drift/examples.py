@@ -1,15 +1,27 @@
 """Training examples from trajectory records: prompt = history, completion = an assistant turn.
 
 For the target turn the prompt is the conversation before it rendered with the chat template
-(generation prompt added), the completion is the turn's text followed by EOS. The two are
-concatenated as *token ids* (the joined text is never re-tokenised), labels cover the completion
-only (EOS included, so the model learns to stop), and an over-long history is cut from the left.
+(generation prompt added), exactly as the backends render it to generate. The completion is what
+the policy produced:
+
+- the ids it sampled, end token included, when the record holds them (``token_ids``: the hf and
+  vllm backends record them);
+- otherwise the turn's text tokenised, followed by the chat template's own end-of-turn marker
+  (:func:`end_of_turn_ids`: ``<|im_end|>`` for ChatML, ``<|eot_id|>`` for Llama 3,
+  ``<end_of_turn>`` for Gemma) when the reply ended there (``finish_reasons[t-1] == "stop"``), and
+  nothing after a reply cut by ``max_new_tokens`` (``"length"``): the model is never taught to stop
+  where it did not. An unknown finish reason (records of the reference layout, or made before
+  drift recorded it) counts as ``"stop"``, which is what those records' replies were.
+
+Prompt and completion are concatenated as *token ids* (the joined text is never re-tokenised),
+labels cover the completion only, and an over-long history is cut from the left.
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from functools import lru_cache
 
 from drift import DriftError
 
@@ -24,6 +36,27 @@ class Example:
     @property
     def n_completion(self) -> int:
         return len(self.input_ids) - self.n_prompt
+
+
+@lru_cache(maxsize=16)
+def end_of_turn_ids(tokenizer) -> tuple[int, ...]:
+    """The ids the chat template writes after an assistant reply, up to and including its first
+    special token: what the model generates to end a turn. A template that writes no special
+    token there gets the tokenizer's EOS."""
+    probe = "drift-end-of-turn-probe"
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "q"}, {"role": "assistant", "content": probe}],
+                                         tokenize=False)
+    ids = tokenizer(text[text.rindex(probe) + len(probe):], add_special_tokens=False)["input_ids"]
+    special = set(tokenizer.all_special_ids)
+    end = next((k for k, i in enumerate(ids) if i in special), None)
+    return tuple(ids[: end + 1]) if end is not None else (tokenizer.eos_token_id,)
+
+
+def completion_ids(tokenizer, text: str, finish_reason: str | None) -> list[int]:
+    """A reply's ids from its text: the text tokenised, plus the end-of-turn marker unless the
+    reply was cut by its length limit (see the module notes)."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return ids if finish_reason == "length" else ids + list(end_of_turn_ids(tokenizer))
 
 
 def render_prompt(tokenizer, messages: list[dict]) -> list[int]:
@@ -61,15 +94,38 @@ def build_examples(record: dict, tokenizer, *, index: int = 0, target: str = "la
     where = f"record {index + 1} (prompt_id {record.get('prompt_id')!r})"
     w, turns = training_turns(record, target, where=where, weight=weight)
     messages = record["messages"]
-    eos = tokenizer.eos_token_id
+    finish = record.get("finish_reasons") or [None] * len(record["correct"])
+    sampled = record.get("token_ids") or [None] * len(record["correct"])
     out = []
-    for _, i in turns:
-        completion = tokenizer(messages[i]["content"], add_special_tokens=False)["input_ids"] + [eos]
+    for t, i in turns:
+        ids = sampled[t - 1]
+        completion = list(ids) if ids is not None else completion_ids(tokenizer, messages[i]["content"], finish[t - 1])
         completion = completion[: max(1, max_length // 2)] if len(completion) > max_length // 2 else completion
         prompt = render_prompt(tokenizer, messages[:i])
         prompt = prompt[-(max_length - len(completion)):]  # keep the most recent history
         out.append(Example(prompt + completion, len(prompt), w, index))
     return out
+
+
+def completion_sources(records: list[dict], tokenizer, target: str = "last") -> dict:
+    """Where the trained completions come from, for a run's summary: ``from_ids`` (sampled ids in
+    the record), ``from_text`` (re-tokenised text), and ``text_differs``: of the ``from_ids`` turns,
+    how many the text path would have trained differently (the tokenizer's round-trip failures;
+    0 means the text alone would have been exact).
+    """
+    counts = {"from_ids": 0, "from_text": 0, "text_differs": 0}
+    for rec in records:
+        _, turns = training_turns(rec, target, weight=1.0)
+        finish = rec.get("finish_reasons") or [None] * len(rec["correct"])
+        sampled = rec.get("token_ids") or [None] * len(rec["correct"])
+        for t, i in turns:
+            if sampled[t - 1] is None:
+                counts["from_text"] += 1
+                continue
+            counts["from_ids"] += 1
+            text_ids = completion_ids(tokenizer, rec["messages"][i]["content"], finish[t - 1])
+            counts["text_differs"] += text_ids != list(sampled[t - 1])
+    return counts
 
 
 def plan_batches(n_examples: int, batch_size: int, *, seed: int, epoch: int) -> list[list[int]]:

@@ -11,8 +11,10 @@ Schema version 1 (turn ``t`` lives at index ``t-1`` of every per-turn list)::
     rewards             list   r_t per turn (1.0 on the correct turn)
     format_errors       int    turns with no parsable answer (= answers.count(null))
     first_correct_turn  int|null
-    optional: task, question, gold, max_turns, sampling, model, ...; added by `drift weight`:
-    return, weight
+    optional: finish_reasons (list: "stop" | "length" | null per turn: why the reply ended, null
+    = unknown, as in records of the reference layout), token_ids (list per turn of the ids the
+    policy sampled, end token included, or null where unknown: what drift train trains), task, question, gold, max_turns, sampling,
+    model, ...; added by `drift weight`: return, weight
 
 Stages only add fields; unknown fields are carried through untouched.
 
@@ -48,6 +50,7 @@ SCHEMA_VERSION = 1
 Role = Literal["system", "user", "assistant", "tool"]
 ROLES = frozenset(get_args(Role))
 FORMATS = ("drift", "reference")
+FINISH_REASONS = ("stop", "length", None)
 _REFERENCE_KEYS = ("turn_rewards", "verifier", "t_star", "answer_norms", "format_penalty")
 
 
@@ -130,6 +133,8 @@ class Trajectory(msgspec.Struct):
     rewards: list[float]
     format_errors: int
     first_correct_turn: int | None
+    finish_reasons: list[Literal["stop", "length"] | None] | msgspec.UnsetType = msgspec.UNSET
+    token_ids: list[list[Annotated[int, msgspec.Meta(ge=0)]] | None] | msgspec.UnsetType = msgspec.UNSET
     return_: float | msgspec.UnsetType = msgspec.field(name="return", default=msgspec.UNSET)
     weight: Annotated[float, msgspec.Meta(ge=0)] | msgspec.UnsetType = msgspec.UNSET
 
@@ -140,6 +145,7 @@ class Trajectory(msgspec.Struct):
             SCHEMA_VERSION, rec["prompt_id"], rec["traj_id"], [Message(m["role"], m["content"]) for m in rec["messages"]],
             rec["answers"], rec["correct"], [float(r) for r in rec["rewards"]], int(rec["format_errors"]),
             rec["first_correct_turn"] and int(rec["first_correct_turn"]),
+            rec.get("finish_reasons", msgspec.UNSET), rec.get("token_ids", msgspec.UNSET),
             float(rec["return"]) if "return" in rec else msgspec.UNSET,
             float(rec["weight"]) if "weight" in rec else msgspec.UNSET,
         )
@@ -155,6 +161,8 @@ def _consistent(t: Trajectory) -> bool:
         turns > 0 and turns == len(t.correct) == len(t.rewards) == len(t.answers)
         and t.format_errors == t.answers.count(None)
         and t.first_correct_turn == first_correct_turn(t.correct)
+        and (t.finish_reasons is msgspec.UNSET or len(t.finish_reasons) == turns)
+        and (t.token_ids is msgspec.UNSET or len(t.token_ids) == turns)
     )  # msgspec rejects numbers out of float range, so every float here is finite
 
 
@@ -203,7 +211,15 @@ def validate_record(rec) -> dict:
         raise FieldError("field 'rewards' must be a list of finite numbers")
     if not isinstance(answers, list) or not all(a is None or isinstance(a, str) for a in answers):
         raise FieldError("field 'answers' must be a list of strings or nulls")
-    for name, values in (("answers", answers), ("correct", correct), ("rewards", rewards)):
+    finish = rec.get("finish_reasons", [None] * turns)
+    if not isinstance(finish, list) or not all(f in FINISH_REASONS for f in finish):
+        raise FieldError("field 'finish_reasons' must be a list of \"stop\", \"length\" or null")
+    ids = rec.get("token_ids", [None] * turns)
+    if not isinstance(ids, list) or not all(x is None or isinstance(x, list) and all(
+            isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in x) for x in ids):
+        raise FieldError("field 'token_ids' must be a list of lists of non-negative integers or nulls")
+    for name, values in (("answers", answers), ("correct", correct), ("rewards", rewards),
+                         ("finish_reasons", finish), ("token_ids", ids)):
         if len(values) != turns:
             raise FieldError(f"field '{name}' has {len(values)} entries for {turns} assistant turns")
     if rec.get("format_errors") != answers.count(None) or isinstance(rec.get("format_errors"), bool):

@@ -14,7 +14,8 @@ Departures from textbook PPO / GRPO, on purpose:
 2. Token-mean log-probability per trajectory, then a mean over trajectories (the same reduction as
    drift train), not a sum over tokens: long replies are not favoured.
 3. The target is the last assistant turn (or all of them) with the whole history as context, as
-   in drift train; earlier turns are context, not actions.
+   in drift train; earlier turns are context, not actions. Its log-probabilities are taken on the
+   ids that were sampled (the records' ``token_ids``), not on re-tokenised text.
 4. The optional KL penalty to the reference model is the k3 estimator
    exp(ref - logp) - (ref - logp) - 1, averaged over target tokens, added to the loss
    (drift.losses.kl_k3).
@@ -160,7 +161,7 @@ def run_rl(cfg) -> dict:
         # 2. score
         returns, coef = round_coefficients(records, cfg)
         examples = []
-        for i, (rec, c) in enumerate(zip(records, coef)):
+        for i, (rec, c) in enumerate(zip(records, coef)):  # the records hold the ids sampled
             examples += build_examples(rec, tokenizer, index=i, target=cfg.target, max_length=cfg.max_length,
                                        weight=c)
         # 3. optimizer step(s) on the same targets and loss as drift train

@@ -60,7 +60,8 @@ def run_episodes(examples, make_env, generator, *, n: int, max_turns: int, sampl
                  extra: dict | None = None) -> list[dict]:
     """Roll out ``n`` episodes of every example; return their records (grouped by example, traj_id order).
 
-    ``make_env()`` builds a fresh environment for each episode.
+    ``make_env()`` builds a fresh environment for each episode. Each turn's finish reason and
+    sampled ids (where the backend gives them, see drift.backends.base.Reply) go into the record.
     """
     episodes = []
     for ex in examples:
@@ -76,8 +77,8 @@ def run_episodes(examples, make_env, generator, *, n: int, max_turns: int, sampl
         seeds = [trajectory_seed(seed, ex.prompt_id, k, turn) for ex, k, _ in active]
         replies = generator.generate(conversations, 1, sampling, seeds)
         still = []
-        for (ex, k, env), reply in zip(active, replies):
-            if not env.step(reply[0]).done:
+        for (ex, k, env), (reply,) in zip(active, replies):
+            if not env.step(reply, getattr(reply, "finish_reason", None), getattr(reply, "token_ids", None)).done:
                 still.append((ex, k, env))
         active = still
     return [env.record(traj_id=k, **(extra or {})) for _, k, env in episodes]

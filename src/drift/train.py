@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from drift import DriftError
-from drift.examples import build_examples, plan_batches
+from drift.examples import build_examples, completion_sources, plan_batches
 
 
 def _load_examples(cfg, tokenizer):
@@ -116,7 +116,8 @@ def run_train(cfg) -> dict:
     trainer.save_model(out / "model", tokenizer, base_model=path)
     summary = {"steps": step, "examples": len(examples), "records": len(records), "wall_seconds": round(wall, 2),
                "tokens": int(tokens), "trained_tokens": int(trained_tokens),
-               "tokens_per_second": round(tokens / max(wall, 1e-9), 1), **trainer.describe()}
+               "tokens_per_second": round(tokens / max(wall, 1e-9), 1),
+               "completions": completion_sources(records, tokenizer, cfg.target), **trainer.describe()}
     if trainer.is_main:
         (out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         print(f"saved {out / 'model'}  ({step} steps on {trainer.processes} process(es), {trainer.dtype}, "

@@ -25,6 +25,7 @@ def test_shared_prefill_gives_the_replies_of_separate_prefills(tiny_model, tempe
     separate = HFGenerator(tiny_model, batch_size=8, dtype="float32", share_prefill=False)
     got = shared.generate(conversations, 2, sampling, seeds)
     assert any(used), "no batch shared a prefill: the test checks nothing"
+    assert all(reply for row in got for reply in row), "empty replies: the comparison checks nothing"
     assert got == separate.generate(conversations, 2, sampling, seeds)
     assert shared.tokens_generated == separate.tokens_generated > 0
 
@@ -108,3 +109,29 @@ def test_every_declared_end_token_stops_a_reply(tiny_model, tmp_path):
     before = cut.tokens_generated
     short = cut.generate(QUESTIONS[:1], 1, sampling, seeds=[7])[0][0]
     assert cut.tokens_generated - before == j + 1 and len(short) < len(reply)
+
+
+def test_the_models_own_generation_config_is_not_applied(tiny_model, tmp_path):
+    # a repetition penalty (or top-k, no-repeat n-grams) in generation_config would change what is
+    # sampled: replies must be those of the bare distribution, and the ids must say how they ended
+    import shutil
+
+    from transformers import GenerationConfig
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model, folder)
+    plain = HFGenerator(str(folder), batch_size=8, dtype="float32")
+    sampling = Sampling(temperature=0.0, max_new_tokens=8)
+    before = plain.generate(QUESTIONS, 1, sampling)
+    config = GenerationConfig.from_pretrained(folder)
+    config.repetition_penalty, config.no_repeat_ngram_size = 50.0, 1
+    config.save_pretrained(folder)
+    biased = HFGenerator(str(folder), batch_size=8, dtype="float32")
+    assert biased.model.generation_config.repetition_penalty == 50.0
+    after = biased.generate(QUESTIONS, 1, sampling)
+    assert after == before and any(len(set(r[0].token_ids)) < len(r[0].token_ids) for r in before), \
+        "no repeated token in the replies: a repetition penalty would have changed nothing"
+    for (reply,) in after:
+        assert reply.finish_reason in ("stop", "length")
+        assert (reply.token_ids[-1] in biased.eos_ids) == (reply.finish_reason == "stop")
+        assert len(reply.token_ids) == 8 or reply.finish_reason == "stop"

@@ -59,9 +59,12 @@ class StubHandler(BaseHTTPRequestHandler):
         count = 1 if state.ignore_n else n
         # Choices in reverse index order: the client must sort them.
         choices = [
-            {"index": j, "message": {"role": "assistant", "content": f"{last}|seed={payload.get('seed')}|j={j}"}}
+            {"index": j, "message": {"role": "assistant", "content": f"{last}|seed={payload.get('seed')}|j={j}"},
+             "finish_reason": ("stop", "length")[j % 2]}
             for j in reversed(range(count))
         ]
+        if last == "spaces":  # a reply with surrounding whitespace, which must come back as sent
+            choices = [{"index": 0, "message": {"content": "  <answer>4</answer>\n"}, "finish_reason": "stop"}]
         usage = {"completion_tokens": 5 * count}
         self.reply(200, {"id": "x", "object": "chat.completion", "choices": choices, "usage": usage})
 
@@ -118,6 +121,14 @@ def test_replies_come_back_in_order_with_all_sampling_fields(stub):
         "max_tokens": 64,
         "seed": 50,
     }
+
+
+def test_replies_come_back_as_sent_with_their_finish_reasons(stub):
+    with OpenAIGenerator(stub.base_url, "tiny", **FAST) as gen:
+        (replies,) = gen.generate([user("q")], n=2, sampling=Sampling(), seeds=[1])
+        ((spaced,),) = gen.generate([user("spaces")], n=1, sampling=Sampling())
+    assert [r.finish_reason for r in replies] == ["stop", "length"]
+    assert spaced == "  <answer>4</answer>\n" and spaced.finish_reason == "stop" and spaced.token_ids is None
 
 
 def test_sampling_seed_is_used_without_seeds_and_omitted_when_none(stub):

@@ -149,3 +149,15 @@ def test_bad_arguments_raise_drift_error():
     with pytest.raises(DriftError, match="n must be"):
         ScriptedGenerator().generate([question(1, 1)], n=0, sampling=SAMPLING)
 
+
+
+def test_finish_reasons_say_where_max_new_tokens_cut():
+    from drift.backends.scripted import ScriptedGenerator
+    from drift.backends.base import Sampling
+
+    gen = ScriptedGenerator(p_correct=1.0, p_format_error=1.0)  # "I think it is 14.": 5 words
+    question = [{"role": "user", "content": "What is 2+3*4?"}]
+    ((whole,),) = gen.generate([question], 1, Sampling(max_new_tokens=5), seeds=[0])
+    ((cut,),) = gen.generate([question], 1, Sampling(max_new_tokens=2), seeds=[0])
+    assert (whole, whole.finish_reason) == ("I think it is 14.", "stop")
+    assert (cut, cut.finish_reason) == ("I think", "length")

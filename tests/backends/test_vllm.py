@@ -40,7 +40,8 @@ class FakeLLM:
         assert isinstance(sampling_params, list) and len(sampling_params) == len(messages)
         completion = types.SimpleNamespace
         return [
-            types.SimpleNamespace(outputs=[completion(text=f" {p.seed}:{j} ", token_ids=list(range(j + 1)))
+            types.SimpleNamespace(outputs=[completion(text=f" {p.seed}:{j} ", token_ids=list(range(j + 1)),
+                                                      finish_reason=("stop", "length", "abort")[j % 3])
                                            for j in range(p.n)])
             for p in sampling_params
         ]
@@ -80,7 +81,9 @@ def test_requests_carry_their_own_seed_and_sampling(fake_vllm, model_dir):
     second = QUESTION + [{"role": "assistant", "content": "4"}, {"role": "user", "content": "Incorrect."}]
     sampling = Sampling(temperature=0.7, top_p=0.9, max_new_tokens=12, seed=99)
     replies = gen.generate([QUESTION, second], 3, sampling, seeds=[11, 12])
-    assert replies == [["11:0", "11:1", "11:2"], ["12:0", "12:1", "12:2"]]  # stripped, in order
+    assert replies == [[" 11:0 ", " 11:1 ", " 11:2 "], [" 12:0 ", " 12:1 ", " 12:2 "]]  # as generated, in order
+    assert [r.finish_reason for r in replies[0]] == ["stop", "length", None]  # vLLM's other reasons: unknown
+    assert replies[1][2].token_ids == (0, 1, 2)
     messages, params = llm.calls[-1]
     assert messages == [QUESTION, second]
     assert params == [FakeSamplingParams(n=3, temperature=0.7, top_p=0.9, max_tokens=12, seed=s) for s in (11, 12)]

@@ -21,9 +21,9 @@ from __future__ import annotations
 import importlib
 
 from drift import DriftError
-from drift.backends.base import Generator, Sampling, resolve_seeds
+from drift.backends.base import Generator, Reply, Sampling, resolve_seeds
 
-__all__ = ["BACKENDS", "Generator", "Sampling", "load_backend", "resolve_seeds"]
+__all__ = ["BACKENDS", "Generator", "Reply", "Sampling", "load_backend", "resolve_seeds"]
 
 BACKENDS: dict[str, str] = {
     "hf": "drift.backends.hf:HFGenerator",

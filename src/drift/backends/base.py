@@ -1,8 +1,11 @@
 """The generator plug point: what every backend (hf, vllm, openai, scripted) provides.
 
 A conversation is a list of chat messages ``{"role": ..., "content": ...}``. A backend turns a
-batch of conversations into ``n`` assistant replies each (plain text, without the end-of-turn
-marker); it owns the tokenizer and the chat template.
+batch of conversations into ``n`` assistant replies each: :class:`Reply`, a ``str`` holding the text
+exactly as generated (not stripped; without the end-of-turn marker, which the chat template puts
+back) that also says why it ended (``finish_reason``: ``"stop"`` at an end token, ``"length"`` at
+``max_new_tokens``) and, where the backend knows them, the ``token_ids`` it sampled (end token
+included). The backend owns the tokenizer and the chat template.
 
 Seeding. ``seeds`` holds one int per conversation; the rollout derives it deterministically from
 ``(seed, prompt_id, traj_id, turn)``, so a backend that can seed each request makes a rollout
@@ -17,6 +20,27 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from drift import DriftError
+
+
+FINISH_REASONS = ("stop", "length")
+
+
+class Reply(str):
+    """A reply's text, with why it ended and (where known) the ids sampled.
+
+    >>> r = Reply("<answer>4</answer>", "stop", (27, 9, 2))
+    >>> r == "<answer>4</answer>", r.finish_reason, r.token_ids
+    (True, 'stop', (27, 9, 2))
+    """
+
+    finish_reason: str | None
+    token_ids: tuple[int, ...] | None
+
+    def __new__(cls, text: str, finish_reason: str | None = None, token_ids=None):
+        reply = super().__new__(cls, text)
+        reply.finish_reason = finish_reason
+        reply.token_ids = tuple(token_ids) if token_ids is not None else None
+        return reply
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,12 @@
   greedily. A trajectory's text therefore depends on its seed, not on which other trajectories
   shared its batch (up to floating-point differences from padding), nor on the device: the random
   numbers come from the CPU whatever device the probabilities are on.
+- Replies are the sampled ids decoded as they are (special tokens kept, nothing stripped) up to
+  the end token, which is left out (the chat template writes it back); the ids themselves, end
+  token included, ride along in :class:`~drift.backends.base.Reply`. The model's own
+  ``generation_config`` (repetition penalty, top-k, no-repeat n-grams, ...) is not applied: a fresh
+  config with only drift's settings is, so samples come from the model's distribution at the
+  stated temperature / top-p.
 - Generation stops at every end token the model declares: the tokenizer's EOS and each id of
   ``generation_config.eos_token_id`` (a list for Llama 3, Gemma, Phi-3: their end-of-turn tokens).
 - ``n`` samples of one conversation are ``n`` rows, and so are the K trajectories of a prompt at
@@ -24,7 +30,7 @@ from __future__ import annotations
 
 import contextlib
 
-from drift.backends.base import Sampling, resolve_seeds
+from drift.backends.base import Reply, Sampling, resolve_seeds
 from drift.examples import render_prompt
 
 
@@ -64,6 +70,21 @@ def _left_pad(prompts: list[list[int]], width: int, pad: int):
     ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
     return ids, mask
+
+
+@contextlib.contextmanager
+def _bare_generation_config(model):
+    """Generate with a blank ``generation_config``: ``generate`` fills every field a call leaves
+    unset from the model's own config, processors included (repetition penalty, no-repeat n-grams,
+    ...), which would sample from another distribution than the stated one."""
+    from transformers import GenerationConfig
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft model's base
+    saved, base.generation_config = base.generation_config, GenerationConfig()
+    try:
+        yield
+    finally:
+        base.generation_config = saved
 
 
 def end_token_ids(tokenizer, generation_config) -> list[int]:
@@ -131,7 +152,7 @@ class HFGenerator:
                 width = max(len(prompts[i]) for i, _ in batch)
                 input_ids, attention = _left_pad([prompts[i] for i, _ in batch], width, pad)
                 kwargs = dict(max_new_tokens=sampling.max_new_tokens, do_sample=False, pad_token_id=pad,
-                              eos_token_id=self.eos_ids, temperature=None, top_p=None, top_k=None)
+                              eos_token_id=self.eos_ids)
                 if self.share_prefill:
                     kwargs.update(self._shared_prefill(batch, prompts, width, pad))
                 if sampling.temperature > 0:
@@ -142,18 +163,16 @@ class HFGenerator:
                         g.manual_seed(((seed if seed is not None else torch.seed()) * 1_000_003 + j) % 2**63)
                         gens.append(g)
                     kwargs["logits_processor"] = [_RowSampler(gens, sampling.temperature, sampling.top_p)]
-                with torch.no_grad(), self._autocast():
+                with torch.no_grad(), self._autocast(), _bare_generation_config(self.model):
                     generated = self.model.generate(
                         input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device), **kwargs
                     )
                 for (i, j), seq in zip(batch, generated[:, width:].tolist()):
-                    length = len(seq)
-                    for k, tok in enumerate(seq):
-                        if tok in self.eos_ids:
-                            length = k + 1
-                            break
-                    self.tokens_generated += length
-                    out[i][j] = self.tokenizer.decode(seq[:length], skip_special_tokens=True).strip()
+                    end = next((k for k, tok in enumerate(seq) if tok in self.eos_ids), None)
+                    ids = seq if end is None else seq[: end + 1]
+                    self.tokens_generated += len(ids)
+                    text = self.tokenizer.decode(ids if end is None else ids[:-1], skip_special_tokens=False)
+                    out[i][j] = Reply(text, "length" if end is None else "stop", ids)
         finally:
             self.model.train(was_training)
         return out

@@ -12,6 +12,7 @@ This is how rollouts scale past one machine: start servers anywhere, point ``bas
 - A server that rejects ``n > 1`` or returns fewer than ``n`` choices (llama.cpp does) gets
   ``n`` single-reply requests instead, reply ``j`` seeded with ``seed + j``; the generator
   remembers and skips the ``n > 1`` attempt from then on.
+- Replies are the server's text as sent (not stripped), with its ``finish_reason``.
 - ``tokens_generated`` adds up the server's ``usage.completion_tokens`` (whitespace-separated
   words when a server reports no usage).
 
@@ -26,7 +27,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from drift import DriftError
-from drift.backends.base import Sampling, resolve_seeds
+from drift.backends.base import Reply, Sampling, resolve_seeds
 
 _SEED_MODULUS = 2**63  # servers parse the seed as a signed 64-bit integer
 
@@ -38,6 +39,15 @@ def is_retryable(status_code: int) -> bool:
     [False, False, False, True, True, True, True]
     """
     return status_code in (408, 429) or status_code >= 500
+
+
+def _finish(reason) -> str | None:
+    """The server's ``finish_reason``, when it is one drift knows (``stop``, ``length``).
+
+    >>> _finish("stop"), _finish("length"), _finish("tool_calls"), _finish(None)
+    ('stop', 'length', None, None)
+    """
+    return reason if reason in ("stop", "length") else None
 
 
 def reply_seed(seed: int | None, j: int) -> int | None:
@@ -160,7 +170,8 @@ class OpenAIGenerator:
         try:
             data = response.json()
             choices = sorted(data["choices"], key=lambda choice: choice.get("index", 0))
-            replies = [choice["message"]["content"] or "" for choice in choices]
+            replies = [Reply(choice["message"]["content"] or "", _finish(choice.get("finish_reason")))
+                       for choice in choices]
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             body = response.text[:500]
             raise DriftError(f"{self.url} sent something that is not a chat completion ({e!r}): {body}") from e

@@ -17,7 +17,8 @@ Replies are a function of ``(seed, per-request seed, conversation)`` only, so th
 give the same outputs whatever the batch composition or order. Two identical conversations in
 one batch with the same per-request seed get the same replies; give them different ``seeds``
 (the rollout does) to get independent draws. ``temperature`` and ``top_p`` are ignored;
-``max_new_tokens`` truncates, counting whitespace-separated words as tokens.
+``max_new_tokens`` truncates, counting whitespace-separated words as tokens (finish reason
+``length``; otherwise ``stop``).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from collections.abc import Callable
 
 from drift import DriftError
 from drift.answers import extract_answer, normalize_answer
-from drift.backends.base import Sampling, resolve_seeds
+from drift.backends.base import Reply, Sampling, resolve_seeds
 
 # Operands are capped at 30 digits: bounded work per match, and no real question needs more.
 _EXPRESSION = re.compile(r"\d{1,30}(?:\s*[-+*×]\s*\d{1,30})+")
@@ -157,13 +158,14 @@ class ScriptedGenerator:
             replies.append(f"I think it is {answer}." if broken_format else f"<answer>{answer}</answer>")
         return replies
 
-    def _truncate(self, text: str, max_new_tokens: int) -> str:
+    def _truncate(self, text: str, max_new_tokens: int) -> Reply:
         words = text.split()
-        if len(words) > max_new_tokens:
+        cut = len(words) > max_new_tokens
+        if cut:
             words = words[:max_new_tokens]
             text = " ".join(words)
         self.tokens_generated += len(words)
-        return text
+        return Reply(text, "length" if cut else "stop")
 
 
 def _fresh_wrong_answer(rng: random.Random, gold: str | None, previous: list[str]) -> str:

