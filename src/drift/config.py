@@ -82,6 +82,9 @@ class GenerationOptions:
     base_url: str = option("http://127.0.0.1:8000/v1", "server URL for --backend openai")
     concurrency: int = option(16, "parallel requests for --backend openai")
     batch_size: int = option(32, "sequences per generate call for --backend hf")
+    model_generation_config: bool = option(
+        False, "--backend hf: also apply the model's own generation_config (repetition penalty, no-repeat "
+               "n-grams, ...); off: samples come from the model's distribution at --temperature / --top-p only")
     tensor_parallel_size: int = option(1, "GPUs one model is split across, for --backend vllm")
     gpu_memory_utilization: float | None = option(
         None, "share of memory vLLM may use (weights + KV cache), for --backend vllm (none: 0.9 on GPUs; "

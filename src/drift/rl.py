@@ -144,7 +144,8 @@ def run_rl(cfg) -> dict:
                       ref_autocast=trainer.accelerator.autocast())  # advantages as weights: see drift.losses
     make_env, verifier = env_factory(cfg)
     generator = HFGenerator(path, batch_size=cfg.batch_size, dtype=trainer.dtype, model_obj=trainer.unwrapped(),
-                            tokenizer=tokenizer, device=str(trainer.device))
+                            tokenizer=tokenizer, device=str(trainer.device),
+                            model_generation_config=cfg.model_generation_config)
     sampling = Sampling(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
     compute = {"generated_tokens": 0, "trained_tokens": 0, "generation_seconds": 0.0, "training_seconds": 0.0}
     state = trainer.start("rl", cfg, out, out / "rl_log.jsonl")

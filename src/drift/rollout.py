@@ -155,7 +155,8 @@ def sample_to_file(cfg, out: Path, *, desc: str = "rollout", generator=None) -> 
     own_generator = generator is None
     if own_generator:
         generator = load_backend(cfg.backend, **backend_options(cfg))
-    extra = {"sampling": asdict(sampling), "model": cfg.model}
+    extra = {"sampling": {**asdict(sampling), "model_generation_config": cfg.model_generation_config},
+             "model": cfg.model}
     out.parent.mkdir(parents=True, exist_ok=True)
     save_config(cfg, config_path)
     start, tokens0 = time.perf_counter(), generator.tokens_generated
@@ -224,7 +225,8 @@ def env_factory(cfg):
 def backend_options(cfg) -> dict:
     """Constructor arguments of the chosen backend, from the rollout/eval config."""
     table = {
-        "hf": lambda: {"model": cfg.model, "batch_size": cfg.batch_size, "dtype": cfg.dtype},
+        "hf": lambda: {"model": cfg.model, "batch_size": cfg.batch_size, "dtype": cfg.dtype,
+                       "model_generation_config": cfg.model_generation_config},
         "vllm": lambda: {"model": cfg.model, "tensor_parallel_size": cfg.tensor_parallel_size,
                          "gpu_memory_utilization": cfg.gpu_memory_utilization, "seed": cfg.seed,
                          "dtype": cfg.dtype},

@@ -131,6 +131,8 @@ def test_the_models_own_generation_config_is_not_applied(tiny_model, tmp_path):
     after = biased.generate(QUESTIONS, 1, sampling)
     assert after == before and any(len(set(r[0].token_ids)) < len(r[0].token_ids) for r in before), \
         "no repeated token in the replies: a repetition penalty would have changed nothing"
+    own = HFGenerator(str(folder), batch_size=8, dtype="float32", model_generation_config=True)
+    assert own.generate(QUESTIONS, 1, sampling) != before  # asked for, the model's processors do apply
     for (reply,) in after:
         assert reply.finish_reason in ("stop", "length")
         assert (reply.token_ids[-1] in biased.eos_ids) == (reply.finish_reason == "stop")

@@ -13,7 +13,7 @@
   token included, ride along in :class:`~drift.backends.base.Reply`. The model's own
   ``generation_config`` (repetition penalty, top-k, no-repeat n-grams, ...) is not applied: a fresh
   config with only drift's settings is, so samples come from the model's distribution at the
-  stated temperature / top-p.
+  stated temperature / top-p (``model_generation_config=True`` applies the model's own too).
 - Generation stops at every end token the model declares: the tokenizer's EOS and each id of
   ``generation_config.eos_token_id`` (a list for Llama 3, Gemma, Phi-3: their end-of-turn tokens).
 - ``n`` samples of one conversation are ``n`` rows, and so are the K trajectories of a prompt at
@@ -113,6 +113,7 @@ class HFGenerator:
         model_obj=None,
         tokenizer=None,
         share_prefill: bool = True,
+        model_generation_config: bool = False,
     ):
         from drift.models import default_device, load_model, load_tokenizer, resolve_dtype, resolve_model
 
@@ -125,6 +126,7 @@ class HFGenerator:
         self.model = model_obj if model_obj is not None else load_model(path).to(self.device)
         self.batch_size = batch_size
         self.share_prefill = share_prefill
+        self.model_generation_config = model_generation_config
         self.tokens_generated = 0
         self.eos_ids = end_token_ids(self.tokenizer, self.model.generation_config)
 
@@ -163,7 +165,8 @@ class HFGenerator:
                         g.manual_seed(((seed if seed is not None else torch.seed()) * 1_000_003 + j) % 2**63)
                         gens.append(g)
                     kwargs["logits_processor"] = [_RowSampler(gens, sampling.temperature, sampling.top_p)]
-                with torch.no_grad(), self._autocast(), _bare_generation_config(self.model):
+                bare = contextlib.nullcontext() if self.model_generation_config else _bare_generation_config(self.model)
+                with torch.no_grad(), self._autocast(), bare:
                     generated = self.model.generate(
                         input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device), **kwargs
                     )
