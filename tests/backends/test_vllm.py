@@ -174,3 +174,33 @@ def test_real_engine_generates_with_the_tiny_model(tmp_path):
         assert gen.generate([QUESTION], 1, greedy) == gen.generate([QUESTION], 1, greedy)
     finally:
         gen.close()
+
+
+@pytest.mark.slow
+def test_sigterm_leaves_no_engine_process_behind(tmp_path):
+    """A terminated ``drift rollout --backend vllm`` shuts its engine and workers down."""
+    pytest.importorskip("vllm")
+    psutil = pytest.importorskip("psutil")
+    import os
+    import signal
+    import time
+
+    from drift.tiny import build_tiny_model
+
+    model = str(build_tiny_model(tmp_path / "model", head_dim=64))
+    out = tmp_path / "rollouts.jsonl"
+    cmd = [sys.executable, "-m", "drift.cli", "rollout", "--backend", "vllm", "--model", model, "--out", str(out),
+           "--num-prompts", "2000", "--n", "4", "--chunk-prompts", "8", "--max-new-tokens", "16",
+           "--gpu-memory-utilization", "0.3", "--task-options", "digits=3"]
+    proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 400
+    while not (out.exists() and out.stat().st_size) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert proc.poll() is None, "the rollout ended before it could be terminated"
+    engine = psutil.Process(proc.pid).children(recursive=True)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "interrupted" in err, err[-3000:]
+    gone, alive = psutil.wait_procs(engine, timeout=30)
+    assert not alive, f"left running: {[(p.pid, p.name()) for p in alive]}"
