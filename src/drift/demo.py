@@ -94,7 +94,8 @@ def format_warmup(out: Path, shared: dict, preset: dict, seed: int, timings: dic
             print("no answer to rewrite: skipping the warm-up")
             return
         run_train(C.TrainConfig(input=str(folder / "format.jsonl"), out=str(folder / "train"), model=shared["model"],
-                                epochs=2.0, lr=preset["warmup_lr"], batch_size=preset["batch_size"], dtype=shared["dtype"],
+                                epochs=2.0, lr=preset["warmup_lr"], batch_size=preset["batch_size"],
+                                dtype=shared["dtype"],
                                 micro_batch_size=preset["micro_batch_size"], warmup_ratio=0.1, seed=seed, resume=True))
 
     _stage("0/5 format warm-up (the model's own answers, wrapped in <answer> tags)",

@@ -13,8 +13,8 @@ Schema version 1 (turn ``t`` lives at index ``t-1`` of every per-turn list)::
     first_correct_turn  int|null
     optional: finish_reasons (list: "stop" | "length" | null per turn: why the reply ended, null
     = unknown, as in records of the reference layout), token_ids (list per turn of the ids the
-    policy sampled, end token included, or null where unknown: what drift train trains), task, question, gold, max_turns, sampling,
-    model, ...; added by `drift weight`: return, weight
+    policy sampled, end token included, or null where unknown: what drift train trains), task,
+    question, gold, max_turns, sampling, model, ...; added by `drift weight`: return, weight
 
 Stages only add fields; unknown fields are carried through untouched.
 
@@ -50,7 +50,8 @@ SCHEMA_VERSION = 1
 Role = Literal["system", "user", "assistant", "tool"]
 ROLES = frozenset(get_args(Role))
 FORMATS = ("drift", "reference")
-FINISH_REASONS = ("stop", "length", None)
+FINISH_REASONS = ("stop", "length")
+"""Why a reply ended: at an end token, or at the length limit (``null`` in a record: unknown)."""
 _REFERENCE_KEYS = ("turn_rewards", "verifier", "t_star", "answer_norms", "format_penalty")
 
 
@@ -133,7 +134,7 @@ class Trajectory(msgspec.Struct):
     rewards: list[float]
     format_errors: int
     first_correct_turn: int | None
-    finish_reasons: list[Literal["stop", "length"] | None] | msgspec.UnsetType = msgspec.UNSET
+    finish_reasons: list[Literal[FINISH_REASONS] | None] | msgspec.UnsetType = msgspec.UNSET
     token_ids: list[list[Annotated[int, msgspec.Meta(ge=0)]] | None] | msgspec.UnsetType = msgspec.UNSET
     return_: float | msgspec.UnsetType = msgspec.field(name="return", default=msgspec.UNSET)
     weight: Annotated[float, msgspec.Meta(ge=0)] | msgspec.UnsetType = msgspec.UNSET
@@ -145,7 +146,8 @@ class Trajectory(msgspec.Struct):
             SCHEMA_VERSION, rec["prompt_id"], rec["traj_id"], [Message(m["role"], m["content"]) for m in rec["messages"]],
             rec["answers"], rec["correct"], [float(r) for r in rec["rewards"]], int(rec["format_errors"]),
             rec["first_correct_turn"] and int(rec["first_correct_turn"]),
-            rec.get("finish_reasons", msgspec.UNSET), rec.get("token_ids", msgspec.UNSET),
+            rec.get("finish_reasons", msgspec.UNSET),
+            rec.get("token_ids", msgspec.UNSET),
             float(rec["return"]) if "return" in rec else msgspec.UNSET,
             float(rec["weight"]) if "weight" in rec else msgspec.UNSET,
         )
@@ -212,7 +214,7 @@ def validate_record(rec) -> dict:
     if not isinstance(answers, list) or not all(a is None or isinstance(a, str) for a in answers):
         raise FieldError("field 'answers' must be a list of strings or nulls")
     finish = rec.get("finish_reasons", [None] * turns)
-    if not isinstance(finish, list) or not all(f in FINISH_REASONS for f in finish):
+    if not isinstance(finish, list) or not all(f is None or f in FINISH_REASONS for f in finish):
         raise FieldError("field 'finish_reasons' must be a list of \"stop\", \"length\" or null")
     ids = rec.get("token_ids", [None] * turns)
     if not isinstance(ids, list) or not all(x is None or isinstance(x, list) and all(

@@ -20,9 +20,16 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from drift import DriftError
+from drift.records import FINISH_REASONS
 
 
-FINISH_REASONS = ("stop", "length")
+def known_finish_reason(reason) -> str | None:
+    """A backend's finish reason if the schema knows it (``stop``, ``length``), else ``None`` (unknown).
+
+    >>> known_finish_reason("stop"), known_finish_reason("length"), known_finish_reason("tool_calls")
+    ('stop', 'length', None)
+    """
+    return reason if reason in FINISH_REASONS else None
 
 
 class Reply(str):

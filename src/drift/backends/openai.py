@@ -27,7 +27,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from drift import DriftError
-from drift.backends.base import Reply, Sampling, resolve_seeds
+from drift.backends.base import Reply, Sampling, known_finish_reason, resolve_seeds
 
 _SEED_MODULUS = 2**63  # servers parse the seed as a signed 64-bit integer
 
@@ -39,15 +39,6 @@ def is_retryable(status_code: int) -> bool:
     [False, False, False, True, True, True, True]
     """
     return status_code in (408, 429) or status_code >= 500
-
-
-def _finish(reason) -> str | None:
-    """The server's ``finish_reason``, when it is one drift knows (``stop``, ``length``).
-
-    >>> _finish("stop"), _finish("length"), _finish("tool_calls"), _finish(None)
-    ('stop', 'length', None, None)
-    """
-    return reason if reason in ("stop", "length") else None
 
 
 def reply_seed(seed: int | None, j: int) -> int | None:
@@ -170,7 +161,7 @@ class OpenAIGenerator:
         try:
             data = response.json()
             choices = sorted(data["choices"], key=lambda choice: choice.get("index", 0))
-            replies = [Reply(choice["message"]["content"] or "", _finish(choice.get("finish_reason")))
+            replies = [Reply(choice["message"]["content"] or "", known_finish_reason(choice.get("finish_reason")))
                        for choice in choices]
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             body = response.text[:500]

@@ -32,7 +32,7 @@ import os
 import platform
 
 from drift import DriftError
-from drift.backends.base import Reply, Sampling, resolve_seeds
+from drift.backends.base import Reply, Sampling, known_finish_reason, resolve_seeds
 
 
 def _on_cpu() -> bool:
@@ -58,11 +58,6 @@ def cpu_memory_share(cap: float = 0.5) -> float:
     """80% of the memory free now, as a share of all memory, at most ``cap``."""
     free, total = os.sysconf("SC_AVPHYS_PAGES"), os.sysconf("SC_PHYS_PAGES")
     return round(min(cap, 0.8 * free / total), 3)
-
-
-def _finish(reason) -> str | None:
-    """vLLM's finish reason in drift's terms: ``stop`` (an end token or stop string), ``length``."""
-    return reason if reason in ("stop", "length") else None
 
 
 class VLLMGenerator:
@@ -129,7 +124,7 @@ class VLLMGenerator:
         for output in outputs:
             completions = output.outputs
             self.tokens_generated += sum(len(c.token_ids) for c in completions)
-            replies.append([Reply(c.text, _finish(c.finish_reason), c.token_ids) for c in completions])
+            replies.append([Reply(c.text, known_finish_reason(c.finish_reason), c.token_ids) for c in completions])
         return replies
 
     def close(self) -> None:
