@@ -4,7 +4,7 @@ from pathlib import Path
 
 DATA = Path(__file__).resolve().parent / "data"
 REFERENCE_SAMPLE = DATA / "reference-format" / "rollouts_small.jsonl"
-"""48 trajectories (12 prompts x 4) in the DRIFT reference code's layout (a copy of shared/data's)."""
+"""48 trajectories (12 prompts x 4) in the DRIFT reference code's layout (copied from the project's shared design data)."""
 GSM8K_SAMPLE = DATA / "gsm8k"
 """The first 150 problems of GSM8K's test split, in its original layout (MIT licence beside it)."""
 
