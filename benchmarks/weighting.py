@@ -18,9 +18,10 @@ import sys
 import time
 from pathlib import Path
 
-from drift.commands import _read_columns
+from drift.config import WeightingOptions
+from drift.weight import read_columns
 from drift.records import paused_gc, read_records, write_records, write_spliced
-from drift.weighting import WeightingParams, compute_weights, diagnostics
+from drift.weighting import compute_weights, diagnostics
 
 
 def synthetic(n: int, k: int = 16, seed: int = 0):
@@ -62,10 +63,10 @@ def main() -> None:
     print(f"drift weight end to end: {min(times):.2f} s (runs: {', '.join(f'{x:.2f}' for x in times)})")
     with paused_gc():  # as in drift weight
         t = time.perf_counter()
-        cols, _ = _read_columns(src)
+        cols, _ = read_columns(src)
         print(f"  read + validate into columns: {time.perf_counter() - t:.2f} s")
         t = time.perf_counter()
-        returns, weights = compute_weights(cols, WeightingParams())
+        returns, weights = compute_weights(cols, WeightingOptions().weighting())
         print(f"  math (returns + group weights, numpy): {time.perf_counter() - t:.2f} s")
         t = time.perf_counter()
         keep = [w is not None for w in weights]
@@ -77,7 +78,7 @@ def main() -> None:
         del cols
         records = read_records(src)
         t = time.perf_counter()
-        compute_weights(records, WeightingParams())
+        compute_weights(records, WeightingOptions().weighting())
         print(f"compute_weights on {len(records)} record dicts (gather columns + math): {time.perf_counter() - t:.2f} s")
 
 

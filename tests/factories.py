@@ -25,3 +25,10 @@ def make_record(prompt_id, traj_id, answers, first_correct=None, weight=None, qu
     if weight is not None:
         rec["weight"] = weight
     return rec
+
+
+def weighting(**over):
+    """drift.weighting.WeightingParams with drift's defaults (drift.config) and ``over`` changed."""
+    from drift.config import WeightingOptions
+
+    return WeightingOptions(**over).weighting()

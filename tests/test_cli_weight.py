@@ -177,7 +177,7 @@ def test_console_script_runs(tmp_path):
 
 @pytest.mark.parametrize("flags", [[], ["--scheme", "rwr"], ["--scheme", "sft"], ["--scheme", "rft"],
                                    ["--zero-variance", "drop"], ["--all-fail", "drop"], ["--clip", "1.5"],
-                                   ["--scope", "global", "--beta", "0.5"]])
+                                   ["--scheme", "rwr", "--beta", "0.5"]])
 def test_streaming_output_equals_the_api_on_every_option(tmp_path, flags):
     from factories import make_record
 

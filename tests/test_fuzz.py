@@ -12,13 +12,15 @@ import os
 import tempfile
 import time
 
-from factories import make_record
+from factories import make_record, weighting
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from drift.answers import MAX_ANSWER_CHARS, extract_answer, normalize_answer
-from drift.records import FieldError, RecordError, Trajectory, _fast_core, iter_records, read_records, validate_record
-from drift.weighting import WeightingParams, compute_weights
+from drift.records import FieldError, RecordError, Trajectory, iter_records, read_records, validate_record
+from drift.records.schema import fast_core
+
+from drift.weighting import compute_weights
 
 FUZZ_EXAMPLES = {"extract": 300, "extract_linear": 100, "records_bytes": 300, "records_json": 300, "fast_path": 300,
                  "fast_path_bytes": 300, "weights": 200}
@@ -114,7 +116,7 @@ def test_iter_records_on_mutated_records(line):
     records, error = _read([line])
     if error is None:  # accepted: then it must be a schema-1 record the weighting can use
         (rec,) = records
-        compute_weights(records, WeightingParams())
+        compute_weights(records, weighting())
         assert rec["format_errors"] == rec["answers"].count(None)
     else:
         assert error.line == 1 and ("field" in str(error) or "JSON" in str(error))
@@ -130,13 +132,13 @@ def _slow_verdict(line: bytes):
 
 def test_fast_path_takes_the_usual_record():  # else the two tests below would check nothing
     line = json.dumps(_good_line()).encode()
-    assert _fast_core(line) == Trajectory.of(json.loads(line))
+    assert fast_core(line) == Trajectory.of(json.loads(line))
 
 
 @fuzz("fast_path")
 @given(_mutations())
 def test_fast_path_never_accepts_what_validation_rejects(line):
-    core = _fast_core(line)
+    core = fast_core(line)
     if core is not None:
         rec = _slow_verdict(line)
         assert rec is not None, line
@@ -151,7 +153,7 @@ def test_fast_path_on_corrupted_bytes(position, chunk, how):
     i = position % len(line)
     line = {"insert": line[:i] + chunk + line[i:], "replace": line[:i] + chunk + line[i + len(chunk):],
             "delete": line[:i] + line[i + len(chunk):]}[how].replace(b"\n", b" ")
-    core = _fast_core(line)
+    core = fast_core(line)
     if core is not None:
         rec = _slow_verdict(line)
         assert rec is not None, line
@@ -191,7 +193,7 @@ def test_weights_finite_and_mean_one_per_group(records, beta, gamma, lam, penalt
         records = read_records(path)
     finally:
         os.unlink(path)
-    params = WeightingParams(beta=beta, gamma=gamma, lam=lam, format_penalty=penalty, zero_variance=zero_variance)
+    params = weighting(beta=beta, gamma=gamma, lam=lam, format_penalty=penalty, zero_variance=zero_variance)
     returns, weights = compute_weights(records, params)
     assert all(math.isfinite(r) for r in returns)
     groups: dict[str, list[float]] = {}

@@ -12,8 +12,6 @@ from drift.records import (
     FieldError,
     RecordError,
     Trajectory,
-    _fast_core,
-    atomic_write,
     from_reference,
     iter_records,
     read_records,
@@ -22,6 +20,8 @@ from drift.records import (
     write_records,
     write_spliced,
 )
+from drift.records.schema import fast_core
+from drift.outputs import atomic_write
 
 
 
@@ -118,7 +118,7 @@ def test_reference_import_matches_raw_fields():
 
 def test_reference_round_trip_is_exact(tmp_path):
     recs = read_records(REFERENCE)
-    write_records(tmp_path / "back.jsonl", recs, to_format="reference")
+    write_records(tmp_path / "back.jsonl", recs, to_format="reference", format_penalty=0.1)
     original = [json.loads(line) for line in REFERENCE.read_text().splitlines()]
     back = [json.loads(line) for line in (tmp_path / "back.jsonl").read_text().splitlines()]
     assert back == original
@@ -136,7 +136,7 @@ def test_reference_answers_align_with_parsable_turns():
     }
     rec = from_reference(ref, traj_id=0)
     assert rec["answers"] == [None, "80"] and rec["format_errors"] == 1 and rec["max_turns"] == 3
-    assert to_reference(rec) == ref
+    assert to_reference(rec, format_penalty=0.1) == ref
 
 
 def test_atomic_write_leaves_old_output_on_error(tmp_path):
@@ -153,7 +153,7 @@ def test_atomic_write_leaves_old_output_on_error(tmp_path):
 @pytest.mark.parametrize("reward,ok", [(1, True), (2**1024 - 2**970 - 1, True), (2**1024 - 2**970, False), (True, False)])
 def test_fast_path_and_validation_agree_on_numbers_at_the_float_limit(reward, ok):
     line = json.dumps(good(rewards=[0.0, reward])).encode()
-    assert (_fast_core(line) is not None) == ok
+    assert (fast_core(line) is not None) == ok
     if ok:
         validate_record(json.loads(line))
     else:
@@ -195,7 +195,7 @@ def test_write_spliced_adds_fields_without_reserialising(tmp_path):
 def test_invalid_utf8_in_a_field_the_fast_path_skips_is_still_an_error(tmp_path):
     # msgspec does not check the bytes of fields it skips; the reader must
     line = json.dumps(good(traj_id=1, question="été"), ensure_ascii=False).encode().replace("été".encode(), b"\xff\xfe")
-    assert _fast_core(line) is None
+    assert fast_core(line) is None
     path = tmp_path / "r.jsonl"
     path.write_bytes(json.dumps(good()).encode() + b"\n" + line + b"\n")
     with pytest.raises(RecordError, match=r"r\.jsonl:2: line is not valid UTF-8"):
@@ -232,7 +232,7 @@ def _near_misses():
 @pytest.mark.parametrize("name,rec", list(_near_misses()), ids=[n for n, _ in _near_misses()])
 def test_fast_path_agrees_with_validation_on_near_misses(name, rec):
     line = json.dumps(rec).encode()
-    core = _fast_core(line)
+    core = fast_core(line)
     try:
         validate_record(json.loads(line))
         valid = True

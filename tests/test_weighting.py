@@ -3,14 +3,18 @@
 import math
 import random
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from factories import weighting
+
 from drift import DriftError
 from drift.weighting import (
+    SCHEMES,
+    Scheme,
     Columns,
-    WeightingParams,
     compute_returns,
     compute_weights,
     diagnostics,
@@ -83,7 +87,7 @@ def test_bad_beta_is_an_error(beta):
     with pytest.raises(DriftError, match="beta"):
         group_weights([0.0, 1.0], beta=beta)
     with pytest.raises(DriftError, match="beta"):
-        WeightingParams(beta=beta)
+        weighting(beta=beta)
 
 
 # -- invariants -------------------------------------------------------------------------------
@@ -145,7 +149,7 @@ def _records():
 
 
 def test_drift_scheme_on_records_by_hand():
-    returns, weights = compute_weights(_records(), WeightingParams(beta=0.1, gamma=0.9))
+    returns, weights = compute_weights(_records(), weighting(beta=0.1, gamma=0.9))
     assert returns == pytest.approx([1.0, 0.9, -0.25, 0.0, 0.0])
     z = (math.exp(10) + math.exp(9) + math.exp(-2.5)) / 3
     assert weights[:3] == pytest.approx([math.exp(10) / z, math.exp(9) / z, math.exp(-2.5) / z], rel=1e-12)
@@ -154,32 +158,31 @@ def test_drift_scheme_on_records_by_hand():
 
 def test_zero_variance_drop_and_rft_and_sft():
     recs = _records()
-    _, w = compute_weights(recs, WeightingParams(zero_variance="drop"))
+    _, w = compute_weights(recs, weighting(zero_variance="drop"))
     assert w[3:] == [None, None] and all(x is not None for x in w[:3])
-    _, w = compute_weights(recs, WeightingParams(scheme="rft"))
+    _, w = compute_weights(recs, weighting(scheme="rft"))
     assert w == [1.0, 1.0, None, None, None]
-    _, w = compute_weights(recs, WeightingParams(scheme="sft"))
+    _, w = compute_weights(recs, weighting(scheme="sft"))
     assert w == [1.0] * 5
 
 
 def test_all_fail_drop_removes_groups_without_a_success():
     recs = _records() + [make("c", 0, ["7", "7"]), make("c", 1, ["7", "8"])]  # all fail, returns differ
-    _, w = compute_weights(recs, WeightingParams(all_fail="drop"))
+    _, w = compute_weights(recs, weighting(all_fail="drop"))
     assert w[3:] == [None] * 4 and all(x is not None for x in w[:3])
-    _, w = compute_weights(recs, WeightingParams(zero_variance="drop"))
+    _, w = compute_weights(recs, weighting(zero_variance="drop"))
     assert w[3:5] == [None, None] and w[5] is not None  # group c is not zero-variance
 
 
-def test_rwr_and_global_scope_normalise_over_the_file():
+def test_rwr_normalises_over_the_file():
     recs = _records()
-    _, w1 = compute_weights(recs, WeightingParams(scheme="rwr", beta=0.5))
-    _, w2 = compute_weights(recs, WeightingParams(scope="global", beta=0.5))
-    assert w1 == pytest.approx(w2)
-    assert sum(w1) / len(w1) == pytest.approx(1.0)
+    returns, w = compute_weights(recs, weighting(scheme="rwr", beta=0.5))
+    assert w == pytest.approx(group_weights(returns, 0.5), rel=1e-12)  # one group: the whole file
+    assert sum(w) / len(w) == pytest.approx(1.0)
 
 
 def test_clip_caps_without_renormalising():
-    _, w = compute_weights(_records(), WeightingParams(clip=1.5))
+    _, w = compute_weights(_records(), weighting(clip=1.5))
     assert max(w) == 1.5
     assert w[3:] == [1.0, 1.0]
 
@@ -195,7 +198,7 @@ def test_random_files_average_one_per_group(n_prompts, k, seed):
             answers = [rnd.choice(["1", "2", None]) for _ in range(turns)]
             first = turns if rnd.random() < 0.5 else None
             recs.append(make(f"p{p}", j, answers, first))
-    returns, weights = compute_weights(recs, WeightingParams(beta=rnd.choice([0.01, 0.1, 1.0])))
+    returns, weights = compute_weights(recs, weighting(beta=rnd.choice([0.01, 0.1, 1.0])))
     for p in range(n_prompts):
         ws = [w for r, w in zip(recs, weights) if r["prompt_id"] == f"p{p}"]
         assert sum(ws) / len(ws) == pytest.approx(1.0, rel=1e-9)
@@ -206,7 +209,7 @@ def test_random_files_average_one_per_group(n_prompts, k, seed):
 
 def test_diagnostics_by_hand():
     recs = _records()
-    returns, weights = compute_weights(recs, WeightingParams())
+    returns, weights = compute_weights(recs, weighting())
     d = diagnostics(recs, returns, weights)
     assert d["groups"] == 2 and d["mixed_groups"] == 0.5 and d["all_fail_groups"] == 0.5
     assert d["zero_variance_groups"] == 0.5
@@ -225,17 +228,19 @@ def test_fast_returns_equal_the_reference_formula(n, seed, gamma, lam):
         turns = rnd.randint(1, 6)
         answers = [rnd.choice(["1", "2", "3", None]) for _ in range(turns)]
         recs.append(make(f"p{i % 3}", i, answers, turns if rnd.random() < 0.5 else None))
-    params = WeightingParams(gamma=gamma, lam=lam, format_penalty=0.1)
+    params = weighting(gamma=gamma, lam=lam, format_penalty=0.1)
     fast = compute_returns(recs, params)
-    slow = [trajectory_return(r["rewards"], r["answers"], r["format_errors"], gamma=gamma, lam=lam)
+    slow = [trajectory_return(r["rewards"], r["answers"], r["format_errors"], gamma=gamma, lam=lam, format_penalty=0.1)
             for r in recs]
     assert fast == pytest.approx(slow, rel=1e-12, abs=1e-12)
 
 
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.integers(1, 6), min_size=1, max_size=6), st.integers(0, 10**6),
-       st.sampled_from([0.01, 0.1, 1.0, 50.0]), st.sampled_from(["drift", "rwr"]))
-def test_vectorised_weights_equal_the_reference(group_sizes, seed, beta, scheme):
+       st.sampled_from([0.01, 0.1, 1.0, 50.0]), st.sampled_from(sorted(SCHEMES)))
+def test_every_scheme_equals_its_readable_per_group_function(group_sizes, seed, beta, scheme):
+    """What compute_weights gives (through a vectorised twin where the scheme has one) equals the
+    scheme's per-group function called on each group by hand."""
     rnd = random.Random(seed)
     recs = []
     for g, k in enumerate(group_sizes):
@@ -243,17 +248,32 @@ def test_vectorised_weights_equal_the_reference(group_sizes, seed, beta, scheme)
             answers = [rnd.choice(["1", "2", None]) for _ in range(rnd.randint(1, 4))]
             recs.append(make(f"p{g}", j, answers, len(answers) if rnd.random() < 0.4 else None))
     rnd.shuffle(recs)  # groups interleaved in the file
-    params = WeightingParams(beta=beta, scheme=scheme)
+    params = weighting(beta=beta, scheme=scheme)
     returns, weights = compute_weights(recs, params)
+    groups: dict = {}
+    for i, r in enumerate(recs):
+        groups.setdefault("file" if SCHEMES[scheme].group == "file" else r["prompt_id"], []).append(i)
     expected = [0.0] * len(recs)
-    groups = {"all": range(len(recs))} if scheme == "rwr" else {}
-    if scheme == "drift":
-        for i, r in enumerate(recs):
-            groups.setdefault(r["prompt_id"], []).append(i)
     for idx in groups.values():
-        for i, w in zip(idx, group_weights([returns[i] for i in idx], beta)):
-            expected[i] = w
-    assert weights == pytest.approx(expected, rel=1e-12, abs=1e-300)
+        solved = np.array([recs[i]["first_correct_turn"] is not None for i in idx])
+        for i, w in zip(idx, SCHEMES[scheme].per_group(np.array([returns[i] for i in idx]), solved, params)):
+            expected[i] = None if math.isnan(w) else float(w)
+    assert [w is None for w in weights] == [w is None for w in expected]
+    assert [w for w in weights if w is not None] == pytest.approx([w for w in expected if w is not None],
+                                                                  rel=1e-12, abs=1e-300)
+
+
+def test_a_new_scheme_is_one_per_group_function(monkeypatch):
+    """A scheme without a vectorised twin runs through its per-group function, group by group."""
+    def best_only(returns, solved, params):  # all the weight on the group's best trajectory
+        w = np.zeros(len(returns))
+        w[int(np.argmax(returns))] = len(returns)
+        return w
+
+    monkeypatch.setitem(SCHEMES, "best", Scheme(best_only))
+    returns, weights = compute_weights(_records(), weighting(scheme="best"))
+    assert returns == pytest.approx([1.0, 0.9, -0.25, 0.0, 0.0])
+    assert weights == [3.0, 0.0, 0.0, 2.0, 0.0]  # group a: the first is best; group b: a tie, first wins
 
 
 def test_columns_are_what_the_math_reads():
@@ -263,8 +283,8 @@ def test_columns_are_what_the_math_reads():
     assert cols.turns.tolist() == [1, 2, 2, 2, 2] and cols.rewards.tolist() == [1, 0, 1, 0, 0, 0, 0, 0, 0]
     assert cols.answered.tolist() == [1, 2, 2, 2, 2] and cols.distinct.tolist() == [1, 2, 1, 2, 2]
     assert cols.first_correct_turn.tolist() == [1, 2, 0, 0, 0]
-    returns, weights = compute_weights(cols, WeightingParams())
-    assert (returns, weights) == compute_weights(recs, WeightingParams())
+    returns, weights = compute_weights(cols, weighting())
+    assert (returns, weights) == compute_weights(recs, weighting())
     assert diagnostics(cols, returns, weights) == diagnostics(recs, returns, weights)
     empty = Columns.of([])
-    assert compute_weights(empty, WeightingParams()) == ([], []) and diagnostics(empty, [], [])["records"] == 0
+    assert compute_weights(empty, weighting()) == ([], []) and diagnostics(empty, [], [])["records"] == 0

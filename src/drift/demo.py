@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 from drift import config as C
@@ -105,11 +105,11 @@ def format_warmup(out: Path, shared: dict, preset: dict, seed: int, timings: dic
 
 def run_demo(cfg) -> dict:
     """Run every stage; print the before/after table; return the comparison."""
-    from drift.commands import run_weight
     from drift.compare import run_compare
     from drift.evaluate import run_eval
     from drift.rollout import run_rollout
     from drift.train import run_train
+    from drift.weight import run_weight
 
     preset = PRESETS["quick" if cfg.quick else "full"]
     out = Path(cfg.out if cfg.out else ("runs/demo-quick" if cfg.quick else "runs/demo"))
@@ -126,8 +126,9 @@ def run_demo(cfg) -> dict:
     eval_cfg = C.EvalConfig(**shared, num_prompts=preset["eval_prompts"], split="test", resume=True)
     rollout_cfg = C.RolloutConfig(**shared, num_prompts=preset["train_prompts"], split="train", n=preset["k"],
                                   temperature=1.0, out=str(out / "rollouts.jsonl"), resume=True)
-    weight_cfg = C.WeightConfig(input=rollout_cfg.out, out=str(out / "weighted.jsonl"), beta=cfg.beta,
-                                gamma=cfg.gamma, all_fail=preset["all_fail"], plot=True)
+    weighting = {f.name: getattr(cfg, f.name) for f in fields(C.WeightingOptions)}
+    weighting["all_fail"] = cfg.all_fail or preset["all_fail"]
+    weight_cfg = C.WeightConfig(input=rollout_cfg.out, out=str(out / "weighted.jsonl"), plot=True, **weighting)
     train_cfg = C.TrainConfig(input=weight_cfg.out, out=str(out / "drift"), model=shared["model"],
                               epochs=preset["epochs"], lr=preset["lr"], batch_size=preset["batch_size"],
                               micro_batch_size=preset["micro_batch_size"], warmup_ratio=0.1, seed=cfg.seed,

@@ -25,7 +25,7 @@ from typing import Protocol, runtime_checkable
 
 from drift import DriftError
 from drift.answers import MODES, extract_answer, normalize_answer
-from drift.metrics import first_correct_turn
+from drift.records.schema import first_correct_turn
 from drift.prompts import (
     DEFAULT_SYSTEM_PROMPT,
     FEEDBACK,
@@ -33,7 +33,7 @@ from drift.prompts import (
     build_messages,
     get_protocol,
 )
-from drift.records import SCHEMA_VERSION
+from drift.records.schema import SCHEMA_VERSION
 from drift.verifiers import DEFAULT_TIMEOUT, get_verifier
 
 

@@ -52,7 +52,7 @@ def print_report(report: dict, name: str = "eval") -> None:
 
 def run_eval(cfg, generator=None) -> dict:
     """Evaluate; write ``records.jsonl`` and ``report.json`` into ``cfg.out``; return the report."""
-    from drift.commands import write_json
+    from drift.outputs import write_json
     from drift.rollout import sample_to_file
 
     if not cfg.out:

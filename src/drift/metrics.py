@@ -36,6 +36,7 @@ from collections.abc import Sequence
 from operator import itemgetter
 
 from drift import DriftError
+from drift.records.schema import first_correct_turn
 
 # -- confidence intervals and pass@k ----------------------------------------------------------
 
@@ -112,15 +113,6 @@ def pass_at_k(records: Sequence[dict], k: int) -> float | None:
 
 
 # -- counting turns ----------------------------------------------------------------------------
-
-
-def first_correct_turn(correct: Sequence[bool]) -> int | None:
-    """1-based turn of the first ``True``, or ``None``.
-
-    >>> first_correct_turn([False, False, True]), first_correct_turn([False])
-    (3, None)
-    """
-    return correct.index(True) + 1 if True in correct else None
 
 
 def horizon(records: Sequence[dict], max_turns: int | None = None) -> int:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from drift.records import atomic_write
+from drift.outputs import atomic_write
 
 CI_NOTE = "shaded: 95% Wilson interval"
 

@@ -43,7 +43,7 @@ from functools import partial
 from pathlib import Path
 
 from drift import DriftError
-from drift.weighting import WeightingParams, compute_returns, compute_weights, group_indices
+from drift.weighting import compute_returns, compute_weights, group_indices
 
 
 def group_advantages(returns: list[float], groups: dict[str, list[int]], normalize_std: bool = True,
@@ -67,13 +67,16 @@ def group_advantages(returns: list[float], groups: dict[str, list[int]], normali
     return adv
 
 
-def round_coefficients(records: list[dict], cfg) -> tuple[list[float], list[float]]:
-    """Returns and per-trajectory loss coefficients (advantages, or DRIFT weights) of one round."""
-    params = WeightingParams(beta=cfg.beta, gamma=cfg.gamma, lam=cfg.lam, format_penalty=cfg.format_penalty)
+def round_coefficients(records: list[dict], cfg) -> tuple[list[float], list[float | None]]:
+    """Returns and per-trajectory loss coefficients of one round: group-relative advantages
+    (``grpo``), or exactly the weights ``drift weight`` would give the round's records with the
+    same options (``drift``: scheme, beta, all-fail / zero-variance drops, clip; ``None`` drops a
+    trajectory)."""
+    params = cfg.weighting()
     if cfg.algorithm == "grpo":
         returns = compute_returns(records, params)
         return returns, group_advantages(returns, group_indices(records), cfg.normalize_std)
-    return compute_weights(records, params)  # exactly drift weight's per-prompt weights
+    return compute_weights(records, params)
 
 
 def _round_prompts(prompts: list, step: int, cfg) -> list:
@@ -163,11 +166,15 @@ def run_rl(cfg) -> dict:
         returns, coef = round_coefficients(records, cfg)
         examples = []
         for i, (rec, c) in enumerate(zip(records, coef)):  # the records hold the ids sampled
+            if c is None:  # dropped by the weighting (all-fail or zero-variance groups, rft)
+                continue
             examples += build_examples(rec, tokenizer, index=i, target=cfg.target, max_length=cfg.max_length,
                                        weight=c)
         # 3. optimizer step(s) on the same targets and loss as drift train
         t0 = time.perf_counter()
-        stats = [trainer.step(examples, float(len(examples)), loss_fn) for _ in range(cfg.updates_per_round)]
+        # (a round whose every trajectory the weighting dropped takes no step: there is nothing to learn from)
+        stats = [trainer.step(examples, float(len(examples)), loss_fn)
+                 for _ in range(cfg.updates_per_round if examples else 0)]
         compute["training_seconds"] += time.perf_counter() - t0
         compute["trained_tokens"] += int(sum(s["tokens"] for s in stats))
         step += 1
@@ -175,9 +182,11 @@ def run_rl(cfg) -> dict:
         entry = {"step": step, "mean_return": sum(returns) / len(returns),
                  "acc_turn1": sum(f == 1 for f in firsts) / len(firsts),
                  "solved": sum(f is not None for f in firsts) / len(firsts),
-                 "loss": sum(s["loss"] for s in stats) / len(stats), "lr": stats[-1]["lr"],
+                 "trained_trajectories": sum(c is not None for c in coef), "updates": len(stats),
+                 "loss": sum(s["loss"] for s in stats) / len(stats) if stats else None,
+                 "lr": stats[-1]["lr"] if stats else None,
                  "kl": (sum(s["kl_sum"] for s in stats) / sum(s["examples"] for s in stats)
-                        if ref_model is not None else None), **compute}
+                        if ref_model is not None and stats else None), **compute}
         if trainer.is_main:
             with open(out / "rl_log.jsonl", "a") as f:
                 f.write(json.dumps(entry) + "\n")

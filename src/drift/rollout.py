@@ -24,7 +24,8 @@ from pathlib import Path
 from drift import DriftError
 from drift.backends.base import Sampling
 from drift.metrics import cumulative_accuracy
-from drift.records import atomic_write, dumps, iter_records
+from drift.outputs import atomic_write
+from drift.records import dumps, iter_records
 
 
 def trajectory_seed(seed: int, prompt_id: str, traj_id: int, turn: int) -> int:
@@ -132,7 +133,7 @@ def sample_to_file(cfg, out: Path, *, desc: str = "rollout", generator=None) -> 
     from tqdm.auto import tqdm
 
     from drift.backends import load_backend
-    from drift.commands import sidecar
+    from drift.outputs import sidecar
     from drift.config import save_config
     from drift.tasks import load_examples
 
@@ -193,7 +194,7 @@ def sample_to_file(cfg, out: Path, *, desc: str = "rollout", generator=None) -> 
 
 def run_rollout(cfg) -> dict:
     """``drift rollout``: sample, verify, write; print and save the summary."""
-    from drift.commands import sidecar, write_json
+    from drift.outputs import sidecar, write_json
 
     if not cfg.out:
         raise DriftError("no output given (--out OUT)")

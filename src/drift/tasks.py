@@ -57,7 +57,7 @@ import orjson
 from drift import DriftError
 from drift.answers import extract_answer
 from drift.env import Example
-from drift.records import FieldError
+from drift.records.schema import FieldError
 from drift.verifiers import parse_choice
 
 # -- reading rows ----------------------------------------------------------------------------

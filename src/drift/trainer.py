@@ -212,7 +212,7 @@ class Trainer:
         ``log`` to its step; save the config. Returns the checkpoint's ``{"step": N, ...}`` (step 0 for none).
         Under several processes each one says what it saw."""
         from drift.config import save_config
-        from drift.runlog import trim_log
+        from drift.outputs import trim_log
 
         state = {"step": 0}
         if cfg.resume and (ckpt := latest_checkpoint(out / "checkpoints")) is not None:

@@ -64,9 +64,9 @@ def to_trl_rows(record: dict, target: str = "last", *, index: int = 0, source: s
 
 def run_export_trl(cfg: ExportTRLConfig) -> dict:
     """Read weighted records, write the TRL dataset (and its config sidecar); return a small summary."""
-    from drift.commands import sidecar, write_json
     from drift.config import save_config
-    from drift.records import atomic_write, dumps, read_records
+    from drift.outputs import atomic_write, sidecar, write_json
+    from drift.records import dumps, read_records
 
     if not cfg.input:
         raise DriftError("no input file given (drift export-trl weighted.jsonl --out trl.jsonl)")

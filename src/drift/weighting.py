@@ -1,8 +1,11 @@
 """Return-based importance weights: the math of DRIFT. No torch.
 
-Each formula is written once in plain Python (:func:`trajectory_return`, :func:`group_weights`:
-the readable reference) and once vectorised with numpy over a whole file
-(:func:`compute_returns`, :func:`compute_weights`); the tests hold the two to 1e-12.
+A return is written once in plain Python (:func:`trajectory_return`, the readable reference) and
+once vectorised with numpy over a whole file (:func:`compute_returns`); the tests hold the two to
+1e-12. A weighting scheme is a readable function of one group, ``(returns, solved, params) ->
+weights`` (:data:`SCHEMES`); :func:`compute_weights` applies it to every group of a file, through
+an optional vectorised twin where one exists (``drift``: a million trajectories in well under a
+second; the tests hold it to the per-group function to 1e-12).
 
 KL-regularised RL, max_pi E_pi[R] - beta KL(pi || pi_ref), has the closed-form optimum
 pi*(y|x) = pi_ref(y|x) exp(R(x,y)/beta) / Z(x). DRIFT projects pi* onto the policy class with a
@@ -10,8 +13,8 @@ forward KL, which on samples y ~ pi_ref is weighted maximum likelihood with weig
 ``w = exp(R/beta) / Z(x)``. Choices we make where the paper leaves room (say so when you cite):
 
 1. Z(x) is estimated per prompt as the *mean* of exp(R/beta) over its K trajectories, so the
-   weights of every prompt average exactly 1 (``scope="group"``). ``scope="global"`` normalises
-   over the whole file instead (reward-weighted regression, scheme ``rwr``).
+   weights of every prompt average exactly 1. Scheme ``rwr`` (reward-weighted regression) applies
+   the same formula with the whole file as one group.
 2. The return composes three terms:
    ``R = sum_t gamma^(t-1) r_t - format_penalty * format_errors - lam * (1 - U/N)``
    with U distinct normalised answers among the N parsable ones (no penalty when N = 0).
@@ -27,17 +30,23 @@ forward KL, which on samples y ~ pi_ref is weighted maximum likelihood with weig
 6. ``clip`` caps weights after normalisation and does not renormalise (the cap is a variance
    control, not part of the estimator).
 
-The training loss itself (weight x token-mean NLL of the last assistant turn) lives in the
-trainer; here we only produce numbers.
+The training loss itself (weight x token-mean NLL of the last assistant turn) lives in
+drift.losses; here we only produce numbers. Parameters have no defaults here: they live in
+drift.config (``WeightingOptions``), which builds :class:`WeightingParams`.
+
+Adding a scheme: write ``fn(returns, solved, params) -> weights`` for one group (numpy arrays of
+the group's K trajectories; NaN drops a trajectory) and add ``Scheme(fn)`` to :data:`SCHEMES`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from itertools import chain
 from operator import itemgetter
+from typing import Literal
 
 import numpy as np
 
@@ -46,7 +55,7 @@ from drift import DriftError
 # -- returns ---------------------------------------------------------------------------------
 
 
-def discounted_return(rewards: Sequence[float], gamma: float = 0.9) -> float:
+def discounted_return(rewards: Sequence[float], gamma: float) -> float:
     """``sum_t gamma^(t-1) r_t`` with 1-based turns t.
 
     >>> discounted_return([0.0, 0.0, 1.0], gamma=0.9)   # solved at turn 3: 0.9^2
@@ -61,7 +70,7 @@ def discounted_return(rewards: Sequence[float], gamma: float = 0.9) -> float:
     return total
 
 
-def repetition_penalty(answers: Sequence[str | None], lam: float = 0.5) -> float:
+def repetition_penalty(answers: Sequence[str | None], lam: float) -> float:
     """``lam * (1 - U/N)``: N parsable answers (nulls ignored), U of them distinct; 0 when N = 0.
 
     >>> repetition_penalty(["135", "135", "126", "126", "126"], lam=0.5)   # 0.5 * (1 - 2/5)
@@ -80,15 +89,15 @@ def trajectory_return(
     answers: Sequence[str | None],
     format_errors: int,
     *,
-    gamma: float = 0.9,
-    lam: float = 0.5,
-    format_penalty: float = 0.1,
+    gamma: float,
+    lam: float,
+    format_penalty: float,
 ) -> float:
     """``R = sum_t gamma^(t-1) r_t - format_penalty * format_errors - lam * (1 - U/N)``.
 
     >>> # wrong "70", unparsable, then right "80" at turn 3:
     >>> # 0.9^2 - 0.1 * 1 - 0.5 * (1 - 2/2) = 0.81 - 0.1 = 0.71
-    >>> round(trajectory_return([0, 0, 1], ["70", None, "80"], 1), 12)
+    >>> round(trajectory_return([0, 0, 1], ["70", None, "80"], 1, gamma=0.9, lam=0.5, format_penalty=0.1), 12)
     0.71
     """
     return (
@@ -101,17 +110,17 @@ def trajectory_return(
 # -- weights ---------------------------------------------------------------------------------
 
 
-def group_weights(returns: Sequence[float], beta: float = 0.1) -> list[float]:
+def group_weights(returns: Sequence[float], beta: float) -> list[float]:
     """``w_i = exp(R_i/beta) / mean_j exp(R_j/beta)`` over one group, computed stably.
 
     Shape: ``returns`` has K entries (the K trajectories of one prompt); the result too, with
-    ``mean(w) == 1``. This is the readable reference; :func:`compute_weights` does every group of
-    a file at once with numpy, and the tests hold the two to 1e-12.
+    ``mean(w) == 1``. This is the readable reference of scheme ``drift``; :func:`grouped_weights`
+    does every group of a file at once with numpy, and the tests hold the two to 1e-12.
 
     >>> # returns 1 and 0 at beta = 1: e/(e+1)*2 and 1/(e+1)*2
     >>> [round(w, 6) for w in group_weights([1.0, 0.0], beta=1.0)]
     [1.462117, 0.537883]
-    >>> group_weights([0.3, 0.3, 0.3])
+    >>> group_weights([0.3, 0.3, 0.3], beta=0.1)
     [1.0, 1.0, 1.0]
     """
     if not beta > 0 or math.isinf(beta):
@@ -140,41 +149,19 @@ def grouped_weights(returns: np.ndarray, codes: np.ndarray, n_groups: int, beta:
     return unnormalised / mean[codes]
 
 
-def _drift(returns, codes, n_groups, solved, cfg) -> np.ndarray:
-    if cfg.scope == "global":
-        return _rwr(returns, codes, n_groups, solved, cfg)
-    return grouped_weights(returns, codes, n_groups, cfg.beta)
-
-
-def _rwr(returns, codes, n_groups, solved, cfg):
-    return grouped_weights(returns, np.zeros(len(returns), dtype=np.intp), 1, cfg.beta)
-
-
-def _sft(returns, codes, n_groups, solved, cfg):
-    return np.ones(len(returns))
-
-
-def _rft(returns, codes, n_groups, solved, cfg):
-    return np.where(solved, 1.0, np.nan)
-
-
-SCHEMES = {"drift": _drift, "rwr": _rwr, "sft": _sft, "rft": _rft}
-"""name -> ``fn(returns, codes, n_groups, solved, cfg) -> weights`` (numpy arrays; NaN drops a record)."""
-
-
 @dataclass(frozen=True)
 class WeightingParams:
-    """The numbers a scheme needs (the CLI's :class:`drift.config.WeightConfig` has them all)."""
+    """The numbers a scheme needs; built by :meth:`drift.config.WeightingOptions.weighting` (the
+    defaults live there)."""
 
-    scheme: str = "drift"
-    beta: float = 0.1
-    gamma: float = 0.9
-    lam: float = 0.5
-    format_penalty: float = 0.1
-    scope: str = "group"
-    zero_variance: str = "keep"
-    all_fail: str = "keep"
-    clip: float | None = None
+    scheme: str
+    beta: float
+    gamma: float
+    lam: float
+    format_penalty: float
+    zero_variance: str
+    all_fail: str
+    clip: float | None
 
     def __post_init__(self):
         if self.scheme not in SCHEMES:
@@ -183,14 +170,75 @@ class WeightingParams:
             raise DriftError(f"beta must be a positive finite number, got {self.beta!r}")
         if not 0 <= self.gamma <= 1:
             raise DriftError(f"gamma must be in [0, 1], got {self.gamma!r}")
-        if self.scope not in ("group", "global"):
-            raise DriftError(f"scope must be 'group' or 'global', got {self.scope!r}")
         if self.zero_variance not in ("keep", "drop"):
             raise DriftError(f"zero_variance must be 'keep' or 'drop', got {self.zero_variance!r}")
         if self.all_fail not in ("keep", "drop"):
             raise DriftError(f"all_fail must be 'keep' or 'drop', got {self.all_fail!r}")
         if self.clip is not None and not self.clip > 0:
             raise DriftError(f"clip must be positive, got {self.clip!r}")
+
+
+# -- schemes: one readable function per group --------------------------------------------------
+
+
+def drift_weights(returns: np.ndarray, solved: np.ndarray, params: WeightingParams) -> np.ndarray:
+    """``w_i = exp(R_i/beta) / mean_j exp(R_j/beta)`` over the group (:func:`group_weights`)."""
+    return np.array(group_weights(returns.tolist(), params.beta))
+
+
+def sft_weights(returns: np.ndarray, solved: np.ndarray, params: WeightingParams) -> np.ndarray:
+    """Every trajectory weighs 1 (plain SFT on the rollouts)."""
+    return np.ones(len(returns))
+
+
+def rft_weights(returns: np.ndarray, solved: np.ndarray, params: WeightingParams) -> np.ndarray:
+    """Rejection-sampling fine-tuning: the solved trajectories weigh 1, the rest are dropped (NaN)."""
+    return np.where(solved, 1.0, np.nan)
+
+
+def _drift_all(returns, codes, n_groups, solved, params) -> np.ndarray:
+    return grouped_weights(returns, codes, n_groups, params.beta)
+
+
+def _elementwise(fn):
+    """The vectorised twin of a scheme whose weight depends on each trajectory alone."""
+    return lambda returns, codes, n_groups, solved, params: fn(returns, solved, params)
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """A weighting scheme: its per-group function, what a group is, and an optional fast twin.
+
+    ``group`` is ``"prompt"`` (the K trajectories of one prompt: the Z(x) of DRIFT) or ``"file"``
+    (every trajectory at once). ``vectorised(returns, codes, n_groups, solved, params)`` must equal
+    applying ``per_group`` group by group (tests/test_weighting.py checks every registered one).
+    """
+
+    per_group: Callable[[np.ndarray, np.ndarray, WeightingParams], np.ndarray]
+    group: Literal["prompt", "file"] = "prompt"
+    vectorised: Callable[..., np.ndarray] | None = None
+
+
+SCHEMES: dict[str, Scheme] = {
+    "drift": Scheme(drift_weights, vectorised=_drift_all),
+    "rwr": Scheme(drift_weights, group="file"),  # reward-weighted regression: Z over the whole file
+    "sft": Scheme(sft_weights, vectorised=_elementwise(sft_weights)),
+    "rft": Scheme(rft_weights, vectorised=_elementwise(rft_weights)),
+}
+"""name -> :class:`Scheme`; ``drift weight --scheme NAME`` and ``drift rl --algorithm drift`` use it."""
+
+
+def apply_per_group(scheme: Scheme, returns: np.ndarray, codes: np.ndarray, n_groups: int, solved: np.ndarray,
+                    params: WeightingParams) -> np.ndarray:
+    """``scheme.per_group`` on each group's slice, written back in file order; shape (N,)."""
+    if scheme.group == "file":
+        return np.asarray(scheme.per_group(returns, solved, params), dtype=np.float64)
+    order = np.argsort(codes, kind="stable")
+    bounds = np.flatnonzero(np.diff(codes[order])) + 1
+    weights = np.empty(len(returns))
+    for idx in np.split(order, bounds) if len(order) else []:
+        weights[idx] = scheme.per_group(returns[idx], solved[idx], params)
+    return weights
 
 
 def group_indices(records: Sequence[dict]) -> dict[str, list[int]]:
@@ -202,28 +250,6 @@ def group_indices(records: Sequence[dict]) -> dict[str, list[int]]:
 
 
 # -- the whole-file math, on columns ---------------------------------------------------------
-
-
-ROW_FIELDS = ("prompt_id", "traj_id", "rewards", "answers", "format_errors", "first_correct_turn")
-
-
-def summary_row(prompt_id: str, traj_id: int, rewards: list, answers: list, format_errors: int,
-                first_correct_turn: int | None) -> tuple:
-    """What the math needs from one record (its :data:`ROW_FIELDS`): ``(prompt_id, traj_id,
-    rewards, N, U, format_errors, first_correct_turn or 0)``, N parsable answers, U of them distinct.
-
-    A reader calls it while the freshly parsed record is still in the CPU cache; the record itself
-    can then be dropped.
-
-    >>> summary_row("p", 3, [0.0, 1.0], ["5", None, "5"], 1, 2)
-    ('p', 3, [0.0, 1.0], 2, 1, 1, 2)
-    """
-    nulls = answers.count(None)
-    return (prompt_id, traj_id, rewards, len(answers) - nulls, len(set(answers)) - (nulls > 0), format_errors,
-            first_correct_turn or 0)
-
-
-_row_fields = itemgetter(*ROW_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -243,9 +269,29 @@ class Columns:
     format_errors: np.ndarray  # (N,) float
     first_correct_turn: np.ndarray  # (N,) int
 
+    FIELDS = ("prompt_id", "traj_id", "rewards", "answers", "format_errors", "first_correct_turn")
+    """The record fields the math reads, in the order :meth:`row` takes them."""
+
+    @staticmethod
+    def row(prompt_id: str, traj_id: int, rewards: list, answers: list, format_errors: int,
+            first_correct_turn: int | None) -> tuple:
+        """What the math needs from one record (its :attr:`FIELDS`): ``(prompt_id, traj_id, rewards,
+        N, U, format_errors, first_correct_turn or 0)``, N parsable answers, U of them distinct.
+
+        A reader calls it while the freshly parsed record is still in the CPU cache; the record
+        itself can then be dropped.
+
+        >>> Columns.row("p", 3, [0.0, 1.0], ["5", None, "5"], 1, 2)
+        ('p', 3, [0.0, 1.0], 2, 1, 1, 2)
+        """
+        nulls = answers.count(None)
+        return (prompt_id, traj_id, rewards, len(answers) - nulls, len(set(answers)) - (nulls > 0), format_errors,
+                first_correct_turn or 0)
+
     @classmethod
     def of(cls, records: Iterable[dict]) -> Columns:
-        return cls.from_rows([summary_row(*_row_fields(r)) for r in records])
+        fields = itemgetter(*cls.FIELDS)
+        return cls.from_rows([cls.row(*fields(r)) for r in records])
 
     @classmethod
     def from_rows(cls, rows: Sequence[tuple]) -> Columns:
@@ -300,11 +346,13 @@ def compute_weights(
         keep &= ~_zero_variance(returns, codes, n_groups)[codes]
     if params.all_fail == "drop":
         keep &= np.bincount(codes, weights=solved, minlength=n_groups)[codes] > 0
+    scheme = SCHEMES[params.scheme]
+    apply = scheme.vectorised or partial(apply_per_group, scheme)
     if keep.all():
-        weights = SCHEMES[params.scheme](returns, codes, n_groups, solved, params)
+        weights = apply(returns, codes, n_groups, solved, params)
     else:
         weights = np.full(len(cols), np.nan)
-        weights[keep] = SCHEMES[params.scheme](returns[keep], codes[keep], n_groups, solved[keep], params)
+        weights[keep] = apply(returns[keep], codes[keep], n_groups, solved[keep], params)
     if params.clip is not None:
         weights = np.minimum(weights, params.clip)  # NaN (dropped) stays NaN
     listed = weights.tolist()

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from drift import DriftError
-from drift.records import FINISH_REASONS
+from drift.records.schema import FINISH_REASONS
 
 
 def known_finish_reason(reason) -> str | None:

@@ -1,19 +1,25 @@
-"""Runners of the light commands (file in, file out, no model). Heavy ones live in their modules."""
+"""``drift weight``: add the return R and the importance weight w to every trajectory of a file.
+
+The math is drift.weighting; this module reads, applies it and writes. A schema-1 input is
+streamed: only the numbers the math needs are kept (:func:`read_columns`), and the two new fields
+are spliced into the input's lines (a million records in seconds, memory for the numbers only).
+A reference-layout input, or ``--to-format reference``, goes through whole records instead.
+Beside the output: the resolved config, the diagnostics (``.summary.json``) and, with ``--plot``,
+a histogram of weights and returns.
+"""
 
 from __future__ import annotations
 
-import json
 import time
 from operator import attrgetter
-from pathlib import Path
 
 from msgspec import UNSET
 
 from drift import DriftError
 from drift.config import WeightConfig, save_config
+from drift.outputs import sidecar, write_json
 from drift.records import (
     RecordError,
-    atomic_write,
     check_unique,
     file_format,
     iter_records,
@@ -23,32 +29,17 @@ from drift.records import (
     write_spliced,
 )
 from drift.tables import format_table
-from drift.weighting import ROW_FIELDS, Columns, WeightingParams, compute_weights, diagnostics, summary_row
+from drift.weighting import Columns, compute_weights, diagnostics
 
 
-def sidecar(out: str | Path, suffix: str) -> Path:
-    """``runs/w.jsonl`` -> ``runs/w.<suffix>``: where a file output's config, summary and plots go.
-
-    >>> str(sidecar("runs/weighted.jsonl", "config.yaml"))
-    'runs/weighted.config.yaml'
-    """
-    out = Path(out)
-    return out.with_name(f"{out.stem}.{suffix}")
-
-
-def write_json(path: str | Path, data) -> None:
-    with atomic_write(path) as f:
-        f.write(json.dumps(data, indent=2).encode() + b"\n")
-
-
-def _read_columns(path) -> tuple[Columns, set[int]]:
+def read_columns(path) -> tuple[Columns, set[int]]:
     """The numbers of a schema-1 file, and which records already hold a ``return`` or ``weight``."""
     rows, line_nos, reweighted = [], [], set()
-    fields = attrgetter(*ROW_FIELDS)
+    fields = attrgetter(*Columns.FIELDS)
     for line_no, core in iter_records(path, typed=True):
         if core.return_ is not UNSET or core.weight is not UNSET:
             reweighted.add(len(rows))
-        rows.append(summary_row(*fields(core)))
+        rows.append(Columns.row(*fields(core)))
         line_nos.append(line_no)
     if not rows:
         raise RecordError(path, None, "no records (empty file)")
@@ -68,14 +59,9 @@ def _run_weight(cfg: WeightConfig) -> dict:
     if not cfg.out:
         raise DriftError("no output given (--out OUT)")
     start = time.perf_counter()
-    params = WeightingParams(
-        scheme=cfg.scheme, beta=cfg.beta, gamma=cfg.gamma, lam=cfg.lam, format_penalty=cfg.format_penalty,
-        scope=cfg.scope, zero_variance=cfg.zero_variance, all_fail=cfg.all_fail, clip=cfg.clip,
-    )
+    params = cfg.weighting()
     if cfg.to_format == "drift" and file_format(cfg.input) == "drift":
-        # Streaming: keep only the numbers the math needs, then splice the new fields into the
-        # input's lines (a million records in seconds, memory for the numbers only).
-        cols, reweighted = _read_columns(cfg.input)
+        cols, reweighted = read_columns(cfg.input)
         returns, weights = compute_weights(cols, params)
         keep = [w is not None for w in weights]
         n_kept = sum(keep)
