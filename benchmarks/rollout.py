@@ -78,10 +78,10 @@ def main() -> None:
     args = parser.parse_args()
     from drift.env import make_env
     from drift.models import resolve_model
-    from drift.tasks import get_task, load_examples
+    from drift.tasks import get_task, load_problems
 
     model_path = resolve_model("smollm2-135m")
-    examples = load_examples(args.task, source=args.source, split="train", limit=args.prompts)
+    examples = load_problems(args.task, source=args.source, split="train", limit=args.prompts)
     spec = get_task(args.task)
     prompts = [make_env(spec).reset(ex) for ex in examples]
     shared_prefill(prompts, model_path, args.batch_size, args.max_new_tokens)

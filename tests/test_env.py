@@ -3,14 +3,14 @@
 import pytest
 
 from drift import DriftError
-from drift.env import CorrectionEnv, Environment, Example, StepResult, make_env
+from drift.env import CorrectionEnv, Environment, Problem, StepResult, make_env
 from drift.prompts import FEEDBACK, build_instruction
 from drift.records import validate_record
 from drift.tasks import get_task
 from drift.verifiers import VERIFIERS, Verifier
 from drift.weighting import repetition_penalty, trajectory_return
 
-EXAMPLE = Example("arith-000000", "What is 40+85?", "125", "arithmetic")
+EXAMPLE = Problem("arith-000000", "What is 40+85?", "125", "arithmetic")
 
 
 def run(env, replies, example=EXAMPLE):
@@ -77,13 +77,13 @@ def test_record_fields_and_extras():
 def test_repetition_and_return_from_a_record():
     # wrong "70", unparsable, right "80" at turn 3: R = 0.9^2 - 0.1 * 1 - 0.5 * (1 - 2/2) = 0.71
     env = CorrectionEnv(VERIFIERS["numeric"], max_turns=5)
-    run(env, ["<answer>70</answer>", "no idea", "<answer>80</answer>"], Example("p", "q", "80", "t"))
+    run(env, ["<answer>70</answer>", "no idea", "<answer>80</answer>"], Problem("p", "q", "80", "t"))
     rec = env.record(0)
     assert trajectory_return(rec["rewards"], rec["answers"], rec["format_errors"], gamma=0.9, lam=0.5, format_penalty=0.1) == pytest.approx(0.71)
     # the same answer written three ways counts once: 0.5 * (1 - 2/4) = 0.25
     env = CorrectionEnv(VERIFIERS["numeric"], max_turns=4)
     run(env, ["<answer>1,000</answer>", "<answer>1000.0</answer>", "<answer> 1000 </answer>", "<answer>7</answer>"],
-        Example("p", "q", "5", "t"))
+        Problem("p", "q", "5", "t"))
     assert env.answers == ["1000", "1000", "1000", "7"]
     assert repetition_penalty(env.answers, lam=0.5) == pytest.approx(0.25)
 
@@ -104,7 +104,7 @@ def test_answer_modes():
 
 def test_reset_starts_over_and_system_prompt_none():
     env = CorrectionEnv(VERIFIERS["exact"], max_turns=2, system_prompt=None)
-    run(env, ["<answer>no</answer>", "<answer>yes</answer>"], Example("a", "Yes or no?", "Yes", "t"))
+    run(env, ["<answer>no</answer>", "<answer>yes</answer>"], Problem("a", "Yes or no?", "Yes", "t"))
     messages = env.reset(EXAMPLE)
     assert [m["role"] for m in messages] == ["user"] and env.turn == 0 and env.answers == []
     messages.append({"role": "assistant", "content": "x"})  # the returned list is a copy
@@ -142,6 +142,6 @@ def test_make_env_from_task_spec():
     assert verifier.stats.calls == 2  # one verifier (and its counts) shared by many episodes
     assert isinstance(envs[0], Environment)
     mcq = make_env(get_task("mcq"), max_turns=1)
-    messages = mcq.reset(Example("m", "Pick.\n\n(A) 1\n(B) 2", "B", "mcq"))
+    messages = mcq.reset(Problem("m", "Pick.\n\n(A) 1\n(B) 2", "B", "mcq"))
     assert messages[1]["content"].startswith("You are answering multiple-choice questions.")
     assert mcq.step("<answer>(B)</answer>").correct

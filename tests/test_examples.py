@@ -7,7 +7,8 @@ torch = pytest.importorskip("torch")
 from factories import make_record  # noqa: E402
 
 from drift.backends.base import Sampling  # noqa: E402
-from drift.examples import build_examples, end_of_turn_ids, split_micro_batches  # noqa: E402
+from drift.chat import end_of_turn_ids  # noqa: E402
+from drift.examples import build_examples, split_micro_batches  # noqa: E402
 from drift.models import load_tokenizer  # noqa: E402
 
 LLAMA3_TEMPLATE = (
@@ -71,7 +72,7 @@ def test_round_trip_of_the_tiny_models_own_rollouts(tiny_model):
     model samples token sequences that re-tokenising their text would not give back (50 of 64 here):
     the record's token_ids are what makes the round trip exact."""
     from drift.backends.hf import HFGenerator
-    from drift.env import CorrectionEnv, Example
+    from drift.env import CorrectionEnv, Problem
 
     gen = HFGenerator(tiny_model, batch_size=16, dtype="float32")
     tok = gen.tokenizer
@@ -79,7 +80,7 @@ def test_round_trip_of_the_tiny_models_own_rollouts(tiny_model):
     for max_new in (3, 24):
         envs = [CorrectionEnv(lambda p, g: False, max_turns=2, answer_mode="lenient") for _ in range(16)]
         for k, env in enumerate(envs):
-            env.reset(Example(f"p{k}", f"What is {k}+{k * 3}?", "0", "arithmetic"))
+            env.reset(Problem(f"p{k}", f"What is {k}+{k * 3}?", "0", "arithmetic"))
         sampled = [[] for _ in envs]
         for turn in range(2):
             replies = gen.generate([env.messages for env in envs], 1, Sampling(temperature=1.0, max_new_tokens=max_new),

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from drift.answers import MAX_ANSWER_CHARS, extract_answer, normalize_answer
-from drift.env import CorrectionEnv, Example
+from drift.env import CorrectionEnv, Problem
 from drift.records import read_records, validate_record
 from drift.verifiers import VERIFIERS, Verifier
 
@@ -91,7 +91,7 @@ def test_cheap_verifiers_never_raise_on_hostile_prediction_or_gold(name):
 def run_episode(verifier, answer_mode: str, wrap: str) -> tuple[dict, float]:
     """One episode whose every turn is one hostile reply; returns its record and the slowest turn."""
     env = CorrectionEnv(verifier, max_turns=len(HOSTILE), answer_mode=answer_mode)
-    env.reset(Example("hostile-0", "What is 2+2?", "5", "arithmetic"))  # gold 5: nothing here is right
+    env.reset(Problem("hostile-0", "What is 2+2?", "5", "arithmetic"))  # gold 5: nothing here is right
     slowest = 0.0
     for text in HOSTILE.values():
         start = time.perf_counter()
@@ -148,15 +148,14 @@ def hostile_policy(conversation):
 
 def test_rollout_summary_counts_timeouts_and_format_errors(tmp_path, monkeypatch):
     pytest.importorskip("math_verify")
-    import drift.backends
     from drift.backends.scripted import ScriptedGenerator
     from drift.cli import main
 
-    def load_backend(name, **options):
-        assert name == "scripted"
-        return ScriptedGenerator(p_correct=1.0, p_format_error=0.0, answer_fn=hostile_policy, **options)
+    def from_config(cls, cfg):
+        assert cfg.backend == "scripted"
+        return cls(p_correct=1.0, p_format_error=0.0, answer_fn=hostile_policy, seed=cfg.seed)
 
-    monkeypatch.setattr(drift.backends, "load_backend", load_backend)
+    monkeypatch.setattr(ScriptedGenerator, "from_config", classmethod(from_config))
     out = tmp_path / "hostile.jsonl"
     start = time.perf_counter()
     assert main(["rollout", "--backend", "scripted", "--task", "arithmetic", "--num-prompts", "2", "--n", "1",

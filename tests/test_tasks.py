@@ -10,7 +10,7 @@ import pytest
 
 from factories import GSM8K_SAMPLE
 from drift import DriftError
-from drift.tasks import TASKS, evaluate_arithmetic, get_task, load_examples, split_of
+from drift.tasks import TASKS, evaluate_arithmetic, get_task, load_problems, split_of
 
 GSM8K = GSM8K_SAMPLE
 
@@ -34,9 +34,9 @@ def test_evaluate_arithmetic(numbers, ops, expected):
 
 
 def test_arithmetic_deterministic_and_seeded():
-    a = load_examples("arithmetic", split="train", limit=50, seed=1)
-    assert a == load_examples("arithmetic", split="train", limit=50, seed=1)
-    assert a != load_examples("arithmetic", split="train", limit=50, seed=2)
+    a = load_problems("arithmetic", split="train", limit=50, seed=1)
+    assert a == load_problems("arithmetic", split="train", limit=50, seed=1)
+    assert a != load_problems("arithmetic", split="train", limit=50, seed=2)
     assert [e.prompt_id for e in a[:3]] == ["arith-000000", "arith-000001", "arith-000002"]
     assert len({e.question for e in a}) == 50  # no repeats within a split
     assert all(e.task == "arithmetic" and e.gold == str(_oracle(e.question)) for e in a)
@@ -44,24 +44,24 @@ def test_arithmetic_deterministic_and_seeded():
 
 def test_arithmetic_splits_are_disjoint():
     knobs = {"digits": 2, "ops": "+-", "terms": 2}
-    test = {e.question for seed in (0, 1) for e in load_examples("arithmetic", split="test", limit=200, seed=seed, **knobs)}
-    train = {e.question for seed in (0, 1) for e in load_examples("arithmetic", split="train", limit=2000, seed=seed, **knobs)}
+    test = {e.question for seed in (0, 1) for e in load_problems("arithmetic", split="test", limit=200, seed=seed, **knobs)}
+    train = {e.question for seed in (0, 1) for e in load_problems("arithmetic", split="train", limit=2000, seed=seed, **knobs)}
     assert not test & train
     assert {split_of(q) for q in test} == {"test"} and {split_of(q) for q in train} == {"train"}
 
 
 def test_arithmetic_knobs():
-    three = load_examples("arithmetic", limit=30, digits=3, ops="*", terms=4)
+    three = load_problems("arithmetic", limit=30, digits=3, ops="*", terms=4)
     for e in three:
         numbers = re.findall(r"\d+", e.question)
         assert len(numbers) == 4 and all(100 <= int(n) <= 999 for n in numbers)
         assert e.question.count("*") == 3 and "+" not in e.question and "-" not in e.question
         assert e.gold == str(_oracle(e.question))
-    mixed = load_examples("arithmetic", split="train", limit=200, digits=3, ops="+-*", terms=4, mix=True)
+    mixed = load_problems("arithmetic", split="train", limit=200, digits=3, ops="+-*", terms=4, mix=True)
     assert {len(re.findall(r"\d+", e.question)) for e in mixed} == {2, 3, 4}
     assert {len(n) for e in mixed for n in re.findall(r"\d+", e.question)} == {1, 2, 3}
     assert all(e.gold == str(_oracle(e.question)) for e in mixed)
-    assert load_examples("arithmetic", limit=0) == []
+    assert load_problems("arithmetic", limit=0) == []
 
 
 @pytest.mark.parametrize(
@@ -79,14 +79,14 @@ def test_arithmetic_knobs():
 )
 def test_arithmetic_errors(kwargs, message):
     with pytest.raises(DriftError, match=message):
-        load_examples("arithmetic", **kwargs)
+        load_problems("arithmetic", **kwargs)
 
 
 # -- gsm8k on the shipped sample ---------------------------------------------------------------
 
 
 def test_gsm8k_local_folder():
-    examples = load_examples("gsm8k", str(GSM8K), split="test")
+    examples = load_problems("gsm8k", str(GSM8K), split="test")
     assert len(examples) == 150  # the shipped sample: the first 150 of the 1,319 test problems
     first = examples[0]
     assert first.prompt_id == "gsm8k-000000" and first.gold == "18" and first.task == "gsm8k"
@@ -94,7 +94,7 @@ def test_gsm8k_local_folder():
     assert first.meta["solution"].endswith("#### 18")
     assert examples[146].gold == "2125"  # "#### 2,125" on line 147
     assert all("," not in e.gold for e in examples)
-    assert load_examples("gsm8k", str(GSM8K / "test.jsonl"), limit=3) == examples[:3]
+    assert load_problems("gsm8k", str(GSM8K / "test.jsonl"), limit=3) == examples[:3]
 
 
 # -- row tasks on temporary files ------------------------------------------------------------
@@ -108,9 +108,9 @@ def write_jsonl(path: Path, rows) -> str:
 def test_gsm8k_rows(tmp_path):
     src = write_jsonl(tmp_path / "test.jsonl", [{"question": "Q?", "answer": "work\n#### 1,234"},
                                                 {"question": "Q2?", "answer": "no marker"}])
-    assert load_examples("gsm8k", src, limit=1)[0].gold == "1234"
+    assert load_problems("gsm8k", src, limit=1)[0].gold == "1234"
     with pytest.raises(DriftError, match=re.escape(f"{src}:2: field 'answer' has no '#### <answer>' line")):
-        load_examples("gsm8k", src)
+        load_problems("gsm8k", src)
 
 
 def test_jsonl_field_mapping(tmp_path):
@@ -119,9 +119,9 @@ def test_jsonl_field_mapping(tmp_path):
         "",  # blank lines are skipped but still counted
         {"q": "Name?", "a": " Bob ", "uid": 7},
     ])
-    examples = load_examples("jsonl", src, question_field="q", answer_field="a", id_field="uid")
+    examples = load_problems("jsonl", src, question_field="q", answer_field="a", id_field="uid")
     assert [(e.prompt_id, e.question, e.gold) for e in examples] == [("x1", "What is 6*7?", "42"), ("7", "Name?", "Bob")]
-    assert [e.prompt_id for e in load_examples("jsonl", src, question_field="q", answer_field="a")] == [
+    assert [e.prompt_id for e in load_problems("jsonl", src, question_field="q", answer_field="a")] == [
         "jsonl-000000", "jsonl-000001"]
     assert get_task("jsonl").verifier == "math"
 
@@ -143,7 +143,7 @@ def test_jsonl_bad_rows(tmp_path, rows, message):
     src = write_jsonl(tmp_path / "test.jsonl", rows)
     knobs = {"id_field": "id"} if "duplicate" in message else {}
     with pytest.raises(DriftError, match=message):
-        load_examples("jsonl", src, **knobs)
+        load_problems("jsonl", src, **knobs)
 
 
 def test_mcq(tmp_path):
@@ -153,13 +153,13 @@ def test_mcq(tmp_path):
         {"question": "Red?", "choices": ["blue", "red"], "answer": "red"},
         {"question": "Odd?", "options": [1, 2, 3, 4], "label": "(d)"},
     ])
-    examples = load_examples("mcq", src, limit=3)
+    examples = load_problems("mcq", src, limit=3)
     assert examples[0].question == "2+2?\n\n(A) 3\n(B) 4\n(C) 5"
     assert [e.gold for e in examples] == ["B", "A", "B"]
     assert examples[0].meta == {"choices": ["3", "4", "5"]}
     with pytest.raises(DriftError, match=r"test.jsonl:4: field 'choices' must be a list of 2 to 26 choices"):
-        load_examples("mcq", src)
-    (renamed,) = load_examples("mcq", write_jsonl(tmp_path / "b.jsonl", [{"question": "Odd?", "options": [1, 2, 3, 4], "label": "(d)"}]),
+        load_problems("mcq", src)
+    (renamed,) = load_problems("mcq", write_jsonl(tmp_path / "b.jsonl", [{"question": "Odd?", "options": [1, 2, 3, 4], "label": "(d)"}]),
                                choices_field="options", answer_field="label")
     assert renamed.gold == "D" and renamed.question.endswith("(D) 4")
     spec = get_task("mcq")
@@ -169,7 +169,7 @@ def test_mcq(tmp_path):
 def test_mcq_bad_answer(tmp_path):
     src = write_jsonl(tmp_path / "test.jsonl", [{"question": "Q", "choices": ["x", "y"], "answer": "C"}])
     with pytest.raises(DriftError, match="test.jsonl:1: field 'answer' must be a letter A-B"):
-        load_examples("mcq", src)
+        load_problems("mcq", src)
 
 
 def test_math_and_metamathqa_rows(tmp_path):
@@ -178,17 +178,17 @@ def test_math_and_metamathqa_rows(tmp_path):
         {"problem": "Two?", "solution": "\\boxed{3}", "answer": "2"},  # the answer field wins
         {"problem": "None?", "solution": "no box"},
     ])
-    a, b = load_examples("math", src, limit=2)
+    a, b = load_problems("math", src, limit=2)
     assert (a.gold, a.meta, b.gold) == ("\\frac{1}{2}", {"level": "Level 1"}, "2")
     with pytest.raises(DriftError, match="test.jsonl:3: field 'answer' missing and field 'solution' has no"):
-        load_examples("math500", src)
+        load_problems("math500", src)
     meta = write_jsonl(tmp_path / "train.jsonl", [
         {"query": "Q", "response": "Work. The answer is: 5/2", "type": "GSM_AnsAug"},
         {"query": "Q", "response": "no ending"},
     ])
-    assert load_examples("metamathqa", meta, limit=1)[0].gold == "5/2"
+    assert load_problems("metamathqa", meta, limit=1)[0].gold == "5/2"
     with pytest.raises(DriftError, match="train.jsonl:2: field 'response' has no 'The answer is"):
-        load_examples("metamathqa", meta)
+        load_problems("metamathqa", meta)
 
 
 # -- sources ---------------------------------------------------------------------------------
@@ -197,13 +197,13 @@ def test_math_and_metamathqa_rows(tmp_path):
 def test_json_file_and_folder_sources(tmp_path):
     (tmp_path / "test.json").write_text(json.dumps([{"question": "a", "answer": "1"}, {"question": "b"}]))
     with pytest.raises(DriftError, match=r"test.json\[1\]: field 'answer' missing"):
-        load_examples("jsonl", str(tmp_path / "test.json"))
+        load_problems("jsonl", str(tmp_path / "test.json"))
     folder = tmp_path / "data"
     folder.mkdir()
     write_jsonl(folder / "train.jsonl", [{"question": "t", "answer": "1"}])
-    assert load_examples("jsonl", str(folder), split="train")[0].question == "t"
+    assert load_problems("jsonl", str(folder), split="train")[0].question == "t"
     with pytest.raises(DriftError, match="no test.jsonl or test.json in this folder \\(found: train.jsonl\\)"):
-        load_examples("jsonl", str(folder), split="test")
+        load_problems("jsonl", str(folder), split="test")
 
 
 @pytest.mark.parametrize(
@@ -213,23 +213,23 @@ def test_json_file_and_folder_sources(tmp_path):
 )
 def test_missing_local_source(source, message):
     with pytest.raises(DriftError, match=message):
-        load_examples("jsonl", source)
+        load_problems("jsonl", source)
 
 
 def test_unknown_suffix_task_and_no_source(tmp_path):
     (tmp_path / "data.csv").write_text("question,answer\n")
     with pytest.raises(DriftError, match="unknown file type '.csv'"):
-        load_examples("jsonl", str(tmp_path / "data.csv"))
+        load_problems("jsonl", str(tmp_path / "data.csv"))
     with pytest.raises(DriftError, match="unknown task 'nope'; known: arithmetic, gpqa, gsm8k, jsonl, math, math500"):
-        load_examples("nope")
+        load_problems("nope")
     with pytest.raises(DriftError, match="task 'jsonl' needs a source"):
-        load_examples("jsonl")
+        load_problems("jsonl")
 
 
 def test_hub_without_datasets(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)  # import datasets -> ImportError
     with pytest.raises(DriftError, match="pip install datasets"):
-        load_examples("gsm8k")
+        load_problems("gsm8k")
 
 
 def test_hub_download_failure_and_success(monkeypatch):
@@ -243,9 +243,9 @@ def test_hub_download_failure_and_success(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
     with pytest.raises(DriftError, match="could not load 'openai/gsm8k:main' split 'test'.*hub unreachable"):
-        load_examples("gsm8k")
+        load_problems("gsm8k")
     assert calls == [("openai/gsm8k", "main", "test")]
-    (example,) = load_examples("gsm8k", "someone/copy", split="train")
+    (example,) = load_problems("gsm8k", "someone/copy", split="train")
     assert calls[-1] == ("someone/copy", None, "train") and example.gold == "9"
 
 
@@ -268,13 +268,13 @@ def test_theoremqa_rows(tmp_path):
         {"Question": "How many?", "Answer": 3},
         {"Question": "Empty?", "Answer": ""},
     ])
-    examples = load_examples("theoremqa", src, limit=4)
+    examples = load_problems("theoremqa", src, limit=4)
     assert [e.gold for e in examples] == ["0.75", "True", "[1, 2]", "3"]
     assert [e.prompt_id for e in examples] == [f"theoremqa-{i:06d}" for i in range(4)]
     assert examples[0].question == "What is 1/2 + 1/4?" and examples[0].meta == {"answer_type": "float"}
     assert examples[2].meta == {"answer_type": "list of integer", "has_picture": True}
     with pytest.raises(DriftError, match="test.jsonl:5: field 'Answer' must be a non-empty string"):
-        load_examples("theoremqa", src)
+        load_problems("theoremqa", src)
     spec = get_task("theoremqa")
     assert (spec.verifier, spec.instruction, spec.default_source) == ("math", "math", "TIGER-Lab/TheoremQA")
 
@@ -289,19 +289,19 @@ def _gpqa_rows(n):
 
 def test_gpqa_shuffles_the_choices_by_seed(tmp_path):
     src = write_jsonl(tmp_path / "train.jsonl", _gpqa_rows(12))
-    examples = load_examples("gpqa", src, seed=0)
+    examples = load_problems("gpqa", src, seed=0)
     for e in examples:
         assert sorted(e.meta["choices"]) == ["electron", "neutron", "pion", "proton"]
         assert e.meta["choices"]["ABCD".index(e.gold)] == "electron"  # the gold letter points at the right answer
         assert e.question.startswith(GPQA_ROW["Question"]) and f"({e.gold}) electron" in e.question
         assert (e.meta["Subdomain"], e.meta["Record ID"]) == ("Physics", "r1")
     assert len({e.gold for e in examples}) > 1  # not always the first choice
-    assert load_examples("gpqa", src, seed=0) == examples  # deterministic
-    assert load_examples("gpqa", src, seed=1) != examples  # and seeded
+    assert load_problems("gpqa", src, seed=0) == examples  # deterministic
+    assert load_problems("gpqa", src, seed=1) != examples  # and seeded
     # the order of a question does not depend on which rows came before it
     reversed_src = write_jsonl(tmp_path / "rev.jsonl", _gpqa_rows(12)[::-1])
     by_question = {e.question: e.gold for e in examples}
-    assert all(by_question[e.question] == e.gold for e in load_examples("gpqa", reversed_src, seed=0))
+    assert all(by_question[e.question] == e.gold for e in load_problems("gpqa", reversed_src, seed=0))
     spec = get_task("gpqa")
     assert (spec.verifier, spec.instruction) == ("choice", "choice")
 
@@ -309,7 +309,7 @@ def test_gpqa_shuffles_the_choices_by_seed(tmp_path):
 def test_gpqa_missing_choice(tmp_path):
     row = {k: v for k, v in GPQA_ROW.items() if k != "Incorrect Answer 2"}
     with pytest.raises(DriftError, match="test.jsonl:1: field 'Incorrect Answer 2' missing"):
-        load_examples("gpqa", write_jsonl(tmp_path / "test.jsonl", [row]))
+        load_problems("gpqa", write_jsonl(tmp_path / "test.jsonl", [row]))
 
 
 def test_mmlu_redux_and_mmlu_pro_rows(tmp_path):
@@ -317,22 +317,22 @@ def test_mmlu_redux_and_mmlu_pro_rows(tmp_path):
         {"question": "2+2?", "choices": ["3", "4", "5", "6"], "answer": 1, "subject": "arith", "error_type": "ok"},
         {"question": "Bad?", "choices": ["a", "b"], "answer": 5},
     ])
-    (first,) = load_examples("mmlu_redux", redux, limit=1)
+    (first,) = load_problems("mmlu_redux", redux, limit=1)
     assert (first.gold, first.question) == ("B", "2+2?\n\n(A) 3\n(B) 4\n(C) 5\n(D) 6")
     assert first.meta == {"choices": ["3", "4", "5", "6"], "subject": "arith", "error_type": "ok"}
     with pytest.raises(DriftError, match="redux.jsonl:2: field 'answer' must be a letter A-B"):
-        load_examples("mmlu_redux", redux)
+        load_problems("mmlu_redux", redux)
     with pytest.raises(DriftError, match="task 'mmlu_redux' needs a source"):
-        load_examples("mmlu_redux")
+        load_problems("mmlu_redux")
     options = [f"option {i}" for i in range(10)]
     pro = write_jsonl(tmp_path / "pro.jsonl", [
         {"question_id": 70, "question": "Pick J", "options": options, "answer": "J", "answer_index": 9,
          "category": "math", "src": "ori_mmlu"},
     ])
-    (example,) = load_examples("mmlu_pro", pro)
+    (example,) = load_problems("mmlu_pro", pro)
     assert example.gold == "J" and example.question.endswith("(J) option 9")
     assert (example.meta["category"], example.meta["question_id"]) == ("math", 70)
-    assert load_examples("mmlu_pro", pro, answer_field="answer")[0].gold == "J"  # the letter column agrees
+    assert load_problems("mmlu_pro", pro, answer_field="answer")[0].gold == "J"  # the letter column agrees
     for name in ("mmlu_redux", "mmlu_pro"):
         assert (get_task(name).verifier, get_task(name).instruction) == ("choice", "choice")
 
@@ -349,9 +349,9 @@ def test_benchmarks_default_to_their_hub_datasets(monkeypatch):
         return rows[repo]
 
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
-    assert load_examples("theoremqa")[0].gold == "1"
-    assert load_examples("gpqa")[0].meta["Record ID"] == "r1"
-    assert load_examples("mmlu_pro", split="validation")[0].gold == "A"
-    assert load_examples("mmlu_redux", "edinburgh-dawg/mmlu-redux-2.0:anatomy")[0].gold == "B"
+    assert load_problems("theoremqa")[0].gold == "1"
+    assert load_problems("gpqa")[0].meta["Record ID"] == "r1"
+    assert load_problems("mmlu_pro", split="validation")[0].gold == "A"
+    assert load_problems("mmlu_redux", "edinburgh-dawg/mmlu-redux-2.0:anatomy")[0].gold == "B"
     assert calls == [("TIGER-Lab/TheoremQA", None, "test"), ("Idavidrein/gpqa", "gpqa_diamond", "train"),
                      ("TIGER-Lab/MMLU-Pro", None, "validation"), ("edinburgh-dawg/mmlu-redux-2.0", "anatomy", "test")]

@@ -84,12 +84,12 @@ def gold_sft_data() -> Path:
     """One example per training problem: the instruction, and the gold answer in the requested format."""
     from drift.env import make_env
     from drift.prompts import ANSWER_FORMAT
-    from drift.tasks import get_task, load_examples
+    from drift.tasks import get_task, load_problems
 
     out = WORK / "sft-gold.jsonl"
     if not out.exists():
         spec, records = get_task("arithmetic"), []
-        for ex in load_examples("arithmetic", split="train", limit=PRESET["train_prompts"], seed=SEED,
+        for ex in load_problems("arithmetic", split="train", limit=PRESET["train_prompts"], seed=SEED,
                                 **PRESET["task_options"]):
             env = make_env(spec, max_turns=1)
             env.reset(ex)

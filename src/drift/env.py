@@ -2,7 +2,7 @@
 
 One :class:`CorrectionEnv` runs one episode at a time (build one per episode, or ``reset`` it):
 
-1. ``reset(example)`` returns the opening messages (system + instruction).
+1. ``reset(problem)`` returns the opening messages (system + instruction).
 2. ``step(reply)`` takes the assistant's reply for turn ``t`` (1-based). Its answer is
    extracted (:func:`~drift.answers.extract_answer`, ``strict`` = ``<answer>`` tags only) and
    checked by the verifier against the gold answer:
@@ -38,7 +38,7 @@ from drift.verifiers import DEFAULT_TIMEOUT, get_verifier
 
 
 @dataclass(frozen=True)
-class Example:
+class Problem:
     """One problem: ``prompt_id`` groups its trajectories; ``meta`` holds anything else (plain data)."""
 
     prompt_id: str
@@ -66,7 +66,7 @@ class Environment(Protocol):
 
     messages: list[dict]
 
-    def reset(self, example: Example) -> list[dict]: ...
+    def reset(self, problem: Problem) -> list[dict]: ...
 
     def step(self, text: str, finish_reason: str | None = None, token_ids=None) -> StepResult: ...
 
@@ -77,7 +77,7 @@ class CorrectionEnv:
     """Multi-turn answer correction with unary feedback.
 
     >>> env = CorrectionEnv(lambda prediction, gold: prediction == gold, max_turns=2)
-    >>> len(env.reset(Example("arith-000000", "What is 40+85?", "125", "arithmetic")))
+    >>> len(env.reset(Problem("arith-000000", "What is 40+85?", "125", "arithmetic")))
     2
     >>> env.step("<answer>135</answer>")
     StepResult(reward=0.0, done=False, correct=False, answer='135', feedback='Incorrect. Please think again.')
@@ -107,7 +107,7 @@ class CorrectionEnv:
         self.max_turns, self.answer_mode, self.instruction = max_turns, answer_mode, instruction
         self.render_feedback = get_protocol(protocol)
         self.system_prompt, self.feedback, self.format_feedback = system_prompt, feedback, format_feedback
-        self.example: Example | None = None
+        self.problem: Problem | None = None
         self.messages: list[dict] = []
         self.answers: list[str | None] = []
         self.finish_reasons: list[str | None] = []
@@ -132,10 +132,10 @@ class CorrectionEnv:
     def first_correct_turn(self) -> int | None:
         return first_correct_turn(self.correct)
 
-    def reset(self, example: Example) -> list[dict]:
-        """Start an episode on ``example``; return (a copy of) the opening messages."""
-        self.example = example
-        self.messages = build_messages(example.question, self.instruction, self.system_prompt)
+    def reset(self, problem: Problem) -> list[dict]:
+        """Start an episode on ``problem``; return (a copy of) the opening messages."""
+        self.problem = problem
+        self.messages = build_messages(problem.question, self.instruction, self.system_prompt)
         self.answers, self.correct, self.rewards, self.finish_reasons, self.token_ids = [], [], [], [], []
         return [dict(m) for m in self.messages]
 
@@ -145,7 +145,7 @@ class CorrectionEnv:
         ``finish_reason`` (``stop``, ``length``; ``None``: unknown) and ``token_ids`` (the ids
         sampled, end token included; ``None``: unknown) are recorded per turn: training trains
         those ids, or the text with an end-of-turn marker only after ``stop``."""
-        if self.example is None:
+        if self.problem is None:
             raise RuntimeError("step() before reset()")
         if self.done:
             raise RuntimeError(f"the episode is over (turn {self.turn} of {self.max_turns}); call reset()")
@@ -159,7 +159,7 @@ class CorrectionEnv:
         # normalises to nothing ("<answer>.</answer>") is a format error.
         answer = normalize_answer(extracted) if extracted is not None else None
         answer = answer or None
-        correct = answer is not None and bool(self.verifier(extracted, self.example.gold))
+        correct = answer is not None and bool(self.verifier(extracted, self.problem.gold))
         reward = 1.0 if correct else 0.0
         self.answers.append(answer)
         self.finish_reasons.append(finish_reason)
@@ -175,9 +175,9 @@ class CorrectionEnv:
 
     def record(self, traj_id: int, **extra) -> dict:
         """The episode so far as a schema-1 record; ``extra`` fields (``sampling``, ``model``...) are added."""
-        if self.example is None or not self.turn:
+        if self.problem is None or not self.turn:
             raise RuntimeError("record() needs at least one step()")
-        ex = self.example
+        ex = self.problem
         rec = {
             "schema": SCHEMA_VERSION, "prompt_id": ex.prompt_id, "traj_id": traj_id, "task": ex.task,
             "question": ex.question, "gold": ex.gold, "max_turns": self.max_turns,
@@ -211,7 +211,7 @@ def make_env(
 
     >>> from types import SimpleNamespace
     >>> env = make_env(SimpleNamespace(verifier="choice", instruction="choice"), max_turns=1)
-    >>> env.reset(Example("q1", "Pick one.\\n(A) 1\\n(B) 2", "B", "mcq"))[1]["content"].startswith("You are answering")
+    >>> env.reset(Problem("q1", "Pick one.\\n(A) 1\\n(B) 2", "B", "mcq"))[1]["content"].startswith("You are answering")
     True
     >>> env.step("<answer>(b)</answer>").correct
     True

@@ -7,7 +7,7 @@ the policy produced:
 - the ids it sampled, end token included, when the record holds them (``token_ids``: the hf and
   vllm backends record them);
 - otherwise the turn's text tokenised, followed by the chat template's own end-of-turn marker
-  (:func:`end_of_turn_ids`: ``<|im_end|>`` for ChatML, ``<|eot_id|>`` for Llama 3,
+  (drift.chat.end_of_turn_ids: ``<|im_end|>`` for ChatML, ``<|eot_id|>`` for Llama 3,
   ``<end_of_turn>`` for Gemma) when the reply ended there (``finish_reasons[t-1] == "stop"``), and
   nothing after a reply cut by ``max_new_tokens`` (``"length"``): the model is never taught to stop
   where it did not. An unknown finish reason (records of the reference layout, or made before
@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from functools import lru_cache
 
 from drift import DriftError
+from drift.chat import end_of_turn_ids, render_prompt
 
 
 @dataclass
@@ -38,30 +38,11 @@ class Example:
         return len(self.input_ids) - self.n_prompt
 
 
-@lru_cache(maxsize=16)
-def end_of_turn_ids(tokenizer) -> tuple[int, ...]:
-    """The ids the chat template writes after an assistant reply, up to and including its first
-    special token: what the model generates to end a turn. A template that writes no special
-    token there gets the tokenizer's EOS."""
-    probe = "drift-end-of-turn-probe"
-    text = tokenizer.apply_chat_template([{"role": "user", "content": "q"}, {"role": "assistant", "content": probe}],
-                                         tokenize=False)
-    ids = tokenizer(text[text.rindex(probe) + len(probe):], add_special_tokens=False)["input_ids"]
-    special = set(tokenizer.all_special_ids)
-    end = next((k for k, i in enumerate(ids) if i in special), None)
-    return tuple(ids[: end + 1]) if end is not None else (tokenizer.eos_token_id,)
-
-
 def completion_ids(tokenizer, text: str, finish_reason: str | None) -> list[int]:
     """A reply's ids from its text: the text tokenised, plus the end-of-turn marker unless the
     reply was cut by its length limit (see the module notes)."""
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     return ids if finish_reason == "length" else ids + list(end_of_turn_ids(tokenizer))
-
-
-def render_prompt(tokenizer, messages: list[dict]) -> list[int]:
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
 
 
 def training_turns(record: dict, target: str = "last", *, where: str = "record",

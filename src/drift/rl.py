@@ -112,19 +112,18 @@ def run_rl(cfg) -> dict:
     import torch
     from tqdm.auto import tqdm
 
+    from drift.backends import policy_backend_class
     from drift.backends.base import Sampling
-    from drift.backends.hf import HFGenerator
     from drift.examples import build_examples
     from drift.losses import weighted_nll_terms
     from drift.models import load_model, load_tokenizer, resolve_dtype, resolve_model
     from drift.rollout import env_factory
-    from drift.tasks import load_examples
+    from drift.tasks import load_problems
     from drift.trainer import Trainer
 
-    if cfg.backend != "hf":
-        raise DriftError("drift rl samples from the policy being trained: only --backend hf is supported")
     if not cfg.out:
         raise DriftError("no output folder given (--out DIR)")
+    backend_cls = policy_backend_class(cfg.backend)  # before any model loads: fail fast
     if cfg.algorithm == "grpo" and cfg.updates_per_round != 1:
         raise DriftError("grpo here is strictly on-policy (no importance ratio): use updates_per_round=1")
     out = Path(cfg.out)
@@ -137,7 +136,7 @@ def run_rl(cfg) -> dict:
     if trainer.strategy in ("DEEPSPEED", "FSDP"):
         raise DriftError(f"drift rl samples with the policy on every process; {trainer.strategy} shards it. "
                          "Use DDP (accelerate launch with configs/accelerate/ddp.yaml, or torchrun)")
-    prompts = load_examples(cfg.task, source=cfg.source, split=cfg.split, limit=cfg.num_prompts, seed=cfg.seed,
+    prompts = load_problems(cfg.task, source=cfg.source, split=cfg.split, limit=cfg.num_prompts, seed=cfg.seed,
                             **cfg.task_options)
     if not prompts:
         raise DriftError(f"task {cfg.task!r} gave no prompts")
@@ -146,9 +145,8 @@ def run_rl(cfg) -> dict:
     loss_fn = partial(weighted_nll_terms, ref_model=ref_model, kl_coef=cfg.kl_coef,
                       ref_autocast=trainer.accelerator.autocast())  # advantages as weights: see drift.losses
     make_env, verifier = env_factory(cfg)
-    generator = HFGenerator(path, batch_size=cfg.batch_size, dtype=trainer.dtype, model_obj=trainer.unwrapped(),
-                            tokenizer=tokenizer, device=str(trainer.device),
-                            model_generation_config=cfg.model_generation_config)
+    generator = backend_cls.for_policy(trainer.unwrapped(), tokenizer, cfg, device=str(trainer.device),
+                                       dtype=trainer.dtype)
     sampling = Sampling(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
     compute = {"generated_tokens": 0, "trained_tokens": 0, "generation_seconds": 0.0, "training_seconds": 0.0}
     state = trainer.start("rl", cfg, out, out / "rl_log.jsonl")

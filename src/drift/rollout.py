@@ -57,15 +57,15 @@ def parse_shard(shard: str | None) -> tuple[int, int]:
     return i, n
 
 
-def run_episodes(examples, make_env, generator, *, n: int, max_turns: int, sampling: Sampling, seed: int,
+def run_episodes(problems, make_env, generator, *, n: int, max_turns: int, sampling: Sampling, seed: int,
                  extra: dict | None = None) -> list[dict]:
-    """Roll out ``n`` episodes of every example; return their records (grouped by example, traj_id order).
+    """Roll out ``n`` episodes of every problem; return their records (grouped by problem, traj_id order).
 
     ``make_env()`` builds a fresh environment for each episode. Each turn's finish reason and
     sampled ids (where the backend gives them, see drift.backends.base.Reply) go into the record.
     """
     episodes = []
-    for ex in examples:
+    for ex in problems:
         for k in range(n):
             env = make_env()
             env.reset(ex)
@@ -132,20 +132,20 @@ def sample_to_file(cfg, out: Path, *, desc: str = "rollout", generator=None) -> 
     """
     from tqdm.auto import tqdm
 
-    from drift.backends import load_backend
+    from drift.backends import backend_from_config
     from drift.outputs import sidecar
     from drift.config import save_config
-    from drift.tasks import load_examples
+    from drift.tasks import load_problems
 
     if out.exists() and not cfg.resume:
         raise DriftError(f"{out} exists; pass --resume to continue it, or choose another --out")
     shard_i, shard_n = parse_shard(cfg.shard)
-    examples = load_examples(cfg.task, source=cfg.source, split=cfg.split, limit=cfg.num_prompts, seed=cfg.seed,
+    problems = load_problems(cfg.task, source=cfg.source, split=cfg.split, limit=cfg.num_prompts, seed=cfg.seed,
                              **cfg.task_options)
-    examples = examples[shard_i::shard_n]
-    if not examples:
+    problems = problems[shard_i::shard_n]
+    if not problems:
         raise DriftError(f"{cfg.source + ': ' if cfg.source else ''}task {cfg.task!r} gave no prompts")
-    chunks = [examples[i : i + cfg.chunk_prompts] for i in range(0, len(examples), cfg.chunk_prompts)]
+    chunks = [problems[i : i + cfg.chunk_prompts] for i in range(0, len(problems), cfg.chunk_prompts)]
     config_path = sidecar(out, "config.yaml")
     if out.exists():
         _check_resume_config(cfg, config_path)
@@ -155,14 +155,14 @@ def sample_to_file(cfg, out: Path, *, desc: str = "rollout", generator=None) -> 
                         seed=cfg.seed)
     own_generator = generator is None
     if own_generator:
-        generator = load_backend(cfg.backend, **backend_options(cfg))
+        generator = backend_from_config(cfg)
     extra = {"sampling": {**asdict(sampling), "model_generation_config": cfg.model_generation_config},
              "model": cfg.model}
     out.parent.mkdir(parents=True, exist_ok=True)
     save_config(cfg, config_path)
     start, tokens0 = time.perf_counter(), generator.tokens_generated
     firsts: list[int | None] = []
-    bar = tqdm(total=len(examples), initial=sum(len(c) for c in chunks[:done_chunks]), unit="prompt",
+    bar = tqdm(total=len(problems), initial=sum(len(c) for c in chunks[:done_chunks]), unit="prompt",
                desc=desc, dynamic_ncols=True)
     try:
         with open(out, "ab") as f:
@@ -221,22 +221,6 @@ def env_factory(cfg):
                         verifier=verifier)
 
     return build, verifier
-
-
-def backend_options(cfg) -> dict:
-    """Constructor arguments of the chosen backend, from the rollout/eval config."""
-    table = {
-        "hf": lambda: {"model": cfg.model, "batch_size": cfg.batch_size, "dtype": cfg.dtype,
-                       "model_generation_config": cfg.model_generation_config},
-        "vllm": lambda: {"model": cfg.model, "tensor_parallel_size": cfg.tensor_parallel_size,
-                         "gpu_memory_utilization": cfg.gpu_memory_utilization, "seed": cfg.seed,
-                         "dtype": cfg.dtype},
-        "openai": lambda: {"base_url": cfg.base_url, "model": cfg.model, "concurrency": cfg.concurrency},
-        "scripted": lambda: {"seed": cfg.seed},
-    }
-    if cfg.backend not in table:
-        raise DriftError(f"unknown backend {cfg.backend!r}; choose from {sorted(table)}")
-    return table[cfg.backend]()
 
 
 def rollout_summary(path: Path, max_turns: int) -> dict:

@@ -1,4 +1,4 @@
-"""Tasks by name: where examples come from, how their gold answer is read, which verifier checks it.
+"""Tasks by name: where problems come from, how their gold answer is read, which verifier checks it.
 
 ==============  =========================================  =======================  ========
 task            rows                                       gold                     verifier
@@ -56,7 +56,7 @@ import orjson
 
 from drift import DriftError
 from drift.answers import extract_answer
-from drift.env import Example
+from drift.env import Problem
 from drift.records.schema import FieldError
 from drift.verifiers import parse_choice
 
@@ -259,7 +259,7 @@ def _gpqa_row(row: dict, question_field: str, answer_field: str, seed: int) -> t
 
 
 def _rows_loader(convert: Callable[..., tuple[str, str, dict]], seeded: bool = False):
-    """A loader reading rows from ``source`` and turning each into an :class:`Example` with ``convert``
+    """A loader reading rows from ``source`` and turning each into an :class:`Problem` with ``convert``
     (called as ``convert(row, **fields)``, plus ``seed=`` when ``seeded``)."""
 
     def load(spec: TaskSpec, source: str, split: str, limit: int | None, seed: int, id_field=None, **fields):
@@ -267,10 +267,10 @@ def _rows_loader(convert: Callable[..., tuple[str, str, dict]], seeded: bool = F
             raise DriftError(
                 f"task {spec.name!r} needs a source: a .jsonl/.json file, a folder with {split}.jsonl, or a hub dataset name"
             )
-        examples: list[Example] = []
+        problems: list[Problem] = []
         first_seen: dict[str, str] = {}
         for index, (where, row) in enumerate(read_rows(source, split)):
-            if limit is not None and len(examples) >= limit:
+            if limit is not None and len(problems) >= limit:
                 break
             try:
                 question, gold, meta = convert(row, **fields, **({"seed": seed} if seeded else {}))
@@ -280,8 +280,8 @@ def _rows_loader(convert: Callable[..., tuple[str, str, dict]], seeded: bool = F
             if prompt_id in first_seen:
                 raise DriftError(f"{where}: field {id_field!r}: duplicate id {prompt_id!r} (first at {first_seen[prompt_id]})")
             first_seen[prompt_id] = where
-            examples.append(Example(prompt_id, question, gold, spec.name, meta))
-        return examples
+            problems.append(Problem(prompt_id, question, gold, spec.name, meta))
+        return problems
 
     return load
 
@@ -319,7 +319,7 @@ def split_of(question: str) -> str:
     return next(name for name, buckets in SPLIT_BUCKETS.items() if bucket in buckets)
 
 
-def _load_arithmetic(spec, source, split, limit, seed, digits=2, ops="+", terms=2, mix=False) -> list[Example]:
+def _load_arithmetic(spec, source, split, limit, seed, digits=2, ops="+", terms=2, mix=False) -> list[Problem]:
     if source is not None:
         raise DriftError("task 'arithmetic' is generated and takes no source")
     if split not in SPLIT_BUCKETS:
@@ -349,7 +349,7 @@ def _load_arithmetic(spec, source, split, limit, seed, digits=2, ops="+", terms=
             f"ops={ops!r}; ask for fewer (limit) or allow more (digits, terms, ops)"
         )
     return [
-        Example(f"arith-{i:06d}", question, str(gold), spec.name, {"split": split, "seed": seed})
+        Problem(f"arith-{i:06d}", question, str(gold), spec.name, {"split": split, "seed": seed})
         for i, (question, gold) in enumerate(questions.items())
     ]
 
@@ -359,11 +359,11 @@ def _load_arithmetic(spec, source, split, limit, seed, digits=2, ops="+", terms=
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """A task: ``loader(spec, source, split, limit, seed, **knobs) -> list[Example]``, the
+    """A task: ``loader(spec, source, split, limit, seed, **knobs) -> list[Problem]``, the
     verifier and instruction kind its episodes use, its default source and knobs."""
 
     name: str
-    loader: Callable[..., list[Example]]
+    loader: Callable[..., list[Problem]]
     verifier: str
     instruction: str = "math"
     default_source: str | None = None
@@ -417,13 +417,13 @@ def get_task(name: str) -> TaskSpec:
     return TASKS[name]
 
 
-def load_examples(
+def load_problems(
     task: str, source: str | None = None, split: str = "test", limit: int | None = None, seed: int = 0, **knobs
-) -> list[Example]:
-    """The first ``limit`` examples of ``task`` (all when ``None``) from ``source`` (default: the task's).
+) -> list[Problem]:
+    """The first ``limit`` problems of ``task`` (all when ``None``) from ``source`` (default: the task's).
 
-    >>> examples = load_examples("arithmetic", split="test", limit=2, seed=0, digits=2, ops="+")
-    >>> [e.prompt_id for e in examples], all(e.question.startswith("What is ") for e in examples)
+    >>> problems = load_problems("arithmetic", split="test", limit=2, seed=0, digits=2, ops="+")
+    >>> [e.prompt_id for e in problems], all(e.question.startswith("What is ") for e in problems)
     (['arith-000000', 'arith-000001'], True)
     """
     spec = get_task(task)

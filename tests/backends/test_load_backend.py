@@ -41,3 +41,28 @@ def test_a_missing_drift_module_is_a_bug_not_a_hint(monkeypatch):
     monkeypatch.setitem(backends.BACKENDS, "broken", "drift.backends.no_such_module:Nothing")
     with pytest.raises(ModuleNotFoundError):
         load_backend("broken")
+
+
+def test_every_backend_builds_itself_from_a_config():
+    """The table is the only list: each class has from_config, and backend_from_config uses it."""
+    from drift.backends import backend_from_config
+    from drift.backends.scripted import ScriptedGenerator
+    from drift.config import RolloutConfig
+
+    for name, path in BACKENDS.items():
+        module, cls = path.split(":")
+        assert callable(getattr(__import__(module, fromlist=[cls]).__dict__[cls], "from_config")), name
+    gen = backend_from_config(RolloutConfig(backend="scripted", seed=7))
+    assert isinstance(gen, ScriptedGenerator) and gen.seed == 7
+
+
+def test_rl_refuses_a_backend_that_cannot_follow_the_policy(tmp_path):
+    from drift.backends import policy_backend_class
+    from drift.backends.hf import HFGenerator
+    from drift.cli import main
+
+    assert policy_backend_class("hf") is HFGenerator
+    with pytest.raises(DriftError, match="backend 'scripted' cannot sample from a policy.*supports: hf"):
+        policy_backend_class("scripted")
+    assert main(["rl", "--backend", "openai", "--out", str(tmp_path / "rl")]) == 2
+    assert not (tmp_path / "rl").exists()  # refused before anything was loaded or written

@@ -7,7 +7,7 @@ import pytest
 from drift import DriftError
 from drift.answers import extract_answer
 from drift.backends import Generator, Sampling, load_backend
-from drift.backends.scripted import ScriptedGenerator, evaluate_arithmetic, solve_arithmetic
+from drift.backends.scripted import ScriptedGenerator, expression_value, solve_arithmetic
 
 SAMPLING = Sampling()
 
@@ -37,8 +37,8 @@ def test_is_a_generator_and_loads_by_name():
     ("expression", "value"),
     [("17*23", 391), ("2 + 3 * 4", 14), ("10 - 2 - 3", 5), ("2*3*4 - 1", 23), ("7 × 6", 42), ("0-5", -5)],
 )
-def test_evaluate_arithmetic(expression, value):
-    assert evaluate_arithmetic(expression) == value
+def test_expression_value(expression, value):
+    assert expression_value(expression) == value
 
 
 def test_solve_arithmetic_reads_the_first_user_message_with_an_expression():

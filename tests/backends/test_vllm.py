@@ -10,9 +10,8 @@ from typing import ClassVar
 
 import pytest
 
-from drift.backends import Sampling, load_backend
+from drift.backends import Sampling, backend_from_config, load_backend
 from drift.config import RolloutConfig
-from drift.rollout import backend_options
 
 QUESTION = [{"role": "user", "content": "What is 2+3?"}]
 
@@ -97,13 +96,13 @@ def test_requests_carry_their_own_seed_and_sampling(fake_vllm, model_dir):
 
 def test_rollout_options_reach_the_engine(fake_vllm, model_dir):
     cfg = RolloutConfig(backend="vllm", model=model_dir, tensor_parallel_size=4, gpu_memory_utilization=0.8, seed=3)
-    load_backend("vllm", **backend_options(cfg))
+    backend_from_config(cfg)
     kwargs = fake_vllm.instances[-1].kwargs
     assert (kwargs["tensor_parallel_size"], kwargs["gpu_memory_utilization"], kwargs["seed"]) == (4, 0.8, 3)
     assert kwargs["dtype"] == "auto"  # on GPUs vLLM's own auto: the model's dtype
-    load_backend("vllm", **backend_options(RolloutConfig(backend="vllm", model=model_dir, dtype="float32")))
+    backend_from_config(RolloutConfig(backend="vllm", model=model_dir, dtype="float32"))
     assert fake_vllm.instances[-1].kwargs["dtype"] == "float32"
-    load_backend("vllm", **backend_options(RolloutConfig(backend="vllm", model=model_dir)))
+    backend_from_config(RolloutConfig(backend="vllm", model=model_dir))
     assert fake_vllm.instances[-1].kwargs["gpu_memory_utilization"] == 0.9
 
 
@@ -122,7 +121,7 @@ def test_on_cpus_dtype_and_memory_fit_the_machine(fake_cpu_vllm, model_dir, monk
     torch = pytest.importorskip("torch")
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
     monkeypatch.setattr(drift.models, "cpu_has_bf16_units", lambda: bf16_units)
-    load_backend("vllm", **backend_options(RolloutConfig(backend="vllm", model=model_dir)))
+    backend_from_config(RolloutConfig(backend="vllm", model=model_dir))
     kwargs = fake_cpu_vllm.instances[-1].kwargs
     assert kwargs["dtype"] == expected and kwargs["enable_chunked_prefill"] is False
     share = kwargs["gpu_memory_utilization"]

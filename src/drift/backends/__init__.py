@@ -19,11 +19,13 @@ Modules are imported only when their backend is loaded, so heavy dependencies st
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 
 from drift import DriftError
 from drift.backends.base import Generator, Reply, Sampling, resolve_seeds
 
-__all__ = ["BACKENDS", "Generator", "Reply", "Sampling", "load_backend", "resolve_seeds"]
+__all__ = ["BACKENDS", "Generator", "Reply", "Sampling", "backend_from_config", "load_backend", "policy_backend_class",
+           "resolve_seeds"]
 
 BACKENDS: dict[str, str] = {
     "hf": "drift.backends.hf:HFGenerator",
@@ -31,7 +33,27 @@ BACKENDS: dict[str, str] = {
     "openai": "drift.backends.openai:OpenAIGenerator",
     "scripted": "drift.backends.scripted:ScriptedGenerator",
 }
-"""Backend name -> ``"module:Class"``; the class takes the backend's options as keywords."""
+"""Backend name -> ``"module:Class"``: the only list of backends (``--backend`` reads its choices
+here). The class takes its options as keywords and builds itself from a command's config with
+``from_config(cfg)``; one that can sample from a policy being trained (``drift rl``) also has
+``for_policy(model, tokenizer, cfg, device=, dtype=)``. Adding a backend: write the module, add a line."""
+
+
+def _build(name: str, make: Callable[[type], Generator]) -> Generator:
+    """Import backend ``name``'s class and call ``make(cls)``; a missing extra becomes an install hint."""
+    if name not in BACKENDS:
+        raise DriftError(f"unknown backend {name!r}; known: {', '.join(sorted(BACKENDS))}")
+    module_name, class_name = BACKENDS[name].split(":")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+        return make(cls)
+    except ModuleNotFoundError as e:
+        if e.name and e.name.split(".")[0] == "drift":
+            raise  # our own bug, not a missing extra
+        raise DriftError(
+            f"backend {name!r} needs the package {e.name!r}, which is not installed; "
+            f"install the extra: pip install 'drift-llm[{name}]'"
+        ) from e
 
 
 def load_backend(name: str, **kwargs) -> Generator:
@@ -42,16 +64,20 @@ def load_backend(name: str, **kwargs) -> Generator:
     ...
     drift.DriftError: unknown backend 'nope'; known: hf, openai, scripted, vllm
     """
-    if name not in BACKENDS:
-        raise DriftError(f"unknown backend {name!r}; known: {', '.join(sorted(BACKENDS))}")
-    module_name, class_name = BACKENDS[name].split(":")
-    try:
-        cls = getattr(importlib.import_module(module_name), class_name)
-        return cls(**kwargs)
-    except ModuleNotFoundError as e:
-        if e.name and e.name.split(".")[0] == "drift":
-            raise  # our own bug, not a missing extra
-        raise DriftError(
-            f"backend {name!r} needs the package {e.name!r}, which is not installed; "
-            f"install the extra: pip install 'drift-llm[{name}]'"
-        ) from e
+    return _build(name, lambda cls: cls(**kwargs))
+
+
+def backend_from_config(cfg) -> Generator:
+    """The backend ``cfg.backend``, built from the options of a rollout / eval config."""
+    return _build(cfg.backend, lambda cls: cls.from_config(cfg))
+
+
+def policy_backend_class(name: str) -> type:
+    """The class of backend ``name`` if it can sample from a policy being trained (drift rl): it has
+    ``for_policy(model, tokenizer, cfg, device=, dtype=)``."""
+    cls = _build(name, lambda cls: cls)
+    if not hasattr(cls, "for_policy"):
+        able = [n for n in sorted(BACKENDS) if n != name and hasattr(_build(n, lambda c: c), "for_policy")]
+        raise DriftError(f"backend {name!r} cannot sample from a policy while it trains (it has no for_policy); "
+                         f"drift rl supports: {', '.join(able)}")
+    return cls

@@ -73,10 +73,17 @@ class Generator(Protocol):
     """A policy that writes assistant replies.
 
     ``tokens_generated`` counts the reply tokens produced since construction (for throughput
-    reports; the scripted backend counts whitespace-separated words).
+    reports; the scripted backend counts whitespace-separated words). ``from_config(cfg)`` builds
+    the backend from a command's config (drift.config.GenerationOptions): which options it reads
+    is its own business.
     """
 
     tokens_generated: int
+
+    @classmethod
+    def from_config(cls, cfg) -> Generator:
+        """The backend configured by ``cfg`` (a rollout, eval or rl config)."""
+        ...
 
     def generate(
         self,

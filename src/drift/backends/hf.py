@@ -31,7 +31,7 @@ from __future__ import annotations
 import contextlib
 
 from drift.backends.base import Reply, Sampling, resolve_seeds
-from drift.examples import render_prompt
+from drift.chat import render_prompt
 
 
 class _RowSampler:
@@ -102,6 +102,17 @@ def end_token_ids(tokenizer, generation_config) -> list[int]:
 
 class HFGenerator:
     """Generate with a local transformers model (folder, GGUF file or short name; see drift.models)."""
+
+    @classmethod
+    def from_config(cls, cfg) -> HFGenerator:
+        return cls(cfg.model, batch_size=cfg.batch_size, dtype=cfg.dtype,
+                   model_generation_config=cfg.model_generation_config)
+
+    @classmethod
+    def for_policy(cls, model, tokenizer, cfg, *, device: str, dtype: str) -> HFGenerator:
+        """Sample from ``model`` as it trains (drift rl): the trainer's own replica, on its device."""
+        return cls(cfg.model, batch_size=cfg.batch_size, dtype=dtype, model_obj=model, tokenizer=tokenizer,
+                   device=device, model_generation_config=cfg.model_generation_config)
 
     def __init__(
         self,

@@ -64,6 +64,10 @@ class OpenAIGenerator:
         max_backoff: cap on one wait, in seconds.
     """
 
+    @classmethod
+    def from_config(cls, cfg) -> OpenAIGenerator:
+        return cls(base_url=cfg.base_url, model=cfg.model, concurrency=cfg.concurrency)
+
     def __init__(
         self,
         base_url: str,

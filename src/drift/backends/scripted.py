@@ -32,6 +32,7 @@ from collections.abc import Callable
 from drift import DriftError
 from drift.answers import extract_answer, normalize_answer
 from drift.backends.base import Reply, Sampling, resolve_seeds
+from drift.tasks import evaluate_arithmetic
 
 # Operands are capped at 30 digits: bounded work per match, and no real question needs more.
 _EXPRESSION = re.compile(r"\d{1,30}(?:\s*[-+*×]\s*\d{1,30})+")
@@ -39,21 +40,15 @@ _TOKEN = re.compile(r"\d+|[-+*×]")
 _INTEGER = re.compile(r"-?\d+")
 
 
-def evaluate_arithmetic(expression: str) -> int:
-    """Value of an expression of non-negative integers and ``+ - *`` (``*`` binds tighter).
+def expression_value(expression: str) -> int:
+    """Value of an expression of non-negative integers and ``+ - * ×`` (``*`` binds tighter), as
+    the arithmetic task computes its gold answers (drift.tasks.evaluate_arithmetic).
 
-    >>> evaluate_arithmetic("2 + 3*4 - 5")
+    >>> expression_value("2 + 3*4 - 5")
     9
     """
     tokens = _TOKEN.findall(expression)
-    total, sign, term = 0, 1, int(tokens[0])
-    for op, number in zip(tokens[1::2], tokens[2::2]):
-        if op in "*×":
-            term *= int(number)
-        else:
-            total += sign * term
-            sign, term = (1 if op == "+" else -1), int(number)
-    return total + sign * term
+    return evaluate_arithmetic([int(t) for t in tokens[::2]], ["*" if op == "×" else op for op in tokens[1::2]])
 
 
 def solve_arithmetic(conversation: list[dict]) -> str | None:
@@ -69,7 +64,7 @@ def solve_arithmetic(conversation: list[dict]) -> str | None:
         if message.get("role") == "user":
             match = _EXPRESSION.search(message.get("content") or "")
             if match:
-                return str(evaluate_arithmetic(match.group(0)))
+                return str(expression_value(match.group(0)))
     return None
 
 
@@ -94,6 +89,10 @@ class ScriptedGenerator:
     >>> gen.tokens_generated
     3
     """
+
+    @classmethod
+    def from_config(cls, cfg) -> ScriptedGenerator:
+        return cls(seed=cfg.seed)
 
     def __init__(
         self,

@@ -74,6 +74,11 @@ class VLLMGenerator:
         engine_kwargs: passed to ``vllm.LLM`` unchanged (``enforce_eager=True``, ``quantization``, ...).
     """
 
+    @classmethod
+    def from_config(cls, cfg) -> VLLMGenerator:
+        return cls(cfg.model, tensor_parallel_size=cfg.tensor_parallel_size,
+                   gpu_memory_utilization=cfg.gpu_memory_utilization, seed=cfg.seed, dtype=cfg.dtype)
+
     def __init__(
         self,
         model: str,
