@@ -41,8 +41,14 @@ def bare(prompts, model_path, batch_size, max_new_tokens) -> tuple[int, float]:
         inp = torch.tensor([[tok.pad_token_id] * (width - len(r)) + r for r in rows])
         att = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-            out = model.generate(input_ids=inp, attention_mask=att, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tok.pad_token_id, eos_token_id=eos)
+            out = model.generate(
+                input_ids=inp,
+                attention_mask=att,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=eos,
+            )
         for seq in out[:, width:].tolist():
             tokens += seq.index(eos) + 1 if eos in seq else len(seq)
     return tokens, time.perf_counter() - start
@@ -63,8 +69,10 @@ def shared_prefill(prompts, model_path, batch_size, max_new_tokens, k: int = 8) 
             start = time.perf_counter()
             gen.generate(conversations, 1, sampling, seeds)
             best[share] = min(best.get(share, float("inf")), time.perf_counter() - start)
-        print(f"shared prefill, {len(conversations)} rows ({k} per prompt), temperature {temperature}: "
-              f"{best[False]:.2f} s -> {best[True]:.2f} s ({best[False] / best[True]:.2f}x)")
+        print(
+            f"shared prefill, {len(conversations)} rows ({k} per prompt), temperature {temperature}: "
+            f"{best[False]:.2f} s -> {best[True]:.2f} s ({best[False] / best[True]:.2f}x)"
+        )
 
 
 def main() -> None:
@@ -97,19 +105,46 @@ def main() -> None:
             with tempfile.TemporaryDirectory() as d:
                 out = Path(d) / "r.jsonl"
                 source = ["--source", str(Path(args.source).resolve())] if args.source else []
-                cmd = [python, "-m", "drift.cli", "rollout", "--model", model_path, "--backend", backend,
-                       "--task", args.task, *source, "--num-prompts", str(args.prompts), "--n", "1",
-                       "--max-turns", "1", "--temperature", str(temperature), "--batch-size", str(args.batch_size),
-                       "--chunk-prompts", str(args.prompts), "--max-new-tokens", str(args.max_new_tokens),
-                       "--out", str(out)]
-                proc = subprocess.run(cmd, capture_output=True, text=True)
+                cmd = [
+                    python,
+                    "-m",
+                    "drift.cli",
+                    "rollout",
+                    "--model",
+                    model_path,
+                    "--backend",
+                    backend,
+                    "--task",
+                    args.task,
+                    *source,
+                    "--num-prompts",
+                    str(args.prompts),
+                    "--n",
+                    "1",
+                    "--max-turns",
+                    "1",
+                    "--temperature",
+                    str(temperature),
+                    "--batch-size",
+                    str(args.batch_size),
+                    "--chunk-prompts",
+                    str(args.prompts),
+                    "--max-new-tokens",
+                    str(args.max_new_tokens),
+                    "--out",
+                    str(out),
+                ]
+                proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
                 if proc.returncode:
                     sys.exit(f"{name} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
                 summary = json.loads((Path(d) / "r.summary.json").read_text())
             results[name] = summary["tokens_per_second"]
-            print(f"{name}: {summary['tokens_generated']} tokens in {summary['wall_seconds']} s = "
-                  f"{summary['tokens_per_second']} tokens/s ({summary['tokens_per_second'] / results['bare']:.2f}x bare"
-                  + (f", {results[name] / results[f'drift hf {mode}']:.2f}x hf" if backend != "hf" else "") + ")")
+            print(
+                f"{name}: {summary['tokens_generated']} tokens in {summary['wall_seconds']} s = "
+                f"{summary['tokens_per_second']} tokens/s ({summary['tokens_per_second'] / results['bare']:.2f}x bare"
+                + (f", {results[name] / results[f'drift hf {mode}']:.2f}x hf" if backend != "hf" else "")
+                + ")"
+            )
 
 
 if __name__ == "__main__":

@@ -33,18 +33,49 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=4)
     args = parser.parse_args()
     out = Path(tempfile.mkdtemp()) / "rollouts.jsonl"
-    assert drift(["rollout", "--model", args.model, "--task-options", "digits=2,ops=+", "--answer-mode", "lenient",
-                  "--max-new-tokens", "24", "--num-prompts", str(args.prompts), "--n", str(args.n),
-                  "--out", str(out)]) == 0
+    assert (
+        drift(
+            [
+                "rollout",
+                "--model",
+                args.model,
+                "--task-options",
+                "digits=2,ops=+",
+                "--answer-mode",
+                "lenient",
+                "--max-new-tokens",
+                "24",
+                "--num-prompts",
+                str(args.prompts),
+                "--n",
+                str(args.n),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     records = read_records(out)
     tokenizer = load_tokenizer(resolve_model(args.model))
     counts = completion_sources([{**r, "weight": 1.0} for r in records], tokenizer, target="all")
     finish = [f for r in records for f in r["finish_reasons"]]
-    print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"{torch.backends.cpu.get_cpu_capability()}")
-    print(json.dumps({"model": args.model, "trajectories": len(records), "turns": len(finish),
-                      "stop": finish.count("stop"), "length": finish.count("length"), **counts,
-                      "share_text_differs": round(counts["text_differs"] / max(counts["from_ids"], 1), 4)}))
+    print(
+        f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"{torch.backends.cpu.get_cpu_capability()}"
+    )
+    print(
+        json.dumps(
+            {
+                "model": args.model,
+                "trajectories": len(records),
+                "turns": len(finish),
+                "stop": finish.count("stop"),
+                "length": finish.count("length"),
+                **counts,
+                "share_text_differs": round(counts["text_differs"] / max(counts["from_ids"], 1), 4),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -83,12 +83,28 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         records = args.records or _synthetic(Path(d) / "w.jsonl")
         trl_data = Path(d) / "trl.jsonl"
-        subprocess.run([sys.executable, "-m", "drift.cli", "export-trl", records, "--out", str(trl_data)], check=True,
-                       capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "drift.cli", "export-trl", records, "--out", str(trl_data)],
+            check=True,
+            capture_output=True,
+        )
         results = {}
         for name, script, data in (("drift", DRIFT_SCRIPT, records), ("trl", TRL_SCRIPT, str(trl_data))):
-            proc = subprocess.run([sys.executable, "-c", script, data, model_path, str(args.steps),
-                                   str(args.batch_size), str(Path(d) / name)], capture_output=True, text=True)
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    script,
+                    data,
+                    model_path,
+                    str(args.steps),
+                    str(args.batch_size),
+                    str(Path(d) / name),
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
             if proc.returncode:
                 sys.exit(proc.stderr[-3000:])
             results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -97,9 +113,12 @@ def main() -> None:
     for name, r in results.items():
         tps = r["tokens"] / r["seconds"]
         share = 6 * params * tps / 1e9 / gflops
-        print(f"{name}: {r['tokens']} tokens in {r['seconds']:.1f} s = {tps:.0f} tokens/s; "
-              f"peak RSS {r['peak_rss_mb']:.0f} MB; {share:.0%} of the measured bf16 matmul peak ({gflops:.0f} GFLOP/s)")
-    print(f"drift / trl: {results['drift']['tokens'] / results['drift']['seconds'] / (results['trl']['tokens'] / results['trl']['seconds']):.2f}x")
+        print(
+            f"{name}: {r['tokens']} tokens in {r['seconds']:.1f} s = {tps:.0f} tokens/s; "
+            f"peak RSS {r['peak_rss_mb']:.0f} MB; {share:.0%} of the measured bf16 matmul peak ({gflops:.0f} GFLOP/s)"
+        )
+    speed = {name: r["tokens"] / r["seconds"] for name, r in results.items()}
+    print(f"drift / trl: {speed['drift'] / speed['trl']:.2f}x")
 
 
 def _synthetic(path: Path) -> str:
@@ -112,18 +131,34 @@ def _synthetic(path: Path) -> str:
     for i in range(256):
         a, b = rnd.randint(10, 99), rnd.randint(10, 99)
         turns = rnd.randint(1, 5)
-        msgs = [{"role": "system", "content": "You're a helpful assistant."},
-                {"role": "user", "content": f"You are solving Math problems. Only give the final answer between "
-                 f"<answer> and </answer>.\n\nProblem:\nWhat is {a}+{b}?\n\nAlways output: <answer> [your answer] "
-                 f"</answer> with no extra text. Strictly follow this format."}]
+        msgs = [
+            {"role": "system", "content": "You're a helpful assistant."},
+            {
+                "role": "user",
+                "content": f"You are solving Math problems. Only give the final answer between "
+                f"<answer> and </answer>.\n\nProblem:\nWhat is {a}+{b}?\n\nAlways output: <answer> [your answer] "
+                f"</answer> with no extra text. Strictly follow this format.",
+            },
+        ]
         answers = [str(a + b + rnd.randint(-9, 9)) for _ in range(turns)]
         for t, ans in enumerate(answers):
             if t:
                 msgs.append({"role": "user", "content": "Incorrect. Please think again."})
             msgs.append({"role": "assistant", "content": f"<answer>{ans}</answer>"})
-        recs.append({"schema": 1, "prompt_id": f"p{i // 8}", "traj_id": i % 8, "messages": msgs, "answers": answers,
-                     "correct": [False] * turns, "rewards": [0.0] * turns, "format_errors": 0,
-                     "first_correct_turn": None, "weight": 1.0})
+        recs.append(
+            {
+                "schema": 1,
+                "prompt_id": f"p{i // 8}",
+                "traj_id": i % 8,
+                "messages": msgs,
+                "answers": answers,
+                "correct": [False] * turns,
+                "rewards": [0.0] * turns,
+                "format_errors": 0,
+                "first_correct_turn": None,
+                "weight": 1.0,
+            }
+        )
     write_records(path, recs)
     return str(path)
 

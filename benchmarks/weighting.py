@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 from drift.config import WeightingOptions
-from drift.weight import read_columns
 from drift.records import paused_gc, read_records, write_records, write_spliced
+from drift.weight import read_columns
 from drift.weighting import compute_weights, diagnostics
 
 
@@ -30,16 +30,26 @@ def synthetic(n: int, k: int = 16, seed: int = 0):
         turns = rnd.randint(1, 5)
         first = turns if rnd.random() < 0.4 else None
         answers = [str(rnd.randint(0, 200)) if rnd.random() > 0.05 else None for _ in range(turns)]
-        msgs = [{"role": "system", "content": "You're a helpful assistant."},
-                {"role": "user", "content": f"What is {i % 97}+{i % 89}?"}]
+        msgs = [
+            {"role": "system", "content": "You're a helpful assistant."},
+            {"role": "user", "content": f"What is {i % 97}+{i % 89}?"},
+        ]
         for t, a in enumerate(answers):
             if t:
                 msgs.append({"role": "user", "content": "Incorrect. Please think again."})
             msgs.append({"role": "assistant", "content": f"<answer>{a}</answer>" if a else "no idea"})
         correct = [t + 1 == first for t in range(turns)]
-        yield {"schema": 1, "prompt_id": f"p{i // k:07d}", "traj_id": i % k, "messages": msgs, "answers": answers,
-               "correct": correct, "rewards": [float(c) for c in correct], "format_errors": answers.count(None),
-               "first_correct_turn": first}
+        yield {
+            "schema": 1,
+            "prompt_id": f"p{i // k:07d}",
+            "traj_id": i % k,
+            "messages": msgs,
+            "answers": answers,
+            "correct": correct,
+            "rewards": [float(c) for c in correct],
+            "format_errors": answers.count(None),
+            "first_correct_turn": first,
+        }
 
 
 def main() -> None:
@@ -53,12 +63,17 @@ def main() -> None:
     src, out = d / "rollouts.jsonl", d / "weighted.jsonl"
     t = time.perf_counter()
     write_records(src, synthetic(args.n))
-    print(f"input: {args.n} trajectories, {src.stat().st_size / 1e6:.0f} MB, written in {time.perf_counter() - t:.1f} s")
+    print(
+        f"input: {args.n} trajectories, {src.stat().st_size / 1e6:.0f} MB, written in {time.perf_counter() - t:.1f} s"
+    )
     times = []
     for _ in range(args.repeat):
         t = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "drift.cli", "weight", str(src), "--out", str(out)], check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [sys.executable, "-m", "drift.cli", "weight", str(src), "--out", str(out)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         times.append(time.perf_counter() - t)
     print(f"drift weight end to end: {min(times):.2f} s (runs: {', '.join(f'{x:.2f}' for x in times)})")
     with paused_gc():  # as in drift weight
@@ -79,7 +94,9 @@ def main() -> None:
         records = read_records(src)
         t = time.perf_counter()
         compute_weights(records, WeightingOptions().weighting())
-        print(f"compute_weights on {len(records)} record dicts (gather columns + math): {time.perf_counter() - t:.2f} s")
+        print(
+            f"compute_weights on {len(records)} record dicts (gather columns + math): {time.perf_counter() - t:.2f} s"
+        )
 
 
 if __name__ == "__main__":

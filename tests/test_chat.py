@@ -4,8 +4,8 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from drift.chat import end_of_turn_ids, render_prompt  # noqa: E402
-from drift.models import load_tokenizer  # noqa: E402
+from drift.chat import end_of_turn_ids, render_prompt
+from drift.models import load_tokenizer
 
 
 def test_render_prompt_is_the_template_with_the_generation_prompt(tiny_model):
@@ -14,8 +14,14 @@ def test_render_prompt_is_the_template_with_the_generation_prompt(tiny_model):
     ids = render_prompt(tok, messages)
     assert tok.decode(ids) == "<|im_start|>user\nWhat is 2+3?<|im_end|>\n<|im_start|>assistant\n"
     # a later turn's prompt extends an earlier one (what prefix caching relies on)
-    longer = render_prompt(tok, messages + [{"role": "assistant", "content": "<answer>5</answer>"},
-                                            {"role": "user", "content": "Incorrect. Please think again."}])
+    longer = render_prompt(
+        tok,
+        messages
+        + [
+            {"role": "assistant", "content": "<answer>5</answer>"},
+            {"role": "user", "content": "Incorrect. Please think again."},
+        ],
+    )
     assert longer[: len(ids)] == ids and len(longer) > len(ids)
 
 

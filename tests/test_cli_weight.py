@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from factories import REFERENCE_SAMPLE as REFERENCE
 from drift.cli import main
 from drift.records import read_records, write_records
-
+from factories import REFERENCE_SAMPLE as REFERENCE
 
 
 def _no_duplicate_keys(pairs):
@@ -96,7 +95,9 @@ def bad_inputs(tmp_path):
         "wrong_type.jsonl": (json.dumps({**rec, "answer_norms": "135"}) + "\n").encode(),
         "nan.jsonl": (json.dumps({**rec, "turn_rewards": {**rec["turn_rewards"], "t1": float("nan")}}) + "\n").encode(),
         "inf.jsonl": (json.dumps({**rec, "turn_rewards": {**rec["turn_rewards"], "t1": float("inf")}}) + "\n").encode(),
-        "role.jsonl": (json.dumps({**rec, "messages": rec["messages"] + [{"role": "wizard", "content": ""}]}) + "\n").encode(),
+        "role.jsonl": (
+            json.dumps({**rec, "messages": rec["messages"] + [{"role": "wizard", "content": ""}]}) + "\n"
+        ).encode(),
         "empty.jsonl": b"",
         "no_prompt_id.jsonl": (json.dumps({k: v for k, v in rec.items() if k != "prompt_id"}) + "\n").encode(),
         "latin1.jsonl": good_line.replace("assistant", "assistänt").encode("latin-1") + b"\n",
@@ -149,10 +150,12 @@ def test_yaml_config_and_flag_precedence(tmp_path):
 
 @pytest.mark.parametrize(
     "text,message",
-    [("beta: 0.5\nbogus: 1\n", "c.yaml:2: key 'bogus' is not an option"),
-     ("beta: high\n", "c.yaml:1: key 'beta' must be float"),
-     ("scheme: magic\n", "c.yaml:1: key 'scheme' must be one of"),
-     ("- 1\n- 2\n", "must be a mapping")],
+    [
+        ("beta: 0.5\nbogus: 1\n", "c.yaml:2: key 'bogus' is not an option"),
+        ("beta: high\n", "c.yaml:1: key 'beta' must be float"),
+        ("scheme: magic\n", "c.yaml:1: key 'scheme' must be one of"),
+        ("- 1\n- 2\n", "must be a mapping"),
+    ],
 )
 def test_bad_config_files(tmp_path, capsys, text, message):
     cfg = tmp_path / "c.yaml"
@@ -165,7 +168,9 @@ def test_console_script_runs(tmp_path):
     out = tmp_path / "w.jsonl"
     proc = subprocess.run(
         [sys.executable, "-m", "drift.cli", "weight", str(REFERENCE), "--out", str(out)],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr
     assert "wrote 48 records" in proc.stdout
@@ -175,18 +180,34 @@ def test_console_script_runs(tmp_path):
     assert "--beta" in help_text and "exp(R/beta)" in help_text
 
 
-@pytest.mark.parametrize("flags", [[], ["--scheme", "rwr"], ["--scheme", "sft"], ["--scheme", "rft"],
-                                   ["--zero-variance", "drop"], ["--all-fail", "drop"], ["--clip", "1.5"],
-                                   ["--scheme", "rwr", "--beta", "0.5"]])
+@pytest.mark.parametrize(
+    "flags",
+    [
+        [],
+        ["--scheme", "rwr"],
+        ["--scheme", "sft"],
+        ["--scheme", "rft"],
+        ["--zero-variance", "drop"],
+        ["--all-fail", "drop"],
+        ["--clip", "1.5"],
+        ["--scheme", "rwr", "--beta", "0.5"],
+    ],
+)
 def test_streaming_output_equals_the_api_on_every_option(tmp_path, flags):
+    from drift.weighting import WeightingParams, compute_weights
     from factories import make_record
 
-    from drift.weighting import WeightingParams, compute_weights
-
-    recs = [make_record("a", 0, ["1"], 1), make_record("a", 1, ["2", "1"], 2), make_record("a", 2, ["2", "2"]),
-            make_record("b", 0, ["5", "6"]), make_record("b", 1, ["5", "6"]),  # zero variance, all fail
-            make_record("c", 0, ["7", None]), make_record("c", 1, ["8"]),  # all fail, returns differ
-            make_record("d", 0, ["3"], 1), make_record("d", 1, ["3"], 1)]  # all pass
+    recs = [
+        make_record("a", 0, ["1"], 1),
+        make_record("a", 1, ["2", "1"], 2),
+        make_record("a", 2, ["2", "2"]),
+        make_record("b", 0, ["5", "6"]),
+        make_record("b", 1, ["5", "6"]),  # zero variance, all fail
+        make_record("c", 0, ["7", None]),
+        make_record("c", 1, ["8"]),  # all fail, returns differ
+        make_record("d", 0, ["3"], 1),
+        make_record("d", 1, ["3"], 1),
+    ]  # all pass
     src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     write_records(src, recs)
     assert main(["weight", str(src), "--out", str(out), *flags]) == 0

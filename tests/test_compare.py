@@ -9,22 +9,27 @@ import pytest
 
 from drift import DriftError
 from drift.compare import run_compare
-from drift.config import CompareConfig
-from drift.config import add_arguments, resolve
+from drift.config import CompareConfig, add_arguments, resolve
 
 DRIFT_REPORT = {
-    "n": 4, "max_turns": 2,
+    "n": 4,
+    "max_turns": 2,
     "cumulative_accuracy": {"1": 0.25, "2": 0.75},
     "cumulative_accuracy_ci": {"1": [0.05, 0.7], "2": [0.3, 0.95]},
-    "correction_rate": {"2": 2 / 3}, "correction_rate_overall": 2 / 3,
-    "unique_answer_ratio": 0.875, "format_error_rate": 0.125,
+    "correction_rate": {"2": 2 / 3},
+    "correction_rate_overall": 2 / 3,
+    "unique_answer_ratio": 0.875,
+    "format_error_rate": 0.125,
     "compute": {"train_seconds": 12.5, "generated_tokens": 3456},
 }
 SFT_REPORT = {
-    "n": 2, "max_turns": 3,
+    "n": 2,
+    "max_turns": 3,
     "cumulative_accuracy": {"1": 0.5, "2": 0.5, "3": 1.0},
-    "correction_rate": {"2": 0.0, "3": 1.0}, "correction_rate_overall": 1.0,
-    "unique_answer_ratio": 1.0, "format_error_rate": 0.0,
+    "correction_rate": {"2": 0.0, "3": 1.0},
+    "correction_rate_overall": 1.0,
+    "unique_answer_ratio": 1.0,
+    "format_error_rate": 0.0,
 }
 
 
@@ -40,8 +45,19 @@ def test_table_plots_and_json(runs, capsys):
     out = runs / "cmp"
     result = run_compare(CompareConfig(reports=[str(runs / "drift"), str(runs / "sft" / "report.json")], out=str(out)))
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["method", "n", "multi@1", "multi@2", "multi@3", "corr@2", "corr", "all", "unique",
-                                "fmt", "err"]
+    assert lines[0].split() == [
+        "method",
+        "n",
+        "multi@1",
+        "multi@2",
+        "multi@3",
+        "corr@2",
+        "corr",
+        "all",
+        "unique",
+        "fmt",
+        "err",
+    ]
     # drift has no turn 3: '-'
     assert lines[2].split() == ["drift", "4", "0.2500", "0.7500", "-", "0.6667", "0.6667", "0.8750", "0.1250"]
     assert lines[3].split() == ["sft", "2", "0.5000", "0.5000", "1.0000", "0.0000", "1.0000", "1.0000", "0.0000"]

@@ -20,19 +20,30 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from factories import make_record
+from drift.records import write_records  # noqa: E402
+from factories import make_record  # noqa: E402
 
-from drift.records import write_records
-
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-       "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+ENV = {
+    **os.environ,
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+}
 KILL_SEEDS = [0, 1, 2]
 TRAIN_STEPS, RL_STEPS = 24, 10
 
 
 def drift(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "drift.cli", *args], env=ENV, capture_output=True, text=True,
-                          check=False, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "drift.cli", *args],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -46,8 +57,13 @@ def kill_at_random_point(args: list[str], checkpoint_step, total: int, seed: int
     """
     rng = random.Random(seed)
     k, delay = rng.randint(1, total - 2), rng.uniform(0.0, 0.05)
-    proc = subprocess.Popen([sys.executable, "-m", "drift.cli", *args], env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "drift.cli", *args],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 300
         while checkpoint_step() < k:
@@ -94,15 +110,45 @@ def log_steps(path: Path) -> list[int]:
 def train_setup(tmp_path_factory, tiny_model):
     """Weighted data, the command line, and the parameters of an uninterrupted run."""
     root = tmp_path_factory.mktemp("crash-train")
-    recs = [make_record(f"p{i // 4}", i % 4, [str(i % 7), "5"][: 1 + i % 2], first_correct=None,
-                        weight=0.5 + (i % 3), question=f"What is {i}+{i % 5}?") for i in range(16)]
+    recs = [
+        make_record(
+            f"p{i // 4}",
+            i % 4,
+            [str(i % 7), "5"][: 1 + i % 2],
+            first_correct=None,
+            weight=0.5 + (i % 3),
+            question=f"What is {i}+{i % 5}?",
+        )
+        for i in range(16)
+    ]
     data = root / "weighted.jsonl"
     write_records(data, recs)
 
     def args(out: Path) -> list[str]:
-        return ["train", str(data), "--out", str(out), "--model", tiny_model, "--dtype", "float32", "--batch-size", "4",
-                "--micro-batch-size", "2", "--max-steps", str(TRAIN_STEPS), "--save-steps", "1", "--lr", "1e-3",
-                "--warmup-ratio", "0.1", "--seed", "3"]
+        return [
+            "train",
+            str(data),
+            "--out",
+            str(out),
+            "--model",
+            tiny_model,
+            "--dtype",
+            "float32",
+            "--batch-size",
+            "4",
+            "--micro-batch-size",
+            "2",
+            "--max-steps",
+            str(TRAIN_STEPS),
+            "--save-steps",
+            "1",
+            "--lr",
+            "1e-3",
+            "--warmup-ratio",
+            "0.1",
+            "--seed",
+            "3",
+        ]
 
     drift(*args(root / "full"))
     return args, model_params(root / "full" / "model")
@@ -127,9 +173,35 @@ def rl_setup(tmp_path_factory, tiny_model):
     root = tmp_path_factory.mktemp("crash-rl")
 
     def args(out: Path) -> list[str]:
-        return ["rl", "--model", tiny_model, "--out", str(out), "--steps", str(RL_STEPS), "--prompts-per-step", "2",
-                "--group-size", "2", "--max-new-tokens", "4", "--max-turns", "2", "--task-options", "digits=1",
-                "--num-prompts", "20", "--dtype", "float32", "--save-steps", "1", "--lr", "1e-3", "--seed", "5"]
+        return [
+            "rl",
+            "--model",
+            tiny_model,
+            "--out",
+            str(out),
+            "--steps",
+            str(RL_STEPS),
+            "--prompts-per-step",
+            "2",
+            "--group-size",
+            "2",
+            "--max-new-tokens",
+            "4",
+            "--max-turns",
+            "2",
+            "--task-options",
+            "digits=1",
+            "--num-prompts",
+            "20",
+            "--dtype",
+            "float32",
+            "--save-steps",
+            "1",
+            "--lr",
+            "1e-3",
+            "--seed",
+            "5",
+        ]
 
     drift(*args(root / "full"))
     return args, model_params(root / "full" / "model")
@@ -153,10 +225,32 @@ def test_sigterm_unwinds_like_ctrl_c(tmp_path, tiny_model):
     """A terminated rollout closes its generator (a vLLM engine's workers with it) and says so,
     instead of dying where it stands; what it wrote is resumable."""
     out = tmp_path / "rollouts.jsonl"
-    args = ["rollout", "--model", tiny_model, "--out", str(out), "--num-prompts", "64", "--n", "2",
-            "--chunk-prompts", "2", "--max-new-tokens", "8", "--dtype", "float32", "--task-options", "digits=1"]
-    proc = subprocess.Popen([sys.executable, "-m", "drift.cli", *args], env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    args = [
+        "rollout",
+        "--model",
+        tiny_model,
+        "--out",
+        str(out),
+        "--num-prompts",
+        "64",
+        "--n",
+        "2",
+        "--chunk-prompts",
+        "2",
+        "--max-new-tokens",
+        "8",
+        "--dtype",
+        "float32",
+        "--task-options",
+        "digits=1",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "drift.cli", *args],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while not (out.exists() and out.stat().st_size) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.01)

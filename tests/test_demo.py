@@ -18,26 +18,34 @@ def test_demo_quick_runs_every_stage_and_reuses_them(tmp_path, tiny_model, monke
     printed = capsys.readouterr().out
     for stage in ("0/5", "1/5", "2/5", "3/5", "4/5", "5/5", "before / after", "multi@5"):
         assert stage in printed
-    for path in ("base/report.json", "rollouts.jsonl", "weighted.jsonl", "drift/model/config.json",
-                 "drift-eval/report.json", "cumulative_accuracy.png", "multi_at_k.png", "weighted.weights.png"):
+    for path in (
+        "base/report.json",
+        "rollouts.jsonl",
+        "weighted.jsonl",
+        "drift/model/config.json",
+        "drift-eval/report.json",
+        "cumulative_accuracy.png",
+        "multi_at_k.png",
+        "weighted.weights.png",
+    ):
         assert (out / path).exists(), path
     summary = json.loads((out / "demo_summary.json").read_text())
     base = json.loads((out / "base" / "report.json").read_text())
     after = json.loads((out / "drift-eval" / "report.json").read_text())
     assert summary["gain_multi_at_max_turns"] == pytest.approx(
-        after["cumulative_accuracy"]["5"] - base["cumulative_accuracy"]["5"])
+        after["cumulative_accuracy"]["5"] - base["cumulative_accuracy"]["5"]
+    )
     # a second run reuses every finished stage
     assert main(["demo", "--quick", "--out", str(out)]) == 0
     assert capsys.readouterr().out.count("already done, reusing it") == 6
 
 
 def test_format_warmup_trains_the_rewritten_text_not_the_sampled_ids(tmp_path, tiny_model):
-    from factories import make_record
-
     from drift.demo import build_format_warmup
     from drift.examples import build_examples
     from drift.models import load_tokenizer
     from drift.records import read_records, write_records
+    from factories import make_record
 
     rec = make_record("p", 0, [None])  # the model said "I think 5", cut by max_new_tokens
     rec.update(finish_reasons=["length"], token_ids=[[40, 41, 42]])

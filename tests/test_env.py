@@ -79,11 +79,16 @@ def test_repetition_and_return_from_a_record():
     env = CorrectionEnv(VERIFIERS["numeric"], max_turns=5)
     run(env, ["<answer>70</answer>", "no idea", "<answer>80</answer>"], Problem("p", "q", "80", "t"))
     rec = env.record(0)
-    assert trajectory_return(rec["rewards"], rec["answers"], rec["format_errors"], gamma=0.9, lam=0.5, format_penalty=0.1) == pytest.approx(0.71)
+    assert trajectory_return(
+        rec["rewards"], rec["answers"], rec["format_errors"], gamma=0.9, lam=0.5, format_penalty=0.1
+    ) == pytest.approx(0.71)
     # the same answer written three ways counts once: 0.5 * (1 - 2/4) = 0.25
     env = CorrectionEnv(VERIFIERS["numeric"], max_turns=4)
-    run(env, ["<answer>1,000</answer>", "<answer>1000.0</answer>", "<answer> 1000 </answer>", "<answer>7</answer>"],
-        Problem("p", "q", "5", "t"))
+    run(
+        env,
+        ["<answer>1,000</answer>", "<answer>1000.0</answer>", "<answer> 1000 </answer>", "<answer>7</answer>"],
+        Problem("p", "q", "5", "t"),
+    )
     assert env.answers == ["1000", "1000", "1000", "7"]
     assert repetition_penalty(env.answers, lam=0.5) == pytest.approx(0.25)
 

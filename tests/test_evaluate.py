@@ -7,15 +7,25 @@ from pathlib import Path
 
 import pytest
 
-from factories import REFERENCE_SAMPLE as REFERENCE
 from drift.cli import main
 from drift.records import read_records
-
+from factories import REFERENCE_SAMPLE as REFERENCE
 
 REPORT_KEYS = {
-    "n", "max_turns", "per_turn_accuracy", "cumulative_accuracy", "cumulative_accuracy_ci", "correction_rate",
-    "unique_answer_ratio", "format_error_rate", "mean_turns_to_solve", "model", "task", "dataset_fingerprint",
-    "config", "wall_seconds",
+    "n",
+    "max_turns",
+    "per_turn_accuracy",
+    "cumulative_accuracy",
+    "cumulative_accuracy_ci",
+    "correction_rate",
+    "unique_answer_ratio",
+    "format_error_rate",
+    "mean_turns_to_solve",
+    "model",
+    "task",
+    "dataset_fingerprint",
+    "config",
+    "wall_seconds",
 }
 
 
@@ -37,8 +47,9 @@ def test_eval_of_reference_records_counts_t_star(tmp_path):
     turns = max(len(r["verifier"]) for r in raw)
     assert report["n"] == len(raw) and report["max_turns"] == turns
     # multi@t = share of trajectories whose first correct turn t_star is <= t, counted by hand
-    expected = {str(t): sum(r["t_star"] is not None and r["t_star"] <= t for r in raw) / len(raw)
-                for t in range(1, turns + 1)}
+    expected = {
+        str(t): sum(r["t_star"] is not None and r["t_star"] <= t for r in raw) / len(raw) for t in range(1, turns + 1)
+    }
     assert report["cumulative_accuracy"] == pytest.approx(expected)
     for t, (lo, hi) in report["cumulative_accuracy_ci"].items():
         assert lo <= expected[t] <= hi
@@ -47,8 +58,20 @@ def test_eval_of_reference_records_counts_t_star(tmp_path):
 
 
 def eval_args(out: Path, *flags: str) -> list[str]:
-    return ["eval", "--task", "arithmetic", "--num-prompts", "6", "--max-turns", "3", "--chunk-prompts", "4",
-            "-o", str(out), *flags]
+    return [
+        "eval",
+        "--task",
+        "arithmetic",
+        "--num-prompts",
+        "6",
+        "--max-turns",
+        "3",
+        "--chunk-prompts",
+        "4",
+        "-o",
+        str(out),
+        *flags,
+    ]
 
 
 def test_eval_with_the_scripted_policy(tmp_path):
@@ -60,14 +83,20 @@ def test_eval_with_the_scripted_policy(tmp_path):
     assert len(records) == report["n"] == 6 and report["max_turns"] == 3
     assert {r["prompt_id"] for r in records} == {f"arith-{i:06d}" for i in range(6)}
     assert all(r["sampling"]["temperature"] == 0.0 for r in records)  # greedy by default
-    solved_by = [sum(r["first_correct_turn"] is not None and r["first_correct_turn"] <= t for r in records) / 6
-                 for t in (1, 2, 3)]
+    solved_by = [
+        sum(r["first_correct_turn"] is not None and r["first_correct_turn"] <= t for r in records) / 6
+        for t in (1, 2, 3)
+    ]
     assert list(report["cumulative_accuracy"].values()) == pytest.approx(solved_by)
     assert report["task"] == "arithmetic" and report["model"] == report["config"]["model"]
     assert report["config"]["split"] == "test" and report["generation"]["new_trajectories"] == 6
     # the held-out split: no eval prompt is a training prompt of a rollout with the same seed
-    assert main(["rollout", "--backend", "scripted", "--num-prompts", "50", "--n", "1", "-o",
-                 str(tmp_path / "train.jsonl")]) == 0
+    assert (
+        main(
+            ["rollout", "--backend", "scripted", "--num-prompts", "50", "--n", "1", "-o", str(tmp_path / "train.jsonl")]
+        )
+        == 0
+    )
     train_questions = {r["question"] for r in read_records(tmp_path / "train.jsonl")}
     assert not train_questions & {r["question"] for r in records}
 

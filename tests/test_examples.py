@@ -4,12 +4,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from factories import make_record  # noqa: E402
-
 from drift.backends.base import Sampling  # noqa: E402
 from drift.chat import end_of_turn_ids  # noqa: E402
 from drift.examples import build_examples, split_micro_batches  # noqa: E402
 from drift.models import load_tokenizer  # noqa: E402
+from factories import make_record  # noqa: E402
 
 LLAMA3_TEMPLATE = (
     "{% for message in messages %}"
@@ -83,8 +82,12 @@ def test_round_trip_of_the_tiny_models_own_rollouts(tiny_model):
             env.reset(Problem(f"p{k}", f"What is {k}+{k * 3}?", "0", "arithmetic"))
         sampled = [[] for _ in envs]
         for turn in range(2):
-            replies = gen.generate([env.messages for env in envs], 1, Sampling(temperature=1.0, max_new_tokens=max_new),
-                                   seeds=[1000 * turn + k for k in range(16)])
+            replies = gen.generate(
+                [env.messages for env in envs],
+                1,
+                Sampling(temperature=1.0, max_new_tokens=max_new),
+                seeds=[1000 * turn + k for k in range(16)],
+            )
             for env, (reply,), ids in zip(envs, replies, sampled):
                 ids.append(list(reply.token_ids))
                 env.step(reply, reply.finish_reason, reply.token_ids)

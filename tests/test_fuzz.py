@@ -12,25 +12,59 @@ import os
 import tempfile
 import time
 
-from factories import make_record, weighting
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from drift.answers import MAX_ANSWER_CHARS, extract_answer, normalize_answer
 from drift.records import FieldError, RecordError, Trajectory, iter_records, read_records, validate_record
 from drift.records.schema import fast_core
-
 from drift.weighting import compute_weights
+from factories import make_record, weighting
 
-FUZZ_EXAMPLES = {"extract": 300, "extract_linear": 100, "records_bytes": 300, "records_json": 300, "fast_path": 300,
-                 "fast_path_bytes": 300, "weights": 200}
+FUZZ_EXAMPLES = {
+    "extract": 300,
+    "extract_linear": 100,
+    "records_bytes": 300,
+    "records_json": 300,
+    "fast_path": 300,
+    "fast_path_bytes": 300,
+    "weights": 200,
+}
+
+
 def fuzz(name: str):
-    return settings(max_examples=FUZZ_EXAMPLES[name], deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    return settings(
+        max_examples=FUZZ_EXAMPLES[name],
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+
 
 # Text that looks like model output: tags, braces, numbers, LaTeX, plus any unicode at all.
-MARKUP = st.sampled_from(["<answer>", "</answer>", "\\boxed{", "{", "}", "####", "\n", " ", "-", ".", ",",
-                          "\\frac", "$", "1", "42", "3.5", "1,000", "(B)", "answer is ", "\x00"])
+MARKUP = st.sampled_from(
+    [
+        "<answer>",
+        "</answer>",
+        "\\boxed{",
+        "{",
+        "}",
+        "####",
+        "\n",
+        " ",
+        "-",
+        ".",
+        ",",
+        "\\frac",
+        "$",
+        "1",
+        "42",
+        "3.5",
+        "1,000",
+        "(B)",
+        "answer is ",
+        "\x00",
+    ]
+)
 TEXT = st.lists(MARKUP | st.text(max_size=8), max_size=60).map("".join) | st.text(max_size=400)
 
 
@@ -65,8 +99,10 @@ def _mutations():
         lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
         max_leaves=10,
     )
-    fields = st.sampled_from(sorted(_good_line()) + ["return", "messages.0", "messages.2.role", "messages.2.content",
-                                                     "rewards.0", "correct.1", "answers.0"])
+    fields = st.sampled_from(
+        sorted(_good_line())
+        + ["return", "messages.0", "messages.2.role", "messages.2.content", "rewards.0", "correct.1", "answers.0"]
+    )
 
     def mutate(field, value, drop):
         rec = _good_line()
@@ -148,18 +184,25 @@ def test_fast_path_never_accepts_what_validation_rejects(line):
 @fuzz("fast_path_bytes")
 @given(st.integers(0, 10**6), st.binary(min_size=1, max_size=4), st.sampled_from(["insert", "replace", "delete"]))
 def test_fast_path_on_corrupted_bytes(position, chunk, how):
-    rec = {**_good_line(), "question": "Combien font 2+3 ? Réponds.", "sampling": {"note": "été"}}  # fields the fast path skips
+    rec = {
+        **_good_line(),
+        "question": "Combien font 2+3 ? Réponds.",
+        "sampling": {"note": "été"},
+    }  # fields the fast path skips
     line = json.dumps(rec, ensure_ascii=False).replace("5", "é5").encode()  # and UTF-8 in the ones it reads
     i = position % len(line)
-    line = {"insert": line[:i] + chunk + line[i:], "replace": line[:i] + chunk + line[i + len(chunk):],
-            "delete": line[:i] + line[i + len(chunk):]}[how].replace(b"\n", b" ")
+    line = {
+        "insert": line[:i] + chunk + line[i:],
+        "replace": line[:i] + chunk + line[i + len(chunk) :],
+        "delete": line[:i] + line[i + len(chunk) :],
+    }[how].replace(b"\n", b" ")
     core = fast_core(line)
     if core is not None:
         rec = _slow_verdict(line)
         assert rec is not None, line
         assert core == Trajectory.of(rec)
     # and reading it after a good first line (where the fast path is on) agrees with the slow verdict
-    records, error = _read([json.dumps(_good_line()).encode().replace(b'"p0"', b'"p1"'), line])
+    _records, error = _read([json.dumps(_good_line()).encode().replace(b'"p0"', b'"p1"'), line])
     assert (error is None) == (_slow_verdict(line) is not None or not line.strip())
 
 
@@ -183,8 +226,14 @@ def record_sets(draw):
 
 
 @fuzz("weights")
-@given(record_sets(), st.floats(0.001, 100.0), st.floats(0.0, 1.0), st.floats(0.0, 2.0), st.floats(0.0, 1.0),
-       st.sampled_from(["keep", "drop"]))
+@given(
+    record_sets(),
+    st.floats(0.001, 100.0),
+    st.floats(0.0, 1.0),
+    st.floats(0.0, 2.0),
+    st.floats(0.0, 1.0),
+    st.sampled_from(["keep", "drop"]),
+)
 def test_weights_finite_and_mean_one_per_group(records, beta, gamma, lam, penalty, zero_variance):
     fd, path = tempfile.mkstemp(suffix=".jsonl")
     with os.fdopen(fd, "w") as f:  # the records are valid: they must read back

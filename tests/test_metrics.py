@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
@@ -9,7 +10,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from factories import REFERENCE_SAMPLE as REFERENCE
 from drift import DriftError
 from drift.metrics import (
     correction_rate,
@@ -26,7 +26,7 @@ from drift.metrics import (
 )
 from drift.records import read_records, validate_record
 from drift.report import score_records
-
+from factories import REFERENCE_SAMPLE as REFERENCE
 
 
 def episode(answers, correct, *, prompt_id="p0", traj_id=0, max_turns=None) -> dict:
@@ -37,8 +37,13 @@ def episode(answers, correct, *, prompt_id="p0", traj_id=0, max_turns=None) -> d
             messages.append({"role": "user", "content": "Incorrect. Please think again."})
         messages.append({"role": "assistant", "content": "no tag" if answer is None else f"<answer>{answer}</answer>"})
     rec = {
-        "schema": 1, "prompt_id": prompt_id, "traj_id": traj_id, "messages": messages,
-        "answers": list(answers), "correct": list(correct), "rewards": [float(c) for c in correct],
+        "schema": 1,
+        "prompt_id": prompt_id,
+        "traj_id": traj_id,
+        "messages": messages,
+        "answers": list(answers),
+        "correct": list(correct),
+        "rewards": [float(c) for c in correct],
         "format_errors": list(answers).count(None),
         "first_correct_turn": correct.index(True) + 1 if True in correct else None,
     }
@@ -50,11 +55,11 @@ def episode(answers, correct, *, prompt_id="p0", traj_id=0, max_turns=None) -> d
 def five_episodes() -> list[dict]:
     """A..E below; budget 3 turns, each episode stops at its first correct turn."""
     return [
-        episode(["4"], [True], traj_id=0),                                    # A: solved at 1
-        episode(["3", "4"], [False, True], traj_id=1),                         # B: solved at 2
-        episode([None, "5", "4"], [False, False, True], traj_id=2),            # C: solved at 3, 1 format error
-        episode(["3", "3", "3"], [False, False, False], traj_id=3),            # D: never, repeats itself
-        episode([None, None, None], [False, False, False], traj_id=4),         # E: never, no answer at all
+        episode(["4"], [True], traj_id=0),  # A: solved at 1
+        episode(["3", "4"], [False, True], traj_id=1),  # B: solved at 2
+        episode([None, "5", "4"], [False, False, True], traj_id=2),  # C: solved at 3, 1 format error
+        episode(["3", "3", "3"], [False, False, False], traj_id=3),  # D: never, repeats itself
+        episode([None, None, None], [False, False, False], traj_id=4),  # E: never, no answer at all
     ]
 
 
@@ -180,10 +185,10 @@ def test_format_errors_only():
     "successes, n, expected",
     [
         (5, 10, (0.2366, 0.7634)),  # p = 0.5: 0.5 +- 1.96/1.38416 * sqrt(0.025 + 0.009604)
-        (0, 10, (0.0, 0.2775)),     # upper = (z²/n) / (1 + z²/n) = 0.38416 / 1.38416
-        (10, 10, (0.7225, 1.0)),    # mirror image of 0/10
-        (1, 1, (0.2065, 1.0)),      # lower = 1 / (1 + z²) = 1 / 4.8416
-        (0, 0, (0.0, 1.0)),         # no data: the whole range
+        (0, 10, (0.0, 0.2775)),  # upper = (z²/n) / (1 + z²/n) = 0.38416 / 1.38416
+        (10, 10, (0.7225, 1.0)),  # mirror image of 0/10
+        (1, 1, (0.2065, 1.0)),  # lower = 1 / (1 + z²) = 1 / 4.8416
+        (0, 0, (0.0, 1.0)),  # no data: the whole range
     ],
 )
 def test_wilson_interval_known_values(successes, n, expected):
@@ -201,10 +206,10 @@ def test_wilson_interval_rejects_impossible_counts():
 @pytest.mark.parametrize(
     "n, c, k, expected",
     [
-        (10, 3, 1, 0.3),                # pass@1 = c/n
-        (10, 3, 5, 1 - 21 / 252),       # 1 - C(7,5)/C(10,5)
+        (10, 3, 1, 0.3),  # pass@1 = c/n
+        (10, 3, 5, 1 - 21 / 252),  # 1 - C(7,5)/C(10,5)
         (10, 0, 5, 0.0),
-        (10, 6, 5, 1.0),                # n - c = 4 < k: any 5 of them hold a correct one
+        (10, 6, 5, 1.0),  # n - c = 4 < k: any 5 of them hold a correct one
         (200, 13, 100, 1 - math.comb(187, 100) / math.comb(200, 100)),
     ],
 )
@@ -213,15 +218,17 @@ def test_unbiased_pass_at_k_known_values(n, c, k, expected):
 
 
 def test_pass_at_k_over_prompts():
-    recs = [episode(["4"], [True], prompt_id="a", traj_id=0),
-            episode(["3", "4"], [False, True], prompt_id="a", traj_id=1),   # solved later still counts
-            episode(["3", "5"], [False, False], prompt_id="a", traj_id=2),
-            episode(["1"], [False], prompt_id="b", traj_id=0),
-            episode(["1"], [False], prompt_id="b", traj_id=1),
-            episode(["1"], [False], prompt_id="b", traj_id=2)]
+    recs = [
+        episode(["4"], [True], prompt_id="a", traj_id=0),
+        episode(["3", "4"], [False, True], prompt_id="a", traj_id=1),  # solved later still counts
+        episode(["3", "5"], [False, False], prompt_id="a", traj_id=2),
+        episode(["1"], [False], prompt_id="b", traj_id=0),
+        episode(["1"], [False], prompt_id="b", traj_id=1),
+        episode(["1"], [False], prompt_id="b", traj_id=2),
+    ]
     # a: 2 of 3 solved, b: 0 of 3
     assert pass_at_k(recs, 1) == pytest.approx((2 / 3 + 0) / 2)
-    assert pass_at_k(recs, 2) == pytest.approx((1.0 + 0) / 2)   # a: 1 - C(1,2)/C(3,2) = 1
+    assert pass_at_k(recs, 2) == pytest.approx((1.0 + 0) / 2)  # a: 1 - C(1,2)/C(3,2) = 1
     assert score_records(recs)["pass_at_k"] == {"1": pytest.approx(1 / 3), "2": pytest.approx(0.5)}
     with pytest.raises(DriftError, match="at least 4 episodes"):
         pass_at_k(recs, 4)
@@ -240,8 +247,9 @@ def episodes(draw, same_budget: bool = False):
         taken = budget if same_budget else draw(st.integers(1, budget))
         solved_at = draw(st.one_of(st.none(), st.integers(1, taken)))
         correct = [False] * taken if solved_at is None else [False] * (solved_at - 1) + [True]
-        answers = draw(st.lists(st.one_of(st.none(), st.sampled_from("abc")), min_size=len(correct),
-                                max_size=len(correct)))
+        answers = draw(
+            st.lists(st.one_of(st.none(), st.sampled_from("abc")), min_size=len(correct), max_size=len(correct))
+        )
         recs.append(episode(answers, correct, traj_id=i, max_turns=budget))
     return recs
 
@@ -252,7 +260,7 @@ def test_cumulative_accuracy_is_a_nondecreasing_share(recs):
     s = summarize(recs)
     cumulative = [s["cumulative_accuracy"][str(t)] for t in range(1, s["max_turns"] + 1)]
     assert all(0.0 <= a <= 1.0 for a in cumulative)
-    assert all(a <= b for a, b in zip(cumulative, cumulative[1:]))
+    assert all(a <= b for a, b in itertools.pairwise(cumulative))
     assert cumulative[0] == s["per_turn_accuracy"]["1"]
     assert cumulative[-1] == s["solved"] / s["n"]
     for t, (lo, hi) in s["cumulative_accuracy_ci"].items():

@@ -9,10 +9,13 @@ from drift.plots import plot_cumulative_accuracy, plot_multi_at_k, plot_weights
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 REPORTS = {
-    "drift": {"n": 10, "cumulative_accuracy": {"1": 0.3, "2": 0.5, "3": 0.6},
-              "cumulative_accuracy_ci": {"1": [0.1, 0.6], "2": [0.24, 0.76], "3": [0.31, 0.83]}},
-    "sft": {"n": 10, "cumulative_accuracy": {"1": 0.2, "2": 0.3}},       # no CI, fewer turns
-    "empty": {"n": 0, "cumulative_accuracy": {"1": None, "2": None}},   # nothing to draw
+    "drift": {
+        "n": 10,
+        "cumulative_accuracy": {"1": 0.3, "2": 0.5, "3": 0.6},
+        "cumulative_accuracy_ci": {"1": [0.1, 0.6], "2": [0.24, 0.76], "3": [0.31, 0.83]},
+    },
+    "sft": {"n": 10, "cumulative_accuracy": {"1": 0.2, "2": 0.3}},  # no CI, fewer turns
+    "empty": {"n": 0, "cumulative_accuracy": {"1": None, "2": None}},  # nothing to draw
 }
 
 

@@ -4,7 +4,6 @@ import json
 
 import pytest
 
-from factories import REFERENCE_SAMPLE as REFERENCE
 from drift import DriftError
 from drift.prompts import (
     DEFAULT_SYSTEM_PROMPT,
@@ -16,7 +15,7 @@ from drift.prompts import (
     build_messages,
     get_protocol,
 )
-
+from factories import REFERENCE_SAMPLE as REFERENCE
 
 
 def test_instruction_matches_reference_wording():

@@ -3,11 +3,10 @@
 import json
 
 import pytest
-
 from msgspec import UNSET
 
-from factories import REFERENCE_SAMPLE as REFERENCE
 from drift import DriftError
+from drift.outputs import atomic_write
 from drift.records import (
     FieldError,
     RecordError,
@@ -21,20 +20,27 @@ from drift.records import (
     write_spliced,
 )
 from drift.records.schema import fast_core
-from drift.outputs import atomic_write
-
+from factories import REFERENCE_SAMPLE as REFERENCE
 
 
 def good(**over):
     rec = {
-        "schema": 1, "prompt_id": "p0", "traj_id": 0, "gold": "4",
+        "schema": 1,
+        "prompt_id": "p0",
+        "traj_id": 0,
+        "gold": "4",
         "messages": [
-            {"role": "system", "content": "s"}, {"role": "user", "content": "2+2?"},
-            {"role": "assistant", "content": "<answer>5</answer>"}, {"role": "user", "content": "Incorrect."},
+            {"role": "system", "content": "s"},
+            {"role": "user", "content": "2+2?"},
+            {"role": "assistant", "content": "<answer>5</answer>"},
+            {"role": "user", "content": "Incorrect."},
             {"role": "assistant", "content": "<answer>4</answer>"},
         ],
-        "answers": ["5", "4"], "correct": [False, True], "rewards": [0.0, 1.0],
-        "format_errors": 0, "first_correct_turn": 2,
+        "answers": ["5", "4"],
+        "correct": [False, True],
+        "rewards": [0.0, 1.0],
+        "format_errors": 0,
+        "first_correct_turn": 2,
     }
     rec.update(over)
     return rec
@@ -98,7 +104,7 @@ def test_duplicate_ids_are_an_error(tmp_path):
 def test_mixed_formats_are_an_error(tmp_path):
     ref_line = REFERENCE.read_text().splitlines()[0]
     path = write_lines(tmp_path / "m.jsonl", [json.dumps(good()), ref_line])
-    with pytest.raises(RecordError, match="m.jsonl:2: .*mixed formats"):
+    with pytest.raises(RecordError, match=r"m.jsonl:2: .*mixed formats"):
         read_records(path)
 
 
@@ -126,13 +132,20 @@ def test_reference_round_trip_is_exact(tmp_path):
 
 def test_reference_answers_align_with_parsable_turns():
     ref = {
-        "prompt_id": "x", "gold": "80",
+        "prompt_id": "x",
+        "gold": "80",
         "messages": [
-            {"role": "user", "content": "q"}, {"role": "assistant", "content": "I think 80"},
-            {"role": "user", "content": "again"}, {"role": "assistant", "content": "<answer>80</answer>"},
+            {"role": "user", "content": "q"},
+            {"role": "assistant", "content": "I think 80"},
+            {"role": "user", "content": "again"},
+            {"role": "assistant", "content": "<answer>80</answer>"},
         ],
-        "verifier": {"t1": 0, "t2": 1, "t3": 0}, "turn_rewards": {"t1": 0.0, "t2": 1.0, "t3": 0.0},
-        "t_star": 2, "answer_norms": ["80"], "format_penalty": -0.1, "reward_details": {},
+        "verifier": {"t1": 0, "t2": 1, "t3": 0},
+        "turn_rewards": {"t1": 0.0, "t2": 1.0, "t3": 0.0},
+        "t_star": 2,
+        "answer_norms": ["80"],
+        "format_penalty": -0.1,
+        "reward_details": {},
     }
     rec = from_reference(ref, traj_id=0)
     assert rec["answers"] == [None, "80"] and rec["format_errors"] == 1 and rec["max_turns"] == 3
@@ -150,7 +163,9 @@ def test_atomic_write_leaves_old_output_on_error(tmp_path):
     assert list(tmp_path.iterdir()) == [out]
 
 
-@pytest.mark.parametrize("reward,ok", [(1, True), (2**1024 - 2**970 - 1, True), (2**1024 - 2**970, False), (True, False)])
+@pytest.mark.parametrize(
+    "reward,ok", [(1, True), (2**1024 - 2**970 - 1, True), (2**1024 - 2**970, False), (True, False)]
+)
 def test_fast_path_and_validation_agree_on_numbers_at_the_float_limit(reward, ok):
     line = json.dumps(good(rewards=[0.0, reward])).encode()
     assert (fast_core(line) is not None) == ok
@@ -179,11 +194,16 @@ def _pairs_without_duplicates(pairs):
 def test_write_spliced_adds_fields_without_reserialising(tmp_path):
     src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     recs = [good(), good(traj_id=1), good(traj_id=2, weight=2.0, **{"return": 0.3})]
-    lines = [json.dumps(recs[0]), "", json.dumps(recs[1], indent=None, separators=(", ", ": ")) + " \r",
-             json.dumps(recs[2])]
+    lines = [
+        json.dumps(recs[0]),
+        "",
+        json.dumps(recs[1], indent=None, separators=(", ", ": ")) + " \r",
+        json.dumps(recs[2]),
+    ]
     src.write_text("\n".join(lines) + "\n")
-    n = write_spliced(src, out, {"return": [0.5, 0.25, 1.0], "weight": [1.5, 1e-300, 0.0]},
-                      keep=[True, False, True], rewrite={2})
+    n = write_spliced(
+        src, out, {"return": [0.5, 0.25, 1.0], "weight": [1.5, 1e-300, 0.0]}, keep=[True, False, True], rewrite={2}
+    )
     assert n == 2
     got = [json.loads(line, object_pairs_hook=_pairs_without_duplicates) for line in out.read_text().splitlines()]
     assert got == [{**recs[0], "return": 0.5, "weight": 1.5}, {**recs[2], "return": 1.0, "weight": 0.0}]

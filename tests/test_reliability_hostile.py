@@ -158,9 +158,32 @@ def test_rollout_summary_counts_timeouts_and_format_errors(tmp_path, monkeypatch
     monkeypatch.setattr(ScriptedGenerator, "from_config", classmethod(from_config))
     out = tmp_path / "hostile.jsonl"
     start = time.perf_counter()
-    assert main(["rollout", "--backend", "scripted", "--task", "arithmetic", "--num-prompts", "2", "--n", "1",
-                 "--max-turns", "4", "--verifier", "math", "--verifier-timeout", "1", "--max-new-tokens", "100000",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "rollout",
+                "--backend",
+                "scripted",
+                "--task",
+                "arithmetic",
+                "--num-prompts",
+                "2",
+                "--n",
+                "1",
+                "--max-turns",
+                "4",
+                "--verifier",
+                "math",
+                "--verifier-timeout",
+                "1",
+                "--max-new-tokens",
+                "100000",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert time.perf_counter() - start < 120.0  # two timeouts and two worker restarts, on a loaded machine
     records = read_records(out)
     summary = json.loads((tmp_path / "hostile.summary.json").read_text())

@@ -34,14 +34,28 @@ def test_round_coefficients_grpo_and_iterated_drift():
     assert coef == pytest.approx(group_weights(returns, 0.1))
 
 
-@pytest.mark.parametrize("options", [{"all_fail": "drop"}, {"zero_variance": "drop"}, {"clip": 1.2},
-                                     {"scheme": "rft"}, {"beta": 0.5, "gamma": 0.5, "lam": 0.0}])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"all_fail": "drop"},
+        {"zero_variance": "drop"},
+        {"clip": 1.2},
+        {"scheme": "rft"},
+        {"beta": 0.5, "gamma": 0.5, "lam": 0.0},
+    ],
+)
 def test_iterated_drift_weighs_a_round_exactly_as_drift_weight_would(options):
     """Every weighting option of drift rl --algorithm drift acts as it does in drift weight
     (all-fail and zero-variance groups dropped, weights clipped, another scheme)."""
-    recs = [make_record("p", 0, ["5"], 1), make_record("p", 1, ["4", "5"], 2), make_record("p", 2, ["4", "4"]),
-            make_record("q", 0, ["1", "2"]), make_record("q", 1, ["1", None]),  # all fail, returns differ
-            make_record("z", 0, ["3"]), make_record("z", 1, ["3"])]  # all fail, zero variance
+    recs = [
+        make_record("p", 0, ["5"], 1),
+        make_record("p", 1, ["4", "5"], 2),
+        make_record("p", 2, ["4", "4"]),
+        make_record("q", 0, ["1", "2"]),
+        make_record("q", 1, ["1", None]),  # all fail, returns differ
+        make_record("z", 0, ["3"]),
+        make_record("z", 1, ["3"]),
+    ]  # all fail, zero variance
     expected = compute_weights(recs, WeightConfig(**options).weighting())
     assert round_coefficients(recs, RLConfig(algorithm="drift", **options)) == expected
     assert None in expected[1] or options.get("clip") or "beta" in options  # the option really acted
@@ -50,8 +64,8 @@ def test_iterated_drift_weighs_a_round_exactly_as_drift_weight_would(options):
 def test_policy_gradient_loss_on_a_hand_built_group(tiny_model):
     torch = pytest.importorskip("torch")
     from drift.examples import build_examples, collate
-    from drift.models import load_model, load_tokenizer
     from drift.losses import weighted_nll_terms
+    from drift.models import load_model, load_tokenizer
 
     tok, model = load_tokenizer(tiny_model), load_model(tiny_model)
     recs = [make_record("p", 0, ["5"], 1), make_record("p", 1, ["4", "5"], 2), make_record("p", 2, ["4", "4"])]
@@ -91,10 +105,41 @@ def test_drift_rl_moves_the_policy_counts_compute_and_resumes(tmp_path, tiny_mod
     from drift.cli import main
 
     out = tmp_path / "rl"
-    args = ["rl", "--model", tiny_model, "--out", str(out), "--steps", "2", "--prompts-per-step", "2",
-            "--group-size", "4", "--max-new-tokens", "4", "--max-turns", "2", "--task-options", "digits=1",
-            "--num-prompts", "20", "--answer-mode", "lenient", "--verifier", "even", "--dtype", "float32",
-            "--save-steps", "1", "--lr", "1e-2", "--optimizer", "sgd", "--max-grad-norm", "0"]
+    args = [
+        "rl",
+        "--model",
+        tiny_model,
+        "--out",
+        str(out),
+        "--steps",
+        "2",
+        "--prompts-per-step",
+        "2",
+        "--group-size",
+        "4",
+        "--max-new-tokens",
+        "4",
+        "--max-turns",
+        "2",
+        "--task-options",
+        "digits=1",
+        "--num-prompts",
+        "20",
+        "--answer-mode",
+        "lenient",
+        "--verifier",
+        "even",
+        "--dtype",
+        "float32",
+        "--save-steps",
+        "1",
+        "--lr",
+        "1e-2",
+        "--optimizer",
+        "sgd",
+        "--max-grad-norm",
+        "0",
+    ]
     assert main(args) == 0
     summary = json.loads((out / "rl_summary.json").read_text())
     log = [json.loads(line) for line in (out / "rl_log.jsonl").read_text().splitlines()]
@@ -132,9 +177,38 @@ def test_iterated_drift_reuses_each_round(tmp_path, tiny_model):
     from drift.cli import main
 
     out = tmp_path / "iter"
-    assert main(["rl", "--model", tiny_model, "--out", str(out), "--algorithm", "drift", "--steps", "1",
-                 "--updates-per-round", "2", "--prompts-per-step", "2", "--group-size", "2", "--max-new-tokens", "4",
-                 "--max-turns", "1", "--task-options", "digits=1", "--num-prompts", "4", "--dtype", "float32"]) == 0
+    assert (
+        main(
+            [
+                "rl",
+                "--model",
+                tiny_model,
+                "--out",
+                str(out),
+                "--algorithm",
+                "drift",
+                "--steps",
+                "1",
+                "--updates-per-round",
+                "2",
+                "--prompts-per-step",
+                "2",
+                "--group-size",
+                "2",
+                "--max-new-tokens",
+                "4",
+                "--max-turns",
+                "1",
+                "--task-options",
+                "digits=1",
+                "--num-prompts",
+                "4",
+                "--dtype",
+                "float32",
+            ]
+        )
+        == 0
+    )
     summary = json.loads((out / "rl_summary.json").read_text())
     assert summary["algorithm"] == "drift" and summary["steps"] == 1 and summary["trajectories"] == 4
     # grpo refuses to reuse samples: without an importance ratio that would be off-policy

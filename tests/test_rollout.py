@@ -29,8 +29,21 @@ SCRIPTED = ["--backend", "scripted", "--task", "arithmetic", "--max-turns", "3"]
 
 
 def rollout(out: Path, *flags: str, num_prompts: int = 6, n: int = 3, chunk: int = 2, seed: int = 0) -> int:
-    args = ["rollout", *SCRIPTED, "--num-prompts", str(num_prompts), "--n", str(n), "--chunk-prompts", str(chunk),
-            "--seed", str(seed), "-o", str(out), *flags]
+    args = [
+        "rollout",
+        *SCRIPTED,
+        "--num-prompts",
+        str(num_prompts),
+        "--n",
+        str(n),
+        "--chunk-prompts",
+        str(chunk),
+        "--seed",
+        str(seed),
+        "-o",
+        str(out),
+        *flags,
+    ]
     return main(args)
 
 
@@ -56,13 +69,19 @@ def test_scripted_rollout_writes_valid_records_and_sidecars(tmp_path):
     assert sum(len({json.dumps(r["messages"]) for r in group}) > 1 for group in groups.values()) >= 4
     assert all(r["task"] == "arithmetic" and 1 <= len(r["correct"]) <= 3 for r in records)
     # an episode stops at its first correct turn, and only there
-    assert all(r["correct"].index(True) + 1 == r["first_correct_turn"] if True in r["correct"]
-               else r["first_correct_turn"] is None and len(r["correct"]) == 3 for r in records)
+    assert all(
+        r["correct"].index(True) + 1 == r["first_correct_turn"]
+        if True in r["correct"]
+        else r["first_correct_turn"] is None and len(r["correct"]) == 3
+        for r in records
+    )
 
     summary = json.loads((tmp_path / "r.summary.json").read_text())
     assert summary["trajectories"] == 20 and summary["prompts"] == 5 and summary["new_trajectories"] == 20
-    solved = [sum(r["first_correct_turn"] is not None and r["first_correct_turn"] <= t for r in records) / 20
-              for t in (1, 2, 3)]
+    solved = [
+        sum(r["first_correct_turn"] is not None and r["first_correct_turn"] <= t for r in records) / 20
+        for t in (1, 2, 3)
+    ]
     assert list(summary["solved_by_turn"].values()) == pytest.approx(solved)
     assert summary["turns"] == sum(len(r["correct"]) for r in records)
 
@@ -159,8 +178,22 @@ def test_resume_refuses_a_corrupt_middle_line(tmp_path, capsys):
 
 # -- the tiny real model ---------------------------------------------------------------------
 
-HF_FLAGS = ["--backend", "hf", "--task", "arithmetic", "--max-turns", "2", "--max-new-tokens", "4",
-            "--temperature", "1.0", "--n", "2", "--dtype", "float32"]
+HF_FLAGS = [
+    "--backend",
+    "hf",
+    "--task",
+    "arithmetic",
+    "--max-turns",
+    "2",
+    "--max-new-tokens",
+    "4",
+    "--temperature",
+    "1.0",
+    "--n",
+    "2",
+    "--dtype",
+    "float32",
+]
 
 
 def test_tiny_model_rollout_end_to_end(tmp_path, tiny_model):
@@ -170,7 +203,8 @@ def test_tiny_model_rollout_end_to_end(tmp_path, tiny_model):
     records = read_records(out)
     assert len(records) == 6
     assert sorted((r["prompt_id"], r["traj_id"]) for r in records) == [
-        (f"arith-{i:06d}", k) for i in range(3) for k in range(2)]
+        (f"arith-{i:06d}", k) for i in range(3) for k in range(2)
+    ]
     assert all(r["model"] == tiny_model and r["sampling"]["temperature"] == 1.0 for r in records)
     for r in records:
         replies = [m for m in r["messages"] if m["role"] == "assistant"]
@@ -187,8 +221,12 @@ def test_sigkill_of_a_real_rollout_then_resume(tmp_path, tiny_model):
     flags = [*HF_FLAGS, "--model", tiny_model, "--num-prompts", "120", "--chunk-prompts", "2", "--seed", "1"]
     killed = tmp_path / "killed" / "r.jsonl"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "drift.cli", "rollout", *flags, "-o", str(killed)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "drift.cli", "rollout", *flags, "-o", str(killed)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 120
         while not (killed.exists() and killed.stat().st_size > 0):

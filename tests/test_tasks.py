@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from factories import GSM8K_SAMPLE
 from drift import DriftError
 from drift.tasks import TASKS, evaluate_arithmetic, get_task, load_problems, split_of
+from factories import GSM8K_SAMPLE
 
 GSM8K = GSM8K_SAMPLE
 
@@ -26,8 +26,14 @@ def _oracle(question: str) -> int:
 
 @pytest.mark.parametrize(
     "numbers, ops, expected",
-    [([2, 3, 4, 5], ["-", "*", "+"], -5), ([7, 8], ["*"], 56), ([10, 2, 3], ["-", "-"], 5), ([40, 85], ["+"], 125),
-     ([2, 3, 4], ["*", "*"], 24), ([1, 2, 3, 4], ["+", "*", "-"], 3)],
+    [
+        ([2, 3, 4, 5], ["-", "*", "+"], -5),
+        ([7, 8], ["*"], 56),
+        ([10, 2, 3], ["-", "-"], 5),
+        ([40, 85], ["+"], 125),
+        ([2, 3, 4], ["*", "*"], 24),
+        ([1, 2, 3, 4], ["+", "*", "-"], 3),
+    ],
 )
 def test_evaluate_arithmetic(numbers, ops, expected):
     assert evaluate_arithmetic(numbers, ops) == expected
@@ -44,8 +50,14 @@ def test_arithmetic_deterministic_and_seeded():
 
 def test_arithmetic_splits_are_disjoint():
     knobs = {"digits": 2, "ops": "+-", "terms": 2}
-    test = {e.question for seed in (0, 1) for e in load_problems("arithmetic", split="test", limit=200, seed=seed, **knobs)}
-    train = {e.question for seed in (0, 1) for e in load_problems("arithmetic", split="train", limit=2000, seed=seed, **knobs)}
+    test = {
+        e.question for seed in (0, 1) for e in load_problems("arithmetic", split="test", limit=200, seed=seed, **knobs)
+    }
+    train = {
+        e.question
+        for seed in (0, 1)
+        for e in load_problems("arithmetic", split="train", limit=2000, seed=seed, **knobs)
+    }
     assert not test & train
     assert {split_of(q) for q in test} == {"test"} and {split_of(q) for q in train} == {"train"}
 
@@ -106,23 +118,33 @@ def write_jsonl(path: Path, rows) -> str:
 
 
 def test_gsm8k_rows(tmp_path):
-    src = write_jsonl(tmp_path / "test.jsonl", [{"question": "Q?", "answer": "work\n#### 1,234"},
-                                                {"question": "Q2?", "answer": "no marker"}])
+    src = write_jsonl(
+        tmp_path / "test.jsonl",
+        [{"question": "Q?", "answer": "work\n#### 1,234"}, {"question": "Q2?", "answer": "no marker"}],
+    )
     assert load_problems("gsm8k", src, limit=1)[0].gold == "1234"
     with pytest.raises(DriftError, match=re.escape(f"{src}:2: field 'answer' has no '#### <answer>' line")):
         load_problems("gsm8k", src)
 
 
 def test_jsonl_field_mapping(tmp_path):
-    src = write_jsonl(tmp_path / "test.jsonl", [
-        {"q": "What is 6*7?", "a": 42, "uid": "x1"},
-        "",  # blank lines are skipped but still counted
-        {"q": "Name?", "a": " Bob ", "uid": 7},
-    ])
+    src = write_jsonl(
+        tmp_path / "test.jsonl",
+        [
+            {"q": "What is 6*7?", "a": 42, "uid": "x1"},
+            "",  # blank lines are skipped but still counted
+            {"q": "Name?", "a": " Bob ", "uid": 7},
+        ],
+    )
     examples = load_problems("jsonl", src, question_field="q", answer_field="a", id_field="uid")
-    assert [(e.prompt_id, e.question, e.gold) for e in examples] == [("x1", "What is 6*7?", "42"), ("7", "Name?", "Bob")]
+    assert [(e.prompt_id, e.question, e.gold) for e in examples] == [
+        ("x1", "What is 6*7?", "42"),
+        ("7", "Name?", "Bob"),
+    ]
     assert [e.prompt_id for e in load_problems("jsonl", src, question_field="q", answer_field="a")] == [
-        "jsonl-000000", "jsonl-000001"]
+        "jsonl-000000",
+        "jsonl-000001",
+    ]
     assert get_task("jsonl").verifier == "math"
 
 
@@ -130,13 +152,17 @@ def test_jsonl_field_mapping(tmp_path):
     "rows, message",
     [
         ([{"question": "a", "answer": "1"}, {"question": "b"}], "test.jsonl:2: field 'answer' missing"),
-        ([{"question": "a", "answer": "1"}, "", {"question": "", "answer": "2"}],
-         "test.jsonl:3: field 'question' must be a non-empty string"),
+        (
+            [{"question": "a", "answer": "1"}, "", {"question": "", "answer": "2"}],
+            "test.jsonl:3: field 'question' must be a non-empty string",
+        ),
         ([{"question": "a", "answer": ["1"]}], "test.jsonl:1: field 'answer' must be a non-empty string"),
         (["[1, 2]"], "test.jsonl:1: expected a JSON object, got list"),
         (['{"question": "a", "answer": '], "test.jsonl:1: invalid JSON"),
-        ([{"question": "a", "answer": "1", "id": "d"}, {"question": "b", "answer": "2", "id": "d"}],
-         "test.jsonl:2: field 'id': duplicate id 'd' \\(first at .*test.jsonl:1\\)"),
+        (
+            [{"question": "a", "answer": "1", "id": "d"}, {"question": "b", "answer": "2", "id": "d"}],
+            "test.jsonl:2: field 'id': duplicate id 'd' \\(first at .*test.jsonl:1\\)",
+        ),
     ],
 )
 def test_jsonl_bad_rows(tmp_path, rows, message):
@@ -147,20 +173,27 @@ def test_jsonl_bad_rows(tmp_path, rows, message):
 
 
 def test_mcq(tmp_path):
-    src = write_jsonl(tmp_path / "test.jsonl", [
-        {"question": "2+2?", "choices": ["3", "4", "5"], "answer": "B"},
-        {"question": "Capital of France?", "choices": ["Paris", "Rome"], "answer": 0},
-        {"question": "Red?", "choices": ["blue", "red"], "answer": "red"},
-        {"question": "Odd?", "options": [1, 2, 3, 4], "label": "(d)"},
-    ])
+    src = write_jsonl(
+        tmp_path / "test.jsonl",
+        [
+            {"question": "2+2?", "choices": ["3", "4", "5"], "answer": "B"},
+            {"question": "Capital of France?", "choices": ["Paris", "Rome"], "answer": 0},
+            {"question": "Red?", "choices": ["blue", "red"], "answer": "red"},
+            {"question": "Odd?", "options": [1, 2, 3, 4], "label": "(d)"},
+        ],
+    )
     examples = load_problems("mcq", src, limit=3)
     assert examples[0].question == "2+2?\n\n(A) 3\n(B) 4\n(C) 5"
     assert [e.gold for e in examples] == ["B", "A", "B"]
     assert examples[0].meta == {"choices": ["3", "4", "5"]}
     with pytest.raises(DriftError, match=r"test.jsonl:4: field 'choices' must be a list of 2 to 26 choices"):
         load_problems("mcq", src)
-    (renamed,) = load_problems("mcq", write_jsonl(tmp_path / "b.jsonl", [{"question": "Odd?", "options": [1, 2, 3, 4], "label": "(d)"}]),
-                               choices_field="options", answer_field="label")
+    (renamed,) = load_problems(
+        "mcq",
+        write_jsonl(tmp_path / "b.jsonl", [{"question": "Odd?", "options": [1, 2, 3, 4], "label": "(d)"}]),
+        choices_field="options",
+        answer_field="label",
+    )
     assert renamed.gold == "D" and renamed.question.endswith("(D) 4")
     spec = get_task("mcq")
     assert (spec.verifier, spec.instruction) == ("choice", "choice")
@@ -168,26 +201,32 @@ def test_mcq(tmp_path):
 
 def test_mcq_bad_answer(tmp_path):
     src = write_jsonl(tmp_path / "test.jsonl", [{"question": "Q", "choices": ["x", "y"], "answer": "C"}])
-    with pytest.raises(DriftError, match="test.jsonl:1: field 'answer' must be a letter A-B"):
+    with pytest.raises(DriftError, match=r"test.jsonl:1: field 'answer' must be a letter A-B"):
         load_problems("mcq", src)
 
 
 def test_math_and_metamathqa_rows(tmp_path):
-    src = write_jsonl(tmp_path / "test.jsonl", [
-        {"problem": "Half?", "solution": "It is $\\boxed{\\frac{1}{2}}$.", "level": "Level 1"},
-        {"problem": "Two?", "solution": "\\boxed{3}", "answer": "2"},  # the answer field wins
-        {"problem": "None?", "solution": "no box"},
-    ])
+    src = write_jsonl(
+        tmp_path / "test.jsonl",
+        [
+            {"problem": "Half?", "solution": "It is $\\boxed{\\frac{1}{2}}$.", "level": "Level 1"},
+            {"problem": "Two?", "solution": "\\boxed{3}", "answer": "2"},  # the answer field wins
+            {"problem": "None?", "solution": "no box"},
+        ],
+    )
     a, b = load_problems("math", src, limit=2)
     assert (a.gold, a.meta, b.gold) == ("\\frac{1}{2}", {"level": "Level 1"}, "2")
-    with pytest.raises(DriftError, match="test.jsonl:3: field 'answer' missing and field 'solution' has no"):
+    with pytest.raises(DriftError, match=r"test.jsonl:3: field 'answer' missing and field 'solution' has no"):
         load_problems("math500", src)
-    meta = write_jsonl(tmp_path / "train.jsonl", [
-        {"query": "Q", "response": "Work. The answer is: 5/2", "type": "GSM_AnsAug"},
-        {"query": "Q", "response": "no ending"},
-    ])
+    meta = write_jsonl(
+        tmp_path / "train.jsonl",
+        [
+            {"query": "Q", "response": "Work. The answer is: 5/2", "type": "GSM_AnsAug"},
+            {"query": "Q", "response": "no ending"},
+        ],
+    )
     assert load_problems("metamathqa", meta, limit=1)[0].gold == "5/2"
-    with pytest.raises(DriftError, match="train.jsonl:2: field 'response' has no 'The answer is"):
+    with pytest.raises(DriftError, match=r"train.jsonl:2: field 'response' has no 'The answer is"):
         load_problems("metamathqa", meta)
 
 
@@ -202,14 +241,17 @@ def test_json_file_and_folder_sources(tmp_path):
     folder.mkdir()
     write_jsonl(folder / "train.jsonl", [{"question": "t", "answer": "1"}])
     assert load_problems("jsonl", str(folder), split="train")[0].question == "t"
-    with pytest.raises(DriftError, match="no test.jsonl or test.json in this folder \\(found: train.jsonl\\)"):
+    with pytest.raises(DriftError, match=r"no test.jsonl or test.json in this folder \(found: train.jsonl\)"):
         load_problems("jsonl", str(folder), split="test")
 
 
 @pytest.mark.parametrize(
     "source, message",
-    [("./missing.jsonl", "no such file or folder"), ("/nope/x/y.json", "no such file or folder"),
-     ("a/b/c", "no such file or folder")],
+    [
+        ("./missing.jsonl", "no such file or folder"),
+        ("/nope/x/y.json", "no such file or folder"),
+        ("a/b/c", "no such file or folder"),
+    ],
 )
 def test_missing_local_source(source, message):
     with pytest.raises(DriftError, match=message):
@@ -218,7 +260,7 @@ def test_missing_local_source(source, message):
 
 def test_unknown_suffix_task_and_no_source(tmp_path):
     (tmp_path / "data.csv").write_text("question,answer\n")
-    with pytest.raises(DriftError, match="unknown file type '.csv'"):
+    with pytest.raises(DriftError, match=r"unknown file type '.csv'"):
         load_problems("jsonl", str(tmp_path / "data.csv"))
     with pytest.raises(DriftError, match="unknown task 'nope'; known: arithmetic, gpqa, gsm8k, jsonl, math, math500"):
         load_problems("nope")
@@ -242,7 +284,7 @@ def test_hub_download_failure_and_success(monkeypatch):
         return [{"question": "Q", "answer": "#### 9"}]
 
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
-    with pytest.raises(DriftError, match="could not load 'openai/gsm8k:main' split 'test'.*hub unreachable"):
+    with pytest.raises(DriftError, match=r"could not load 'openai/gsm8k:main' split 'test'.*hub unreachable"):
         load_problems("gsm8k")
     assert calls == [("openai/gsm8k", "main", "test")]
     (example,) = load_problems("gsm8k", "someone/copy", split="train")
@@ -250,8 +292,19 @@ def test_hub_download_failure_and_success(monkeypatch):
 
 
 def test_table_entries():
-    assert set(TASKS) == {"arithmetic", "gsm8k", "math", "math500", "metamathqa", "jsonl", "mcq", "theoremqa", "gpqa",
-                          "mmlu_redux", "mmlu_pro"}
+    assert set(TASKS) == {
+        "arithmetic",
+        "gsm8k",
+        "math",
+        "math500",
+        "metamathqa",
+        "jsonl",
+        "mcq",
+        "theoremqa",
+        "gpqa",
+        "mmlu_redux",
+        "mmlu_pro",
+    }
     for name, spec in TASKS.items():
         assert spec.name == name and spec.instruction in ("math", "choice")
         assert spec.verifier in ("math", "numeric", "choice", "exact")
@@ -261,26 +314,41 @@ def test_table_entries():
 
 
 def test_theoremqa_rows(tmp_path):
-    src = write_jsonl(tmp_path / "test.jsonl", [
-        {"Question": "What is 1/2 + 1/4?", "Answer": "0.75", "Answer_type": "float", "Picture": None},
-        {"Question": "Is 7 prime?", "Answer": True, "Answer_type": "bool"},
-        {"Question": "Roots of x^2-3x+2?", "Answer": [1, 2], "Answer_type": "list of integer", "Picture": "img.png"},
-        {"Question": "How many?", "Answer": 3},
-        {"Question": "Empty?", "Answer": ""},
-    ])
+    src = write_jsonl(
+        tmp_path / "test.jsonl",
+        [
+            {"Question": "What is 1/2 + 1/4?", "Answer": "0.75", "Answer_type": "float", "Picture": None},
+            {"Question": "Is 7 prime?", "Answer": True, "Answer_type": "bool"},
+            {
+                "Question": "Roots of x^2-3x+2?",
+                "Answer": [1, 2],
+                "Answer_type": "list of integer",
+                "Picture": "img.png",
+            },
+            {"Question": "How many?", "Answer": 3},
+            {"Question": "Empty?", "Answer": ""},
+        ],
+    )
     examples = load_problems("theoremqa", src, limit=4)
     assert [e.gold for e in examples] == ["0.75", "True", "[1, 2]", "3"]
     assert [e.prompt_id for e in examples] == [f"theoremqa-{i:06d}" for i in range(4)]
     assert examples[0].question == "What is 1/2 + 1/4?" and examples[0].meta == {"answer_type": "float"}
     assert examples[2].meta == {"answer_type": "list of integer", "has_picture": True}
-    with pytest.raises(DriftError, match="test.jsonl:5: field 'Answer' must be a non-empty string"):
+    with pytest.raises(DriftError, match=r"test.jsonl:5: field 'Answer' must be a non-empty string"):
         load_problems("theoremqa", src)
     spec = get_task("theoremqa")
     assert (spec.verifier, spec.instruction, spec.default_source) == ("math", "math", "TIGER-Lab/TheoremQA")
 
 
-GPQA_ROW = {"Question": "Which particle is a lepton?", "Correct Answer": "electron", "Incorrect Answer 1": "proton",
-            "Incorrect Answer 2": "neutron", "Incorrect Answer 3": " pion ", "Subdomain": "Physics", "Record ID": "r1"}
+GPQA_ROW = {
+    "Question": "Which particle is a lepton?",
+    "Correct Answer": "electron",
+    "Incorrect Answer 1": "proton",
+    "Incorrect Answer 2": "neutron",
+    "Incorrect Answer 3": " pion ",
+    "Subdomain": "Physics",
+    "Record ID": "r1",
+}
 
 
 def _gpqa_rows(n):
@@ -308,27 +376,40 @@ def test_gpqa_shuffles_the_choices_by_seed(tmp_path):
 
 def test_gpqa_missing_choice(tmp_path):
     row = {k: v for k, v in GPQA_ROW.items() if k != "Incorrect Answer 2"}
-    with pytest.raises(DriftError, match="test.jsonl:1: field 'Incorrect Answer 2' missing"):
+    with pytest.raises(DriftError, match=r"test.jsonl:1: field 'Incorrect Answer 2' missing"):
         load_problems("gpqa", write_jsonl(tmp_path / "test.jsonl", [row]))
 
 
 def test_mmlu_redux_and_mmlu_pro_rows(tmp_path):
-    redux = write_jsonl(tmp_path / "redux.jsonl", [
-        {"question": "2+2?", "choices": ["3", "4", "5", "6"], "answer": 1, "subject": "arith", "error_type": "ok"},
-        {"question": "Bad?", "choices": ["a", "b"], "answer": 5},
-    ])
+    redux = write_jsonl(
+        tmp_path / "redux.jsonl",
+        [
+            {"question": "2+2?", "choices": ["3", "4", "5", "6"], "answer": 1, "subject": "arith", "error_type": "ok"},
+            {"question": "Bad?", "choices": ["a", "b"], "answer": 5},
+        ],
+    )
     (first,) = load_problems("mmlu_redux", redux, limit=1)
     assert (first.gold, first.question) == ("B", "2+2?\n\n(A) 3\n(B) 4\n(C) 5\n(D) 6")
     assert first.meta == {"choices": ["3", "4", "5", "6"], "subject": "arith", "error_type": "ok"}
-    with pytest.raises(DriftError, match="redux.jsonl:2: field 'answer' must be a letter A-B"):
+    with pytest.raises(DriftError, match=r"redux.jsonl:2: field 'answer' must be a letter A-B"):
         load_problems("mmlu_redux", redux)
     with pytest.raises(DriftError, match="task 'mmlu_redux' needs a source"):
         load_problems("mmlu_redux")
     options = [f"option {i}" for i in range(10)]
-    pro = write_jsonl(tmp_path / "pro.jsonl", [
-        {"question_id": 70, "question": "Pick J", "options": options, "answer": "J", "answer_index": 9,
-         "category": "math", "src": "ori_mmlu"},
-    ])
+    pro = write_jsonl(
+        tmp_path / "pro.jsonl",
+        [
+            {
+                "question_id": 70,
+                "question": "Pick J",
+                "options": options,
+                "answer": "J",
+                "answer_index": 9,
+                "category": "math",
+                "src": "ori_mmlu",
+            },
+        ],
+    )
     (example,) = load_problems("mmlu_pro", pro)
     assert example.gold == "J" and example.question.endswith("(J) option 9")
     assert (example.meta["category"], example.meta["question_id"]) == ("math", 70)
@@ -342,10 +423,12 @@ def test_benchmarks_default_to_their_hub_datasets(monkeypatch):
 
     def load_dataset(repo, config, split):
         calls.append((repo, config, split))
-        rows = {"TIGER-Lab/TheoremQA": [{"Question": "Q", "Answer": "1"}],
-                "Idavidrein/gpqa": [GPQA_ROW],
-                "TIGER-Lab/MMLU-Pro": [{"question": "Q", "options": ["a", "b"], "answer_index": 0}],
-                "edinburgh-dawg/mmlu-redux-2.0": [{"question": "Q", "choices": ["a", "b"], "answer": 1}]}
+        rows = {
+            "TIGER-Lab/TheoremQA": [{"Question": "Q", "Answer": "1"}],
+            "Idavidrein/gpqa": [GPQA_ROW],
+            "TIGER-Lab/MMLU-Pro": [{"question": "Q", "options": ["a", "b"], "answer_index": 0}],
+            "edinburgh-dawg/mmlu-redux-2.0": [{"question": "Q", "choices": ["a", "b"], "answer": 1}],
+        }
         return rows[repo]
 
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
@@ -353,5 +436,9 @@ def test_benchmarks_default_to_their_hub_datasets(monkeypatch):
     assert load_problems("gpqa")[0].meta["Record ID"] == "r1"
     assert load_problems("mmlu_pro", split="validation")[0].gold == "A"
     assert load_problems("mmlu_redux", "edinburgh-dawg/mmlu-redux-2.0:anatomy")[0].gold == "B"
-    assert calls == [("TIGER-Lab/TheoremQA", None, "test"), ("Idavidrein/gpqa", "gpqa_diamond", "train"),
-                     ("TIGER-Lab/MMLU-Pro", None, "validation"), ("edinburgh-dawg/mmlu-redux-2.0", "anatomy", "test")]
+    assert calls == [
+        ("TIGER-Lab/TheoremQA", None, "test"),
+        ("Idavidrein/gpqa", "gpqa_diamond", "train"),
+        ("TIGER-Lab/MMLU-Pro", None, "validation"),
+        ("edinburgh-dawg/mmlu-redux-2.0", "anatomy", "test"),
+    ]

@@ -7,12 +7,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from factories import make_record  # noqa: E402
 from drift import DriftError  # noqa: E402
 from drift.cli import main  # noqa: E402
 from drift.config import TrainConfig, resolve  # noqa: E402
 from drift.examples import build_examples, collate  # noqa: E402
 from drift.records import write_records  # noqa: E402
+from factories import make_record  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -24,16 +24,27 @@ def weighted_file(path, weights):
     recs = []
     for i, w in enumerate(weights):
         answers = [str(i % 7), str(i % 7 + 1), "5"][: 1 + i % 3]
-        recs.append(make_record(f"p{i // 4}", i % 4, answers, first_correct=None, weight=w,
-                                question=f"What is {i}+{i % 5}?"))
+        recs.append(
+            make_record(f"p{i // 4}", i % 4, answers, first_correct=None, weight=w, question=f"What is {i}+{i % 5}?")
+        )
     write_records(path, recs)
     return path
 
 
 def train(tmp_path, name, data, model, **over):
     over.setdefault("optimizer", "sgd")  # exact comparisons: Adam's first step amplifies float noise
-    cfg = resolve(TrainConfig, input=str(data), out=str(tmp_path / name), model=model, dtype="float32",
-                  lr=1e-1, warmup_ratio=0.0, lr_scheduler="constant", max_grad_norm=0.0, **over)
+    cfg = resolve(
+        TrainConfig,
+        input=str(data),
+        out=str(tmp_path / name),
+        model=model,
+        dtype="float32",
+        lr=1e-1,
+        warmup_ratio=0.0,
+        lr_scheduler="constant",
+        max_grad_norm=0.0,
+        **over,
+    )
     from drift.train import run_train
 
     run_train(cfg)
@@ -56,9 +67,12 @@ def test_labels_cover_the_completion_and_eos_only(tiny_model):
     assert completion[-1] == tok.eos_token_id
     assert tok.decode(completion[:-1]) == "<answer>5</answer>"
     # the prompt is the whole history rendered with a generation prompt
-    assert tok.decode(ex.input_ids[: ex.n_prompt]).endswith("Incorrect. Please think again.<|im_end|>\n<|im_start|>assistant\n")
-    ids, mask, pos, labels, weights, k = collate([ex, build_examples(make_record("q", 0, ["9"], weight=2.0), tok)[0]],
-                                                 tok.pad_token_id)
+    assert tok.decode(ex.input_ids[: ex.n_prompt]).endswith(
+        "Incorrect. Please think again.<|im_end|>\n<|im_start|>assistant\n"
+    )
+    _ids, mask, pos, labels, weights, k = collate(
+        [ex, build_examples(make_record("q", 0, ["9"], weight=2.0), tok)[0]], tok.pad_token_id
+    )
     assert k == len(completion)
     assert labels[0].tolist() == completion  # the longest completion fills the window
     trained = labels[1][labels[1] != -100].tolist()
@@ -80,8 +94,8 @@ def test_target_all_trains_every_turn_and_history_is_cut_from_the_left(tiny_mode
 
 
 def test_padded_batch_loss_equals_unpadded_per_example(tiny_model):
-    from drift.models import load_model, load_tokenizer
     from drift.losses import weighted_nll_terms
+    from drift.models import load_model, load_tokenizer
 
     tok, model = load_tokenizer(tiny_model), load_model(tiny_model)
     exs = [build_examples(make_record("p", i, ["1"] * (i + 1), weight=1.0), tok)[0] for i in range(3)]
@@ -94,8 +108,8 @@ def test_padded_batch_loss_equals_unpadded_per_example(tiny_model):
 
 
 def test_weight_zero_gives_zero_gradient(tiny_model):
-    from drift.models import load_model, load_tokenizer
     from drift.losses import weighted_nll_terms
+    from drift.models import load_model, load_tokenizer
 
     tok, model = load_tokenizer(tiny_model), load_model(tiny_model)
     exs = [build_examples(make_record("p", i, [str(i)], weight=0.0), tok)[0] for i in range(2)]
@@ -133,25 +147,70 @@ def test_every_parameter_changes_and_weights_one_equal_plain_sft(tmp_path, tiny_
 def test_gradient_accumulation_1x8_equals_8x1(tmp_path, tiny_model):
     data = weighted_file(tmp_path / "w.jsonl", [0.5, 2.0, 1.0, 0.0, 3.0, 1.5, 0.25, 1.0])
     for reduction in ("mean", "weighted"):
-        one = params(train(tmp_path, f"one-{reduction}", data, tiny_model, batch_size=8, micro_batch_size=8,
-                           max_steps=1, reduction=reduction))
-        eight = params(train(tmp_path, f"eight-{reduction}", data, tiny_model, batch_size=8, micro_batch_size=1,
-                             max_steps=1, reduction=reduction))
+        one = params(
+            train(
+                tmp_path,
+                f"one-{reduction}",
+                data,
+                tiny_model,
+                batch_size=8,
+                micro_batch_size=8,
+                max_steps=1,
+                reduction=reduction,
+            )
+        )
+        eight = params(
+            train(
+                tmp_path,
+                f"eight-{reduction}",
+                data,
+                tiny_model,
+                batch_size=8,
+                micro_batch_size=1,
+                max_steps=1,
+                reduction=reduction,
+            )
+        )
         for k in one:
             assert torch.allclose(one[k], eight[k], atol=1e-6), (reduction, k)
 
 
 def test_resume_continues_bit_for_bit(tmp_path, tiny_model):
     data = weighted_file(tmp_path / "w.jsonl", [1.0, 0.5, 2.0, 1.0] * 4)
-    full = params(train(tmp_path, "full", data, tiny_model, batch_size=4, micro_batch_size=2, max_steps=6,
-                        save_steps=3, save_total_limit=5, optimizer="adamw"))
+    full = params(
+        train(
+            tmp_path,
+            "full",
+            data,
+            tiny_model,
+            batch_size=4,
+            micro_batch_size=2,
+            max_steps=6,
+            save_steps=3,
+            save_total_limit=5,
+            optimizer="adamw",
+        )
+    )
     # a run that died after its step-3 checkpoint: the same folder without what came later
     crashed = tmp_path / "crashed"
     shutil.copytree(tmp_path / "full", crashed)
     shutil.rmtree(crashed / "model")
     assert [p.name for p in (crashed / "checkpoints").iterdir()] == ["step-0000003"]
-    resumed = params(train(tmp_path, "crashed", data, tiny_model, batch_size=4, micro_batch_size=2, max_steps=6,
-                           save_steps=3, save_total_limit=5, resume=True, optimizer="adamw"))
+    resumed = params(
+        train(
+            tmp_path,
+            "crashed",
+            data,
+            tiny_model,
+            batch_size=4,
+            micro_batch_size=2,
+            max_steps=6,
+            save_steps=3,
+            save_total_limit=5,
+            resume=True,
+            optimizer="adamw",
+        )
+    )
     for k in full:
         assert torch.equal(full[k], resumed[k]), k
 
@@ -161,17 +220,30 @@ def test_lora_trains_only_adapters_and_merges(tmp_path, tiny_model):
 
     before = params(load_model(tiny_model))
     data = weighted_file(tmp_path / "w.jsonl", [1.0] * 4)
-    after = params(train(tmp_path, "lora", data, tiny_model, batch_size=4, micro_batch_size=4, max_steps=2,
-                         lora_r=4, optimizer="adamw"))
+    after = params(
+        train(
+            tmp_path,
+            "lora",
+            data,
+            tiny_model,
+            batch_size=4,
+            micro_batch_size=4,
+            max_steps=2,
+            lora_r=4,
+            optimizer="adamw",
+        )
+    )
     assert set(after) == set(before)  # merged: a plain model folder again
     assert any(not torch.equal(before[k], after[k]) for k in before)
 
 
 @pytest.mark.parametrize(
     "edit,message",
-    [(lambda r: r.pop("weight"), "no field 'weight'"),
-     (lambda r: r.update(weight=-1.0), "field 'weight' must be >= 0"),
-     (lambda r: r.update(weight=float("nan")), "field 'weight' must be a finite number")],
+    [
+        (lambda r: r.pop("weight"), "no field 'weight'"),
+        (lambda r: r.update(weight=-1.0), "field 'weight' must be >= 0"),
+        (lambda r: r.update(weight=float("nan")), "field 'weight' must be a finite number"),
+    ],
 )
 def test_bad_input_fails_before_training(tmp_path, tiny_model, capsys, edit, message):
     rec = make_record("p", 0, ["1"], weight=1.0)
@@ -200,8 +272,25 @@ def test_model_without_chat_template_is_an_error(tmp_path, tiny_model):
 def test_cli_train_runs(tmp_path, tiny_model, capsys):
     data = weighted_file(tmp_path / "w.jsonl", [1.0] * 4)
     out = tmp_path / "cli"
-    assert main(["train", str(data), "--out", str(out), "--model", tiny_model, "--batch-size", "4",
-                 "--micro-batch-size", "2", "--max-steps", "2"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(data),
+                "--out",
+                str(out),
+                "--model",
+                tiny_model,
+                "--batch-size",
+                "4",
+                "--micro-batch-size",
+                "2",
+                "--max-steps",
+                "2",
+            ]
+        )
+        == 0
+    )
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["steps"] == 2 and summary["examples"] == 4 and summary["trained_tokens"] > 0
     assert len((out / "train_log.jsonl").read_text().splitlines()) == 2

@@ -136,8 +136,22 @@ def test_optimizer_and_schedule_step_once_per_global_batch(tmp_path, tiny_model)
 def test_kill_one_process_then_resume_gives_the_uninterrupted_weights(tmp_path, tiny_model):
     psutil = pytest.importorskip("psutil")
     data = weighted_file(tmp_path / "w.jsonl", [0.5, 2.0, 1.0, 0.0, 3.0, 1.5, 0.25, 1.0, 2.0] * 2)
-    args = ["--batch-size", "2", "--micro-batch-size", "1", "--epochs", "30", "--save-steps", "5",
-            "--save-total-limit", "3", "--optimizer", "adamw", "--lr", "1e-3"]
+    args = [
+        "--batch-size",
+        "2",
+        "--micro-batch-size",
+        "1",
+        "--epochs",
+        "30",
+        "--save-steps",
+        "5",
+        "--save-total-limit",
+        "3",
+        "--optimizer",
+        "adamw",
+        "--lr",
+        "1e-3",
+    ]
     full = torchrun(train_args(data, tmp_path / "full", tiny_model, *args))
     log = finish(full)
     assert full.returncode == 0, log[-3000:]

@@ -26,11 +26,11 @@ pytest.importorskip("datasets")
 torch.set_num_threads(1)
 
 from drift import DriftError  # noqa: E402
+from drift.config import ExportTRLConfig  # noqa: E402
 from drift.examples import build_examples, collate  # noqa: E402
+from drift.losses import weighted_nll_terms  # noqa: E402
 from drift.records import write_records  # noqa: E402
 from drift.tiny import CHAT_TEMPLATE, build_tiny_model  # noqa: E402
-from drift.losses import weighted_nll_terms  # noqa: E402
-from drift.config import ExportTRLConfig  # noqa: E402
 from drift.trl_export import run_export_trl  # noqa: E402
 
 # The tiny model's ChatML template minus the "\n" after <|im_end|>: the rendered prompt+completion
@@ -42,17 +42,28 @@ TOL = 1e-5
 
 def record(pid, replies, weight=1.0, traj_id=0):
     """A valid schema-1 record: a correction episode with the given assistant replies."""
-    messages = [{"role": "system", "content": "You're a helpful assistant."},
-                {"role": "user", "content": "What is 7+11? Only give the final answer between <answer> and </answer>."}]
+    messages = [
+        {"role": "system", "content": "You're a helpful assistant."},
+        {"role": "user", "content": "What is 7+11? Only give the final answer between <answer> and </answer>."},
+    ]
     for t, reply in enumerate(replies):
         if t:
             messages.append({"role": "user", "content": "Incorrect. Please think again."})
         messages.append({"role": "assistant", "content": reply})
     n = len(replies)
     correct = [t == n - 1 for t in range(n)]
-    return {"schema": 1, "prompt_id": pid, "traj_id": traj_id, "messages": messages, "answers": ["x"] * n,
-            "correct": correct, "rewards": [float(c) for c in correct], "format_errors": 0,
-            "first_correct_turn": n, "weight": weight}
+    return {
+        "schema": 1,
+        "prompt_id": pid,
+        "traj_id": traj_id,
+        "messages": messages,
+        "answers": ["x"] * n,
+        "correct": correct,
+        "rewards": [float(c) for c in correct],
+        "format_errors": 0,
+        "first_correct_turn": n,
+        "weight": weight,
+    }
 
 
 RECORDS = [
@@ -98,8 +109,17 @@ def trl_trainer(tmp_path, model_path, tokenizer, data_file):
     from datasets import load_dataset
     from trl import SFTConfig, SFTTrainer
 
-    args = SFTConfig(output_dir=str(tmp_path / "trl-run"), report_to="none", use_cpu=True, bf16=False, fp16=False,
-                     per_device_train_batch_size=1, max_length=None, dataset_num_proc=None, seed=0)
+    args = SFTConfig(
+        output_dir=str(tmp_path / "trl-run"),
+        report_to="none",
+        use_cpu=True,
+        bf16=False,
+        fp16=False,
+        per_device_train_batch_size=1,
+        max_length=None,
+        dataset_num_proc=None,
+        seed=0,
+    )
     dataset = load_dataset("json", data_files=str(data_file), split="train")
     trainer = SFTTrainer(model=load_model(model_path), args=args, train_dataset=dataset, processing_class=tokenizer)
     assert trainer.completion_only_loss  # prompt/completion data: TRL's default
@@ -134,7 +154,7 @@ def test_drift_loss_equals_trl_completion_only_loss_per_example(tmp_path, tiny, 
     for row, ex in zip(rows, examples):
         # same tokens, same trained positions (TRL's labels are unshifted: -100 on the prompt)
         assert row["input_ids"] == ex.input_ids
-        assert row["labels"] == [-100] * ex.n_prompt + ex.input_ids[ex.n_prompt:]
+        assert row["labels"] == [-100] * ex.n_prompt + ex.input_ids[ex.n_prompt :]
         ours, (theirs, _) = drift_loss(model, [ex], tok.pad_token_id), trl_loss(trainer, [row])
         assert theirs > 1.0  # a random model: a real, non-trivial NLL
         assert abs(ours - theirs) < TOL, (ex.index, ours, theirs)
@@ -168,7 +188,7 @@ def test_chatml_newline_is_trained_by_trl_not_by_drift(tmp_path, tiny):
     for row, ex in zip(trainer.train_dataset, drift_examples(RECORDS, tok)):
         assert ex.input_ids[-1] == tok.eos_token_id
         assert row["input_ids"] == ex.input_ids + newline
-        assert row["labels"] == [-100] * ex.n_prompt + ex.input_ids[ex.n_prompt:] + newline
+        assert row["labels"] == [-100] * ex.n_prompt + ex.input_ids[ex.n_prompt :] + newline
         ours, (theirs, _) = drift_loss(model, [ex], tok.pad_token_id), trl_loss(trainer, [row])
         assert abs(ours - theirs) > 1e-4, (ours, theirs)  # the comparison above is sensitive to one token
 
@@ -178,7 +198,11 @@ def test_export_trl_rows(tmp_path):
     out = export(tmp_path, recs, target="all")
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [(r["prompt_id"], r["traj_id"], r["turn"], r["weight"]) for r in rows] == [
-        ("a", 0, 1, 1.0), ("c", 4, 1, 2.5), ("c", 4, 2, 2.5), ("c", 4, 3, 2.5)]
+        ("a", 0, 1, 1.0),
+        ("c", 4, 1, 2.5),
+        ("c", 4, 2, 2.5),
+        ("c", 4, 3, 2.5),
+    ]
     msgs = RECORDS[2]["messages"]
     last = rows[-1]
     assert set(last) == {"prompt", "completion", "weight", "prompt_id", "traj_id", "turn"}

@@ -54,14 +54,25 @@ def test_math_fast_paths_need_no_worker():
         def check(self, *args):
             raise AssertionError("the worker should not be asked")
 
-    for prediction, gold, expected in [("1,000", "1000.0", True), ("0.5", "1/2", True), ("3", "4", False),
-                                       ("\\text{Yes}", "yes", True), ("1" * 100_001, "1" * 100_001, True),
-                                       ("1" + "0" * 100_000, "1", False)]:
+    for prediction, gold, expected in [
+        ("1,000", "1000.0", True),
+        ("0.5", "1/2", True),
+        ("3", "4", False),
+        ("\\text{Yes}", "yes", True),
+        ("1" * 100_001, "1" * 100_001, True),
+        ("1" + "0" * 100_000, "1", False),
+    ]:
         assert verify_math(prediction, gold, worker=NoWorker()) is expected
 
 
-EXACT_CASES = [("Yes.", "yes", True), (" $1,234.50$ ", "1234.5", True), ("\\text{B}", "b", True),
-               ("1/2", "0.5", False), ("", "", False), ("12", "1,2", False)]
+EXACT_CASES = [
+    ("Yes.", "yes", True),
+    (" $1,234.50$ ", "1234.5", True),
+    ("\\text{B}", "b", True),
+    ("1/2", "0.5", False),
+    ("", "", False),
+    ("12", "1,2", False),
+]
 
 
 @pytest.mark.parametrize("prediction, gold, expected", EXACT_CASES)
@@ -172,8 +183,9 @@ def test_math_timeout_main_thread(math_verifier, hostile):
     elapsed = time.perf_counter() - start
     assert 0.45 < elapsed < 15.0  # the limit was enforced, not waited out (bound loose for loaded CI)
     assert math_verifier.stats == VerifierStats(calls=2, timeouts=1, errors=0)
-    assert Verifier("math", timeout=30.0, worker=math_verifier._fn.keywords["worker"])(
-        "\\sqrt{8}", "2\\sqrt{2}") is True  # a fresh worker took over
+    assert (
+        Verifier("math", timeout=30.0, worker=math_verifier._fn.keywords["worker"])("\\sqrt{8}", "2\\sqrt{2}") is True
+    )  # a fresh worker took over
     assert math_verifier.stats.calls == 2 and math_verifier.stats.timeouts == 1
 
 

@@ -8,13 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from factories import weighting
-
 from drift import DriftError
 from drift.weighting import (
     SCHEMES,
-    Scheme,
     Columns,
+    Scheme,
     compute_returns,
     compute_weights,
     diagnostics,
@@ -24,6 +22,7 @@ from drift.weighting import (
     repetition_penalty,
     trajectory_return,
 )
+from factories import weighting
 
 
 def make(prompt_id, traj_id, answers, first_correct=None):
@@ -34,9 +33,15 @@ def make(prompt_id, traj_id, answers, first_correct=None):
     for a in answers:
         msgs += [{"role": "assistant", "content": f"<answer>{a}</answer>"}, {"role": "user", "content": "again"}]
     return {
-        "schema": 1, "prompt_id": prompt_id, "traj_id": traj_id, "messages": msgs[:-1],
-        "answers": answers, "correct": correct, "rewards": [float(c) for c in correct],
-        "format_errors": answers.count(None), "first_correct_turn": first_correct,
+        "schema": 1,
+        "prompt_id": prompt_id,
+        "traj_id": traj_id,
+        "messages": msgs[:-1],
+        "answers": answers,
+        "correct": correct,
+        "rewards": [float(c) for c in correct],
+        "format_errors": answers.count(None),
+        "first_correct_turn": first_correct,
     }
 
 
@@ -219,8 +224,12 @@ def test_diagnostics_by_hand():
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.integers(min_value=1, max_value=40), st.integers(0, 10**6),
-       st.floats(min_value=0.0, max_value=1.0), st.floats(min_value=0.0, max_value=2.0))
+@given(
+    st.integers(min_value=1, max_value=40),
+    st.integers(0, 10**6),
+    st.floats(min_value=0.0, max_value=1.0),
+    st.floats(min_value=0.0, max_value=2.0),
+)
 def test_fast_returns_equal_the_reference_formula(n, seed, gamma, lam):
     rnd = random.Random(seed)
     recs = []
@@ -230,14 +239,20 @@ def test_fast_returns_equal_the_reference_formula(n, seed, gamma, lam):
         recs.append(make(f"p{i % 3}", i, answers, turns if rnd.random() < 0.5 else None))
     params = weighting(gamma=gamma, lam=lam, format_penalty=0.1)
     fast = compute_returns(recs, params)
-    slow = [trajectory_return(r["rewards"], r["answers"], r["format_errors"], gamma=gamma, lam=lam, format_penalty=0.1)
-            for r in recs]
+    slow = [
+        trajectory_return(r["rewards"], r["answers"], r["format_errors"], gamma=gamma, lam=lam, format_penalty=0.1)
+        for r in recs
+    ]
     assert fast == pytest.approx(slow, rel=1e-12, abs=1e-12)
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.integers(1, 6), min_size=1, max_size=6), st.integers(0, 10**6),
-       st.sampled_from([0.01, 0.1, 1.0, 50.0]), st.sampled_from(sorted(SCHEMES)))
+@given(
+    st.lists(st.integers(1, 6), min_size=1, max_size=6),
+    st.integers(0, 10**6),
+    st.sampled_from([0.01, 0.1, 1.0, 50.0]),
+    st.sampled_from(sorted(SCHEMES)),
+)
 def test_every_scheme_equals_its_readable_per_group_function(group_sizes, seed, beta, scheme):
     """What compute_weights gives (through a vectorised twin where the scheme has one) equals the
     scheme's per-group function called on each group by hand."""
@@ -259,12 +274,14 @@ def test_every_scheme_equals_its_readable_per_group_function(group_sizes, seed, 
         for i, w in zip(idx, SCHEMES[scheme].per_group(np.array([returns[i] for i in idx]), solved, params)):
             expected[i] = None if math.isnan(w) else float(w)
     assert [w is None for w in weights] == [w is None for w in expected]
-    assert [w for w in weights if w is not None] == pytest.approx([w for w in expected if w is not None],
-                                                                  rel=1e-12, abs=1e-300)
+    assert [w for w in weights if w is not None] == pytest.approx(
+        [w for w in expected if w is not None], rel=1e-12, abs=1e-300
+    )
 
 
 def test_a_new_scheme_is_one_per_group_function(monkeypatch):
     """A scheme without a vectorised twin runs through its per-group function, group by group."""
+
     def best_only(returns, solved, params):  # all the weight on the group's best trajectory
         w = np.zeros(len(returns))
         w[int(np.argmax(returns))] = len(returns)

@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 
 from drift import config as C
-from drift.weight import run_weight
 from drift.compare import run_compare
 from drift.demo import PRESETS, format_warmup
 from drift.evaluate import run_eval
@@ -36,14 +35,22 @@ from drift.records import write_records
 from drift.rl import run_rl
 from drift.rollout import run_rollout
 from drift.train import run_train
+from drift.weight import run_weight
 
 HERE = Path(__file__).resolve().parent
 WORK, RESULTS = HERE / "work", HERE / "results"
 SEED = 0
 EVAL_PROMPTS = 500
 PRESET = {**PRESETS["full"], "warmup_prompts": 128}
-SHARED = dict(model=PRESET["model"], task="arithmetic", task_options=PRESET["task_options"], max_turns=5,
-              answer_mode="lenient", max_new_tokens=PRESET["max_new_tokens"], seed=SEED)
+SHARED = dict(
+    model=PRESET["model"],
+    task="arithmetic",
+    task_options=PRESET["task_options"],
+    max_turns=5,
+    answer_mode="lenient",
+    max_new_tokens=PRESET["max_new_tokens"],
+    seed=SEED,
+)
 RL_ROUNDS = 10  # 10 rounds x 8 prompts x 8 trajectories = 640 >= DRIFT-5's 512 trajectories
 
 
@@ -59,16 +66,33 @@ def once(marker: Path, fn):
 
 
 def rollouts(name: str, model: str, max_turns: int) -> dict:
-    cfg = C.RolloutConfig(**{**SHARED, "max_turns": max_turns, "model": model}, num_prompts=PRESET["train_prompts"],
-                          split="train", n=PRESET["k"], temperature=1.0, out=str(WORK / f"{name}.jsonl"), resume=True)
+    cfg = C.RolloutConfig(
+        **{**SHARED, "max_turns": max_turns, "model": model},
+        num_prompts=PRESET["train_prompts"],
+        split="train",
+        n=PRESET["k"],
+        temperature=1.0,
+        out=str(WORK / f"{name}.jsonl"),
+        resume=True,
+    )
     once(WORK / f"{name}.summary.json", lambda: (log(f"rollouts {name}"), run_rollout(cfg)))
     return json.loads((WORK / f"{name}.summary.json").read_text())
 
 
 def train(name: str, data: Path, model: str) -> dict:
-    cfg = C.TrainConfig(input=str(data), out=str(WORK / name), model=model, epochs=PRESET["epochs"], lr=PRESET["lr"],
-                        batch_size=PRESET["batch_size"], micro_batch_size=PRESET["micro_batch_size"],
-                        warmup_ratio=0.1, seed=SEED, save_steps=10, resume=True)
+    cfg = C.TrainConfig(
+        input=str(data),
+        out=str(WORK / name),
+        model=model,
+        epochs=PRESET["epochs"],
+        lr=PRESET["lr"],
+        batch_size=PRESET["batch_size"],
+        micro_batch_size=PRESET["micro_batch_size"],
+        warmup_ratio=0.1,
+        seed=SEED,
+        save_steps=10,
+        resume=True,
+    )
     once(WORK / name / "train_summary.json", lambda: (log(f"train {name}"), run_train(cfg)))
     return json.loads((WORK / name / "train_summary.json").read_text())
 
@@ -89,8 +113,9 @@ def gold_sft_data() -> Path:
     out = WORK / "sft-gold.jsonl"
     if not out.exists():
         spec, records = get_task("arithmetic"), []
-        for ex in load_problems("arithmetic", split="train", limit=PRESET["train_prompts"], seed=SEED,
-                                **PRESET["task_options"]):
+        for ex in load_problems(
+            "arithmetic", split="train", limit=PRESET["train_prompts"], seed=SEED, **PRESET["task_options"]
+        ):
             env = make_env(spec, max_turns=1)
             env.reset(ex)
             env.step(ANSWER_FORMAT.format(answer=ex.gold))
@@ -100,8 +125,13 @@ def gold_sft_data() -> Path:
 
 
 def evaluate(name: str, model: str, compute: dict) -> dict:
-    cfg = C.EvalConfig(**{**SHARED, "model": model}, num_prompts=EVAL_PROMPTS, split="test",
-                       out=str(WORK / f"eval-{name}"), resume=True)
+    cfg = C.EvalConfig(
+        **{**SHARED, "model": model},
+        num_prompts=EVAL_PROMPTS,
+        split="test",
+        out=str(WORK / f"eval-{name}"),
+        resume=True,
+    )
     once(WORK / f"eval-{name}" / "report.json", lambda: (log(f"evaluate {name}"), run_eval(cfg)))
     report = json.loads((WORK / f"eval-{name}" / "report.json").read_text())
     report["compute"] = compute
@@ -112,9 +142,12 @@ def evaluate(name: str, model: str, compute: dict) -> dict:
 
 def cost(roll: dict | None = None, tr: dict | None = None) -> dict:
     """Compute spent by a method: sampling + training, measured."""
-    c = {"rollout_seconds": roll["wall_seconds"] if roll else 0.0,
-         "generated_tokens": roll["tokens_generated"] if roll else 0,
-         "train_seconds": tr["wall_seconds"] if tr else 0.0, "trained_tokens": tr["tokens"] if tr else 0}
+    c = {
+        "rollout_seconds": roll["wall_seconds"] if roll else 0.0,
+        "generated_tokens": roll["tokens_generated"] if roll else 0,
+        "train_seconds": tr["wall_seconds"] if tr else 0.0,
+        "trained_tokens": tr["tokens"] if tr else 0,
+    }
     c["total_seconds"] = round(c["rollout_seconds"] + c["train_seconds"], 1)
     return c
 
@@ -131,40 +164,70 @@ def main() -> None:
     rows["SFT"] = cost(tr=train("sft", gold_sft_data(), ref))
     rows["RFT"] = cost(five, train("rft", weigh("rft", WORK / "rollouts-5turn.jsonl", scheme="rft"), ref))
     rows["DRIFT-1"] = cost(one, train("drift-1", weigh("drift-1", WORK / "rollouts-1turn.jsonl", all_fail="drop"), ref))
-    rows["DRIFT-5"] = cost(five, train("drift-5", weigh("drift-5", WORK / "rollouts-5turn.jsonl", all_fail="drop"), ref))
+    rows["DRIFT-5"] = cost(
+        five, train("drift-5", weigh("drift-5", WORK / "rollouts-5turn.jsonl", all_fail="drop"), ref)
+    )
     rows["DRIFT-5-keep"] = cost(five, train("drift-5-keep", weigh("drift-5-keep", WORK / "rollouts-5turn.jsonl"), ref))
-    rl_cfg = C.RLConfig(**{**SHARED, "model": ref}, out=str(WORK / "rl"), algorithm="grpo", steps=RL_ROUNDS,
-                        prompts_per_step=8, group_size=PRESET["k"], num_prompts=PRESET["train_prompts"],
-                        split="train", temperature=1.0, lr=PRESET["lr"], micro_batch_size=PRESET["micro_batch_size"],
-                        lr_scheduler="constant_with_warmup", warmup_ratio=0.0,  # as when the table was measured
-                        save_steps=2, resume=True)
+    rl_cfg = C.RLConfig(
+        **{**SHARED, "model": ref},
+        out=str(WORK / "rl"),
+        algorithm="grpo",
+        steps=RL_ROUNDS,
+        prompts_per_step=8,
+        group_size=PRESET["k"],
+        num_prompts=PRESET["train_prompts"],
+        split="train",
+        temperature=1.0,
+        lr=PRESET["lr"],
+        micro_batch_size=PRESET["micro_batch_size"],
+        lr_scheduler="constant_with_warmup",
+        warmup_ratio=0.0,  # as when the table was measured
+        save_steps=2,
+        resume=True,
+    )
     once(WORK / "rl" / "rl_summary.json", lambda: (log("online RL"), run_rl(rl_cfg)))
     rl = json.loads((WORK / "rl" / "rl_summary.json").read_text())
-    rows["Online RL"] = {"rollout_seconds": rl["generation_seconds"], "generated_tokens": rl["generated_tokens"],
-                         "train_seconds": rl["training_seconds"], "trained_tokens": rl["trained_tokens"],
-                         "total_seconds": round(rl["generation_seconds"] + rl["training_seconds"], 1)}
-    models = {"Base": ref, "SFT": WORK / "sft" / "model", "RFT": WORK / "rft" / "model",
-              "DRIFT-1": WORK / "drift-1" / "model", "DRIFT-5": WORK / "drift-5" / "model",
-              "DRIFT-5-keep": WORK / "drift-5-keep" / "model", "Online RL": WORK / "rl" / "model"}
+    rows["Online RL"] = {
+        "rollout_seconds": rl["generation_seconds"],
+        "generated_tokens": rl["generated_tokens"],
+        "train_seconds": rl["training_seconds"],
+        "trained_tokens": rl["trained_tokens"],
+        "total_seconds": round(rl["generation_seconds"] + rl["training_seconds"], 1),
+    }
+    models = {
+        "Base": ref,
+        "SFT": WORK / "sft" / "model",
+        "RFT": WORK / "rft" / "model",
+        "DRIFT-1": WORK / "drift-1" / "model",
+        "DRIFT-5": WORK / "drift-5" / "model",
+        "DRIFT-5-keep": WORK / "drift-5-keep" / "model",
+        "Online RL": WORK / "rl" / "model",
+    }
     for name, model in models.items():
         evaluate(name, str(model), rows[name])
     log("comparison")
-    comparison = run_compare(C.CompareConfig(reports=[str(RESULTS / n) for n in models], names=list(models),
-                                             out=str(RESULTS)))
+    comparison = run_compare(
+        C.CompareConfig(reports=[str(RESULTS / n) for n in models], names=list(models), out=str(RESULTS))
+    )
     write_table(comparison, time.perf_counter() - start)
 
 
 def write_table(comparison: dict, wall: float) -> None:
-    lines = ["| method | multi@1 | multi@2 | multi@3 | multi@4 | multi@5 | 95% CI multi@5 | correction rate | "
-             "unique ratio | sampling s | training s | generated tokens | trained tokens |",
-             "|---|" + "---|" * 12]
+    lines = [
+        "| method | multi@1 | multi@2 | multi@3 | multi@4 | multi@5 | 95% CI multi@5 | correction rate | "
+        "unique ratio | sampling s | training s | generated tokens | trained tokens |",
+        "|---|" + "---|" * 12,
+    ]
     for name in [r["name"] for r in comparison["runs"]]:
         rep = json.loads((RESULTS / name / "report.json").read_text())
         acc, ci, c = rep["cumulative_accuracy"], rep["cumulative_accuracy_ci"]["5"], rep["compute"]
-        lines.append(f"| {name} | " + " | ".join(f"{acc[str(k)]:.3f}" for k in range(1, 6))
-                     + f" | [{ci[0]:.3f}, {ci[1]:.3f}] | {rep['correction_rate_overall'] or 0:.3f} | "
-                       f"{rep['unique_answer_ratio'] or 0:.3f} | {c['rollout_seconds']:.0f} | {c['train_seconds']:.0f} | "
-                       f"{c['generated_tokens']} | {c['trained_tokens']} |")
+        lines.append(
+            f"| {name} | "
+            + " | ".join(f"{acc[str(k)]:.3f}" for k in range(1, 6))
+            + f" | [{ci[0]:.3f}, {ci[1]:.3f}] | {rep['correction_rate_overall'] or 0:.3f} | "
+            f"{rep['unique_answer_ratio'] or 0:.3f} | {c['rollout_seconds']:.0f} | {c['train_seconds']:.0f} | "
+            f"{c['generated_tokens']} | {c['trained_tokens']} |"
+        )
     lines.append(f"\nTotal wall time of this run: {wall / 60:.1f} min.")
     (RESULTS / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -21,6 +21,7 @@ name           matches                                   example
 from __future__ import annotations
 
 import re
+from collections import deque
 from decimal import Decimal, InvalidOperation
 
 MODES: dict[str, tuple[str, ...]] = {
@@ -74,10 +75,8 @@ def _from_hash(text: str) -> str | None:
 
 
 def _from_last_number(text: str) -> str | None:
-    last = None
-    for last in _NUMBER.finditer(text):
-        pass
-    return last.group(0) if last else None
+    last = deque(_NUMBER.finditer(text), maxlen=1)
+    return last[0].group(0) if last else None
 
 
 EXTRACTORS = {"tag": _from_tag, "boxed": _from_boxed, "hash": _from_hash, "last_number": _from_last_number}

@@ -24,9 +24,10 @@ def end_of_turn_ids(tokenizer) -> tuple[int, ...]:
     special token: what the model generates to end a turn. A template that writes no special
     token there gets the tokenizer's EOS."""
     probe = "drift-end-of-turn-probe"
-    text = tokenizer.apply_chat_template([{"role": "user", "content": "q"}, {"role": "assistant", "content": probe}],
-                                         tokenize=False)
-    ids = tokenizer(text[text.rindex(probe) + len(probe):], add_special_tokens=False)["input_ids"]
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "q"}, {"role": "assistant", "content": probe}], tokenize=False
+    )
+    ids = tokenizer(text[text.rindex(probe) + len(probe) :], add_special_tokens=False)["input_ids"]
     special = set(tokenizer.all_special_ids)
     end = next((k for k, i in enumerate(ids) if i in special), None)
     return tuple(ids[: end + 1]) if end is not None else (tokenizer.eos_token_id,)

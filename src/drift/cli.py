@@ -23,8 +23,11 @@ COMMANDS: dict[str, tuple[type, str, str]] = {  # in pipeline order, as --help l
     "eval": (C.EvalConfig, "drift.evaluate:run_eval", "multi-turn accuracy of a model (or of records): report.json"),
     "compare": (C.CompareConfig, "drift.compare:run_compare", "compare eval reports: table and plots"),
     "rl": (C.RLConfig, "drift.rl:run_rl", "online multi-turn RL baseline (group-relative PG) or iterated DRIFT"),
-    "export-trl": (C.ExportTRLConfig, "drift.trl_export:run_export_trl",
-                   "write weighted trajectories as a TRL prompt/completion dataset"),
+    "export-trl": (
+        C.ExportTRLConfig,
+        "drift.trl_export:run_export_trl",
+        "write weighted trajectories as a TRL prompt/completion dataset",
+    ),
 }
 
 
@@ -39,9 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
     for name, (cls, _, summary) in COMMANDS.items():
         doc = (cls.__doc__ or "").strip()
-        p = sub.add_parser(
-            name, help=summary, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
-        )
+        p = sub.add_parser(name, help=summary, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
         C.add_arguments(p, cls)
     return parser
 

@@ -10,15 +10,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from drift import DriftError
-from drift.outputs import write_json
 from drift.config import CompareConfig, save_config
+from drift.outputs import write_json
 from drift.report import REPORT_NAME, load_report
 from drift.tables import format_table
 
-
 # Table column -> key of a comparison row (see report_row).
-COLUMNS = {"corr@2": "correction@2", "corr all": "correction_overall", "unique": "unique_answer_ratio",
-           "fmt err": "format_error_rate"}
+COLUMNS = {
+    "corr@2": "correction@2",
+    "corr all": "correction_overall",
+    "unique": "unique_answer_ratio",
+    "fmt err": "format_error_rate",
+}
 
 
 def default_name(path: str | Path) -> str:
@@ -78,18 +81,24 @@ def run_compare(cfg: CompareConfig) -> dict:
     rows = {name: report_row(report, max_k) for name, report in reports.items()}
 
     multi = [f"multi@{k}" for k in range(1, max_k + 1)]
-    print(format_table(
-        [[name, row["n"], *(row[m] for m in multi), *(row[key] for key in COLUMNS.values())]
-         for name, row in rows.items()],
-        ["method", "n", *multi, *COLUMNS],
-    ))
+    print(
+        format_table(
+            [
+                [name, row["n"], *(row[m] for m in multi), *(row[key] for key in COLUMNS.values())]
+                for name, row in rows.items()
+            ],
+            ["method", "n", *multi, *COLUMNS],
+        )
+    )
     compute_keys = list(dict.fromkeys(k for row in rows.values() for k in row.get("compute", {})))
     if compute_keys:
         print()
-        print(format_table(
-            [[name, *(row.get("compute", {}).get(k) for k in compute_keys)] for name, row in rows.items()],
-            ["method", *compute_keys],
-        ))
+        print(
+            format_table(
+                [[name, *(row.get("compute", {}).get(k) for k in compute_keys)] for name, row in rows.items()],
+                ["method", *compute_keys],
+            )
+        )
 
     result = {"runs": [{"name": name, "report": str(path), **rows[name]} for name, path in zip(names, cfg.reports)]}
     if cfg.out:

@@ -25,8 +25,14 @@ import yaml
 from drift import DriftError
 
 
-def option(default: Any, help: str, *, positional: bool = False, short: str | None = None,
-           choices: typing.Callable[[], typing.Iterable[str]] | None = None):
+def option(
+    default: Any,
+    help: str,
+    *,
+    positional: bool = False,
+    short: str | None = None,
+    choices: typing.Callable[[], typing.Iterable[str]] | None = None,
+):
     """A config field with its help text (and whether it is a positional CLI argument).
 
     ``choices`` returns the allowed names from the table that owns them (``lambda: SCHEMES``), so
@@ -51,9 +57,11 @@ def _backends():
 # -- commands' configs -----------------------------------------------------------------------
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
-DTYPE_HELP = ("compute precision: auto = bfloat16 on GPUs that support it and on CPUs with bf16 units "
-              "(AVX512-BF16, AMX), float32 otherwise (bf16 without such units is many times slower); "
-              "bfloat16/float16 run the model in autocast with float32 weights for training")
+DTYPE_HELP = (
+    "compute precision: auto = bfloat16 on GPUs that support it and on CPUs with bf16 units "
+    "(AVX512-BF16, AMX), float32 otherwise (bf16 without such units is many times slower); "
+    "bfloat16/float16 run the model in autocast with float32 weights for training"
+)
 
 
 @dataclass
@@ -113,19 +121,25 @@ class GenerationOptions:
 
     model: str = option("smollm2-135m", "model folder, .gguf file, short name (smollm2-135m, tiny-random) or hub id")
     backend: str = option(
-        "hf", "hf: transformers generate; vllm: offline engine; openai: any OpenAI-compatible server; "
-        "scripted: a fake policy for tests", choices=_backends,
+        "hf",
+        "hf: transformers generate; vllm: offline engine; openai: any OpenAI-compatible server; "
+        "scripted: a fake policy for tests",
+        choices=_backends,
     )
     base_url: str = option("http://127.0.0.1:8000/v1", "server URL for --backend openai")
     concurrency: int = option(16, "parallel requests for --backend openai")
     batch_size: int = option(32, "sequences per generate call for --backend hf")
     model_generation_config: bool = option(
-        False, "--backend hf: also apply the model's own generation_config (repetition penalty, no-repeat "
-               "n-grams, ...); off: samples come from the model's distribution at --temperature / --top-p only")
+        False,
+        "--backend hf: also apply the model's own generation_config (repetition penalty, no-repeat "
+        "n-grams, ...); off: samples come from the model's distribution at --temperature / --top-p only",
+    )
     tensor_parallel_size: int = option(1, "GPUs one model is split across, for --backend vllm")
     gpu_memory_utilization: float | None = option(
-        None, "share of memory vLLM may use (weights + KV cache), for --backend vllm (none: 0.9 on GPUs; "
-              "on CPUs 80%% of the memory free at start, at most 0.5)")
+        None,
+        "share of memory vLLM may use (weights + KV cache), for --backend vllm (none: 0.9 on GPUs; "
+        "on CPUs 80%% of the memory free at start, at most 0.5)",
+    )
     dtype: Dtype = option("auto", DTYPE_HELP)
     task: str = option("arithmetic", "task name: arithmetic, gsm8k, math, math500, metamathqa, jsonl, mcq, ...")
     source: str | None = option(None, "dataset: local file/folder or hub name (default: the task's own)")
@@ -133,7 +147,9 @@ class GenerationOptions:
     task_options: dict = option(dict, "task knobs as k=v,k=v (arithmetic: digits, ops, terms)")
     num_prompts: int | None = option(None, "use the first N prompts (none: all)")
     max_turns: int = option(5, "T: attempts per episode; stop at the first correct answer")
-    protocol: Literal["simple", "full"] = option("simple", "feedback after a wrong answer: simple or full (reward/turn block)")
+    protocol: Literal["simple", "full"] = option(
+        "simple", "feedback after a wrong answer: simple or full (reward/turn block)"
+    )
     answer_mode: Literal["strict", "lenient"] = option(
         "strict", "strict: only <answer>...</answer>; lenient: also \\boxed{}, '#### x', last number"
     )
@@ -274,8 +290,10 @@ class DemoConfig(WeightingOptions):
     max_turns: int = option(5, "T: attempts per episode")
     dtype: Dtype = option("auto", DTYPE_HELP)
     all_fail: Literal["keep", "drop"] | None = option(  # type: ignore[assignment]
-        None, "groups where no trajectory succeeds: keep or drop (none: the demo's recipe, drop; --quick keeps "
-              "them, as a random model solves nothing)")
+        None,
+        "groups where no trajectory succeeds: keep or drop (none: the demo's recipe, drop; --quick keeps "
+        "them, as a random model solves nothing)",
+    )
     seed: int = option(0, "seed of problems, sampling and training")
 
 
@@ -361,7 +379,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
     hints = typing.get_type_hints(cls, include_extras=False)
     for f in dataclasses.fields(cls):
         hint = hints[f.name]
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        default = _default(f)
         help_text = f.metadata.get("help", "")
         if hint is not bool and default not in ("", None, [], {}):
             help_text += f" (default: {default})"
@@ -372,17 +390,38 @@ def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
         names = [_flag(f.name)] + ([f.metadata["short"]] if f.metadata.get("short") else [])
         if hint is bool:
             parser.add_argument(
-                *names, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                *names,
+                dest=f.name,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
                 help=help_text + f" (default: {'on' if default else 'off'})",
             )
             continue
         inner, _ = _unwrap_optional(hint)
         choices = typing.get_args(inner) if typing.get_origin(inner) is Literal else _choices(f)
         parser.add_argument(
-            *names, dest=f.name, default=argparse.SUPPRESS, metavar="{" + ",".join(choices) + "}" if choices else None,
-            type=lambda text, h=hint, f=f: _check_choice(_parse_scalar(text, h), f, argparse.ArgumentTypeError),
+            *names,
+            dest=f.name,
+            default=argparse.SUPPRESS,
+            metavar="{" + ",".join(choices) + "}" if choices else None,
+            type=_flag_parser(hint, f),
             help=help_text,
         )
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
+def _flag_parser(hint, f: dataclasses.Field) -> typing.Callable[[str], Any]:
+    """argparse's ``type=`` for field ``f``: parse the text as ``hint``, then check the field's choices."""
+
+    def parse(text: str) -> Any:
+        return _check_choice(_parse_scalar(text, hint), f, argparse.ArgumentTypeError)
+
+    return parse
 
 
 def _choices(f: dataclasses.Field) -> tuple[str, ...] | None:
@@ -393,8 +432,11 @@ def _choices(f: dataclasses.Field) -> tuple[str, ...] | None:
 def _check_choice(value, f: dataclasses.Field, error: type[Exception], where: str = ""):
     choices = _choices(f)
     if choices is not None and value not in choices:
-        raise error(f"{where} must be one of {', '.join(choices)}, got {value!r}" if where
-                    else f"choose from {', '.join(choices)}")
+        raise error(
+            f"{where} must be one of {', '.join(choices)}, got {value!r}"
+            if where
+            else f"choose from {', '.join(choices)}"
+        )
     return value
 
 
@@ -421,7 +463,7 @@ def _coerce(value, hint, where: str):
         return float(value)
     if inner is float and isinstance(value, float) and not math.isfinite(value):
         raise DriftError(f"{where} must be a finite number, got {value!r}")
-    if inner in (int, float) and isinstance(value, bool) or not isinstance(value, inner):
+    if (inner in (int, float) and isinstance(value, bool)) or not isinstance(value, inner):
         raise DriftError(f"{where} must be {inner.__name__}, got {type(value).__name__} {value!r}")
     return value
 

@@ -24,18 +24,43 @@ import shutil
 import time
 from dataclasses import fields, replace
 from pathlib import Path
+from typing import Any
 
 from drift import config as C
 
-PRESETS = {
+PRESETS: dict[str, dict[str, Any]] = {
     # The real demo: SmolLM2-135M-Instruct on 2-digit addition (base multi@1 around 0.25).
-    "full": dict(model="smollm2-135m", task_options={"digits": 2, "ops": "+"}, warmup_prompts=128, train_prompts=64,
-                 k=8, eval_prompts=200, max_new_tokens=24, warmup_lr=5e-5, epochs=2.0, lr=2e-5, batch_size=16,
-                 micro_batch_size=8, all_fail="drop"),
+    "full": dict(
+        model="smollm2-135m",
+        task_options={"digits": 2, "ops": "+"},
+        warmup_prompts=128,
+        train_prompts=64,
+        k=8,
+        eval_prompts=200,
+        max_new_tokens=24,
+        warmup_lr=5e-5,
+        epochs=2.0,
+        lr=2e-5,
+        batch_size=16,
+        micro_batch_size=8,
+        all_fail="drop",
+    ),
     # --quick: the same pipeline on a tiny random model in about a minute (used by the tests).
-    "quick": dict(model="tiny-random", task_options={"digits": 1, "ops": "+"}, warmup_prompts=8, train_prompts=6,
-                  k=2, eval_prompts=8, max_new_tokens=8, warmup_lr=1e-3, epochs=1.0, lr=1e-3, batch_size=4,
-                  micro_batch_size=4, all_fail="keep"),  # a random model solves nothing: nothing to drop to
+    "quick": dict(
+        model="tiny-random",
+        task_options={"digits": 1, "ops": "+"},
+        warmup_prompts=8,
+        train_prompts=6,
+        k=2,
+        eval_prompts=8,
+        max_new_tokens=8,
+        warmup_lr=1e-3,
+        epochs=1.0,
+        lr=1e-3,
+        batch_size=4,
+        micro_batch_size=4,
+        all_fail="keep",
+    ),  # a random model solves nothing: nothing to drop to
 }
 
 
@@ -86,20 +111,42 @@ def format_warmup(out: Path, shared: dict, preset: dict, seed: int, timings: dic
     model = folder / "train" / "model"
 
     def warm_up():
-        run_eval(C.EvalConfig(**{**shared, "max_turns": 1, "seed": seed + 1}, num_prompts=preset["warmup_prompts"],
-                              split="train", out=str(folder / "own-answers"), resume=True))
+        run_eval(
+            C.EvalConfig(
+                **{**shared, "max_turns": 1, "seed": seed + 1},
+                num_prompts=preset["warmup_prompts"],
+                split="train",
+                out=str(folder / "own-answers"),
+                resume=True,
+            )
+        )
         n = build_format_warmup(folder / "own-answers" / "records.jsonl", folder / "format.jsonl")
         print(f"{n} of the model's own answers, rewritten in the requested format")
         if n == 0:
             print("no answer to rewrite: skipping the warm-up")
             return
-        run_train(C.TrainConfig(input=str(folder / "format.jsonl"), out=str(folder / "train"), model=shared["model"],
-                                epochs=2.0, lr=preset["warmup_lr"], batch_size=preset["batch_size"],
-                                dtype=shared["dtype"],
-                                micro_batch_size=preset["micro_batch_size"], warmup_ratio=0.1, seed=seed, resume=True))
+        run_train(
+            C.TrainConfig(
+                input=str(folder / "format.jsonl"),
+                out=str(folder / "train"),
+                model=shared["model"],
+                epochs=2.0,
+                lr=preset["warmup_lr"],
+                batch_size=preset["batch_size"],
+                dtype=shared["dtype"],
+                micro_batch_size=preset["micro_batch_size"],
+                warmup_ratio=0.1,
+                seed=seed,
+                resume=True,
+            )
+        )
 
-    _stage("0/5 format warm-up (the model's own answers, wrapped in <answer> tags)",
-           (model / "config.json").exists() or (folder / "format.jsonl").exists(), timings, warm_up)
+    _stage(
+        "0/5 format warm-up (the model's own answers, wrapped in <answer> tags)",
+        (model / "config.json").exists() or (folder / "format.jsonl").exists(),
+        timings,
+        warm_up,
+    )
     return str(model) if (model / "config.json").exists() else shared["model"]
 
 
@@ -119,38 +166,78 @@ def run_demo(cfg) -> dict:
     print(f"drift demo: {preset['model']} on arithmetic {preset['task_options']}, output in {out}/")
     print("answer parsing: lenient (tag, \\boxed{}, ####, last number), the same for every model evaluated")
     timings: dict = {}
-    shared = dict(model=preset["model"], task="arithmetic", task_options=preset["task_options"],
-                  max_turns=cfg.max_turns, answer_mode="lenient", max_new_tokens=preset["max_new_tokens"],
-                  seed=cfg.seed, dtype=cfg.dtype)
+    shared = dict(
+        model=preset["model"],
+        task="arithmetic",
+        task_options=preset["task_options"],
+        max_turns=cfg.max_turns,
+        answer_mode="lenient",
+        max_new_tokens=preset["max_new_tokens"],
+        seed=cfg.seed,
+        dtype=cfg.dtype,
+    )
     shared["model"] = format_warmup(out, shared, preset, cfg.seed, timings)
     eval_cfg = C.EvalConfig(**shared, num_prompts=preset["eval_prompts"], split="test", resume=True)
-    rollout_cfg = C.RolloutConfig(**shared, num_prompts=preset["train_prompts"], split="train", n=preset["k"],
-                                  temperature=1.0, out=str(out / "rollouts.jsonl"), resume=True)
+    rollout_cfg = C.RolloutConfig(
+        **shared,
+        num_prompts=preset["train_prompts"],
+        split="train",
+        n=preset["k"],
+        temperature=1.0,
+        out=str(out / "rollouts.jsonl"),
+        resume=True,
+    )
     weighting = {f.name: getattr(cfg, f.name) for f in fields(C.WeightingOptions)}
     weighting["all_fail"] = cfg.all_fail or preset["all_fail"]
     weight_cfg = C.WeightConfig(input=rollout_cfg.out, out=str(out / "weighted.jsonl"), plot=True, **weighting)
-    train_cfg = C.TrainConfig(input=weight_cfg.out, out=str(out / "drift"), model=shared["model"],
-                              epochs=preset["epochs"], lr=preset["lr"], batch_size=preset["batch_size"],
-                              micro_batch_size=preset["micro_batch_size"], warmup_ratio=0.1, seed=cfg.seed,
-                              save_steps=10, resume=True, dtype=cfg.dtype)
-    _stage("1/5 evaluate the base model", (out / "base" / "report.json").exists(), timings,
-           lambda: run_eval(replace(eval_cfg, out=str(out / "base"))))
-    _stage("2/5 sample rollouts from the base model", (out / "rollouts.summary.json").exists(), timings,
-           lambda: run_rollout(rollout_cfg))
+    train_cfg = C.TrainConfig(
+        input=weight_cfg.out,
+        out=str(out / "drift"),
+        model=shared["model"],
+        epochs=preset["epochs"],
+        lr=preset["lr"],
+        batch_size=preset["batch_size"],
+        micro_batch_size=preset["micro_batch_size"],
+        warmup_ratio=0.1,
+        seed=cfg.seed,
+        save_steps=10,
+        resume=True,
+        dtype=cfg.dtype,
+    )
+    _stage(
+        "1/5 evaluate the base model",
+        (out / "base" / "report.json").exists(),
+        timings,
+        lambda: run_eval(replace(eval_cfg, out=str(out / "base"))),
+    )
+    _stage(
+        "2/5 sample rollouts from the base model",
+        (out / "rollouts.summary.json").exists(),
+        timings,
+        lambda: run_rollout(rollout_cfg),
+    )
     _stage("3/5 DRIFT weights", Path(weight_cfg.out).exists(), timings, lambda: run_weight(weight_cfg))
-    _stage("4/5 weighted SFT", (out / "drift" / "model" / "config.json").exists(), timings,
-           lambda: run_train(train_cfg))
-    _stage("5/5 evaluate the DRIFT model", (out / "drift-eval" / "report.json").exists(), timings,
-           lambda: run_eval(replace(eval_cfg, out=str(out / "drift-eval"), model=str(out / "drift" / "model"))))
+    _stage(
+        "4/5 weighted SFT", (out / "drift" / "model" / "config.json").exists(), timings, lambda: run_train(train_cfg)
+    )
+    _stage(
+        "5/5 evaluate the DRIFT model",
+        (out / "drift-eval" / "report.json").exists(),
+        timings,
+        lambda: run_eval(replace(eval_cfg, out=str(out / "drift-eval"), model=str(out / "drift" / "model"))),
+    )
     print("\n== before / after")
-    comparison = run_compare(C.CompareConfig(reports=[str(out / "base"), str(out / "drift-eval")],
-                                             names=["base", "drift"], out=str(out)))
+    comparison = run_compare(
+        C.CompareConfig(reports=[str(out / "base"), str(out / "drift-eval")], names=["base", "drift"], out=str(out))
+    )
     base, drift = (json.loads((out / d / "report.json").read_text()) for d in ("base", "drift-eval"))
     k = str(cfg.max_turns)
     gain = drift["cumulative_accuracy"][k] - base["cumulative_accuracy"][k]
     lo, hi = drift["cumulative_accuracy_ci"][k]
-    print(f"\nmulti@{k}: {base['cumulative_accuracy'][k]:.3f} -> {drift['cumulative_accuracy'][k]:.3f} "
-          f"(gain {gain:+.3f}; the DRIFT model's 95% interval is [{lo:.3f}, {hi:.3f}])")
+    print(
+        f"\nmulti@{k}: {base['cumulative_accuracy'][k]:.3f} -> {drift['cumulative_accuracy'][k]:.3f} "
+        f"(gain {gain:+.3f}; the DRIFT model's 95% interval is [{lo:.3f}, {hi:.3f}])"
+    )
     print("stage wall times (s): " + ", ".join(f"{name.split(' ', 1)[1]}: {t}" for name, t in timings.items()))
     print(f"plots: {out}/cumulative_accuracy.png, {out}/multi_at_k.png, {out}/weighted.weights.png")
     summary = {"gain_multi_at_max_turns": gain, "timings": timings, "comparison": comparison}

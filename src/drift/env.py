@@ -25,7 +25,6 @@ from typing import Protocol, runtime_checkable
 
 from drift import DriftError
 from drift.answers import MODES, extract_answer, normalize_answer
-from drift.records.schema import first_correct_turn
 from drift.prompts import (
     DEFAULT_SYSTEM_PROMPT,
     FEEDBACK,
@@ -33,7 +32,7 @@ from drift.prompts import (
     build_messages,
     get_protocol,
 )
-from drift.records.schema import SCHEMA_VERSION
+from drift.records.schema import SCHEMA_VERSION, first_correct_turn
 from drift.verifiers import DEFAULT_TIMEOUT, get_verifier
 
 
@@ -159,7 +158,7 @@ class CorrectionEnv:
         # normalises to nothing ("<answer>.</answer>") is a format error.
         answer = normalize_answer(extracted) if extracted is not None else None
         answer = answer or None
-        correct = answer is not None and bool(self.verifier(extracted, self.problem.gold))
+        correct = answer is not None and extracted is not None and bool(self.verifier(extracted, self.problem.gold))
         reward = 1.0 if correct else 0.0
         self.answers.append(answer)
         self.finish_reasons.append(finish_reason)
@@ -179,11 +178,19 @@ class CorrectionEnv:
             raise RuntimeError("record() needs at least one step()")
         ex = self.problem
         rec = {
-            "schema": SCHEMA_VERSION, "prompt_id": ex.prompt_id, "traj_id": traj_id, "task": ex.task,
-            "question": ex.question, "gold": ex.gold, "max_turns": self.max_turns,
-            "messages": [dict(m) for m in self.messages], "answers": list(self.answers),
-            "correct": list(self.correct), "rewards": list(self.rewards),
-            "format_errors": self.format_errors, "first_correct_turn": self.first_correct_turn,
+            "schema": SCHEMA_VERSION,
+            "prompt_id": ex.prompt_id,
+            "traj_id": traj_id,
+            "task": ex.task,
+            "question": ex.question,
+            "gold": ex.gold,
+            "max_turns": self.max_turns,
+            "messages": [dict(m) for m in self.messages],
+            "answers": list(self.answers),
+            "correct": list(self.correct),
+            "rewards": list(self.rewards),
+            "format_errors": self.format_errors,
+            "first_correct_turn": self.first_correct_turn,
             "finish_reasons": list(self.finish_reasons),
         }
         if any(ids is not None for ids in self.token_ids):
@@ -218,6 +225,10 @@ def make_env(
     """
     verifier = verifier if verifier is not None else get_verifier(task_spec.verifier, timeout)
     return CorrectionEnv(
-        verifier, max_turns=max_turns, protocol=protocol, answer_mode=answer_mode,
-        instruction=task_spec.instruction, **kwargs,
+        verifier,
+        max_turns=max_turns,
+        protocol=protocol,
+        answer_mode=answer_mode,
+        instruction=task_spec.instruction,
+        **kwargs,
     )

@@ -30,8 +30,11 @@ def build_report(records: list[dict], cfg, *, wall_seconds: float, stats: dict |
 
     report = score_records(records, cfg.max_turns if not cfg.records else None)
     report.update(
-        model=cfg.model if not cfg.records else None, task=cfg.task if not cfg.records else records[0].get("task"),
-        dataset_fingerprint=fingerprint(records), wall_seconds=round(wall_seconds, 2), config=to_dict(cfg),
+        model=cfg.model if not cfg.records else None,
+        task=cfg.task if not cfg.records else records[0].get("task"),
+        dataset_fingerprint=fingerprint(records),
+        wall_seconds=round(wall_seconds, 2),
+        config=to_dict(cfg),
     )
     if stats:
         report["generation"] = stats
@@ -46,8 +49,10 @@ def print_report(report: dict, name: str = "eval") -> None:
         lo, hi = report["cumulative_accuracy_ci"][t] or (None, None)
         rows.append([f"multi@{t}", acc, lo, hi, report["per_turn_accuracy"].get(t)])
     print(format_table(rows, [name, "solved", "ci_low", "ci_high", "turn acc"]))
-    print(f"n={report['n']}  correction rate={report['correction_rate_overall']}  "
-          f"unique answers={report['unique_answer_ratio']}  format errors={report['format_error_rate']}")
+    print(
+        f"n={report['n']}  correction rate={report['correction_rate_overall']}  "
+        f"unique answers={report['unique_answer_ratio']}  format errors={report['format_error_rate']}"
+    )
 
 
 def run_eval(cfg, generator=None) -> dict:

@@ -45,8 +45,9 @@ def completion_ids(tokenizer, text: str, finish_reason: str | None) -> list[int]
     return ids if finish_reason == "length" else ids + list(end_of_turn_ids(tokenizer))
 
 
-def training_turns(record: dict, target: str = "last", *, where: str = "record",
-                   weight: float | None = None) -> tuple[float, list[tuple[int, int]]]:
+def training_turns(
+    record: dict, target: str = "last", *, where: str = "record", weight: float | None = None
+) -> tuple[float, list[tuple[int, int]]]:
     """The weight of a record and its ``(turn, message index)`` pairs to train (1-based turns).
 
     ``target="last"`` gives the last assistant turn (the paper), ``"all"`` every one. ``weight``
@@ -69,8 +70,15 @@ def training_turns(record: dict, target: str = "last", *, where: str = "record",
     return float(w), pairs if target == "all" else pairs[-1:]
 
 
-def build_examples(record: dict, tokenizer, *, index: int = 0, target: str = "last", max_length: int = 1024,
-                   weight: float | None = None) -> list[Example]:
+def build_examples(
+    record: dict,
+    tokenizer,
+    *,
+    index: int = 0,
+    target: str = "last",
+    max_length: int = 1024,
+    weight: float | None = None,
+) -> list[Example]:
     """The examples of one record: its last assistant turn (``target="last"``) or every one (``"all"``)."""
     where = f"record {index + 1} (prompt_id {record.get('prompt_id')!r})"
     w, turns = training_turns(record, target, where=where, weight=weight)
@@ -83,7 +91,7 @@ def build_examples(record: dict, tokenizer, *, index: int = 0, target: str = "la
         completion = list(ids) if ids is not None else completion_ids(tokenizer, messages[i]["content"], finish[t - 1])
         completion = completion[: max(1, max_length // 2)] if len(completion) > max_length // 2 else completion
         prompt = render_prompt(tokenizer, messages[:i])
-        prompt = prompt[-(max_length - len(completion)):]  # keep the most recent history
+        prompt = prompt[-(max_length - len(completion)) :]  # keep the most recent history
         out.append(Example(prompt + completion, len(prompt), w, index))
     return out
 
@@ -123,8 +131,9 @@ def plan_batches(n_examples: int, batch_size: int, *, seed: int, epoch: int) -> 
     return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
 
 
-def split_micro_batches(examples: list[Example], micro_batch_size: int, processes: int, rank: int, *,
-                        group_by_length: bool = True) -> list[list[Example]]:
+def split_micro_batches(
+    examples: list[Example], micro_batch_size: int, processes: int, rank: int, *, group_by_length: bool = True
+) -> list[list[Example]]:
     """Process ``rank``'s micro-batches of one global batch (drift.trainer, note 1).
 
     The batch is sorted by length (``group_by_length``: less padding, same gradient) and cut into
@@ -170,5 +179,11 @@ def collate(examples: list[Example], pad_id: int):
         labels.append(tail)
     attention = torch.tensor(mask)
     positions = (attention.cumsum(-1) - 1).clamp(min=0)
-    return (torch.tensor(ids), attention, positions, torch.tensor(labels),
-            torch.tensor([e.weight for e in examples], dtype=torch.float32), k)
+    return (
+        torch.tensor(ids),
+        attention,
+        positions,
+        torch.tensor(labels),
+        torch.tensor([e.weight for e in examples], dtype=torch.float32),
+        k,
+    )

@@ -99,7 +99,7 @@ def weighted_nll_terms(model, batch, ref_model=None, kl_coef: float = 0.0, ref_a
     terms = batch[4].to(nll.device) * nll
     stats = {"nll_sum": nll.detach().sum(), "trained_tokens": mask.sum()}
     if ref_model is not None:
-        with torch.no_grad(), (ref_autocast or contextlib.nullcontext()):
+        with torch.no_grad(), ref_autocast or contextlib.nullcontext():
             ref_logp, _ = token_logprobs(completion_logits(ref_model, batch), labels)
         kl = kl_k3(logp, ref_logp, mask)
         terms = terms + kl_coef * kl

@@ -147,8 +147,10 @@ def turn_counts(records: Sequence[dict], max_turns: int | None = None) -> dict[i
     >>> turn_counts([{"correct": [True]}, {"correct": [False, True]}, {"correct": [False, False]}])[2]
     {'reached': 2, 'correct': 1, 'solved_at': 1, 'solved_by': 2, 'wrong_before': 2}
     """
-    counts = {t: dict.fromkeys(("reached", "correct", "solved_at", "solved_by", "wrong_before"), 0)
-              for t in range(1, horizon(records, max_turns) + 1)}
+    counts = {
+        t: dict.fromkeys(("reached", "correct", "solved_at", "solved_by", "wrong_before"), 0)
+        for t in range(1, horizon(records, max_turns) + 1)
+    }
     # Every count depends on an episode only through its correctness pattern, and there are few
     # distinct patterns (at most 2^T): count those in one C-level pass, then work per pattern.
     patterns = Counter(map(tuple, map(itemgetter("correct"), records)))
@@ -253,7 +255,7 @@ def mean_turns_to_solve(records: Sequence[dict]) -> float | None:
 # -- the report core -----------------------------------------------------------------------------
 
 
-def pass_at_k_values(records: Sequence[dict]) -> dict[str, float]:
+def pass_at_k_values(records: Sequence[dict]) -> dict[str, float | None]:
     """pass@k for k = 1, 2, 4, ... up to the fewest episodes any prompt has (``{}`` for none).
 
     >>> pass_at_k_values([{"prompt_id": "a", "correct": [True]}, {"prompt_id": "a", "correct": [False]}])
@@ -297,9 +299,7 @@ def summarize(records: Sequence[dict], max_turns: int | None = None) -> dict:
         "per_turn_accuracy_ci": {str(t): ci(c["correct"], c["reached"]) for t, c in counts.items()},
         "cumulative_accuracy": {str(t): _ratio(c["solved_by"], n) for t, c in counts.items()},
         "cumulative_accuracy_ci": {str(t): ci(c["solved_by"], n) for t, c in counts.items()},
-        "correction_rate": {
-            str(t): _ratio(c["solved_at"], c["wrong_before"]) for t, c in counts.items() if t >= 2
-        },
+        "correction_rate": {str(t): _ratio(c["solved_at"], c["wrong_before"]) for t, c in counts.items() if t >= 2},
         "correction_rate_overall": overall_correction_rate(records),
         "unique_answer_ratio": unique_answer_ratio(records),
         "format_error_rate": format_error_rate(records),

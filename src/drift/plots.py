@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from drift.outputs import atomic_write
 
@@ -33,7 +34,7 @@ def _save(fig, path: str | Path) -> None:
         fig.savefig(f, format="png")
 
 
-def _turn_series(table: Mapping[str, object] | None) -> list[tuple[int, object]]:
+def _turn_series(table: Mapping[str, Any] | None) -> list[tuple[int, Any]]:
     """``{"2": a, "1": b}`` -> ``[(1, b), (2, a)]``, dropping nulls."""
     items = sorted(((int(t), v) for t, v in (table or {}).items()), key=lambda item: item[0])
     return [(t, v) for t, v in items if v is not None]
@@ -105,13 +106,28 @@ def plot_multi_at_k(reports: Mapping[str, Mapping], path: str | Path) -> None:
         if shown and all(k in ci for k in shown):
             err = [[acc[k] - ci[k][0] for k in shown], [ci[k][1] - acc[k] for k in shown]]
             any_err = True
-        bars = ax.bar([ks.index(k) + offset for k in shown], values, width * 0.92, color=f"C{i % 10}",
-                      label=_label(name, report), yerr=err, capsize=2, error_kw={"elinewidth": 0.8, "alpha": 0.6})
+        bars = ax.bar(
+            [ks.index(k) + offset for k in shown],
+            values,
+            width * 0.92,
+            color=f"C{i % 10}",
+            label=_label(name, report),
+            yerr=err,
+            capsize=2,
+            error_kw={"elinewidth": 0.8, "alpha": 0.6},
+        )
         tips = [ci[k][1] if err else acc[k] for k in shown]  # print each value above its error bar
         if len(ks) * len(drawn) <= 24:
             for bar, v, tip in zip(bars, values, tips):
-                ax.annotate(f"{v:.0%}", (bar.get_x() + bar.get_width() / 2, tip), xytext=(0, 2),
-                            textcoords="offset points", ha="center", va="bottom", fontsize="x-small")
+                ax.annotate(
+                    f"{v:.0%}",
+                    (bar.get_x() + bar.get_width() / 2, tip),
+                    xytext=(0, 2),
+                    textcoords="offset points",
+                    ha="center",
+                    va="bottom",
+                    fontsize="x-small",
+                )
         top = max([top, *tips])
     ax.set_xticks(range(len(ks)), [str(k) for k in ks])
     ax.set_xlim(-0.6, len(ks) - 0.4)
@@ -128,8 +144,10 @@ def plot_weights(returns: Sequence[float], weights: Sequence[float], path: str |
     """Side-by-side histograms of the trajectory returns R and the importance weights w, with
     the mean weight marked (1 under per-prompt normalisation)."""
     fig, (ax_r, ax_w) = _figure(9.6, 3.8, ncols=2)
-    panels = ((ax_r, list(returns), "#4C72B0", "return R", "Returns"),
-              (ax_w, list(weights), "#DD8452", "weight w", "Importance weights"))
+    panels = (
+        (ax_r, list(returns), "#4C72B0", "return R", "Returns"),
+        (ax_w, list(weights), "#DD8452", "weight w", "Importance weights"),
+    )
     for ax, values, color, xlabel, title in panels:
         if values:
             ax.hist(values, bins=min(40, max(5, len(set(values)) * 2)), color=color, edgecolor="white")

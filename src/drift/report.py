@@ -17,6 +17,7 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from drift import DriftError
 from drift.metrics import pass_at_k_values, summarize
@@ -33,7 +34,7 @@ def score_records(records: Sequence[dict], max_turns: int | None = None) -> dict
     >>> report["n"], report["cumulative_accuracy"], report["pass_at_k"]
     (1, {'1': 0.0, '2': 1.0, '3': 1.0}, {'1': 1.0})
     """
-    report = {"report_version": REPORT_VERSION}
+    report: dict[str, Any] = {"report_version": REPORT_VERSION}
     report.update(summarize(records, max_turns))
     report["prompts"] = len({rec["prompt_id"] for rec in records})
     report["pass_at_k"] = pass_at_k_values(records)
@@ -49,9 +50,7 @@ def _check_turn_table(path: Path, report: dict, key: str, required: bool) -> Non
     for t, value in table.items():
         if not (t.isascii() and t.isdigit() and len(t) <= 6) or int(t) < 1:  # "²".isdigit() is True
             raise DriftError(f"{path}: field '{key}' has key {t!r:.40}; turn keys are 1-based integers below 10^6")
-        ok = value is None or (
-            isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        )
+        ok = value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value))
         if not ok:
             raise DriftError(f"{path}: field '{key}.{t}' must be a number or null, got {value!r}")
 

@@ -46,8 +46,9 @@ from drift import DriftError
 from drift.weighting import compute_returns, compute_weights, group_indices
 
 
-def group_advantages(returns: list[float], groups: dict[str, list[int]], normalize_std: bool = True,
-                     eps: float = 1e-6) -> list[float]:
+def group_advantages(
+    returns: list[float], groups: dict[str, list[int]], normalize_std: bool = True, eps: float = 1e-6
+) -> list[float]:
     """``A_i = R_i - mean_g R`` (``/ std_g R`` when ``normalize_std``), per prompt group g.
 
     >>> # group of 4 returns (1, 0, 0, 0): mean 0.25, population std sqrt(3)/4 = 0.4330
@@ -75,7 +76,8 @@ def round_coefficients(records: list[dict], cfg) -> tuple[list[float], list[floa
     params = cfg.weighting()
     if cfg.algorithm == "grpo":
         returns = compute_returns(records, params)
-        return returns, group_advantages(returns, group_indices(records), cfg.normalize_std)
+        advantages: list[float | None] = list(group_advantages(returns, group_indices(records), cfg.normalize_std))
+        return returns, advantages
     return compute_weights(records, params)
 
 
@@ -96,8 +98,15 @@ def _sample_round(trainer, batch_prompts, make_env, generator, sampling, cfg, st
 
     mine = list(range(trainer.rank, len(batch_prompts), trainer.processes))
     tok0 = generator.tokens_generated
-    records = run_episodes([batch_prompts[j] for j in mine], make_env, generator, n=cfg.group_size,
-                           max_turns=cfg.max_turns, sampling=sampling, seed=cfg.seed * 1_000_003 + step)
+    records = run_episodes(
+        [batch_prompts[j] for j in mine],
+        make_env,
+        generator,
+        n=cfg.group_size,
+        max_turns=cfg.max_turns,
+        sampling=sampling,
+        seed=cfg.seed * 1_000_003 + step,
+    )
     tokens = generator.tokens_generated - tok0
     if trainer.processes == 1:
         return records, tokens
@@ -134,30 +143,42 @@ def run_rl(cfg) -> dict:
     tokenizer = load_tokenizer(path)
     trainer = Trainer(cfg, dtype=resolve_dtype(cfg.dtype), out=out, pad_token_id=tokenizer.pad_token_id)
     if trainer.strategy in ("DEEPSPEED", "FSDP"):
-        raise DriftError(f"drift rl samples with the policy on every process; {trainer.strategy} shards it. "
-                         "Use DDP (accelerate launch with configs/accelerate/ddp.yaml, or torchrun)")
-    prompts = load_problems(cfg.task, source=cfg.source, split=cfg.split, limit=cfg.num_prompts, seed=cfg.seed,
-                            **cfg.task_options)
+        raise DriftError(
+            f"drift rl samples with the policy on every process; {trainer.strategy} shards it. "
+            "Use DDP (accelerate launch with configs/accelerate/ddp.yaml, or torchrun)"
+        )
+    prompts = load_problems(
+        cfg.task, source=cfg.source, split=cfg.split, limit=cfg.num_prompts, seed=cfg.seed, **cfg.task_options
+    )
     if not prompts:
         raise DriftError(f"task {cfg.task!r} gave no prompts")
     trainer.prepare(load_model(path), cfg.steps * cfg.updates_per_round)  # rl refuses DeepSpeed
     ref_model = load_model(path).to(trainer.device).eval() if cfg.kl_coef > 0 else None
-    loss_fn = partial(weighted_nll_terms, ref_model=ref_model, kl_coef=cfg.kl_coef,
-                      ref_autocast=trainer.accelerator.autocast())  # advantages as weights: see drift.losses
+    loss_fn = partial(
+        weighted_nll_terms, ref_model=ref_model, kl_coef=cfg.kl_coef, ref_autocast=trainer.accelerator.autocast()
+    )  # advantages as weights: see drift.losses
     make_env, verifier = env_factory(cfg)
-    generator = backend_cls.for_policy(trainer.unwrapped(), tokenizer, cfg, device=str(trainer.device),
-                                       dtype=trainer.dtype)
+    generator = backend_cls.for_policy(
+        trainer.unwrapped(), tokenizer, cfg, device=str(trainer.device), dtype=trainer.dtype
+    )
     sampling = Sampling(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
     compute = {"generated_tokens": 0, "trained_tokens": 0, "generation_seconds": 0.0, "training_seconds": 0.0}
     state = trainer.start("rl", cfg, out, out / "rl_log.jsonl")
     step, compute = state["step"], state.get("compute", compute)
-    bar = tqdm(total=cfg.steps, initial=step, desc=f"rl ({cfg.algorithm})", unit="round", dynamic_ncols=True,
-               disable=not trainer.is_main)
+    bar = tqdm(
+        total=cfg.steps,
+        initial=step,
+        desc=f"rl ({cfg.algorithm})",
+        unit="round",
+        dynamic_ncols=True,
+        disable=not trainer.is_main,
+    )
     while step < cfg.steps:
         # 1. sample B prompts x G trajectories from the current policy
         t0 = time.perf_counter()
-        records, tokens = _sample_round(trainer, _round_prompts(prompts, step, cfg), make_env, generator, sampling,
-                                        cfg, step)
+        records, tokens = _sample_round(
+            trainer, _round_prompts(prompts, step, cfg), make_env, generator, sampling, cfg, step
+        )
         compute["generation_seconds"] += time.perf_counter() - t0
         compute["generated_tokens"] += tokens
         # 2. score
@@ -166,25 +187,34 @@ def run_rl(cfg) -> dict:
         for i, (rec, c) in enumerate(zip(records, coef)):  # the records hold the ids sampled
             if c is None:  # dropped by the weighting (all-fail or zero-variance groups, rft)
                 continue
-            examples += build_examples(rec, tokenizer, index=i, target=cfg.target, max_length=cfg.max_length,
-                                       weight=c)
+            examples += build_examples(rec, tokenizer, index=i, target=cfg.target, max_length=cfg.max_length, weight=c)
         # 3. optimizer step(s) on the same targets and loss as drift train
         t0 = time.perf_counter()
         # (a round whose every trajectory the weighting dropped takes no step: there is nothing to learn from)
-        stats = [trainer.step(examples, float(len(examples)), loss_fn)
-                 for _ in range(cfg.updates_per_round if examples else 0)]
+        stats = [
+            trainer.step(examples, float(len(examples)), loss_fn)
+            for _ in range(cfg.updates_per_round if examples else 0)
+        ]
         compute["training_seconds"] += time.perf_counter() - t0
         compute["trained_tokens"] += int(sum(s["tokens"] for s in stats))
         step += 1
         firsts = [r["first_correct_turn"] for r in records]
-        entry = {"step": step, "mean_return": sum(returns) / len(returns),
-                 "acc_turn1": sum(f == 1 for f in firsts) / len(firsts),
-                 "solved": sum(f is not None for f in firsts) / len(firsts),
-                 "trained_trajectories": sum(c is not None for c in coef), "updates": len(stats),
-                 "loss": sum(s["loss"] for s in stats) / len(stats) if stats else None,
-                 "lr": stats[-1]["lr"] if stats else None,
-                 "kl": (sum(s["kl_sum"] for s in stats) / sum(s["examples"] for s in stats)
-                        if ref_model is not None and stats else None), **compute}
+        entry = {
+            "step": step,
+            "mean_return": sum(returns) / len(returns),
+            "acc_turn1": sum(f == 1 for f in firsts) / len(firsts),
+            "solved": sum(f is not None for f in firsts) / len(firsts),
+            "trained_trajectories": sum(c is not None for c in coef),
+            "updates": len(stats),
+            "loss": sum(s["loss"] for s in stats) / len(stats) if stats else None,
+            "lr": stats[-1]["lr"] if stats else None,
+            "kl": (
+                sum(s["kl_sum"] for s in stats) / sum(s["examples"] for s in stats)
+                if ref_model is not None and stats
+                else None
+            ),
+            **compute,
+        }
         if trainer.is_main:
             with open(out / "rl_log.jsonl", "a") as f:
                 f.write(json.dumps(entry) + "\n")
@@ -194,10 +224,15 @@ def run_rl(cfg) -> dict:
             trainer.save_checkpoint(out / "checkpoints", step, cfg.save_total_limit, extra={"compute": dict(compute)})
     bar.close()
     trainer.save_model(out / "model", tokenizer, base_model=path)
-    summary = {"algorithm": cfg.algorithm, "steps": step, "trajectories": step * cfg.prompts_per_step * cfg.group_size,
-               "verifier_timeouts": verifier.stats.timeouts, "verifier_errors": verifier.stats.errors,
-               **trainer.describe(),
-               **{k: round(v, 2) if isinstance(v, float) else v for k, v in compute.items()}}
+    summary = {
+        "algorithm": cfg.algorithm,
+        "steps": step,
+        "trajectories": step * cfg.prompts_per_step * cfg.group_size,
+        "verifier_timeouts": verifier.stats.timeouts,
+        "verifier_errors": verifier.stats.errors,
+        **trainer.describe(),
+        **{k: round(v, 2) if isinstance(v, float) else v for k, v in compute.items()},
+    }
     if trainer.is_main:
         (out / "rl_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         print(f"saved {out / 'model'}: {json.dumps(summary)}")

@@ -57,8 +57,9 @@ def parse_shard(shard: str | None) -> tuple[int, int]:
     return i, n
 
 
-def run_episodes(problems, make_env, generator, *, n: int, max_turns: int, sampling: Sampling, seed: int,
-                 extra: dict | None = None) -> list[dict]:
+def run_episodes(
+    problems, make_env, generator, *, n: int, max_turns: int, sampling: Sampling, seed: int, extra: dict | None = None
+) -> list[dict]:
     """Roll out ``n`` episodes of every problem; return their records (grouped by problem, traj_id order).
 
     ``make_env()`` builds a fresh environment for each episode. Each turn's finish reason and
@@ -120,8 +121,9 @@ def _check_resume_config(cfg, path: Path) -> None:
     now = to_dict(cfg)
     differ = [k for k in now if k not in ("resume", "out") and k in saved and saved[k] != now[k]]
     if differ:
-        raise DriftError(f"cannot resume {cfg.out}: options differ from the first run ({', '.join(differ)}); "
-                         f"see {path}")
+        raise DriftError(
+            f"cannot resume {cfg.out}: options differ from the first run ({', '.join(differ)}); see {path}"
+        )
 
 
 def sample_to_file(cfg, out: Path, *, desc: str = "rollout", generator=None) -> dict:
@@ -133,15 +135,16 @@ def sample_to_file(cfg, out: Path, *, desc: str = "rollout", generator=None) -> 
     from tqdm.auto import tqdm
 
     from drift.backends import backend_from_config
-    from drift.outputs import sidecar
     from drift.config import save_config
+    from drift.outputs import sidecar
     from drift.tasks import load_problems
 
     if out.exists() and not cfg.resume:
         raise DriftError(f"{out} exists; pass --resume to continue it, or choose another --out")
     shard_i, shard_n = parse_shard(cfg.shard)
-    problems = load_problems(cfg.task, source=cfg.source, split=cfg.split, limit=cfg.num_prompts, seed=cfg.seed,
-                             **cfg.task_options)
+    problems = load_problems(
+        cfg.task, source=cfg.source, split=cfg.split, limit=cfg.num_prompts, seed=cfg.seed, **cfg.task_options
+    )
     problems = problems[shard_i::shard_n]
     if not problems:
         raise DriftError(f"{cfg.source + ': ' if cfg.source else ''}task {cfg.task!r} gave no prompts")
@@ -151,33 +154,49 @@ def sample_to_file(cfg, out: Path, *, desc: str = "rollout", generator=None) -> 
         _check_resume_config(cfg, config_path)
     done_chunks = _completed(out, chunks, cfg.n) if out.exists() else 0
     make_env, verifier = env_factory(cfg)
-    sampling = Sampling(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
-                        seed=cfg.seed)
+    sampling = Sampling(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
     own_generator = generator is None
     if own_generator:
         generator = backend_from_config(cfg)
-    extra = {"sampling": {**asdict(sampling), "model_generation_config": cfg.model_generation_config},
-             "model": cfg.model}
+    extra = {
+        "sampling": {**asdict(sampling), "model_generation_config": cfg.model_generation_config},
+        "model": cfg.model,
+    }
     out.parent.mkdir(parents=True, exist_ok=True)
     save_config(cfg, config_path)
     start, tokens0 = time.perf_counter(), generator.tokens_generated
     firsts: list[int | None] = []
-    bar = tqdm(total=len(problems), initial=sum(len(c) for c in chunks[:done_chunks]), unit="prompt",
-               desc=desc, dynamic_ncols=True)
+    bar = tqdm(
+        total=len(problems),
+        initial=sum(len(c) for c in chunks[:done_chunks]),
+        unit="prompt",
+        desc=desc,
+        dynamic_ncols=True,
+    )
     try:
         with open(out, "ab") as f:
             for chunk in chunks[done_chunks:]:
-                records = run_episodes(chunk, make_env, generator, n=cfg.n, max_turns=cfg.max_turns,
-                                       sampling=sampling, seed=cfg.seed, extra=extra)
+                records = run_episodes(
+                    chunk,
+                    make_env,
+                    generator,
+                    n=cfg.n,
+                    max_turns=cfg.max_turns,
+                    sampling=sampling,
+                    seed=cfg.seed,
+                    extra=extra,
+                )
                 f.write(b"".join(dumps(r) for r in records))
                 f.flush()
                 os.fsync(f.fileno())
                 firsts += [r["first_correct_turn"] for r in records]
                 elapsed = time.perf_counter() - start
                 bar.update(len(chunk))
-                bar.set_postfix(acc1=f"{sum(t == 1 for t in firsts) / len(firsts):.2f}",
-                                solved=f"{sum(t is not None for t in firsts) / len(firsts):.2f}",
-                                tok_s=f"{(generator.tokens_generated - tokens0) / max(elapsed, 1e-9):.0f}")
+                bar.set_postfix(
+                    acc1=f"{sum(t == 1 for t in firsts) / len(firsts):.2f}",
+                    solved=f"{sum(t is not None for t in firsts) / len(firsts):.2f}",
+                    tok_s=f"{(generator.tokens_generated - tokens0) / max(elapsed, 1e-9):.0f}",
+                )
     finally:
         bar.close()
         if own_generator:
@@ -185,10 +204,14 @@ def sample_to_file(cfg, out: Path, *, desc: str = "rollout", generator=None) -> 
     wall = time.perf_counter() - start
     tokens = generator.tokens_generated - tokens0
     return {
-        "new_trajectories": len(firsts), "verifier_calls": verifier.stats.calls,
-        "verifier_timeouts": verifier.stats.timeouts, "verifier_errors": verifier.stats.errors,
-        "tokens_generated": tokens, "dtype": getattr(generator, "dtype", None),
-        "wall_seconds": round(wall, 2), "tokens_per_second": round(tokens / max(wall, 1e-9), 1),
+        "new_trajectories": len(firsts),
+        "verifier_calls": verifier.stats.calls,
+        "verifier_timeouts": verifier.stats.timeouts,
+        "verifier_errors": verifier.stats.errors,
+        "tokens_generated": tokens,
+        "dtype": getattr(generator, "dtype", None),
+        "wall_seconds": round(wall, 2),
+        "tokens_per_second": round(tokens / max(wall, 1e-9), 1),
     }
 
 
@@ -217,8 +240,9 @@ def env_factory(cfg):
     verifier = get_verifier(cfg.verifier or spec.verifier, cfg.verifier_timeout)
 
     def build():
-        return make_env(spec, max_turns=cfg.max_turns, protocol=cfg.protocol, answer_mode=cfg.answer_mode,
-                        verifier=verifier)
+        return make_env(
+            spec, max_turns=cfg.max_turns, protocol=cfg.protocol, answer_mode=cfg.answer_mode, verifier=verifier
+        )
 
     return build, verifier
 

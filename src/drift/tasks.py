@@ -51,6 +51,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -111,7 +112,7 @@ def _rows_hub(name: str, split: str) -> Iterator[tuple[str, dict]]:
         ) from None
     try:
         rows = datasets.load_dataset(repo, config or None, split=split)
-    except Exception as e:  # noqa: BLE001 - network, unknown dataset, unknown split: all fixable by the user
+    except Exception as e:
         raise DriftError(
             f"could not load {name!r} split {split!r} from the Hugging Face hub ({type(e).__name__}: {e}); "
             f"pass a local file instead (a .jsonl, or a folder with {split}.jsonl)"
@@ -129,9 +130,15 @@ def read_rows(source: str, split: str) -> Iterator[tuple[str, dict]]:
     if path.is_dir():
         for suffix in (".jsonl", ".json"):
             if (path / f"{split}{suffix}").is_file():
-                return _rows_jsonl(path / f"{split}{suffix}") if suffix == ".jsonl" else _rows_json(path / f"{split}{suffix}")
+                return (
+                    _rows_jsonl(path / f"{split}{suffix}")
+                    if suffix == ".jsonl"
+                    else _rows_json(path / f"{split}{suffix}")
+                )
         found = sorted(p.name for p in path.iterdir() if p.suffix in _LOCAL_SUFFIXES)
-        raise DriftError(f"{path}: no {split}.jsonl or {split}.json in this folder (found: {', '.join(found) or 'nothing'})")
+        raise DriftError(
+            f"{path}: no {split}.jsonl or {split}.json in this folder (found: {', '.join(found) or 'nothing'})"
+        )
     if path.is_file():
         if path.suffix not in _READERS:
             raise DriftError(f"{path}: unknown file type {path.suffix!r}; use .jsonl, .json or .parquet")
@@ -201,7 +208,7 @@ def _render_mcq(question: str, choices: list[str], gold_index: int) -> tuple[str
 
 def _mcq_row(row: dict, question_field: str, answer_field: str, choices_field: str) -> tuple[str, str, dict]:
     question = _text(row, question_field)
-    choices = row.get(choices_field)
+    choices: Any = row.get(choices_field)
     if hasattr(choices, "tolist"):  # a numpy array, from a parquet file
         choices = choices.tolist()
     if not isinstance(choices, list) or not 2 <= len(choices) <= 26:
@@ -213,11 +220,12 @@ def _mcq_row(row: dict, question_field: str, answer_field: str, choices_field: s
         gold = letters[answer]  # an index, 0-based (as in MMLU's "answer": 1 for B)
     elif isinstance(answer, str) and answer.strip() in choices:
         gold = letters[choices.index(answer.strip())]  # the text of the right choice
-    elif isinstance(answer, str) and parse_choice(answer) in letters:
-        gold = parse_choice(answer)
+    elif isinstance(answer, str) and (letter := parse_choice(answer)) in letters and letter is not None:
+        gold = letter
     else:
         raise FieldError(
-            f"field {answer_field!r} must be a letter A-{letters[-1]}, a 0-based index or a choice's text, got {answer!r:.40}"
+            f"field {answer_field!r} must be a letter A-{letters[-1]}, a 0-based index or a choice's text, "
+            f"got {answer!r:.40}"
         )
     return _render_mcq(question, choices, letters.index(gold))
 
@@ -265,7 +273,8 @@ def _rows_loader(convert: Callable[..., tuple[str, str, dict]], seeded: bool = F
     def load(spec: TaskSpec, source: str, split: str, limit: int | None, seed: int, id_field=None, **fields):
         if source is None:
             raise DriftError(
-                f"task {spec.name!r} needs a source: a .jsonl/.json file, a folder with {split}.jsonl, or a hub dataset name"
+                f"task {spec.name!r} needs a source: a .jsonl/.json file, a folder with {split}.jsonl, "
+                "or a hub dataset name"
             )
         problems: list[Problem] = []
         first_seen: dict[str, str] = {}
@@ -278,7 +287,9 @@ def _rows_loader(convert: Callable[..., tuple[str, str, dict]], seeded: bool = F
             except FieldError as e:
                 raise DriftError(f"{where}: {e}") from None
             if prompt_id in first_seen:
-                raise DriftError(f"{where}: field {id_field!r}: duplicate id {prompt_id!r} (first at {first_seen[prompt_id]})")
+                raise DriftError(
+                    f"{where}: field {id_field!r}: duplicate id {prompt_id!r} (first at {first_seen[prompt_id]})"
+                )
             first_seen[prompt_id] = where
             problems.append(Problem(prompt_id, question, gold, spec.name, meta))
         return problems
@@ -380,29 +391,47 @@ TASKS: dict[str, TaskSpec] = {
     for spec in (
         TaskSpec("arithmetic", _load_arithmetic, "numeric", knobs={"digits": 2, "ops": "+", "terms": 2, "mix": False}),
         TaskSpec("gsm8k", _rows_loader(_gsm8k_row), "math", default_source="openai/gsm8k:main", knobs=_QA),
-        TaskSpec("math", _rows_loader(_math_row), "math", default_source="DigitalLearningGmbH/MATH-lighteval", knobs=_MATH),
+        TaskSpec(
+            "math", _rows_loader(_math_row), "math", default_source="DigitalLearningGmbH/MATH-lighteval", knobs=_MATH
+        ),
         TaskSpec("math500", _rows_loader(_math_row), "math", default_source="HuggingFaceH4/MATH-500", knobs=_MATH),
         TaskSpec(
-            "metamathqa", _rows_loader(_metamathqa_row), "math", default_source="meta-math/MetaMathQA",
+            "metamathqa",
+            _rows_loader(_metamathqa_row),
+            "math",
+            default_source="meta-math/MetaMathQA",
             knobs={"question_field": "query", "answer_field": "response", "id_field": None},
         ),
         TaskSpec("jsonl", _rows_loader(_qa_row), "math", knobs=_QA),
         TaskSpec("mcq", _rows_loader(_mcq_row), "choice", "choice", knobs={**_QA, "choices_field": "choices"}),
         TaskSpec(
-            "theoremqa", _rows_loader(_theoremqa_row), "math", default_source="TIGER-Lab/TheoremQA",
+            "theoremqa",
+            _rows_loader(_theoremqa_row),
+            "math",
+            default_source="TIGER-Lab/TheoremQA",
             knobs={"question_field": "Question", "answer_field": "Answer", "id_field": None},
         ),
         TaskSpec(
-            "gpqa", _rows_loader(_gpqa_row, seeded=True), "choice", "choice",
-            default_source="Idavidrein/gpqa:gpqa_diamond", source_splits={"test": "train"},
+            "gpqa",
+            _rows_loader(_gpqa_row, seeded=True),
+            "choice",
+            "choice",
+            default_source="Idavidrein/gpqa:gpqa_diamond",
+            source_splits={"test": "train"},
             knobs={"question_field": "Question", "answer_field": "Correct Answer", "id_field": None},
         ),
         TaskSpec(
-            "mmlu_redux", _rows_loader(_benchmark_mcq_row(("subject", "error_type"))), "choice", "choice",
+            "mmlu_redux",
+            _rows_loader(_benchmark_mcq_row(("subject", "error_type"))),
+            "choice",
+            "choice",
             knobs={**_QA, "choices_field": "choices"},
         ),
         TaskSpec(
-            "mmlu_pro", _rows_loader(_benchmark_mcq_row(("category", "src", "question_id"))), "choice", "choice",
+            "mmlu_pro",
+            _rows_loader(_benchmark_mcq_row(("category", "src", "question_id"))),
+            "choice",
+            "choice",
             default_source="TIGER-Lab/MMLU-Pro",
             knobs={**_QA, "answer_field": "answer_index", "choices_field": "options"},
         ),

@@ -19,8 +19,14 @@ SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 
 def _corpus() -> list[str]:
-    lines = ["You're a helpful assistant.", "Incorrect. Please think again.", "system", "user", "assistant",
-             "Only give the final answer between <answer> and </answer>. Problem:"]
+    lines = [
+        "You're a helpful assistant.",
+        "Incorrect. Please think again.",
+        "system",
+        "user",
+        "assistant",
+        "Only give the final answer between <answer> and </answer>. Problem:",
+    ]
     for a in range(0, 100, 7):
         for b in range(0, 100, 11):
             lines.append(f"What is {a}+{b}? <answer>{a + b}</answer> What is {a}*{b}? <answer>{a * b}</answer>")
@@ -44,16 +50,26 @@ def build_tiny_model(folder: str | Path, vocab_size: int = 512, seed: int = 0, h
     )
     bpe.train_from_iterator(_corpus(), trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=bpe, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        tokenizer_object=bpe,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
         unk_token="<|endoftext|>",
     )
     tokenizer.chat_template = CHAT_TEMPLATE
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=4 * head_dim, intermediate_size=8 * head_dim, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
+        vocab_size=len(tokenizer),
+        hidden_size=4 * head_dim,
+        intermediate_size=8 * head_dim,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
     )
     model = LlamaForCausalLM(config)
     model.generation_config.eos_token_id = tokenizer.eos_token_id

@@ -67,8 +67,9 @@ def run_train(cfg) -> dict:
     _set_seed(cfg.seed)
     path = resolve_model(cfg.model)
     tokenizer = load_tokenizer(path)  # checks the chat template before any work
-    trainer = Trainer(cfg, dtype=resolve_dtype(cfg.dtype), out=out, pad_token_id=tokenizer.pad_token_id,
-                      report_to=cfg.report_to)
+    trainer = Trainer(
+        cfg, dtype=resolve_dtype(cfg.dtype), out=out, pad_token_id=tokenizer.pad_token_id, report_to=cfg.report_to
+    )
     records, examples = _load_examples(cfg, tokenizer)
     if not examples:
         raise DriftError(f"{cfg.input}: no training examples")
@@ -78,10 +79,17 @@ def run_train(cfg) -> dict:
     log_path = out / "train_log.jsonl"
     start_step = trainer.start("train", cfg, out, log_path)["step"]
     if cfg.report_to != "none":
-        trainer.accelerator.init_trackers("drift", config={k: v for k, v in vars(cfg).items()
-                                                           if not isinstance(v, dict)})
-    bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True,
-               disable=not trainer.is_main)
+        trainer.accelerator.init_trackers(
+            "drift", config={k: v for k, v in vars(cfg).items() if not isinstance(v, dict)}
+        )
+    bar = tqdm(
+        total=total_steps,
+        initial=start_step,
+        desc="train",
+        unit="step",
+        dynamic_ncols=True,
+        disable=not trainer.is_main,
+    )
     t0, tokens, trained_tokens = time.perf_counter(), 0.0, 0.0
     step = start_step
     while step < total_steps:
@@ -91,19 +99,28 @@ def run_train(cfg) -> dict:
             if step >= total_steps:
                 break
             step_examples = [examples[i] for i in indices]
-            denominator = (len(step_examples) if cfg.reduction == "mean"
-                           else sum(e.weight for e in step_examples)) or 1.0
+            denominator = (
+                len(step_examples) if cfg.reduction == "mean" else sum(e.weight for e in step_examples)
+            ) or 1.0
             stats = trainer.step(step_examples, denominator)
             step += 1
             tokens += stats["tokens"]
             trained_tokens += stats["trained_tokens"]
             bar.update(1)
             elapsed = time.perf_counter() - t0
-            entry = {"step": step, "weighted_loss": stats["loss"], "nll": stats["nll_sum"] / max(stats["examples"], 1),
-                     "grad_norm": stats["grad_norm"], "lr": stats["lr"],
-                     "tokens_per_second": tokens / max(elapsed, 1e-9)}
-            bar.set_postfix(loss=f"{entry['weighted_loss']:.4f}", nll=f"{entry['nll']:.3f}",
-                            tok_s=f"{entry['tokens_per_second']:.0f}")
+            entry = {
+                "step": step,
+                "weighted_loss": stats["loss"],
+                "nll": stats["nll_sum"] / max(stats["examples"], 1),
+                "grad_norm": stats["grad_norm"],
+                "lr": stats["lr"],
+                "tokens_per_second": tokens / max(elapsed, 1e-9),
+            }
+            bar.set_postfix(
+                loss=f"{entry['weighted_loss']:.4f}",
+                nll=f"{entry['nll']:.3f}",
+                tok_s=f"{entry['tokens_per_second']:.0f}",
+            )
             if trainer.is_main and (step % cfg.log_steps == 0 or step == total_steps):
                 with open(log_path, "a") as f:
                     f.write(json.dumps(entry) + "\n")
@@ -114,14 +131,23 @@ def run_train(cfg) -> dict:
     bar.close()
     wall = time.perf_counter() - t0
     trainer.save_model(out / "model", tokenizer, base_model=path)
-    summary = {"steps": step, "examples": len(examples), "records": len(records), "wall_seconds": round(wall, 2),
-               "tokens": int(tokens), "trained_tokens": int(trained_tokens),
-               "tokens_per_second": round(tokens / max(wall, 1e-9), 1),
-               "completions": completion_sources(records, tokenizer, cfg.target), **trainer.describe()}
+    summary = {
+        "steps": step,
+        "examples": len(examples),
+        "records": len(records),
+        "wall_seconds": round(wall, 2),
+        "tokens": int(tokens),
+        "trained_tokens": int(trained_tokens),
+        "tokens_per_second": round(tokens / max(wall, 1e-9), 1),
+        "completions": completion_sources(records, tokenizer, cfg.target),
+        **trainer.describe(),
+    }
     if trainer.is_main:
         (out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        print(f"saved {out / 'model'}  ({step} steps on {trainer.processes} process(es), {trainer.dtype}, "
-              f"{summary['tokens_per_second']:.0f} tokens/s, {wall:.0f} s)")
+        print(
+            f"saved {out / 'model'}  ({step} steps on {trainer.processes} process(es), {trainer.dtype}, "
+            f"{summary['tokens_per_second']:.0f} tokens/s, {wall:.0f} s)"
+        )
     if cfg.report_to != "none":
         trainer.accelerator.end_training()
     return summary

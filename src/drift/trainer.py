@@ -28,6 +28,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from drift import DriftError
 from drift.examples import Example, collate, split_micro_batches
@@ -89,10 +90,15 @@ class Trainer:
         # cpu=True on a machine without an accelerator: several processes started by torchrun then
         # form a gloo group (MULTI_CPU); without it accelerate treats each as a world of one.
         self.accelerator = Accelerator(
-            cpu=not _has_accelerator(), mixed_precision=MIXED_PRECISION[dtype], step_scheduler_with_optimizer=False,
-            log_with=None if report_to == "none" else report_to, project_dir=str(out),
+            cpu=not _has_accelerator(),
+            mixed_precision=MIXED_PRECISION[dtype],
+            step_scheduler_with_optimizer=False,
+            log_with=None if report_to == "none" else report_to,
+            project_dir=str(out),
         )
-        self.model = self.optimizer = self.scheduler = None
+        self.model: Any = None
+        self.optimizer: Any = None
+        self.scheduler: Any = None
 
     # -- who and where -----------------------------------------------------------------------
 
@@ -125,8 +131,7 @@ class Trainer:
 
     def describe(self) -> dict:
         """What the run saw, for its summary: processes, strategy, dtype, device."""
-        return {"processes": self.processes, "strategy": self.strategy, "dtype": self.dtype,
-                "device": str(self.device)}
+        return {"processes": self.processes, "strategy": self.strategy, "dtype": self.dtype, "device": str(self.device)}
 
     # -- set up ------------------------------------------------------------------------------
 
@@ -150,8 +155,12 @@ class Trainer:
             model = wrap_lora(model, opts)
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = OPTIMIZERS[opts.optimizer](trainable, lr=opts.lr, weight_decay=opts.weight_decay)
-        scheduler = get_scheduler(opts.lr_scheduler, optimizer, num_warmup_steps=int(opts.warmup_ratio * total_steps),
-                                  num_training_steps=total_steps)
+        scheduler = get_scheduler(
+            opts.lr_scheduler,
+            optimizer,
+            num_warmup_steps=int(opts.warmup_ratio * total_steps),
+            num_training_steps=total_steps,
+        )
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
         self.model.train()
 
@@ -176,8 +185,9 @@ class Trainer:
         if not examples:
             raise DriftError("an optimizer step needs at least one example")
         acc, pad = self.accelerator, self.pad_token_id
-        batches = split_micro_batches(examples, self.opts.micro_batch_size, self.processes, self.rank,
-                                      group_by_length=self.opts.group_by_length)
+        batches = split_micro_batches(
+            examples, self.opts.micro_batch_size, self.processes, self.rank, group_by_length=self.opts.group_by_length
+        )
         # The number of micro-batches may differ from step to step (a short last batch, online RL):
         # tell accelerate, and restart its counter, so that gradients sync on the last one.
         acc.gradient_accumulation_steps = len(batches)
@@ -191,12 +201,17 @@ class Trainer:
                 terms, stats = loss_fn(self.model, batch)
                 acc.backward(terms.sum() * scale)
             real = torch.tensor([e.index >= 0 for e in mb], device=terms.device)
-            stats = {**stats, "loss": terms.detach().sum() / denominator, "examples": real.sum(),  # fillers: 0
-                     "tokens": batch[1][real].sum()}
+            stats = {
+                **stats,
+                "loss": terms.detach().sum() / denominator,
+                "examples": real.sum(),  # fillers: 0
+                "tokens": batch[1][real].sum(),
+            }
             for key, value in stats.items():
                 totals[key] = totals.get(key, 0) + value.detach().float().to(self.device)
-        grad_norm = acc.clip_grad_norm_(self.model.parameters(), self.opts.max_grad_norm) \
-            if self.opts.max_grad_norm else None
+        grad_norm = (
+            acc.clip_grad_norm_(self.model.parameters(), self.opts.max_grad_norm) if self.opts.max_grad_norm else None
+        )
         self.optimizer.step()
         if not self.optimizer.step_was_skipped:  # fp16 overflow: no step, and no schedule step either
             self.scheduler.step()
@@ -219,8 +234,11 @@ class Trainer:
             state = self.load_checkpoint(ckpt)
             self.accelerator.print(f"resumed from {ckpt} at step {state['step']}")
         if self.processes > 1:
-            print(f"drift {command}: process {self.rank} of {self.processes} ({self.strategy}, {self.device}, "
-                  f"{self.dtype})", flush=True)
+            print(
+                f"drift {command}: process {self.rank} of {self.processes} ({self.strategy}, {self.device}, "
+                f"{self.dtype})",
+                flush=True,
+            )
         self.barrier()  # every process has checked --out before the main one writes to it
         if self.is_main:
             if cfg.resume:  # the steps logged after the checkpoint (all of them without one) are redone
@@ -279,8 +297,13 @@ class Trainer:
 def wrap_lora(model, opts):
     from peft import LoraConfig, get_peft_model
 
-    lora = LoraConfig(r=opts.lora_r, lora_alpha=opts.lora_alpha, lora_dropout=opts.lora_dropout,
-                      target_modules="all-linear", task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=opts.lora_r,
+        lora_alpha=opts.lora_alpha,
+        lora_dropout=opts.lora_dropout,
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )
     return get_peft_model(model, lora)
 
 

@@ -22,7 +22,6 @@ first (see ``tests/test_trl_interop.py``).
 
 from __future__ import annotations
 
-
 from drift import DriftError
 from drift.config import ExportTRLConfig
 
@@ -45,20 +44,24 @@ def to_trl_rows(record: dict, target: str = "last", *, index: int = 0, source: s
     """
     from drift.examples import training_turns
 
-    where = f"{source + ': ' if source else ''}record {index + 1} (prompt_id {record.get('prompt_id')!r}, " \
-            f"traj_id {record.get('traj_id')!r})"
+    where = (
+        f"{source + ': ' if source else ''}record {index + 1} (prompt_id {record.get('prompt_id')!r}, "
+        f"traj_id {record.get('traj_id')!r})"
+    )
     weight, turns = training_turns(record, target, where=where)
     messages = record["messages"]
     rows = []
     for t, i in turns:
-        rows.append({
-            "prompt": [{"role": m["role"], "content": m["content"]} for m in messages[:i]],
-            "completion": [{"role": "assistant", "content": messages[i]["content"]}],
-            "weight": float(weight),
-            "prompt_id": record["prompt_id"],
-            "traj_id": record.get("traj_id"),
-            "turn": t,
-        })
+        rows.append(
+            {
+                "prompt": [{"role": m["role"], "content": m["content"]} for m in messages[:i]],
+                "completion": [{"role": "assistant", "content": messages[i]["content"]}],
+                "weight": float(weight),
+                "prompt_id": record["prompt_id"],
+                "traj_id": record.get("traj_id"),
+                "turn": t,
+            }
+        )
     return rows
 
 
@@ -77,8 +80,13 @@ def run_export_trl(cfg: ExportTRLConfig) -> dict:
     with atomic_write(cfg.out) as f:
         for row in rows:
             f.write(dumps(row))
-    summary = {"records": len(records), "rows": len(rows), "target": cfg.target,
-               "weight_sum": sum(r["weight"] for r in rows), "format": "trl conversational prompt-completion"}
+    summary = {
+        "records": len(records),
+        "rows": len(rows),
+        "target": cfg.target,
+        "weight_sum": sum(r["weight"] for r in rows),
+        "format": "trl conversational prompt-completion",
+    }
     save_config(cfg, sidecar(cfg.out, "config.yaml"))
     write_json(sidecar(cfg.out, "summary.json"), summary)
     print(f"wrote {len(rows)} prompt/completion rows from {len(records)} records to {cfg.out}")

@@ -34,6 +34,7 @@ import subprocess
 import sys
 import threading
 import weakref
+from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from decimal import Decimal, InvalidOperation, localcontext
@@ -135,10 +136,8 @@ _CHOICE_PARENS = re.compile(r"\(([a-z])\)")
 
 
 def _last_match(pattern: re.Pattern, text: str) -> re.Match | None:
-    last = None
-    for last in pattern.finditer(text):
-        pass
-    return last
+    last = deque(pattern.finditer(text), maxlen=1)
+    return last[0] if last else None
 
 
 def parse_choice(text: str) -> str | None:
@@ -211,7 +210,8 @@ def _stop(proc: subprocess.Popen) -> None:
     proc.wait()
     for stream in (proc.stdin, proc.stdout):
         try:
-            stream.close()
+            if stream is not None:
+                stream.close()
         except OSError:  # pragma: no cover - closing a pipe to a killed process
             pass
 
@@ -234,12 +234,17 @@ class MathWorker:
     def _start(self) -> None:
         proc = subprocess.Popen(
             [sys.executable, "-c", _WORKER_SOURCE],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            text=True, encoding="utf-8", bufsize=1,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            encoding="utf-8",
+            bufsize=1,
         )
         replies: queue.Queue = queue.Queue()  # a fresh queue: no stale reply can reach a new request
 
         def pump() -> None:
+            assert proc.stdout is not None  # opened with stdout=PIPE
             try:
                 for line in proc.stdout:
                     replies.put(line.rstrip("\n"))
@@ -263,7 +268,8 @@ class MathWorker:
             self._restart()
         if self._booting:  # its first line must be "ready", not a verdict
             if self._replies.get(timeout=self.startup_timeout) != "ready":  # queue.Empty if it hangs
-                self._finalizer()
+                if self._finalizer is not None:
+                    self._finalizer()
                 self._proc = None  # start afresh next time (poll() may not see the exit yet)
                 raise MathWorkerError("the math-verify worker did not start (is math-verify installed?)")
             self._booting = False
@@ -276,9 +282,11 @@ class MathWorker:
             except queue.Empty:
                 self._restart()
                 raise MathWorkerError("the math-verify worker did not start in time") from None
+            stdin = self._proc.stdin if self._proc is not None else None
+            assert stdin is not None  # _ensure_ready started a worker with stdin=PIPE
             try:
-                self._proc.stdin.write(json.dumps([prediction, gold]) + "\n")
-                self._proc.stdin.flush()
+                stdin.write(json.dumps([prediction, gold]) + "\n")
+                stdin.flush()
                 reply = self._replies.get(timeout=timeout)
             except queue.Empty:
                 self._restart()
@@ -304,7 +312,9 @@ class MathWorker:
 _SHARED_WORKER = MathWorker()
 
 
-def verify_math(prediction: str, gold: str, *, timeout: float = DEFAULT_TIMEOUT, worker: MathWorker | None = None) -> bool:
+def verify_math(
+    prediction: str, gold: str, *, timeout: float = DEFAULT_TIMEOUT, worker: MathWorker | None = None
+) -> bool:
     """math-verify equivalence, with fast paths and a hard time limit.
 
     Raises :class:`TimeoutError` past ``timeout`` and :class:`MathWorkerError` when math-verify
@@ -378,7 +388,7 @@ class Verifier:
             result, outcome = bool(self._fn(prediction, gold)), None
         except TimeoutError:
             result, outcome = False, "timeouts"
-        except Exception:  # noqa: BLE001 - a verifier bug or a math-verify failure must not end a rollout
+        except Exception:
             result, outcome = False, "errors"
         with self._lock:
             self.stats.calls += 1

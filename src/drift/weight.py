@@ -34,7 +34,9 @@ from drift.weighting import Columns, compute_weights, diagnostics
 
 def read_columns(path) -> tuple[Columns, set[int]]:
     """The numbers of a schema-1 file, and which records already hold a ``return`` or ``weight``."""
-    rows, line_nos, reweighted = [], [], set()
+    rows: list[tuple] = []
+    line_nos: list[int] = []
+    reweighted: set[int] = set()
     fields = attrgetter(*Columns.FIELDS)
     for line_no, core in iter_records(path, typed=True):
         if core.return_ is not UNSET or core.weight is not UNSET:
@@ -80,8 +82,10 @@ def _run_weight(cfg: WeightConfig) -> dict:
         if kept:
             write_records(cfg.out, kept, to_format=cfg.to_format, format_penalty=cfg.format_penalty)
     if not n_kept:
-        raise DriftError(f"scheme {cfg.scheme!r} with zero_variance={cfg.zero_variance!r}, all_fail={cfg.all_fail!r} "
-                         "dropped every record")
+        raise DriftError(
+            f"scheme {cfg.scheme!r} with zero_variance={cfg.zero_variance!r}, all_fail={cfg.all_fail!r} "
+            "dropped every record"
+        )
     diag = diagnostics(cols, returns, weights)
     diag["seconds"] = round(time.perf_counter() - start, 3)
     save_config(cfg, sidecar(cfg.out, "config.yaml"))

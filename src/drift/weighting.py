@@ -100,11 +100,7 @@ def trajectory_return(
     >>> round(trajectory_return([0, 0, 1], ["70", None, "80"], 1, gamma=0.9, lam=0.5, format_penalty=0.1), 12)
     0.71
     """
-    return (
-        discounted_return(rewards, gamma)
-        - format_penalty * format_errors
-        - repetition_penalty(answers, lam)
-    )
+    return discounted_return(rewards, gamma) - format_penalty * format_errors - repetition_penalty(answers, lam)
 
 
 # -- weights ---------------------------------------------------------------------------------
@@ -228,8 +224,9 @@ SCHEMES: dict[str, Scheme] = {
 """name -> :class:`Scheme`; ``drift weight --scheme NAME`` and ``drift rl --algorithm drift`` use it."""
 
 
-def apply_per_group(scheme: Scheme, returns: np.ndarray, codes: np.ndarray, n_groups: int, solved: np.ndarray,
-                    params: WeightingParams) -> np.ndarray:
+def apply_per_group(
+    scheme: Scheme, returns: np.ndarray, codes: np.ndarray, n_groups: int, solved: np.ndarray, params: WeightingParams
+) -> np.ndarray:
     """``scheme.per_group`` on each group's slice, written back in file order; shape (N,)."""
     if scheme.group == "file":
         return np.asarray(scheme.per_group(returns, solved, params), dtype=np.float64)
@@ -273,8 +270,9 @@ class Columns:
     """The record fields the math reads, in the order :meth:`row` takes them."""
 
     @staticmethod
-    def row(prompt_id: str, traj_id: int, rewards: list, answers: list, format_errors: int,
-            first_correct_turn: int | None) -> tuple:
+    def row(
+        prompt_id: str, traj_id: int, rewards: list, answers: list, format_errors: int, first_correct_turn: int | None
+    ) -> tuple:
         """What the math needs from one record (its :attr:`FIELDS`): ``(prompt_id, traj_id, rewards,
         N, U, format_errors, first_correct_turn or 0)``, N parsable answers, U of them distinct.
 
@@ -285,8 +283,15 @@ class Columns:
         ('p', 3, [0.0, 1.0], 2, 1, 1, 2)
         """
         nulls = answers.count(None)
-        return (prompt_id, traj_id, rewards, len(answers) - nulls, len(set(answers)) - (nulls > 0), format_errors,
-                first_correct_turn or 0)
+        return (
+            prompt_id,
+            traj_id,
+            rewards,
+            len(answers) - nulls,
+            len(set(answers)) - (nulls > 0),
+            format_errors,
+            first_correct_turn or 0,
+        )
 
     @classmethod
     def of(cls, records: Iterable[dict]) -> Columns:
@@ -304,9 +309,14 @@ class Columns:
             return np.fromiter(values, dtype=np.intp, count=n)
 
         return cls(
-            ints(map(number.__getitem__, prompt_ids)), len(number), turns,
+            ints(map(number.__getitem__, prompt_ids)),
+            len(number),
+            turns,
             np.fromiter(chain.from_iterable(rewards), dtype=np.float64, count=int(turns.sum())),
-            ints(answered), ints(distinct), np.fromiter(format_errors, dtype=np.float64, count=n), ints(first),
+            ints(answered),
+            ints(distinct),
+            np.fromiter(format_errors, dtype=np.float64, count=n),
+            ints(first),
         )
 
     def __len__(self) -> int:
@@ -384,9 +394,7 @@ def kish_ess(weights: Sequence[float]) -> float:
     return math.fsum(weights) ** 2 / s2 if s2 > 0 else 0.0
 
 
-def diagnostics(
-    records: Sequence[dict] | Columns, returns: Sequence[float], weights: Sequence[float | None]
-) -> dict:
+def diagnostics(records: Sequence[dict] | Columns, returns: Sequence[float], weights: Sequence[float | None]) -> dict:
     """Health of a weighting: how many samples it effectively keeps, and where its mass sits.
 
     ``ess`` is Kish's over the kept records, ``ess_ratio`` that divided by their number,

@@ -51,7 +51,7 @@ def test_every_backend_builds_itself_from_a_config():
 
     for name, path in BACKENDS.items():
         module, cls = path.split(":")
-        assert callable(getattr(__import__(module, fromlist=[cls]).__dict__[cls], "from_config")), name
+        assert callable(__import__(module, fromlist=[cls]).__dict__[cls].from_config), name
     gen = backend_from_config(RolloutConfig(backend="scripted", seed=7))
     assert isinstance(gen, ScriptedGenerator) and gen.seed == 7
 
@@ -62,7 +62,7 @@ def test_rl_refuses_a_backend_that_cannot_follow_the_policy(tmp_path):
     from drift.cli import main
 
     assert policy_backend_class("hf") is HFGenerator
-    with pytest.raises(DriftError, match="backend 'scripted' cannot sample from a policy.*supports: hf"):
+    with pytest.raises(DriftError, match=r"backend 'scripted' cannot sample from a policy.*supports: hf"):
         policy_backend_class("scripted")
     assert main(["rl", "--backend", "openai", "--out", str(tmp_path / "rl")]) == 2
     assert not (tmp_path / "rl").exists()  # refused before anything was loaded or written

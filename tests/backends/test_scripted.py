@@ -150,10 +150,9 @@ def test_bad_arguments_raise_drift_error():
         ScriptedGenerator().generate([question(1, 1)], n=0, sampling=SAMPLING)
 
 
-
 def test_finish_reasons_say_where_max_new_tokens_cut():
-    from drift.backends.scripted import ScriptedGenerator
     from drift.backends.base import Sampling
+    from drift.backends.scripted import ScriptedGenerator
 
     gen = ScriptedGenerator(p_correct=1.0, p_format_error=1.0)  # "I think it is 14.": 5 words
     question = [{"role": "user", "content": "What is 2+3*4?"}]

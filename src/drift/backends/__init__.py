@@ -20,12 +20,23 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from typing import Any, TypeVar
 
 from drift import DriftError
 from drift.backends.base import Generator, Reply, Sampling, resolve_seeds
 
-__all__ = ["BACKENDS", "Generator", "Reply", "Sampling", "backend_from_config", "load_backend", "policy_backend_class",
-           "resolve_seeds"]
+__all__ = [
+    "BACKENDS",
+    "Generator",
+    "Reply",
+    "Sampling",
+    "backend_from_config",
+    "load_backend",
+    "policy_backend_class",
+    "resolve_seeds",
+]
+
+T = TypeVar("T")
 
 BACKENDS: dict[str, str] = {
     "hf": "drift.backends.hf:HFGenerator",
@@ -39,7 +50,7 @@ here). The class takes its options as keywords and builds itself from a command'
 ``for_policy(model, tokenizer, cfg, device=, dtype=)``. Adding a backend: write the module, add a line."""
 
 
-def _build(name: str, make: Callable[[type], Generator]) -> Generator:
+def _build(name: str, make: Callable[[Any], T]) -> T:
     """Import backend ``name``'s class and call ``make(cls)``; a missing extra becomes an install hint."""
     if name not in BACKENDS:
         raise DriftError(f"unknown backend {name!r}; known: {', '.join(sorted(BACKENDS))}")
@@ -72,12 +83,14 @@ def backend_from_config(cfg) -> Generator:
     return _build(cfg.backend, lambda cls: cls.from_config(cfg))
 
 
-def policy_backend_class(name: str) -> type:
+def policy_backend_class(name: str) -> Any:
     """The class of backend ``name`` if it can sample from a policy being trained (drift rl): it has
     ``for_policy(model, tokenizer, cfg, device=, dtype=)``."""
     cls = _build(name, lambda cls: cls)
     if not hasattr(cls, "for_policy"):
         able = [n for n in sorted(BACKENDS) if n != name and hasattr(_build(n, lambda c: c), "for_policy")]
-        raise DriftError(f"backend {name!r} cannot sample from a policy while it trains (it has no for_policy); "
-                         f"drift rl supports: {', '.join(able)}")
+        raise DriftError(
+            f"backend {name!r} cannot sample from a policy while it trains (it has no for_policy); "
+            f"drift rl supports: {', '.join(able)}"
+        )
     return cls

@@ -91,7 +91,7 @@ class Generator(Protocol):
         n: int,
         sampling: Sampling,
         seeds: list[int] | None = None,
-    ) -> list[list[str]]:
+    ) -> list[list[Reply]]:
         """Return ``n`` replies for each conversation: shape ``(len(conversations), n)``."""
         ...
 

@@ -105,14 +105,22 @@ class HFGenerator:
 
     @classmethod
     def from_config(cls, cfg) -> HFGenerator:
-        return cls(cfg.model, batch_size=cfg.batch_size, dtype=cfg.dtype,
-                   model_generation_config=cfg.model_generation_config)
+        return cls(
+            cfg.model, batch_size=cfg.batch_size, dtype=cfg.dtype, model_generation_config=cfg.model_generation_config
+        )
 
     @classmethod
     def for_policy(cls, model, tokenizer, cfg, *, device: str, dtype: str) -> HFGenerator:
         """Sample from ``model`` as it trains (drift rl): the trainer's own replica, on its device."""
-        return cls(cfg.model, batch_size=cfg.batch_size, dtype=dtype, model_obj=model, tokenizer=tokenizer,
-                   device=device, model_generation_config=cfg.model_generation_config)
+        return cls(
+            cfg.model,
+            batch_size=cfg.batch_size,
+            dtype=dtype,
+            model_obj=model,
+            tokenizer=tokenizer,
+            device=device,
+            model_generation_config=cfg.model_generation_config,
+        )
 
     def __init__(
         self,
@@ -164,8 +172,9 @@ class HFGenerator:
                 batch = rows[start : start + self.batch_size]
                 width = max(len(prompts[i]) for i, _ in batch)
                 input_ids, attention = _left_pad([prompts[i] for i, _ in batch], width, pad)
-                kwargs = dict(max_new_tokens=sampling.max_new_tokens, do_sample=False, pad_token_id=pad,
-                              eos_token_id=self.eos_ids)
+                kwargs = dict(
+                    max_new_tokens=sampling.max_new_tokens, do_sample=False, pad_token_id=pad, eos_token_id=self.eos_ids
+                )
                 if self.share_prefill:
                     kwargs.update(self._shared_prefill(batch, prompts, width, pad))
                 if sampling.temperature > 0:
@@ -209,8 +218,12 @@ class HFGenerator:
         ids, mask = _left_pad([list(p) for p in distinct], width, pad)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         with torch.no_grad(), self._autocast():
-            out = self.model(input_ids=ids[:, :-1].to(self.device), attention_mask=mask[:, :-1].to(self.device),
-                             position_ids=positions[:, :-1].to(self.device), use_cache=True)
+            out = self.model(
+                input_ids=ids[:, :-1].to(self.device),
+                attention_mask=mask[:, :-1].to(self.device),
+                position_ids=positions[:, :-1].to(self.device),
+                use_cache=True,
+            )
         name = "cache" if "cache" in type(out).__dataclass_fields__ else "past_key_values"  # transformers >= 5.2x
         cache = getattr(out, name)
         cache.reorder_cache(torch.tensor(rows, device=self.device))

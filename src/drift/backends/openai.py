@@ -107,7 +107,7 @@ class OpenAIGenerator:
         n: int,
         sampling: Sampling,
         seeds: list[int] | None = None,
-    ) -> list[list[str]]:
+    ) -> list[list[Reply]]:
         """``n`` replies per conversation, in the order of ``conversations``."""
         request_seeds = resolve_seeds(conversations, n, sampling, seeds)
         if not conversations:
@@ -130,20 +130,25 @@ class OpenAIGenerator:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _complete(self, conversation: list[dict], n: int, sampling: Sampling, seed: int | None) -> list[str]:
+    def _complete(self, conversation: list[dict], n: int, sampling: Sampling, seed: int | None) -> list[Reply]:
         if n > 1 and self.supports_n:
             replies = self._request(conversation, n, sampling, seed, may_reject=True)
             if replies is not None and len(replies) == n:
                 return replies
-        replies = [self._request(conversation, 1, sampling, reply_seed(seed, j))[0] for j in range(n)]
+        replies = [self._single(conversation, sampling, reply_seed(seed, j)) for j in range(n)]
         if n > 1:
             # n > 1 was rejected or silently ignored while n = 1 works: stop asking for n > 1.
             self.supports_n = False
         return replies
 
+    def _single(self, conversation: list[dict], sampling: Sampling, seed: int | None) -> Reply:
+        replies = self._request(conversation, 1, sampling, seed)
+        assert replies is not None  # a refusal raises unless may_reject
+        return replies[0]
+
     def _request(
         self, conversation: list[dict], n: int, sampling: Sampling, seed: int | None, may_reject: bool = False
-    ) -> list[str] | None:
+    ) -> list[Reply] | None:
         """The replies of one request; ``None`` when ``may_reject`` and the server said 4xx."""
         payload = {
             "model": self.model,
@@ -165,8 +170,10 @@ class OpenAIGenerator:
         try:
             data = response.json()
             choices = sorted(data["choices"], key=lambda choice: choice.get("index", 0))
-            replies = [Reply(choice["message"]["content"] or "", known_finish_reason(choice.get("finish_reason")))
-                       for choice in choices]
+            replies = [
+                Reply(choice["message"]["content"] or "", known_finish_reason(choice.get("finish_reason")))
+                for choice in choices
+            ]
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             body = response.text[:500]
             raise DriftError(f"{self.url} sent something that is not a chat completion ({e!r}): {body}") from e

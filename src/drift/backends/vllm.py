@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import platform
+from typing import Any
 
 from drift import DriftError
 from drift.backends.base import Reply, Sampling, known_finish_reason, resolve_seeds
@@ -50,8 +51,10 @@ def check_cpu_supported() -> None:
 
     capability = torch.backends.cpu.get_cpu_capability()
     if platform.machine().lower() in ("x86_64", "amd64") and not capability.startswith(("AVX512", "AMX")):
-        raise DriftError(f"vLLM's CPU build needs AVX512 on x86 and this CPU has {capability}; "
-                         "use --backend hf here (or a vLLM server on another machine with --backend openai)")
+        raise DriftError(
+            f"vLLM's CPU build needs AVX512 on x86 and this CPU has {capability}; "
+            "use --backend hf here (or a vLLM server on another machine with --backend openai)"
+        )
 
 
 def cpu_memory_share(cap: float = 0.5) -> float:
@@ -76,8 +79,13 @@ class VLLMGenerator:
 
     @classmethod
     def from_config(cls, cfg) -> VLLMGenerator:
-        return cls(cfg.model, tensor_parallel_size=cfg.tensor_parallel_size,
-                   gpu_memory_utilization=cfg.gpu_memory_utilization, seed=cfg.seed, dtype=cfg.dtype)
+        return cls(
+            cfg.model,
+            tensor_parallel_size=cfg.tensor_parallel_size,
+            gpu_memory_utilization=cfg.gpu_memory_utilization,
+            seed=cfg.seed,
+            dtype=cfg.dtype,
+        )
 
     def __init__(
         self,
@@ -92,11 +100,9 @@ class VLLMGenerator:
     ):
         from vllm import LLM
 
-        from drift.models import resolve_model
+        from drift.models import resolve_dtype, resolve_model
 
-        from drift.models import resolve_dtype
-
-        self.llm = None
+        self.llm: Any = None
         on_cpu = _on_cpu()
         if on_cpu:
             check_cpu_supported()
@@ -107,8 +113,12 @@ class VLLMGenerator:
         self.dtype = dtype
         self.model_path = resolve_model(model, cache_dir)
         self.llm = LLM(
-            model=self.model_path, tensor_parallel_size=tensor_parallel_size, dtype=dtype,
-            gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len, seed=seed,
+            model=self.model_path,
+            tensor_parallel_size=tensor_parallel_size,
+            dtype=dtype,
+            gpu_memory_utilization=gpu_memory_utilization,
+            max_model_len=max_model_len,
+            seed=seed,
             **engine_kwargs,
         )
         self.tokens_generated = 0
@@ -120,8 +130,13 @@ class VLLMGenerator:
         if not conversations:
             return []
         params = [
-            SamplingParams(n=n, temperature=sampling.temperature, top_p=sampling.top_p,
-                           max_tokens=sampling.max_new_tokens, seed=seed)
+            SamplingParams(
+                n=n,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                max_tokens=sampling.max_new_tokens,
+                seed=seed,
+            )
             for seed in request_seeds
         ]
         outputs = self.llm.chat([list(c) for c in conversations], params, use_tqdm=False)

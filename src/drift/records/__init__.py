@@ -31,7 +31,23 @@ from drift.records.schema import (
 )
 
 __all__ = [
-    "FINISH_REASONS", "FORMATS", "SCHEMA_VERSION", "FieldError", "RecordError", "Trajectory", "check_unique",
-    "detect_format", "dumps", "file_format", "first_correct_turn", "from_reference", "iter_records", "paused_gc",
-    "read_records", "to_reference", "validate_record", "write_records", "write_spliced",
+    "FINISH_REASONS",
+    "FORMATS",
+    "SCHEMA_VERSION",
+    "FieldError",
+    "RecordError",
+    "Trajectory",
+    "check_unique",
+    "detect_format",
+    "dumps",
+    "file_format",
+    "first_correct_turn",
+    "from_reference",
+    "iter_records",
+    "paused_gc",
+    "read_records",
+    "to_reference",
+    "validate_record",
+    "write_records",
+    "write_spliced",
 ]

@@ -15,6 +15,7 @@ import os
 from collections.abc import Container, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Literal, overload
 
 import orjson
 
@@ -48,7 +49,9 @@ def _parse_line(raw: bytes):
     try:  # stdlib json also accepts lone surrogate escapes ("\\ud800"), which no writer can encode
         orjson.dumps(value)
     except orjson.JSONEncodeError:
-        raise FieldError(f"field '{_surrogate_field(value)}' holds a lone UTF-16 surrogate (not valid Unicode)") from None
+        raise FieldError(
+            f"field '{_surrogate_field(value)}' holds a lone UTF-16 surrogate (not valid Unicode)"
+        ) from None
     return value
 
 
@@ -86,7 +89,15 @@ def file_format(path: str | os.PathLike) -> str | None:
     return None
 
 
-def iter_records(path: str | os.PathLike, *, typed: bool = False) -> Iterator[tuple[int, dict | Trajectory]]:
+@overload
+def iter_records(path: str | os.PathLike, *, typed: Literal[False] = False) -> Iterator[tuple[int, dict]]: ...
+
+
+@overload
+def iter_records(path: str | os.PathLike, *, typed: Literal[True]) -> Iterator[tuple[int, Trajectory]]: ...
+
+
+def iter_records(path: str | os.PathLike, *, typed: bool = False) -> Iterator[tuple[int, Any]]:
     """Yield ``(line_number, record)`` in schema 1, validating every line (blank lines skipped).
 
     The format (ours or the reference code's) is detected from the first record; a file
@@ -191,10 +202,11 @@ def write_records(
         raise DriftError(f"unknown format {to_format!r}; choose from {FORMATS}")
     if to_format == "reference" and format_penalty is None:
         raise DriftError("writing the reference layout needs the format penalty the returns used")
+    penalty = format_penalty or 0.0
     n = 0
     with atomic_write(path) as f:
         for rec in records:
-            f.write(dumps(to_reference(rec, format_penalty) if to_format == "reference" else rec))
+            f.write(dumps(to_reference(rec, penalty) if to_format == "reference" else rec))
             n += 1
     return n
 
@@ -219,14 +231,16 @@ def write_spliced(
     n = written = 0
     with atomic_write(out) as f, open(src, "rb") as lines:
         records = filter(bytes.strip, lines)  # the non-blank lines, as the reader counted them
-        for n, (added, raw) in enumerate(zip(values, records), start=1):  # values first: a longer file keeps its extra line
+        for n, (added, raw) in enumerate(
+            zip(values, records), start=1
+        ):  # values first: a longer file keeps its extra line
             if not keep[n - 1]:
                 continue
-            added = dict(zip(names, added))
+            new = dict(zip(names, added))
             if n - 1 in rewrite:
-                f.write(dumps({**orjson.loads(raw), **added}))
+                f.write(dumps({**orjson.loads(raw), **new}))
             else:
-                f.write(raw.rstrip()[:-1] + b"," + orjson.dumps(added)[1:] + b"\n")
+                f.write(raw.rstrip()[:-1] + b"," + orjson.dumps(new)[1:] + b"\n")
             written += 1
         if n != len(keep) or next(records, None) is not None:
             raise DriftError(f"{src} changed while it was being read")

@@ -107,9 +107,7 @@ def to_reference(rec: dict, format_penalty: float) -> dict:
     skip = {"schema", "traj_id", "answers", "correct", "rewards", "format_errors", "first_correct_turn", "max_turns"}
     out.update({k: v for k, v in rec.items() if k not in skip and k not in out})
     out["verifier"] = {f"t{t}": int(rec["correct"][t - 1]) if t <= turns else 0 for t in range(1, horizon + 1)}
-    out["turn_rewards"] = {
-        f"t{t}": float(rec["rewards"][t - 1]) if t <= turns else 0.0 for t in range(1, horizon + 1)
-    }
+    out["turn_rewards"] = {f"t{t}": float(rec["rewards"][t - 1]) if t <= turns else 0.0 for t in range(1, horizon + 1)}
     out.setdefault("reward_details", {})
     out["t_star"] = rec["first_correct_turn"]
     out["answer_norms"] = [a for a in rec["answers"] if a is not None]

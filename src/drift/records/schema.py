@@ -36,10 +36,11 @@ import msgspec
 
 from drift import DriftError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Literal[1] = 1
 Role = Literal["system", "user", "assistant", "tool"]
 ROLES = frozenset(get_args(Role))
-FINISH_REASONS = ("stop", "length")
+FinishReason = Literal["stop", "length"]
+FINISH_REASONS: tuple[str, ...] = get_args(FinishReason)
 """Why a reply ended: at an end token, or at the length limit (``null`` in a record: unknown)."""
 
 
@@ -131,7 +132,7 @@ class Trajectory(msgspec.Struct):
     rewards: list[float]
     format_errors: int
     first_correct_turn: int | None
-    finish_reasons: list[Literal[FINISH_REASONS] | None] | msgspec.UnsetType = msgspec.UNSET
+    finish_reasons: list[FinishReason | None] | msgspec.UnsetType = msgspec.UNSET
     token_ids: list[list[Annotated[int, msgspec.Meta(ge=0)]] | None] | msgspec.UnsetType = msgspec.UNSET
     return_: float | msgspec.UnsetType = msgspec.field(name="return", default=msgspec.UNSET)
     weight: Annotated[float, msgspec.Meta(ge=0)] | msgspec.UnsetType = msgspec.UNSET
@@ -140,8 +141,14 @@ class Trajectory(msgspec.Struct):
     def of(cls, rec: dict) -> Trajectory:
         """The core of a record :func:`validate_record` accepted."""
         return cls(
-            SCHEMA_VERSION, rec["prompt_id"], rec["traj_id"], [Message(m["role"], m["content"]) for m in rec["messages"]],
-            rec["answers"], rec["correct"], [float(r) for r in rec["rewards"]], int(rec["format_errors"]),
+            SCHEMA_VERSION,
+            rec["prompt_id"],
+            rec["traj_id"],
+            [Message(m["role"], m["content"]) for m in rec["messages"]],
+            rec["answers"],
+            rec["correct"],
+            [float(r) for r in rec["rewards"]],
+            int(rec["format_errors"]),
             rec["first_correct_turn"] and int(rec["first_correct_turn"]),
             rec.get("finish_reasons", msgspec.UNSET),
             rec.get("token_ids", msgspec.UNSET),
@@ -157,7 +164,8 @@ _role = attrgetter("role")
 def _consistent(t: Trajectory) -> bool:
     turns = list(map(_role, t.messages)).count("assistant")
     return (
-        turns > 0 and turns == len(t.correct) == len(t.rewards) == len(t.answers)
+        turns > 0
+        and turns == len(t.correct) == len(t.rewards) == len(t.answers)
         and t.format_errors == t.answers.count(None)
         and t.first_correct_turn == first_correct_turn(t.correct)
         and (t.finish_reasons is msgspec.UNSET or len(t.finish_reasons) == turns)
@@ -212,13 +220,20 @@ def validate_record(rec) -> dict:
         raise FieldError("field 'answers' must be a list of strings or nulls")
     finish = rec.get("finish_reasons", [None] * turns)
     if not isinstance(finish, list) or not all(f is None or f in FINISH_REASONS for f in finish):
-        raise FieldError("field 'finish_reasons' must be a list of \"stop\", \"length\" or null")
+        raise FieldError('field \'finish_reasons\' must be a list of "stop", "length" or null')
     ids = rec.get("token_ids", [None] * turns)
-    if not isinstance(ids, list) or not all(x is None or isinstance(x, list) and all(
-            isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in x) for x in ids):
+    if not isinstance(ids, list) or not all(
+        x is None or (isinstance(x, list) and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in x))
+        for x in ids
+    ):
         raise FieldError("field 'token_ids' must be a list of lists of non-negative integers or nulls")
-    for name, values in (("answers", answers), ("correct", correct), ("rewards", rewards),
-                         ("finish_reasons", finish), ("token_ids", ids)):
+    for name, values in (
+        ("answers", answers),
+        ("correct", correct),
+        ("rewards", rewards),
+        ("finish_reasons", finish),
+        ("token_ids", ids),
+    ):
         if len(values) != turns:
             raise FieldError(f"field '{name}' has {len(values)} entries for {turns} assistant turns")
     if rec.get("format_errors") != answers.count(None) or isinstance(rec.get("format_errors"), bool):
