@@ -114,7 +114,10 @@ class HFGenerator:
         tokenizer=None,
         share_prefill: bool = True,
         model_generation_config: bool = False,
+        reuse_cache: bool = True,
+        reuse_cache_bytes: int = 2 * 2**30,
     ):
+        from drift.backends.hf_cache import PrefixStore, cache_keyword
         from drift.models import default_device, load_model, load_tokenizer, resolve_dtype, resolve_model
 
         path = resolve_model(model, cache_dir) if model_obj is None else model
@@ -127,7 +130,11 @@ class HFGenerator:
         self.batch_size = batch_size
         self.share_prefill = share_prefill
         self.model_generation_config = model_generation_config
+        self.reuse_cache = reuse_cache
+        self._store = PrefixStore(reuse_cache_bytes)
+        self._cache_keyword = cache_keyword(self.model)
         self.tokens_generated = 0
+        self.tokens_prefilled = 0
         self.eos_ids = end_token_ids(self.tokenizer, self.model.generation_config)
 
     def _autocast(self):
@@ -141,22 +148,25 @@ class HFGenerator:
         import torch
 
         request_seeds = resolve_seeds(conversations, n, sampling, seeds)
-        prompts = [render_prompt(self.tokenizer, c) for c in conversations]
+        prompts = [tuple(render_prompt(self.tokenizer, c)) for c in conversations]
         rows = [(i, j) for i in range(len(conversations)) for j in range(n)]
         rows.sort(key=lambda r: -len(prompts[r[0]]))  # similar lengths share a batch: less padding
         out = [[""] * n for _ in conversations]
         pad = self.tokenizer.pad_token_id
         was_training = self.model.training
         self.model.eval()
+        if self.reuse_cache:
+            self._store.check(self.model)
         try:
             for start in range(0, len(rows), self.batch_size):
                 batch = rows[start : start + self.batch_size]
-                width = max(len(prompts[i]) for i, _ in batch)
-                input_ids, attention = _left_pad([prompts[i] for i, _ in batch], width, pad)
+                input_ids, attention, cache, encoded = self._prefill(batch, prompts, pad)
+                self.tokens_prefilled += encoded
+                width = input_ids.shape[1]
                 kwargs = dict(max_new_tokens=sampling.max_new_tokens, do_sample=False, pad_token_id=pad,
-                              eos_token_id=self.eos_ids)
-                if self.share_prefill:
-                    kwargs.update(self._shared_prefill(batch, prompts, width, pad))
+                              eos_token_id=self.eos_ids, return_dict_in_generate=True)
+                if cache is not None:
+                    kwargs[self._cache_keyword] = cache
                 if sampling.temperature > 0:
                     gens = []
                     for i, j in batch:
@@ -167,43 +177,51 @@ class HFGenerator:
                     kwargs["logits_processor"] = [_RowSampler(gens, sampling.temperature, sampling.top_p)]
                 bare = contextlib.nullcontext() if self.model_generation_config else _bare_generation_config(self.model)
                 with torch.no_grad(), self._autocast(), bare:
-                    generated = self.model.generate(
+                    result = self.model.generate(
                         input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device), **kwargs
                     )
-                for (i, j), seq in zip(batch, generated[:, width:].tolist()):
+                replies = []
+                for (i, j), seq in zip(batch, result.sequences[:, width:].tolist()):
                     end = next((k for k, tok in enumerate(seq) if tok in self.eos_ids), None)
                     ids = seq if end is None else seq[: end + 1]
+                    replies.append(ids)
                     self.tokens_generated += len(ids)
                     text = self.tokenizer.decode(ids if end is None else ids[:-1], skip_special_tokens=False)
                     out[i][j] = Reply(text, "length" if end is None else "stop", ids)
+                if self.reuse_cache:
+                    kept = getattr(result, "cache", None) or getattr(result, "past_key_values", None)
+                    self._store.keep(kept, attention, width, [prompts[i] for i, _ in batch], replies)
+            if self.reuse_cache:
+                self._store.commit()
         finally:
             self.model.train(was_training)
         return out
 
-    def _shared_prefill(self, batch, prompts, width: int, pad: int) -> dict:
-        """``generate`` arguments with the KV cache of the batch's prompts but their last token,
-        computed once per distinct prompt and copied to the rows that share it (``{}`` when every
-        row's prompt differs).
+    def _prefill(self, batch, prompts, pad: int):
+        """``(input_ids, attention_mask, cache, encoded)`` for a batch of ``(prompt index, sample)``
+        rows: the inputs of ``generate``, the KV cache of all their columns but the last (``None``
+        when nothing is shared nor reused: ``generate`` then encodes the prompts), and the prompt
+        tokens run through the model, padding excluded (see drift.backends.hf_cache).
 
-        The K trajectories of a prompt all start from the same conversation, so at turn 1 a batch
-        holds a few distinct prompts many times over. Positions follow the left padding exactly as
-        ``generate`` numbers them, so the rows continue as if each had been prefilled alone.
+        Rows with the same prompt share one prefill (``share_prefill``: the K trajectories of a
+        prompt at turn 1); each distinct prompt starts from the kept cache of the last call that
+        shares the longest prefix with it (``reuse_cache``).
         """
-        import torch
+        from drift.backends.hf_cache import prefill
 
-        distinct: dict[tuple, int] = {}  # prompt tokens -> row of the prefill batch
-        rows = [distinct.setdefault(tuple(prompts[i]), len(distinct)) for i, _ in batch]
-        if len(distinct) == len(batch) or width < 2:
-            return {}
-        ids, mask = _left_pad([list(p) for p in distinct], width, pad)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        with torch.no_grad(), self._autocast():
-            out = self.model(input_ids=ids[:, :-1].to(self.device), attention_mask=mask[:, :-1].to(self.device),
-                             position_ids=positions[:, :-1].to(self.device), use_cache=True)
-        name = "cache" if "cache" in type(out).__dataclass_fields__ else "past_key_values"  # transformers >= 5.2x
-        cache = getattr(out, name)
-        cache.reorder_cache(torch.tensor(rows, device=self.device))
-        return {name: cache}
+        batch_prompts = [tuple(prompts[i]) for i, _ in batch]
+        distinct: dict = {}  # prompt (or row, unshared) -> row of the prefill batch
+        rows = [distinct.setdefault(p if self.share_prefill else b, len(distinct)) for b, p in enumerate(batch_prompts)]
+        unique = list(dict(zip(rows, batch_prompts)).values())
+        matches = [self._store.match(p) if self.reuse_cache else (0, None) for p in unique]
+        full = sum(len(p) for p in batch_prompts)
+        if len(unique) == len(batch) and not any(length for length, _ in matches):
+            input_ids, attention = _left_pad([list(p) for p in batch_prompts], max(map(len, batch_prompts)), pad)
+            return input_ids, attention, None, full
+        input_ids, attention, cache, encoded = prefill(self.model, self._cache_keyword, unique, matches, rows, pad,
+                                                       self.device, self._autocast())
+        return input_ids, attention, cache, (full if cache is None else encoded + len(batch))
 
     def close(self) -> None:
         self.model = None
+        self._store.entries = self._store.pending = []
