@@ -150,9 +150,19 @@ def _drive(gen, sampling, turns=3, k=3, leaves=1):
     """Turns of a rollout (drift.rollout.run_episodes): each question K times, every active episode
     in one call with its own seed per turn, the conversation extended by the reply's text and a
     user message; episode ``leaves`` ends after turn 1 (its kept cache must go). Returns, per turn,
-    ``(episode, prompt ids, reply, next prompt ids)`` of each active episode."""
+    ``(episode, prompt ids, reply, next prompt ids)`` of each active episode, and the logits of
+    every ``generate`` step of every batch (those of a random tiny model are flat: a wrong position
+    or cache barely moves the sampled tokens, it does move the logits)."""
     from drift.examples import render_prompt
 
+    logits, generate = [], gen.model.generate
+
+    def generate_keeping_logits(**kw):
+        out = generate(**kw, output_logits=True)
+        logits.append(torch.stack(out.logits, 1))
+        return out
+
+    gen.model.generate = generate_keeping_logits
     conversations = [list(q) for q in QUESTIONS for _ in range(k)]
     active, turns_seen = list(range(len(conversations))), []
     for turn in range(1, turns + 1):
@@ -164,7 +174,7 @@ def _drive(gen, sampling, turns=3, k=3, leaves=1):
             seen.append((e, prompt, reply, render_prompt(gen.tokenizer, conversations[e])))
         turns_seen.append(seen)
         active = [e for e in active if e != leaves]
-    return turns_seen
+    return turns_seen, logits
 
 
 def _replies(turns):
@@ -186,8 +196,11 @@ def test_reused_caches_give_the_replies_of_full_prefills(tiny_model, temperature
     matched = []
     match = reused._store.match
     reused._store.match = lambda p: matched.append((p, out := match(p))) or out
-    got, want = _drive(reused, sampling), _drive(plain, sampling)
+    (got, got_logits), (want, want_logits) = _drive(reused, sampling), _drive(plain, sampling)
     assert _replies(got) == _replies(want)
+    assert len(got_logits) == len(want_logits) == 3 + 2 + 2  # 9, 8, 8 rows in batches of 4
+    for a, b in zip(got_logits, want_logits):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     assert all(str(r) for seen in got for _, _, r, _ in seen), "empty replies: the comparison checks nothing"
     first_lengths = {len(p) for _, p, _, _ in got[0]}
     assert any(length > max(first_lengths) for _, (length, _) in matched), "no reply's cache was reused"
@@ -208,7 +221,7 @@ def test_prefilled_tokens_count_what_the_model_reads(tiny_model):
     counts = {}
     for name, options in {"reuse": {}, "plain": {"reuse_cache": False}, "capped": {"reuse_cache_bytes": 0}}.items():
         gen = HFGenerator(tiny_model, batch_size=8, dtype="float32", **options)
-        turns = _drive(gen, sampling, turns=2, k=2, leaves=-1)
+        turns, _ = _drive(gen, sampling, turns=2, k=2, leaves=-1)
         counts[name] = gen.tokens_prefilled
     one = {e: (len(p), len(q)) for e, p, r, q in turns[0]}
     lengths = [one[e] for e in range(0, 6, 2)]  # (turn-1 prompt, turn-2 prompt) of each question

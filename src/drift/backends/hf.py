@@ -22,6 +22,13 @@
   turn 1 of 8 prompts x 8 trajectories with SmolLM2-135M on a CPU (benchmarks/rollout.py). In
   bf16 the replies may differ from unshared ones in the last bits (a batch's shape changes the
   matmul's rounding); runs stay reproducible, as batches are the same from run to run.
+- Turn t + 1's prompt extends turn t's prompt + reply: each row's KV cache of prompt + reply ids is
+  kept after a call, and the next call encodes only what follows the longest common token prefix
+  with a kept entry (``reuse_cache``; at most ``reuse_cache_bytes`` kept; entries the next call
+  does not extend are dropped, all of them when the weights change). Layout, positions and memory:
+  drift.backends.hf_cache. Same fp32 logits as without reuse; bf16 as for shared prefills.
+- ``tokens_prefilled`` counts the prompt tokens run through the model (after sharing and reuse,
+  padding excluded); ``tokens_generated`` the reply ids, end token included.
 - ``dtype`` (drift.models.resolve_dtype; ``auto`` by default): bfloat16 or float16 run the
   forward passes in autocast (2-4x faster on CPUs with bf16 units, many times slower without).
 """
