@@ -257,3 +257,22 @@ def test_changed_weights_drop_the_kept_caches(tiny_model):
     assert reused.generate(follow, 1, sampling, [4, 5, 6]) == plain.generate(follow, 1, sampling, [4, 5, 6])
     assert reused.tokens_prefilled - before == sum(len(reused.tokenizer.apply_chat_template(
         c, add_generation_prompt=True, tokenize=True)["input_ids"]) for c in follow)  # all read afresh
+
+
+def test_the_kept_entry_with_the_longest_common_prefix_is_found():
+    # entries are sorted by ids and only the prompt's neighbours are compared: check against a scan
+    import random
+
+    from drift.backends.hf_cache import PrefixStore, common_prefix
+
+    rng = random.Random(0)
+    store = PrefixStore(max_bytes=0)
+    store.pending = [(tuple(rng.choice((1, 2, 3)) for _ in range(rng.randint(1, 8))), i) for i in range(40)]
+    store.commit()
+    for _ in range(300):
+        prompt = tuple(rng.choice((1, 2, 3)) for _ in range(rng.randint(1, 10)))
+        length, kv = store.match(prompt)
+        best = min(max(common_prefix(prompt, ids) for ids, _ in store.entries), len(prompt) - 1)
+        assert length == best and (kv is None) == (best == 0)
+        if kv is not None:
+            assert common_prefix(prompt, dict((v, k) for k, v in store.entries)[kv]) >= length

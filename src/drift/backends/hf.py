@@ -196,8 +196,8 @@ class HFGenerator:
                     text = self.tokenizer.decode(ids if end is None else ids[:-1], skip_special_tokens=False)
                     out[i][j] = Reply(text, "length" if end is None else "stop", ids)
                 if self.reuse_cache:
-                    kept = getattr(result, "cache", None) or getattr(result, "past_key_values", None)
-                    self._store.keep(kept, attention, width, [prompts[i] for i, _ in batch], replies)
+                    self._store.keep(getattr(result, self._cache_keyword, None), attention, width,
+                                     [prompts[i] for i, _ in batch], replies)
             if self.reuse_cache:
                 self._store.commit()
         finally:
