@@ -26,7 +26,9 @@
   kept after a call, and the next call encodes only what follows the longest common token prefix
   with a kept entry (``reuse_cache``; at most ``reuse_cache_bytes`` kept; entries the next call
   does not extend are dropped, all of them when the weights change). Layout, positions and memory:
-  drift.backends.hf_cache. Same fp32 logits as without reuse; bf16 as for shared prefills.
+  drift.backends.hf_cache. Same fp32 logits as without reuse (to ~1e-6); bf16 as for shared
+  prefills. 6.5 -> 0.8 prompt tokens read per generated token and 1.6-1.8x faster on 3 prompts x
+  4 trajectories x 5 sampled turns of SmolLM2-135M in fp32 on a CPU (benchmarks/kv_reuse.py).
 - ``tokens_prefilled`` counts the prompt tokens run through the model (after sharing and reuse,
   padding excluded); ``tokens_generated`` the reply ids, end token included.
 - ``dtype`` (drift.models.resolve_dtype; ``auto`` by default): bfloat16 or float16 run the
