@@ -50,22 +50,33 @@ def main() -> None:
     verifier = get_verifier(spec.verifier, 5.0)
     examples = load_examples("arithmetic", split="train", limit=args.prompts, seed=0)
     sampling = Sampling(temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=0)
-    print(f"model {args.model}, {args.prompts} prompts x {args.n} trajectories x {args.max_turns} turns, "
-          f"temperature {args.temperature}, max_new_tokens {args.max_new_tokens}, {args.dtype}, "
-          f"batch {args.batch_size}, torch threads {torch.get_num_threads()}")
+    print(
+        f"model {args.model}, {args.prompts} prompts x {args.n} trajectories x {args.max_turns} turns, "
+        f"temperature {args.temperature}, max_new_tokens {args.max_new_tokens}, {args.dtype}, "
+        f"batch {args.batch_size}, torch threads {torch.get_num_threads()}"
+    )
     records = {}
     for reuse in (False, True):
         best = float("inf")
         for _ in range(args.repeats):
             gen = HFGenerator(args.model, batch_size=args.batch_size, dtype=args.dtype, reuse_cache=reuse)
             start = time.perf_counter()
-            records[reuse] = run_episodes(examples, lambda: make_env(spec, max_turns=args.max_turns, verifier=verifier),
-                                          gen, n=args.n, max_turns=args.max_turns, sampling=sampling, seed=0)
+            records[reuse] = run_episodes(
+                examples,
+                lambda: make_env(spec, max_turns=args.max_turns, verifier=verifier),
+                gen,
+                n=args.n,
+                max_turns=args.max_turns,
+                sampling=sampling,
+                seed=0,
+            )
             best = min(best, time.perf_counter() - start)
         turns = sum(len(r["correct"]) for r in records[reuse])
-        print(f"reuse_cache={reuse}: {turns} turns, {gen.tokens_generated} tokens generated, "
-              f"{gen.tokens_prefilled} prefilled = {gen.tokens_prefilled / gen.tokens_generated:.2f} per generated "
-              f"token; {best:.2f} s (best of {args.repeats})")
+        print(
+            f"reuse_cache={reuse}: {turns} turns, {gen.tokens_generated} tokens generated, "
+            f"{gen.tokens_prefilled} prefilled = {gen.tokens_prefilled / gen.tokens_generated:.2f} per generated "
+            f"token; {best:.2f} s (best of {args.repeats})"
+        )
     same = sum(a == b for a, b in zip(records[False], records[True]))
     print(f"identical records: {same} of {len(records[True])} trajectories")
 

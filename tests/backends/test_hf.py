@@ -8,8 +8,10 @@ from drift.backends.base import Sampling  # noqa: E402
 from drift.backends.hf import HFGenerator  # noqa: E402
 
 # different lengths, so batches are left-padded and positions must follow the padding
-QUESTIONS = [[{"role": "user", "content": text}] for text in
-             ("What is 2+3?", "What is 17+25? Answer in a tag, please, and be quick about it.", "4*4?")]
+QUESTIONS = [
+    [{"role": "user", "content": text}]
+    for text in ("What is 2+3?", "What is 17+25? Answer in a tag, please, and be quick about it.", "4*4?")
+]
 
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
@@ -50,8 +52,9 @@ def test_shared_cache_gives_the_logits_of_a_full_forward(tiny_model):
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     with torch.no_grad():
         full = gen.model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1]
-        step = gen.model(input_ids=ids[:, -1:], attention_mask=mask, position_ids=positions[:, -1:],
-                         **{name: cache}).logits[:, -1]
+        step = gen.model(
+            input_ids=ids[:, -1:], attention_mask=mask, position_ids=positions[:, -1:], **{name: cache}
+        ).logits[:, -1]
     torch.testing.assert_close(step, full, rtol=1e-5, atol=1e-5)
 
 
@@ -131,8 +134,9 @@ def test_the_models_own_generation_config_is_not_applied(tiny_model, tmp_path):
     biased = HFGenerator(str(folder), batch_size=8, dtype="float32")
     assert biased.model.generation_config.repetition_penalty == 50.0
     after = biased.generate(QUESTIONS, 1, sampling)
-    assert after == before and any(len(set(r[0].token_ids)) < len(r[0].token_ids) for r in before), \
+    assert after == before and any(len(set(r[0].token_ids)) < len(r[0].token_ids) for r in before), (
         "no repeated token in the replies: a repetition penalty would have changed nothing"
+    )
     own = HFGenerator(str(folder), batch_size=8, dtype="float32", model_generation_config=True)
     assert own.generate(QUESTIONS, 1, sampling) != before  # asked for, the model's processors do apply
     for (reply,) in after:
@@ -255,8 +259,10 @@ def test_changed_weights_drop_the_kept_caches(tiny_model):
                 p.mul_(1.5)
     before = reused.tokens_prefilled
     assert reused.generate(follow, 1, sampling, [4, 5, 6]) == plain.generate(follow, 1, sampling, [4, 5, 6])
-    assert reused.tokens_prefilled - before == sum(len(reused.tokenizer.apply_chat_template(
-        c, add_generation_prompt=True, tokenize=True)["input_ids"]) for c in follow)  # all read afresh
+    assert reused.tokens_prefilled - before == sum(
+        len(reused.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=True)["input_ids"])
+        for c in follow
+    )  # all read afresh
 
 
 def test_the_kept_entry_with_the_longest_common_prefix_is_found():

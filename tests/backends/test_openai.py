@@ -59,8 +59,11 @@ class StubHandler(BaseHTTPRequestHandler):
         count = 1 if state.ignore_n else n
         # Choices in reverse index order: the client must sort them.
         choices = [
-            {"index": j, "message": {"role": "assistant", "content": f"{last}|seed={payload.get('seed')}|j={j}"},
-             "finish_reason": ("stop", "length")[j % 2]}
+            {
+                "index": j,
+                "message": {"role": "assistant", "content": f"{last}|seed={payload.get('seed')}|j={j}"},
+                "finish_reason": ("stop", "length")[j % 2],
+            }
             for j in reversed(range(count))
         ]
         if last == "spaces":  # a reply with surrounding whitespace, which must come back as sent
@@ -212,6 +215,7 @@ def test_a_request_refused_for_another_reason_than_n_keeps_n(stub):
         gen.generate([user("a")], n=2, sampling=Sampling())
     assert gen.supports_n
     assert [p["n"] for p in stub.payloads] == [2, 1]  # the n=2 try, then the first single-reply try
+
 
 def test_a_response_that_is_not_a_completion_is_a_drift_error(stub):
     stub.bad_json = True

@@ -151,7 +151,6 @@ def test_bad_arguments_raise_drift_error():
         ScriptedGenerator().generate([question(1, 1)], n=0, sampling=SAMPLING)
 
 
-
 def test_finish_reasons_say_where_max_new_tokens_cut():
     from drift.backends.scripted import ScriptedGenerator
     from drift.backends.base import Sampling

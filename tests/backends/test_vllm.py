@@ -40,11 +40,18 @@ class FakeLLM:
         assert isinstance(sampling_params, list) and len(sampling_params) == len(messages)
         completion = types.SimpleNamespace
         return [
-            types.SimpleNamespace(outputs=[completion(text=f" {p.seed}:{j} ", token_ids=list(range(j + 1)),
-                                                      finish_reason=("stop", "length", "abort")[j % 3])
-                                           for j in range(p.n)],
-                                  prompt_token_ids=list(range(10)),
-                                  **({"num_cached_tokens": 4} if p.seed == 12 else {}))  # a prefix-cache hit
+            types.SimpleNamespace(
+                outputs=[
+                    completion(
+                        text=f" {p.seed}:{j} ",
+                        token_ids=list(range(j + 1)),
+                        finish_reason=("stop", "length", "abort")[j % 3],
+                    )
+                    for j in range(p.n)
+                ],
+                prompt_token_ids=list(range(10)),
+                **({"num_cached_tokens": 4} if p.seed == 12 else {}),
+            )  # a prefix-cache hit
             for p in sampling_params
         ]
 
@@ -75,11 +82,19 @@ def test_cpu_builds_get_chunked_prefill_off_unless_set(fake_vllm, model_dir, mon
 
 
 def test_requests_carry_their_own_seed_and_sampling(fake_vllm, model_dir):
-    gen = load_backend("vllm", model=model_dir, tensor_parallel_size=2, gpu_memory_utilization=0.5, seed=7,
-                       enforce_eager=True)
+    gen = load_backend(
+        "vllm", model=model_dir, tensor_parallel_size=2, gpu_memory_utilization=0.5, seed=7, enforce_eager=True
+    )
     (llm,) = fake_vllm.instances
-    assert llm.kwargs == {"model": model_dir, "tensor_parallel_size": 2, "dtype": "auto",
-                          "gpu_memory_utilization": 0.5, "max_model_len": None, "seed": 7, "enforce_eager": True}
+    assert llm.kwargs == {
+        "model": model_dir,
+        "tensor_parallel_size": 2,
+        "dtype": "auto",
+        "gpu_memory_utilization": 0.5,
+        "max_model_len": None,
+        "seed": 7,
+        "enforce_eager": True,
+    }
     second = QUESTION + [{"role": "assistant", "content": "4"}, {"role": "user", "content": "Incorrect."}]
     sampling = Sampling(temperature=0.7, top_p=0.9, max_new_tokens=12, seed=99)
     replies = gen.generate([QUESTION, second], 3, sampling, seeds=[11, 12])
@@ -192,11 +207,33 @@ def test_sigterm_leaves_no_engine_process_behind(tmp_path):
 
     model = str(build_tiny_model(tmp_path / "model", head_dim=64))
     out = tmp_path / "rollouts.jsonl"
-    cmd = [sys.executable, "-m", "drift.cli", "rollout", "--backend", "vllm", "--model", model, "--out", str(out),
-           "--num-prompts", "2000", "--n", "4", "--chunk-prompts", "8", "--max-new-tokens", "16",
-           "--gpu-memory-utilization", "0.3", "--task-options", "digits=3"]
-    proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "drift.cli",
+        "rollout",
+        "--backend",
+        "vllm",
+        "--model",
+        model,
+        "--out",
+        str(out),
+        "--num-prompts",
+        "2000",
+        "--n",
+        "4",
+        "--chunk-prompts",
+        "8",
+        "--max-new-tokens",
+        "16",
+        "--gpu-memory-utilization",
+        "0.3",
+        "--task-options",
+        "digits=3",
+    ]
+    proc = subprocess.Popen(
+        cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.monotonic() + 400
     while not (out.exists() and out.stat().st_size) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.5)

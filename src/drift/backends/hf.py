@@ -172,8 +172,13 @@ class HFGenerator:
                 input_ids, attention, cache, encoded = self._prefill(batch, prompts, pad)
                 self.tokens_prefilled += encoded
                 width = input_ids.shape[1]
-                kwargs = dict(max_new_tokens=sampling.max_new_tokens, do_sample=False, pad_token_id=pad,
-                              eos_token_id=self.eos_ids, return_dict_in_generate=True)
+                kwargs = dict(
+                    max_new_tokens=sampling.max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=pad,
+                    eos_token_id=self.eos_ids,
+                    return_dict_in_generate=True,
+                )
                 if cache is not None:
                     kwargs[self._cache_keyword] = cache
                 if sampling.temperature > 0:
@@ -198,8 +203,13 @@ class HFGenerator:
                     text = self.tokenizer.decode(ids if end is None else ids[:-1], skip_special_tokens=False)
                     out[i][j] = Reply(text, "length" if end is None else "stop", ids)
                 if self.reuse_cache:
-                    self._store.keep(getattr(result, self._cache_keyword, None), attention, width,
-                                     [prompts[i] for i, _ in batch], replies)
+                    self._store.keep(
+                        getattr(result, self._cache_keyword, None),
+                        attention,
+                        width,
+                        [prompts[i] for i, _ in batch],
+                        replies,
+                    )
             if self.reuse_cache:
                 self._store.commit()
         finally:
@@ -227,8 +237,9 @@ class HFGenerator:
         if len(unique) == len(batch) and not any(length for length, _ in matches):
             input_ids, attention = _left_pad([list(p) for p in batch_prompts], max(map(len, batch_prompts)), pad)
             return input_ids, attention, None, full
-        input_ids, attention, cache, encoded = prefill(self.model, self._cache_keyword, unique, matches, rows, pad,
-                                                       self.device, self._autocast())
+        input_ids, attention, cache, encoded = prefill(
+            self.model, self._cache_keyword, unique, matches, rows, pad, self.device, self._autocast()
+        )
         return input_ids, attention, cache, (full if cache is None else encoded + len(batch))
 
     def close(self) -> None:

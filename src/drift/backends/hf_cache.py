@@ -129,8 +129,7 @@ class PrefixStore:
         self.pending, self.pending_bytes = [], 0
 
 
-def prefill(model, name: str, prompts: list[tuple], matches: list, rows: list[int], pad: int, device: str,
-            autocast):
+def prefill(model, name: str, prompts: list[tuple], matches: list, rows: list[int], pad: int, device: str, autocast):
     """Encode the distinct ``prompts`` but their last token on top of their ``matches`` (``(L,
     layers)`` each, see :meth:`PrefixStore.match`), in the layout of the module docstring.
 
@@ -143,10 +142,18 @@ def prefill(model, name: str, prompts: list[tuple], matches: list, rows: list[in
     cached = [length for length, _ in matches]
     width_c = max(cached)
     width_n = max(len(p) - length for p, length in zip(prompts, cached))
-    ids = torch.tensor([[pad] * (width_c - c) + list(p[:c]) + [pad] * (width_n - len(p) + c) + list(p[c:])
-                        for p, c in zip(prompts, cached)])
-    mask = torch.tensor([[0] * (width_c - c) + [1] * c + [0] * (width_n - len(p) + c) + [1] * (len(p) - c)
-                         for p, c in zip(prompts, cached)])
+    ids = torch.tensor(
+        [
+            [pad] * (width_c - c) + list(p[:c]) + [pad] * (width_n - len(p) + c) + list(p[c:])
+            for p, c in zip(prompts, cached)
+        ]
+    )
+    mask = torch.tensor(
+        [
+            [0] * (width_c - c) + [1] * c + [0] * (width_n - len(p) + c) + [1] * (len(p) - c)
+            for p, c in zip(prompts, cached)
+        ]
+    )
     index = torch.tensor(rows)
     if width_c + width_n < 2:
         return ids[index], mask[index], None, 0
@@ -161,8 +168,8 @@ def prefill(model, name: str, prompts: list[tuple], matches: list, rows: list[in
             keys, values = (torch.zeros(shape, dtype=keys0.dtype, device=keys0.device) for _ in range(2))
             for r, (c, layers) in enumerate(matches):
                 if c:
-                    keys[r, :, width_c - c:] = layers[layer][0][:, :c]
-                    values[r, :, width_c - c:] = layers[layer][1][:, :c]
+                    keys[r, :, width_c - c :] = layers[layer][0][:, :c]
+                    values[r, :, width_c - c :] = layers[layer][1][:, :c]
             data.append((keys, values))
         cache = DynamicCache(data)
     encoded = sum(len(p) - c - 1 for p, c in zip(prompts, cached))
@@ -170,8 +177,13 @@ def prefill(model, name: str, prompts: list[tuple], matches: list, rows: list[in
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         kwargs = {name: cache} if cache is not None else {}
         with torch.no_grad(), autocast:
-            out = model(input_ids=ids[:, width_c:-1].to(device), attention_mask=mask[:, :-1].to(device),
-                        position_ids=positions[:, width_c:-1].to(device), use_cache=True, **kwargs)
+            out = model(
+                input_ids=ids[:, width_c:-1].to(device),
+                attention_mask=mask[:, :-1].to(device),
+                position_ids=positions[:, width_c:-1].to(device),
+                use_cache=True,
+                **kwargs,
+            )
         cache = getattr(out, name)
     cache.reorder_cache(index.to(device))
     return ids[index], mask[index], cache, encoded

@@ -163,8 +163,10 @@ class OpenAIGenerator:
         try:
             data = response.json()
             choices = sorted(data["choices"], key=lambda choice: choice.get("index", 0))
-            replies = [Reply(choice["message"]["content"] or "", known_finish_reason(choice.get("finish_reason")))
-                       for choice in choices]
+            replies = [
+                Reply(choice["message"]["content"] or "", known_finish_reason(choice.get("finish_reason")))
+                for choice in choices
+            ]
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             body = response.text[:500]
             raise DriftError(f"{self.url} sent something that is not a chat completion ({e!r}): {body}") from e

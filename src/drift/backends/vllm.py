@@ -52,8 +52,10 @@ def check_cpu_supported() -> None:
 
     capability = torch.backends.cpu.get_cpu_capability()
     if platform.machine().lower() in ("x86_64", "amd64") and not capability.startswith(("AVX512", "AMX")):
-        raise DriftError(f"vLLM's CPU build needs AVX512 on x86 and this CPU has {capability}; "
-                         "use --backend hf here (or a vLLM server on another machine with --backend openai)")
+        raise DriftError(
+            f"vLLM's CPU build needs AVX512 on x86 and this CPU has {capability}; "
+            "use --backend hf here (or a vLLM server on another machine with --backend openai)"
+        )
 
 
 def cpu_memory_share(cap: float = 0.5) -> float:
@@ -104,8 +106,12 @@ class VLLMGenerator:
         self.dtype = dtype
         self.model_path = resolve_model(model, cache_dir)
         self.llm = LLM(
-            model=self.model_path, tensor_parallel_size=tensor_parallel_size, dtype=dtype,
-            gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len, seed=seed,
+            model=self.model_path,
+            tensor_parallel_size=tensor_parallel_size,
+            dtype=dtype,
+            gpu_memory_utilization=gpu_memory_utilization,
+            max_model_len=max_model_len,
+            seed=seed,
             **engine_kwargs,
         )
         self.tokens_generated = 0
@@ -118,8 +124,13 @@ class VLLMGenerator:
         if not conversations:
             return []
         params = [
-            SamplingParams(n=n, temperature=sampling.temperature, top_p=sampling.top_p,
-                           max_tokens=sampling.max_new_tokens, seed=seed)
+            SamplingParams(
+                n=n,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                max_tokens=sampling.max_new_tokens,
+                seed=seed,
+            )
             for seed in request_seeds
         ]
         outputs = self.llm.chat([list(c) for c in conversations], params, use_tqdm=False)
@@ -128,7 +139,8 @@ class VLLMGenerator:
             completions = output.outputs
             self.tokens_generated += sum(len(c.token_ids) for c in completions)
             self.tokens_prefilled += len(getattr(output, "prompt_token_ids", None) or ()) - (
-                getattr(output, "num_cached_tokens", None) or 0)
+                getattr(output, "num_cached_tokens", None) or 0
+            )
             replies.append([Reply(c.text, known_finish_reason(c.finish_reason), c.token_ids) for c in completions])
         return replies
 
