@@ -22,8 +22,8 @@ def test_shared_prefill_gives_the_replies_of_separate_prefills(tiny_model, tempe
     sampling = Sampling(temperature=temperature, max_new_tokens=6)
     shared = HFGenerator(tiny_model, batch_size=8, dtype="float32")
     used = []
-    original = shared._shared_prefill
-    shared._shared_prefill = lambda *a: used.append(bool(out := original(*a))) or out
+    original = shared._prefill
+    shared._prefill = lambda *a: used.append((out := original(*a))[2] is not None) or out
     separate = HFGenerator(tiny_model, batch_size=8, dtype="float32", share_prefill=False)
     got = shared.generate(conversations, 2, sampling, seeds)
     assert any(used), "no batch shared a prefill: the test checks nothing"
@@ -35,16 +35,18 @@ def test_shared_prefill_gives_the_replies_of_separate_prefills(tiny_model, tempe
 def test_distinct_prompts_skip_the_shared_prefill(tiny_model):
     gen = HFGenerator(tiny_model, batch_size=8, dtype="float32")
     prompts = [[1, 2, 3], [4, 5, 6, 7]]
-    assert gen._shared_prefill([(0, 0), (1, 0)], prompts, 4, 0) == {}
-    (cache,) = gen._shared_prefill([(0, 0), (0, 1), (1, 0)], prompts, 4, 0).values()
+    assert gen._prefill([(0, 0), (1, 0)], prompts, 0)[2:] == (None, 7)
+    _, _, cache, encoded = gen._prefill([(0, 0), (0, 1), (1, 0)], prompts, 0)
     assert cache.get_seq_length() == 3  # all but the last prompt token, for the 3 rows
+    assert encoded == 2 + 3 + 3  # each distinct prompt but its last token, then each row's last token
 
 
 def test_shared_cache_gives_the_logits_of_a_full_forward(tiny_model):
     gen = HFGenerator(tiny_model, batch_size=8, dtype="float32")
     prompts = [[5, 6, 7, 8], [9, 10, 11, 12, 13, 14, 15]]
     batch, width = [(1, 0), (0, 0), (1, 1), (0, 1)], 7
-    ((name, cache),) = gen._shared_prefill(batch, prompts, width, 0).items()
+    _, _, cache, _ = gen._prefill(batch, prompts, 0)
+    name = gen._cache_keyword
     ids = torch.tensor([[0] * (width - len(prompts[i])) + prompts[i] for i, _ in batch])
     mask = torch.tensor([[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i, _ in batch])
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -99,7 +101,7 @@ def test_every_declared_end_token_stops_a_reply(tiny_model, tmp_path):
     outputs, generate = [], free.model.generate
     free.model.generate = lambda **kw: outputs.append(out := generate(**kw)) or out
     reply = free.generate(QUESTIONS[:1], 1, sampling, seeds=[7])[0][0]
-    ids = outputs[0][0, -12:].tolist()
+    ids = outputs[0].sequences[0, -12:].tolist()
     # make a token of the reply (its first occurrence at j > 0) an end token, declared only in a list
     j = next((j for j in range(1, len(ids)) if ids[j] not in ids[:j]), None)
     assert j is not None and j < len(ids) - 1, f"no token of {ids} to cut the reply at"
@@ -141,3 +143,142 @@ def test_the_models_own_generation_config_is_not_applied(tiny_model, tmp_path):
         assert reply.finish_reason in ("stop", "length")
         assert (reply.token_ids[-1] in biased.eos_ids) == (reply.finish_reason == "stop")
         assert len(reply.token_ids) == 8 or reply.finish_reason == "stop"
+
+
+# --- reuse of each conversation's KV cache across turns -------------------------------------------
+
+INCORRECT = {"role": "user", "content": "Incorrect. Please think again."}
+
+
+def _drive(gen, sampling, turns=3, k=3, leaves=1):
+    """Turns of a rollout (drift.rollout.run_episodes): each question K times, every active episode
+    in one call with its own seed per turn, the conversation extended by the reply's text and a
+    user message; episode ``leaves`` ends after turn 1 (its kept cache must go). Returns, per turn,
+    ``(episode, prompt ids, reply, next prompt ids)`` of each active episode, and the logits of
+    every ``generate`` step of every batch (those of a random tiny model are flat: a wrong position
+    or cache barely moves the sampled tokens, it does move the logits)."""
+    from drift.examples import render_prompt
+
+    logits, generate = [], gen.model.generate
+
+    def generate_keeping_logits(**kw):
+        out = generate(**kw, output_logits=True)
+        logits.append(torch.stack(out.logits, 1))
+        return out
+
+    gen.model.generate = generate_keeping_logits
+    conversations = [list(q) for q in QUESTIONS for _ in range(k)]
+    active, turns_seen = list(range(len(conversations))), []
+    for turn in range(1, turns + 1):
+        prompts = [render_prompt(gen.tokenizer, conversations[e]) for e in active]
+        replies = gen.generate([conversations[e] for e in active], 1, sampling, [1000 * turn + e for e in active])
+        seen = []
+        for e, prompt, (reply,) in zip(active, prompts, replies):
+            conversations[e] = conversations[e] + [{"role": "assistant", "content": str(reply)}, INCORRECT]
+            seen.append((e, prompt, reply, render_prompt(gen.tokenizer, conversations[e])))
+        turns_seen.append(seen)
+        active = [e for e in active if e != leaves]
+    return turns_seen, logits
+
+
+def _replies(turns):
+    return [[(e, str(r), r.finish_reason, r.token_ids) for e, _, r, _ in seen] for seen in turns]
+
+
+@pytest.mark.parametrize("temperature, stops", [(0.0, False), (1.0, False), (1.0, True)])
+def test_reused_caches_give_the_replies_of_full_prefills(tiny_model, temperature, stops):
+    # 3 questions of different lengths x 3 trajectories, batches of 4 (< 9 rows): rows of a batch
+    # have different cached and new lengths; with extra end tokens replies end at different steps.
+    # (The tiny model's greedy replies are 8 newlines, the same for every row: the K rows of a
+    # question then share one prefill on top of one reused cache at every turn.)
+    sampling = Sampling(temperature=temperature, max_new_tokens=8)
+    reused = HFGenerator(tiny_model, batch_size=4, dtype="float32")
+    plain = HFGenerator(tiny_model, batch_size=4, dtype="float32", reuse_cache=False)
+    if stops:  # two common digits end replies too: replies of 1-8 tokens, the end token not in the text
+        extra = reused.tokenizer.convert_tokens_to_ids(["4", "6"])
+        reused.eos_ids = plain.eos_ids = sorted(set(reused.eos_ids) | set(extra))
+    matched = []
+    match = reused._store.match
+    reused._store.match = lambda p: matched.append((p, out := match(p))) or out
+    (got, got_logits), (want, want_logits) = _drive(reused, sampling), _drive(plain, sampling)
+    assert _replies(got) == _replies(want)
+    assert len(got_logits) == len(want_logits) == 3 + 2 + 2  # 9, 8, 8 rows in batches of 4
+    for a, b in zip(got_logits, want_logits):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert all(str(r) for seen in got for _, _, r, _ in seen), "empty replies: the comparison checks nothing"
+    first_lengths = {len(p) for _, p, _, _ in got[0]}
+    assert any(length > max(first_lengths) for _, (length, _) in matched), "no reply's cache was reused"
+    later = [(p, r, q) for seen in got[1:] for _, p, r, q in seen]
+    assert len(reused._store.entries) == len(got[-1])  # the episode that left has no entry any more
+    if temperature > 0:  # the re-rendered text of a reply tokenises differently from its sampled ids
+        assert any(q[: len(p) + len(r.token_ids)] != p + list(r.token_ids) for p, r, q in later)
+    if stops:
+        assert {r.finish_reason for seen in got for _, _, r, _ in seen} == {"stop", "length"}
+    assert reused.tokens_generated == plain.tokens_generated
+    assert reused.tokens_prefilled < plain.tokens_prefilled
+
+
+def test_prefilled_tokens_count_what_the_model_reads(tiny_model):
+    # greedy, 2 turns, each question twice, one batch: every reply is 8 tokens ("length"), and the
+    # model never reads the last sampled token, so a row keeps the cache of prompt + reply[:7]
+    sampling = Sampling(temperature=0.0, max_new_tokens=8)
+    counts = {}
+    for name, options in {"reuse": {}, "plain": {"reuse_cache": False}, "capped": {"reuse_cache_bytes": 0}}.items():
+        gen = HFGenerator(tiny_model, batch_size=8, dtype="float32", **options)
+        turns, _ = _drive(gen, sampling, turns=2, k=2, leaves=-1)
+        counts[name] = gen.tokens_prefilled
+    one = {e: (len(p), len(q)) for e, p, r, q in turns[0]}
+    lengths = [one[e] for e in range(0, 6, 2)]  # (turn-1 prompt, turn-2 prompt) of each question
+    for _, p, r, q in turns[0]:  # the preconditions of the counts below
+        assert len(r.token_ids) == 8 and q[: len(p) + 8] == p + list(r.token_ids)
+    assert [p for _, p, _, _ in turns[1][::2]] == [p for _, p, _, _ in turns[1][1::2]]  # same prompts, twice
+    # turn 1: the two rows of a question share one prefill of its prompt but the last token, then
+    # each row reads its last token; turn 2 without reuse: the same over the turn-2 prompts
+    shared_1 = sum(p1 - 1 for p1, _ in lengths) + 6
+    shared_2 = sum(p2 - 1 for _, p2 in lengths) + 6
+    assert counts["plain"] == counts["capped"] == shared_1 + shared_2
+    # turn 2 with reuse: each question starts from the cache of p1 + 7 reply tokens
+    assert counts["reuse"] == shared_1 + sum(p2 - (p1 + 7) - 1 for p1, p2 in lengths) + 6
+    # the figures for this tokenizer: prompts of 14, 50, 12 tokens, then 46, 82, 44
+    assert lengths == [(14, 46), (50, 82), (12, 44)]
+    assert (counts["plain"], counts["reuse"]) == (79 + 175, 79 + 78)
+
+
+def test_changed_weights_drop_the_kept_caches(tiny_model):
+    # drift rl trains the generator's model between rounds: a cache of the old weights is stale
+    sampling = Sampling(temperature=1.0, max_new_tokens=8)
+    conversations = [list(q) for q in QUESTIONS]
+    reused = HFGenerator(tiny_model, batch_size=4, dtype="float32")
+    plain = HFGenerator(tiny_model, batch_size=4, dtype="float32", reuse_cache=False)
+    replies = reused.generate(conversations, 1, sampling, [1, 2, 3])
+    assert replies == plain.generate(conversations, 1, sampling, [1, 2, 3])
+    follow = [c + [{"role": "assistant", "content": str(r)}, INCORRECT] for c, (r,) in zip(conversations, replies)]
+    with torch.no_grad():
+        for gen in (reused, plain):
+            for p in gen.model.parameters():
+                p.mul_(1.5)
+    before = reused.tokens_prefilled
+    assert reused.generate(follow, 1, sampling, [4, 5, 6]) == plain.generate(follow, 1, sampling, [4, 5, 6])
+    assert reused.tokens_prefilled - before == sum(
+        len(reused.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=True)["input_ids"])
+        for c in follow
+    )  # all read afresh
+
+
+def test_the_kept_entry_with_the_longest_common_prefix_is_found():
+    # entries are sorted by ids and only the prompt's neighbours are compared: check against a scan
+    import random
+
+    from drift.backends.hf_cache import PrefixStore, common_prefix
+
+    rng = random.Random(0)
+    store = PrefixStore(max_bytes=0)
+    store.pending = [(tuple(rng.choice((1, 2, 3)) for _ in range(rng.randint(1, 8))), i) for i in range(40)]
+    store.commit()
+    for _ in range(300):
+        prompt = tuple(rng.choice((1, 2, 3)) for _ in range(rng.randint(1, 10)))
+        length, kv = store.match(prompt)
+        best = min(max(common_prefix(prompt, ids) for ids, _ in store.entries), len(prompt) - 1)
+        assert length == best and (kv is None) == (best == 0)
+        if kv is not None:
+            assert common_prefix(prompt, dict((v, k) for k, v in store.entries)[kv]) >= length

@@ -68,7 +68,9 @@ class StubHandler(BaseHTTPRequestHandler):
         ]
         if last == "spaces":  # a reply with surrounding whitespace, which must come back as sent
             choices = [{"index": 0, "message": {"content": "  <answer>4</answer>\n"}, "finish_reason": "stop"}]
-        usage = {"completion_tokens": 5 * count}
+        usage = {"completion_tokens": 5 * count, "prompt_tokens": 20}
+        if last == "q0":  # a prefix-cache hit, where the server reports one
+            usage["prompt_tokens_details"] = {"cached_tokens": 8}
         self.reply(200, {"id": "x", "object": "chat.completion", "choices": choices, "usage": usage})
 
     def reply(self, status, body, headers=None):
@@ -113,6 +115,7 @@ def test_replies_come_back_in_order_with_all_sampling_fields(stub):
         replies = gen.generate(conversations, n=3, sampling=Sampling(0.7, 0.9, 64), seeds=list(range(50, 62)))
     assert replies == [[f"q{i}|seed={50 + i}|j={j}" for j in range(3)] for i in range(12)]
     assert gen.tokens_generated == 12 * 15
+    assert gen.tokens_prefilled == 12 * 20 - 8
     assert len(stub.payloads) == 12
     payload = next(p for p in stub.payloads if p["messages"][-1]["content"] == "q0")
     assert payload == {

@@ -137,6 +137,7 @@ def test_tokens_are_counted_and_truncated_as_words():
     replies = gen.generate([question(2, 2)] * 3, n=2, sampling=Sampling(max_new_tokens=2))
     assert all(len(r.split()) == 2 for rs in replies for r in rs)
     assert gen.tokens_generated == 12
+    assert gen.tokens_prefilled == 0  # no model reads the prompts
 
 
 def test_bad_arguments_raise_drift_error():

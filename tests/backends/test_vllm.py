@@ -47,8 +47,10 @@ class FakeLLM:
                         finish_reason=("stop", "length", "abort")[j % 3],
                     )
                     for j in range(p.n)
-                ]
-            )
+                ],
+                prompt_token_ids=list(range(10)),
+                **({"num_cached_tokens": 4} if p.seed == 12 else {}),
+            )  # a prefix-cache hit
             for p in sampling_params
         ]
 
@@ -102,6 +104,7 @@ def test_requests_carry_their_own_seed_and_sampling(fake_vllm, model_dir):
     assert messages == [QUESTION, second]
     assert params == [FakeSamplingParams(n=3, temperature=0.7, top_p=0.9, max_tokens=12, seed=s) for s in (11, 12)]
     assert gen.tokens_generated == 2 * (1 + 2 + 3)
+    assert gen.tokens_prefilled == 10 + (10 - 4)  # prompt ids less the cached ones, where vLLM says
     gen.generate([QUESTION], 1, sampling)  # no per-conversation seeds: sampling.seed
     assert llm.calls[-1][1][0].seed == 99
     assert gen.generate([], 1, sampling) == []

@@ -73,12 +73,18 @@ class Generator(Protocol):
     """A policy that writes assistant replies.
 
     ``tokens_generated`` counts the reply tokens produced since construction (for throughput
-    reports; the scripted backend counts whitespace-separated words). ``from_config(cfg)`` builds
+    reports; the scripted backend counts whitespace-separated words). ``tokens_prefilled`` counts
+    the prompt tokens run through the model's forward pass to produce them, after any prefix
+    sharing or cache reuse, padding excluded: hf counts what it encodes, vllm the prompt tokens
+    minus each request's ``num_cached_tokens`` (prefix cache hits), openai ``usage.prompt_tokens``
+    minus ``usage.prompt_tokens_details.cached_tokens``, the scripted backend 0 (no model).
+    ``tokens_prefilled / tokens_generated`` is the prompt work per reply token. ``from_config(cfg)`` builds
     the backend from a command's config (drift.config.GenerationOptions): which options it reads
     is its own business.
     """
 
     tokens_generated: int
+    tokens_prefilled: int
 
     @classmethod
     def from_config(cls, cfg) -> Generator:

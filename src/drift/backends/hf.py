@@ -22,6 +22,15 @@
   turn 1 of 8 prompts x 8 trajectories with SmolLM2-135M on a CPU (benchmarks/rollout.py). In
   bf16 the replies may differ from unshared ones in the last bits (a batch's shape changes the
   matmul's rounding); runs stay reproducible, as batches are the same from run to run.
+- Turn t + 1's prompt extends turn t's prompt + reply: each row's KV cache of prompt + reply ids is
+  kept after a call, and the next call encodes only what follows the longest common token prefix
+  with a kept entry (``reuse_cache``; at most ``reuse_cache_bytes`` kept; entries the next call
+  does not extend are dropped, all of them when the weights change). Layout, positions and memory:
+  drift.backends.hf_cache. Same fp32 logits as without reuse (to ~1e-6); bf16 as for shared
+  prefills. 6.5 -> 0.8 prompt tokens read per generated token and 1.6-1.8x faster on 3 prompts x
+  4 trajectories x 5 sampled turns of SmolLM2-135M in fp32 on a CPU (benchmarks/kv_reuse.py).
+- ``tokens_prefilled`` counts the prompt tokens run through the model (after sharing and reuse,
+  padding excluded); ``tokens_generated`` the reply ids, end token included.
 - ``dtype`` (drift.models.resolve_dtype; ``auto`` by default): bfloat16 or float16 run the
   forward passes in autocast (2-4x faster on CPUs with bf16 units, many times slower without).
 """
@@ -133,7 +142,10 @@ class HFGenerator:
         tokenizer=None,
         share_prefill: bool = True,
         model_generation_config: bool = False,
+        reuse_cache: bool = True,
+        reuse_cache_bytes: int = 2 * 2**30,
     ):
+        from drift.backends.hf_cache import PrefixStore, cache_keyword
         from drift.models import default_device, load_model, load_tokenizer, resolve_dtype, resolve_model
 
         path = resolve_model(model, cache_dir) if model_obj is None else model
@@ -146,7 +158,11 @@ class HFGenerator:
         self.batch_size = batch_size
         self.share_prefill = share_prefill
         self.model_generation_config = model_generation_config
+        self.reuse_cache = reuse_cache
+        self._store = PrefixStore(reuse_cache_bytes)
+        self._cache_keyword = cache_keyword(self.model)
         self.tokens_generated = 0
+        self.tokens_prefilled = 0
         self.eos_ids = end_token_ids(self.tokenizer, self.model.generation_config)
 
     def _autocast(self):
@@ -160,23 +176,30 @@ class HFGenerator:
         import torch
 
         request_seeds = resolve_seeds(conversations, n, sampling, seeds)
-        prompts = [render_prompt(self.tokenizer, c) for c in conversations]
+        prompts = [tuple(render_prompt(self.tokenizer, c)) for c in conversations]
         rows = [(i, j) for i in range(len(conversations)) for j in range(n)]
         rows.sort(key=lambda r: -len(prompts[r[0]]))  # similar lengths share a batch: less padding
         out = [[""] * n for _ in conversations]
         pad = self.tokenizer.pad_token_id
         was_training = self.model.training
         self.model.eval()
+        if self.reuse_cache:
+            self._store.check(self.model)
         try:
             for start in range(0, len(rows), self.batch_size):
                 batch = rows[start : start + self.batch_size]
-                width = max(len(prompts[i]) for i, _ in batch)
-                input_ids, attention = _left_pad([prompts[i] for i, _ in batch], width, pad)
+                input_ids, attention, cache, encoded = self._prefill(batch, prompts, pad)
+                self.tokens_prefilled += encoded
+                width = input_ids.shape[1]
                 kwargs = dict(
-                    max_new_tokens=sampling.max_new_tokens, do_sample=False, pad_token_id=pad, eos_token_id=self.eos_ids
+                    max_new_tokens=sampling.max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=pad,
+                    eos_token_id=self.eos_ids,
+                    return_dict_in_generate=True,
                 )
-                if self.share_prefill:
-                    kwargs.update(self._shared_prefill(batch, prompts, width, pad))
+                if cache is not None:
+                    kwargs[self._cache_keyword] = cache
                 if sampling.temperature > 0:
                     gens = []
                     for i, j in batch:
@@ -187,47 +210,57 @@ class HFGenerator:
                     kwargs["logits_processor"] = [_RowSampler(gens, sampling.temperature, sampling.top_p)]
                 bare = contextlib.nullcontext() if self.model_generation_config else _bare_generation_config(self.model)
                 with torch.no_grad(), self._autocast(), bare:
-                    generated = self.model.generate(
+                    result = self.model.generate(
                         input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device), **kwargs
                     )
-                for (i, j), seq in zip(batch, generated[:, width:].tolist()):
+                replies = []
+                for (i, j), seq in zip(batch, result.sequences[:, width:].tolist()):
                     end = next((k for k, tok in enumerate(seq) if tok in self.eos_ids), None)
                     ids = seq if end is None else seq[: end + 1]
+                    replies.append(ids)
                     self.tokens_generated += len(ids)
                     text = self.tokenizer.decode(ids if end is None else ids[:-1], skip_special_tokens=False)
                     out[i][j] = Reply(text, "length" if end is None else "stop", ids)
+                if self.reuse_cache:
+                    self._store.keep(
+                        getattr(result, self._cache_keyword, None),
+                        attention,
+                        width,
+                        [prompts[i] for i, _ in batch],
+                        replies,
+                    )
+            if self.reuse_cache:
+                self._store.commit()
         finally:
             self.model.train(was_training)
         return out
 
-    def _shared_prefill(self, batch, prompts, width: int, pad: int) -> dict:
-        """``generate`` arguments with the KV cache of the batch's prompts but their last token,
-        computed once per distinct prompt and copied to the rows that share it (``{}`` when every
-        row's prompt differs).
+    def _prefill(self, batch, prompts, pad: int):
+        """``(input_ids, attention_mask, cache, encoded)`` for a batch of ``(prompt index, sample)``
+        rows: the inputs of ``generate``, the KV cache of all their columns but the last (``None``
+        when nothing is shared nor reused: ``generate`` then encodes the prompts), and the prompt
+        tokens run through the model, padding excluded (see drift.backends.hf_cache).
 
-        The K trajectories of a prompt all start from the same conversation, so at turn 1 a batch
-        holds a few distinct prompts many times over. Positions follow the left padding exactly as
-        ``generate`` numbers them, so the rows continue as if each had been prefilled alone.
+        Rows with the same prompt share one prefill (``share_prefill``: the K trajectories of a
+        prompt at turn 1); each distinct prompt starts from the kept cache of the last call that
+        shares the longest prefix with it (``reuse_cache``).
         """
-        import torch
+        from drift.backends.hf_cache import prefill
 
-        distinct: dict[tuple, int] = {}  # prompt tokens -> row of the prefill batch
-        rows = [distinct.setdefault(tuple(prompts[i]), len(distinct)) for i, _ in batch]
-        if len(distinct) == len(batch) or width < 2:
-            return {}
-        ids, mask = _left_pad([list(p) for p in distinct], width, pad)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        with torch.no_grad(), self._autocast():
-            out = self.model(
-                input_ids=ids[:, :-1].to(self.device),
-                attention_mask=mask[:, :-1].to(self.device),
-                position_ids=positions[:, :-1].to(self.device),
-                use_cache=True,
-            )
-        name = "cache" if "cache" in type(out).__dataclass_fields__ else "past_key_values"  # transformers >= 5.2x
-        cache = getattr(out, name)
-        cache.reorder_cache(torch.tensor(rows, device=self.device))
-        return {name: cache}
+        batch_prompts = [tuple(prompts[i]) for i, _ in batch]
+        distinct: dict = {}  # prompt (or row, unshared) -> row of the prefill batch
+        rows = [distinct.setdefault(p if self.share_prefill else b, len(distinct)) for b, p in enumerate(batch_prompts)]
+        unique = list(dict(zip(rows, batch_prompts)).values())
+        matches = [self._store.match(p) if self.reuse_cache else (0, None) for p in unique]
+        full = sum(len(p) for p in batch_prompts)
+        if len(unique) == len(batch) and not any(length for length, _ in matches):
+            input_ids, attention = _left_pad([list(p) for p in batch_prompts], max(map(len, batch_prompts)), pad)
+            return input_ids, attention, None, full
+        input_ids, attention, cache, encoded = prefill(
+            self.model, self._cache_keyword, unique, matches, rows, pad, self.device, self._autocast()
+        )
+        return input_ids, attention, cache, (full if cache is None else encoded + len(batch))
 
     def close(self) -> None:
         self.model = None
+        self._store.entries = self._store.pending = []

@@ -14,7 +14,8 @@ This is how rollouts scale past one machine: start servers anywhere, point ``bas
   remembers and skips the ``n > 1`` attempt from then on.
 - Replies are the server's text as sent (not stripped), with its ``finish_reason``.
 - ``tokens_generated`` adds up the server's ``usage.completion_tokens`` (whitespace-separated
-  words when a server reports no usage).
+  words when a server reports no usage); ``tokens_prefilled`` its ``usage.prompt_tokens`` minus
+  ``usage.prompt_tokens_details.cached_tokens`` (0 when a server reports no prompt tokens).
 
 ``httpx`` is imported when the generator is built, so this module imports without it.
 """
@@ -92,6 +93,7 @@ class OpenAIGenerator:
         self.backoff = backoff
         self.max_backoff = max_backoff
         self.tokens_generated = 0
+        self.tokens_prefilled = 0
         self.supports_n = True  # False once the server has turned down n > 1
         self._lock = threading.Lock()
         self._jitter = random.Random()
@@ -177,11 +179,16 @@ class OpenAIGenerator:
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             body = response.text[:500]
             raise DriftError(f"{self.url} sent something that is not a chat completion ({e!r}): {body}") from e
-        completion_tokens = (data.get("usage") or {}).get("completion_tokens")
+        usage = data.get("usage") or {}
+        completion_tokens = usage.get("completion_tokens")
         if not isinstance(completion_tokens, int):
             completion_tokens = sum(len(reply.split()) for reply in replies)
+        prompt_tokens = usage.get("prompt_tokens")
+        cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
+        prefilled = prompt_tokens - (cached if isinstance(cached, int) else 0) if isinstance(prompt_tokens, int) else 0
         with self._lock:
             self.tokens_generated += completion_tokens
+            self.tokens_prefilled += prefilled
         return replies
 
     def _post(self, payload: dict):

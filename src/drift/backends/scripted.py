@@ -18,7 +18,7 @@ give the same outputs whatever the batch composition or order. Two identical con
 one batch with the same per-request seed get the same replies; give them different ``seeds``
 (the rollout does) to get independent draws. ``temperature`` and ``top_p`` are ignored;
 ``max_new_tokens`` truncates, counting whitespace-separated words as tokens (finish reason
-``length``; otherwise ``stop``).
+``length``; otherwise ``stop``). ``tokens_prefilled`` stays 0: no model reads the prompts.
 """
 
 from __future__ import annotations
@@ -111,6 +111,7 @@ class ScriptedGenerator:
         self.seed = seed
         self.answer_fn = answer_fn
         self.tokens_generated = 0
+        self.tokens_prefilled = 0
 
     def generate(
         self,

@@ -7,7 +7,9 @@
   :func:`drift.backends.base.resolve_seeds`), so a trajectory's reply depends on its seed, not on
   the other requests in the batch; the ``n`` replies of one request share that seed, and vLLM
   draws them as ``n`` independent samples.
-- ``temperature == 0`` is greedy in vLLM. ``tokens_generated`` counts the returned token ids.
+- ``temperature == 0`` is greedy in vLLM. ``tokens_generated`` counts the returned token ids,
+  ``tokens_prefilled`` each request's prompt ids minus its ``num_cached_tokens`` (prefix-cache
+  hits; vLLM versions without the field count the whole prompt).
 - Replies are vLLM's text as generated (not stripped), with its finish reason and token ids.
 - The model is resolved with :func:`drift.models.resolve_model` (short names and GGUF files
   become a local folder first). ``vllm`` is imported when the generator is built.
@@ -122,6 +124,7 @@ class VLLMGenerator:
             **engine_kwargs,
         )
         self.tokens_generated = 0
+        self.tokens_prefilled = 0
 
     def generate(self, conversations, n, sampling: Sampling, seeds=None):
         from vllm import SamplingParams
@@ -144,6 +147,9 @@ class VLLMGenerator:
         for output in outputs:
             completions = output.outputs
             self.tokens_generated += sum(len(c.token_ids) for c in completions)
+            self.tokens_prefilled += len(getattr(output, "prompt_token_ids", None) or ()) - (
+                getattr(output, "num_cached_tokens", None) or 0
+            )
             replies.append([Reply(c.text, known_finish_reason(c.finish_reason), c.token_ids) for c in completions])
         return replies
 
