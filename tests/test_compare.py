@@ -9,7 +9,8 @@ import pytest
 
 from drift import DriftError
 from drift.compare import run_compare
-from drift.config import CompareConfig, add_arguments, resolve
+from drift.config import CompareConfig
+from drift.options import add_arguments, resolve
 
 DRIFT_REPORT = {
     "n": 4,

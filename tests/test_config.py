@@ -4,7 +4,9 @@ from pathlib import Path
 
 import pytest
 
+from drift import DriftError
 from drift import config as C
+from drift.options import add_arguments, load_yaml, resolve
 
 PAPER = Path(__file__).resolve().parents[1] / "configs" / "paper"
 CLASSES = {"rollout": C.RolloutConfig, "weight": C.WeightConfig, "train": C.TrainConfig, "eval": C.EvalConfig}
@@ -12,9 +14,9 @@ CLASSES = {"rollout": C.RolloutConfig, "weight": C.WeightConfig, "train": C.Trai
 
 @pytest.mark.parametrize("name", sorted(CLASSES))
 def test_paper_configs_load_with_their_command(name):
-    values = C.load_yaml(PAPER / f"{name}.yaml", CLASSES[name])
+    values = load_yaml(PAPER / f"{name}.yaml", CLASSES[name])
     assert values, f"{name}.yaml is empty"
-    C.resolve(CLASSES[name], **values)
+    resolve(CLASSES[name], **values)
 
 
 def test_scheme_and_backend_names_come_from_their_tables(tmp_path, monkeypatch, capsys):
@@ -28,16 +30,16 @@ def test_scheme_and_backend_names_come_from_their_tables(tmp_path, monkeypatch, 
     monkeypatch.setitem(SCHEMES, "mine", Scheme(sft_weights))
     monkeypatch.setitem(BACKENDS, "remote", "somewhere:Remote")
     parser = argparse.ArgumentParser()
-    C.add_arguments(parser, C.RLConfig)
+    add_arguments(parser, C.RLConfig)
     args = parser.parse_args(["--scheme", "mine", "--backend", "remote"])
-    assert C.resolve(C.RLConfig, args).scheme == "mine" and args.backend == "remote"
+    assert resolve(C.RLConfig, args).scheme == "mine" and args.backend == "remote"
     with pytest.raises(SystemExit):
         parser.parse_args(["--scheme", "nope"])
     assert "choose from drift, rwr, sft, rft, mine" in capsys.readouterr().err
     bad = tmp_path / "bad.yaml"
     bad.write_text("beta: 0.2\nscheme: nope\n")
-    with pytest.raises(C.DriftError, match=r"bad.yaml:2: key 'scheme' must be one of .*mine"):
-        C.load_yaml(bad, C.WeightConfig)
+    with pytest.raises(DriftError, match=r"bad.yaml:2: key 'scheme' must be one of .*mine"):
+        load_yaml(bad, C.WeightConfig)
 
 
 def test_weighting_defaults_live_in_one_place():

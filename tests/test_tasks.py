@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from drift import DriftError
-from drift.tasks import TASKS, evaluate_arithmetic, get_task, load_problems, split_of
+from drift.arithmetic import evaluate_arithmetic, split_of
+from drift.tasks import TASKS, get_task, load_problems
 from factories import GSM8K_SAMPLE
 
 GSM8K = GSM8K_SAMPLE

@@ -9,8 +9,9 @@ torch = pytest.importorskip("torch")
 
 from drift import DriftError  # noqa: E402
 from drift.cli import main  # noqa: E402
-from drift.config import TrainConfig, resolve  # noqa: E402
+from drift.config import TrainConfig  # noqa: E402
 from drift.examples import build_examples, collate  # noqa: E402
+from drift.options import resolve  # noqa: E402
 from drift.records import write_records  # noqa: E402
 from factories import make_record  # noqa: E402
 

@@ -113,9 +113,10 @@ def test_gradients_sync_once_per_optimizer_step(tmp_path, tiny_model, monkeypatc
 
 
 def test_optimizer_and_schedule_step_once_per_global_batch(tmp_path, tiny_model):
-    from drift.config import TrainConfig, resolve
+    from drift.config import TrainConfig
     from drift.examples import build_examples
     from drift.models import load_model, load_tokenizer
+    from drift.options import resolve
     from drift.records import read_records
     from drift.trainer import Trainer
 

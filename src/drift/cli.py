@@ -14,6 +14,7 @@ import threading
 
 from drift import DriftError, __version__
 from drift import config as C
+from drift.options import add_arguments, resolve
 
 COMMANDS: dict[str, tuple[type, str, str]] = {  # in pipeline order, as --help lists them
     "demo": (C.DemoConfig, "drift.demo:run_demo", "the whole pipeline on SmolLM2-135M, offline, on a CPU"),
@@ -43,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (cls, _, summary) in COMMANDS.items():
         doc = (cls.__doc__ or "").strip()
         p = sub.add_parser(name, help=summary, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-        C.add_arguments(p, cls)
+        add_arguments(p, cls)
     return parser
 
 
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
-        cfg = C.resolve(cls, args)
+        cfg = resolve(cls, args)
         module, func = target.split(":")
         getattr(importlib.import_module(module), func)(cfg)
     except DriftError as e:

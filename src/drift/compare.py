@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from drift import DriftError
-from drift.config import CompareConfig, save_config
+from drift.config import CompareConfig
+from drift.options import save_config
 from drift.outputs import write_json
 from drift.report import REPORT_NAME, load_report
 from drift.tables import format_table

@@ -1,45 +1,17 @@
-"""One dataclass config per command; the only place defaults live.
+"""One dataclass config per command, composed of shared option groups; the only place defaults live.
 
-Every field becomes a ``--flag`` (underscores -> dashes) whose help is the field's ``help``
-metadata. Values resolve in this order, later wins::
-
-    dataclass default  <  YAML file (--config FILE)  <  command-line flags
-
-The resolved config is saved beside the command's output (``save_config``), so every artefact
-says how it was made. Unknown YAML keys and wrong types are errors naming the file and line.
+Option groups: :class:`ReturnOptions` and :class:`WeightingOptions` (the return and the weights),
+:class:`GenerationOptions` (the policy, the task and the environment), :class:`OptimizationOptions`
+(the optimizer step). A command's config is its groups plus its own fields; drift.options turns
+any of them into command-line flags and YAML files, with the help text written here.
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import math
-import types
-import typing
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from dataclasses import dataclass, fields
+from typing import Literal
 
-import yaml
-
-from drift import DriftError
-
-
-def option(
-    default: Any,
-    help: str,
-    *,
-    positional: bool = False,
-    short: str | None = None,
-    choices: typing.Callable[[], typing.Iterable[str]] | None = None,
-):
-    """A config field with its help text (and whether it is a positional CLI argument).
-
-    ``choices`` returns the allowed names from the table that owns them (``lambda: SCHEMES``), so
-    the table stays the only list and is read only when a command's flags are built or checked.
-    """
-    kwargs = {"default_factory": default} if callable(default) else {"default": default}
-    return field(metadata={"help": help, "positional": positional, "short": short, "choices": choices}, **kwargs)
+from drift.options import option
 
 
 def _schemes():
@@ -98,7 +70,7 @@ class WeightingOptions(ReturnOptions):
         """These options as :class:`drift.weighting.WeightingParams` (validated there)."""
         from drift.weighting import WeightingParams
 
-        return WeightingParams(**{f.name: getattr(self, f.name) for f in dataclasses.fields(WeightingOptions)})
+        return WeightingParams(**{f.name: getattr(self, f.name) for f in fields(WeightingOptions)})
 
 
 @dataclass
@@ -319,217 +291,3 @@ class RLConfig(OptimizationOptions, GenerationOptions, WeightingOptions):
     kl_coef: float = option(0.0, "weight of the k3 KL penalty to the reference model (0: no reference model)")
     save_steps: int = option(5, "checkpoint every N rounds (0: only the final model)")
     resume: bool = option(False, "continue from the latest checkpoint in --out")
-
-
-# -- dataclass -> argparse -------------------------------------------------------------------
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def _unwrap_optional(hint):
-    """``(inner_type, optional)`` for ``X | None`` / ``Optional[X]``."""
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        if len(args) == 1:
-            return args[0], True
-    return hint, False
-
-
-def _yaml_scalar(text: str):
-    """``"3"`` -> 3, ``"true"`` -> True, anything YAML would not read as a scalar stays a string.
-
-    >>> _yaml_scalar("3"), _yaml_scalar("*"), _yaml_scalar("+-")
-    (3, '*', '+-')
-    """
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-    return value if isinstance(value, (int, float, bool, str)) else text
-
-
-def _parse_scalar(text: str, hint):
-    """Turn a command-line string into a value of type ``hint``."""
-    inner, optional = _unwrap_optional(hint)
-    if optional and text.lower() in ("none", "null"):
-        return None
-    if typing.get_origin(inner) is Literal:
-        if text not in typing.get_args(inner):
-            raise argparse.ArgumentTypeError(f"choose from {', '.join(map(str, typing.get_args(inner)))}")
-        return text
-    if typing.get_origin(inner) is list:
-        (item,) = typing.get_args(inner)
-        return [item(x) for x in text.split(",") if x]
-    if inner is dict:
-        pairs = [p.split("=", 1) for p in text.split(",") if p]
-        if any(len(p) != 2 for p in pairs):
-            raise argparse.ArgumentTypeError(f"expected k=v,k=v, got {text!r}")
-        return {k.strip(): _yaml_scalar(v) for k, v in pairs}
-    try:
-        return inner(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {inner.__name__}, got {text!r}") from None
-
-
-def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
-    """Add ``--config`` and one flag per field of ``cls``; unset flags stay absent from the namespace."""
-    parser.add_argument("--config", metavar="YAML", help="YAML file of options (command-line flags override it)")
-    hints = typing.get_type_hints(cls, include_extras=False)
-    for f in dataclasses.fields(cls):
-        hint = hints[f.name]
-        default = _default(f)
-        help_text = f.metadata.get("help", "")
-        if hint is not bool and default not in ("", None, [], {}):
-            help_text += f" (default: {default})"
-        if f.metadata.get("positional"):
-            many = typing.get_origin(hint) is list
-            parser.add_argument(f.name, nargs="*" if many else "?", default=argparse.SUPPRESS, help=help_text)
-            continue
-        names = [_flag(f.name)] + ([f.metadata["short"]] if f.metadata.get("short") else [])
-        if hint is bool:
-            parser.add_argument(
-                *names,
-                dest=f.name,
-                action=argparse.BooleanOptionalAction,
-                default=argparse.SUPPRESS,
-                help=help_text + f" (default: {'on' if default else 'off'})",
-            )
-            continue
-        inner, _ = _unwrap_optional(hint)
-        choices = typing.get_args(inner) if typing.get_origin(inner) is Literal else _choices(f)
-        parser.add_argument(
-            *names,
-            dest=f.name,
-            default=argparse.SUPPRESS,
-            metavar="{" + ",".join(choices) + "}" if choices else None,
-            type=_flag_parser(hint, f),
-            help=help_text,
-        )
-
-
-def _default(f: dataclasses.Field) -> Any:
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
-    return f.default
-
-
-def _flag_parser(hint, f: dataclasses.Field) -> typing.Callable[[str], Any]:
-    """argparse's ``type=`` for field ``f``: parse the text as ``hint``, then check the field's choices."""
-
-    def parse(text: str) -> Any:
-        return _check_choice(_parse_scalar(text, hint), f, argparse.ArgumentTypeError)
-
-    return parse
-
-
-def _choices(f: dataclasses.Field) -> tuple[str, ...] | None:
-    table = f.metadata.get("choices")
-    return tuple(table()) if table else None
-
-
-def _check_choice(value, f: dataclasses.Field, error: type[Exception], where: str = ""):
-    choices = _choices(f)
-    if choices is not None and value not in choices:
-        raise error(
-            f"{where} must be one of {', '.join(choices)}, got {value!r}"
-            if where
-            else f"choose from {', '.join(choices)}"
-        )
-    return value
-
-
-# -- YAML ------------------------------------------------------------------------------------
-
-
-def _coerce(value, hint, where: str):
-    """Check a YAML value against a type hint; ints are accepted where floats are expected."""
-    inner, optional = _unwrap_optional(hint)
-    if value is None:
-        if optional:
-            return None
-        raise DriftError(f"{where} must not be null")
-    if typing.get_origin(inner) is Literal:
-        if value not in typing.get_args(inner):
-            raise DriftError(f"{where} must be one of {list(typing.get_args(inner))}, got {value!r}")
-        return value
-    if typing.get_origin(inner) is list:
-        (item,) = typing.get_args(inner)
-        if not isinstance(value, list):
-            raise DriftError(f"{where} must be a list, got {type(value).__name__}")
-        return [_coerce(v, item, where) for v in value]
-    if inner is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if inner is float and isinstance(value, float) and not math.isfinite(value):
-        raise DriftError(f"{where} must be a finite number, got {value!r}")
-    if (inner in (int, float) and isinstance(value, bool)) or not isinstance(value, inner):
-        raise DriftError(f"{where} must be {inner.__name__}, got {type(value).__name__} {value!r}")
-    return value
-
-
-def load_yaml(path: str | Path, cls) -> dict:
-    """Read a YAML mapping of ``cls``'s fields, with file:line in every error."""
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-        text = raw.decode("utf-8")
-        node = yaml.compose(text)
-        data = yaml.safe_load(text)  # inside the try: unsafe tags (!!python/...) fail here, with a line
-    except OSError as e:
-        raise DriftError(f"{path}: cannot read config: {e}") from None
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise DriftError(f"{path}:{line}: cannot read config: not valid UTF-8 (byte {e.start})") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
-        line = mark.line + 1 if mark is not None else text[: getattr(e, "position", 0)].count("\n") + 1
-        where = f"{path}:{line}"
-        raise DriftError(f"{where}: cannot read config: {e}") from None
-    if node is None:
-        return {}
-    if not isinstance(node, yaml.MappingNode):
-        raise DriftError(f"{path}:{node.start_mark.line + 1}: a config must be a mapping of option: value")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    known = set(fields)
-    values = {}
-    for key_node, _ in node.value:
-        line = key_node.start_mark.line + 1
-        if not isinstance(key_node, yaml.ScalarNode) or not isinstance(key_node.value, str):
-            raise DriftError(f"{path}:{line}: option names must be plain strings")
-        key = key_node.value.replace("-", "_")
-        where = f"{path}:{line}: key '{key_node.value}'"
-        if key not in known:
-            raise DriftError(f"{where} is not an option of this command (known: {', '.join(sorted(known))})")
-        if key in values:
-            raise DriftError(f"{where} is given twice")
-        values[key] = _check_choice(_coerce(data[key_node.value], hints[key], where), fields[key], DriftError, where)
-    return values
-
-
-# -- resolve and save ------------------------------------------------------------------------
-
-
-def resolve(cls, args: argparse.Namespace | None = None, **overrides):
-    """Build ``cls`` from defaults, then ``args.config`` (YAML), then flags set in ``args``, then ``overrides``."""
-    values: dict = {}
-    cli = dict(vars(args)) if args is not None else {}
-    if cli.get("config"):
-        values.update(load_yaml(cli["config"], cls))
-    known = {f.name for f in dataclasses.fields(cls)}
-    values.update({k: v for k, v in cli.items() if k in known})
-    values.update(overrides)
-    return cls(**values)
-
-
-def to_dict(cfg) -> dict:
-    return dataclasses.asdict(cfg)
-
-
-def save_config(cfg, path: str | Path) -> None:
-    """Write the resolved config as YAML (atomically)."""
-    from drift.outputs import atomic_write
-
-    with atomic_write(path) as f:
-        f.write(yaml.safe_dump(to_dict(cfg), sort_keys=False).encode())

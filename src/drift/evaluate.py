@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from drift import DriftError
-from drift.config import to_dict
+from drift.options import to_dict
 from drift.records import read_records
 
 

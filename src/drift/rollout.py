@@ -113,7 +113,7 @@ def _check_resume_config(cfg, path: Path) -> None:
     """Refuse to resume with options that would change what the finished part contains."""
     import yaml
 
-    from drift.config import to_dict
+    from drift.options import to_dict
 
     if not path.exists():
         return
@@ -135,7 +135,7 @@ def sample_to_file(cfg, out: Path, *, desc: str = "rollout", generator=None) -> 
     from tqdm.auto import tqdm
 
     from drift.backends import backend_from_config
-    from drift.config import save_config
+    from drift.options import save_config
     from drift.outputs import sidecar
     from drift.tasks import load_problems
 

@@ -34,17 +34,11 @@ needs ``datasets``, imported only then). Row tasks take the knobs ``question_fie
 ``prompt_id`` from a column; otherwise ``prompt_id`` is ``{task}-{row index:06d}``. Bad rows stop
 the load with ``file:line: field '...' ...``.
 
-``arithmetic`` is generated: ``digits`` per operand, ``terms`` operands joined by operators
-drawn from ``ops`` (``+-*``, usual precedence), ``mix`` draws 1..digits digits and 2..terms
-operands per problem. A problem belongs to split ``test`` when a hash of its text falls in
-bucket 0 of 10, ``validation`` in bucket 1, ``train`` otherwise, so splits never share a
-problem, whatever the seeds; the seed only picks which problems of the split you get, and
-``limit`` how many (default :data:`DEFAULT_ARITHMETIC_SIZE`).
+``arithmetic`` is generated (drift.arithmetic).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import re
@@ -57,6 +51,7 @@ import orjson
 
 from drift import DriftError
 from drift.answers import extract_answer
+from drift.arithmetic import load_arithmetic
 from drift.env import Problem
 from drift.records.schema import FieldError
 from drift.verifiers import parse_choice
@@ -297,74 +292,6 @@ def _rows_loader(convert: Callable[..., tuple[str, str, dict]], seeded: bool = F
     return load
 
 
-# -- arithmetic (generated) ------------------------------------------------------------------
-
-SPLIT_BUCKETS = {"test": range(1), "validation": range(1, 2), "train": range(2, 10)}
-"""Which of 10 hash buckets of the question text belong to each split of ``arithmetic``."""
-
-DEFAULT_ARITHMETIC_SIZE = 1000
-
-
-def evaluate_arithmetic(numbers: list[int], ops: list[str]) -> int:
-    """``numbers[0] ops[0] numbers[1] ...`` with ``*`` before ``+``/``-`` (no ``eval``).
-
-    >>> evaluate_arithmetic([2, 3, 4, 5], ["-", "*", "+"])   # 2 - 3*4 + 5
-    -5
-    """
-    total, sign, product = 0, 1, numbers[0]
-    for op, n in zip(ops, numbers[1:]):
-        if op == "*":
-            product *= n
-        else:
-            total, sign, product = total + sign * product, 1 if op == "+" else -1, n
-    return total + sign * product
-
-
-def split_of(question: str) -> str:
-    """The split a generated question belongs to (a stable hash, the same in every process).
-
-    >>> split_of("What is 40+85?") in SPLIT_BUCKETS
-    True
-    """
-    bucket = int.from_bytes(hashlib.blake2b(question.encode(), digest_size=8).digest(), "big") % 10
-    return next(name for name, buckets in SPLIT_BUCKETS.items() if bucket in buckets)
-
-
-def _load_arithmetic(spec, source, split, limit, seed, digits=2, ops="+", terms=2, mix=False) -> list[Problem]:
-    if source is not None:
-        raise DriftError("task 'arithmetic' is generated and takes no source")
-    if split not in SPLIT_BUCKETS:
-        raise DriftError(f"arithmetic: unknown split {split!r}; known: {', '.join(SPLIT_BUCKETS)}")
-    if not isinstance(digits, int) or not 1 <= digits <= 18:
-        raise DriftError(f"arithmetic: knob 'digits' must be an integer in 1..18, got {digits!r}")
-    if not isinstance(terms, int) or not 2 <= terms <= 10:
-        raise DriftError(f"arithmetic: knob 'terms' must be an integer in 2..10, got {terms!r}")
-    if not isinstance(ops, str) or not ops or set(ops) - set("+-*"):
-        raise DriftError(f"arithmetic: knob 'ops' must be made of + - *, got {ops!r}")
-    count = DEFAULT_ARITHMETIC_SIZE if limit is None else limit
-    rng = random.Random(f"arithmetic/{split}/{seed}")  # str seeds are hashed stably (sha512)
-    questions: dict[str, int] = {}
-    for _ in range(100 * count + 1000):
-        if len(questions) >= count:
-            break
-        n_terms = rng.randint(2, terms) if mix else terms
-        widths = [rng.randint(1, digits) if mix else digits for _ in range(n_terms)]
-        numbers = [rng.randint(10 ** (w - 1) if w > 1 else 0, 10**w - 1) for w in widths]
-        chosen = [rng.choice(ops) for _ in range(n_terms - 1)]
-        question = "What is " + "".join(f"{n}{op}" for n, op in zip(numbers, chosen)) + f"{numbers[-1]}?"
-        if question not in questions and split_of(question) == split:
-            questions[question] = evaluate_arithmetic(numbers, chosen)
-    if len(questions) < count:
-        raise DriftError(
-            f"arithmetic: only {len(questions)} distinct {split} problems with digits={digits}, terms={terms}, "
-            f"ops={ops!r}; ask for fewer (limit) or allow more (digits, terms, ops)"
-        )
-    return [
-        Problem(f"arith-{i:06d}", question, str(gold), spec.name, {"split": split, "seed": seed})
-        for i, (question, gold) in enumerate(questions.items())
-    ]
-
-
 # -- the table -------------------------------------------------------------------------------
 
 
@@ -389,7 +316,7 @@ _MATH = {"question_field": "problem", "answer_field": "answer", "solution_field"
 TASKS: dict[str, TaskSpec] = {
     spec.name: spec
     for spec in (
-        TaskSpec("arithmetic", _load_arithmetic, "numeric", knobs={"digits": 2, "ops": "+", "terms": 2, "mix": False}),
+        TaskSpec("arithmetic", load_arithmetic, "numeric", knobs={"digits": 2, "ops": "+", "terms": 2, "mix": False}),
         TaskSpec("gsm8k", _rows_loader(_gsm8k_row), "math", default_source="openai/gsm8k:main", knobs=_QA),
         TaskSpec(
             "math", _rows_loader(_math_row), "math", default_source="DigitalLearningGmbH/MATH-lighteval", knobs=_MATH

@@ -226,7 +226,7 @@ class Trainer:
         """Begin or resume a run in ``out``: with ``cfg.resume``, restore the newest checkpoint and trim
         ``log`` to its step; save the config. Returns the checkpoint's ``{"step": N, ...}`` (step 0 for none).
         Under several processes each one says what it saw."""
-        from drift.config import save_config
+        from drift.options import save_config
         from drift.outputs import trim_log
 
         state = {"step": 0}

@@ -67,7 +67,7 @@ def to_trl_rows(record: dict, target: str = "last", *, index: int = 0, source: s
 
 def run_export_trl(cfg: ExportTRLConfig) -> dict:
     """Read weighted records, write the TRL dataset (and its config sidecar); return a small summary."""
-    from drift.config import save_config
+    from drift.options import save_config
     from drift.outputs import atomic_write, sidecar, write_json
     from drift.records import dumps, read_records
 

@@ -16,7 +16,8 @@ from operator import attrgetter
 from msgspec import UNSET
 
 from drift import DriftError
-from drift.config import WeightConfig, save_config
+from drift.config import WeightConfig
+from drift.options import save_config
 from drift.outputs import sidecar, write_json
 from drift.records import (
     RecordError,

@@ -31,8 +31,8 @@ from collections.abc import Callable
 
 from drift import DriftError
 from drift.answers import extract_answer, normalize_answer
+from drift.arithmetic import evaluate_arithmetic
 from drift.backends.base import Reply, Sampling, resolve_seeds
-from drift.tasks import evaluate_arithmetic
 
 # Operands are capped at 30 digits: bounded work per match, and no real question needs more.
 _EXPRESSION = re.compile(r"\d{1,30}(?:\s*[-+*×]\s*\d{1,30})+")
@@ -42,7 +42,7 @@ _INTEGER = re.compile(r"-?\d+")
 
 def expression_value(expression: str) -> int:
     """Value of an expression of non-negative integers and ``+ - * ×`` (``*`` binds tighter), as
-    the arithmetic task computes its gold answers (drift.tasks.evaluate_arithmetic).
+    the arithmetic task computes its gold answers (drift.arithmetic.evaluate_arithmetic).
 
     >>> expression_value("2 + 3*4 - 5")
     9
