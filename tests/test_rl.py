@@ -151,6 +151,7 @@ def test_drift_rl_moves_the_policy_counts_compute_and_resumes(tmp_path, tiny_mod
     assert 0 < summary["generated_tokens"] <= 2 * 8 * 2 * 4
     assert summary["trained_tokens"] > 0 and summary["generation_seconds"] > 0
     assert log[-1]["generated_tokens"] == summary["generated_tokens"]
+    assert 0 < summary["prefilled_tokens"] == log[-1]["prefilled_tokens"]
     base = AutoModelForCausalLM.from_pretrained(tiny_model).state_dict()
     a = AutoModelForCausalLM.from_pretrained(out / "model").state_dict()
     assert any(not torch.equal(base[k], a[k]) for k in a), "the policy did not move"

@@ -211,6 +211,19 @@ def test_tiny_model_rollout_end_to_end(tmp_path, tiny_model):
         assert len(replies) == len(r["correct"]) == len(r["answers"])
     summary = json.loads((tmp_path / "r.summary.json").read_text())
     assert summary["trajectories"] == 6 and 0 < summary["tokens_generated"] <= 4 * summary["turns"]
+    # prefill is counted, and cache reuse makes it less than re-encoding every turn's whole prompt
+    from drift.chat import render_prompt
+    from drift.models import load_tokenizer
+
+    tok = load_tokenizer(tiny_model)
+    every_prompt = sum(
+        len(render_prompt(tok, r["messages"][:i]))
+        for r in records
+        for i, m in enumerate(r["messages"])
+        if m["role"] == "assistant"
+    )
+    assert 0 < summary["tokens_prefilled"] < every_prompt
+    assert summary["prefill_per_generated"] == round(summary["tokens_prefilled"] / summary["tokens_generated"], 3)
     again = tmp_path / "again.jsonl"
     assert main(args[:-1] + [str(again)]) == 0
     assert again.read_bytes() == out.read_bytes()  # per-trajectory seeds: the same file

@@ -89,15 +89,17 @@ def _round_prompts(prompts: list, step: int, cfg) -> list:
     return [prompts[order[(offset + j) % len(prompts)]] for j in range(cfg.prompts_per_step)]
 
 
-def _sample_round(trainer, batch_prompts, make_env, generator, sampling, cfg, step) -> tuple[list[dict], int]:
+def _sample_round(
+    trainer, batch_prompts, make_env, generator, sampling, cfg, step
+) -> tuple[list[dict], tuple[int, int]]:
     """Every process samples prompts rank, rank + P, ...; all get the round's records in prompt order,
-    and the number of tokens generated over all processes."""
+    and the numbers of tokens generated and prefilled over all processes."""
     from accelerate.utils import gather_object
 
     from drift.rollout import run_episodes
 
     mine = list(range(trainer.rank, len(batch_prompts), trainer.processes))
-    tok0 = generator.tokens_generated
+    tok0, pre0 = generator.tokens_generated, generator.tokens_prefilled
     records = run_episodes(
         [batch_prompts[j] for j in mine],
         make_env,
@@ -107,13 +109,15 @@ def _sample_round(trainer, batch_prompts, make_env, generator, sampling, cfg, st
         sampling=sampling,
         seed=cfg.seed * 1_000_003 + step,
     )
-    tokens = generator.tokens_generated - tok0
+    tokens = (generator.tokens_generated - tok0, generator.tokens_prefilled - pre0)
     if trainer.processes == 1:
         return records, tokens
     n = cfg.group_size
-    pieces = gather_object([(j, records[i * n : (i + 1) * n], tokens if i == 0 else 0) for i, j in enumerate(mine)])
+    counted = [(j, records[i * n : (i + 1) * n], tokens if i == 0 else (0, 0)) for i, j in enumerate(mine)]
+    pieces = gather_object(counted if counted else [(-1, [], tokens)])  # a process with no prompt still counts
     pieces.sort(key=lambda piece: piece[0])
-    return [r for _, recs, _ in pieces for r in recs], sum(t for _, _, t in pieces)
+    generated, prefilled = (sum(t[k] for _, _, t in pieces) for k in range(2))
+    return [r for _, recs, _ in pieces for r in recs], (generated, prefilled)
 
 
 def run_rl(cfg) -> dict:
@@ -162,9 +166,15 @@ def run_rl(cfg) -> dict:
         trainer.unwrapped(), tokenizer, cfg, device=str(trainer.device), dtype=trainer.dtype
     )
     sampling = Sampling(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
-    compute = {"generated_tokens": 0, "trained_tokens": 0, "generation_seconds": 0.0, "training_seconds": 0.0}
+    compute = {
+        "generated_tokens": 0,
+        "prefilled_tokens": 0,  # prompt tokens the generator ran through the model (after sharing and reuse)
+        "trained_tokens": 0,
+        "generation_seconds": 0.0,
+        "training_seconds": 0.0,
+    }
     state = trainer.start("rl", cfg, out, out / "rl_log.jsonl")
-    step, compute = state["step"], state.get("compute", compute)
+    step, compute = state["step"], {**compute, **state.get("compute", {})}
     bar = tqdm(
         total=cfg.steps,
         initial=step,
@@ -180,7 +190,8 @@ def run_rl(cfg) -> dict:
             trainer, _round_prompts(prompts, step, cfg), make_env, generator, sampling, cfg, step
         )
         compute["generation_seconds"] += time.perf_counter() - t0
-        compute["generated_tokens"] += tokens
+        compute["generated_tokens"] += tokens[0]
+        compute["prefilled_tokens"] += tokens[1]
         # 2. score
         returns, coef = round_coefficients(records, cfg)
         examples = []

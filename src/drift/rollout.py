@@ -164,7 +164,7 @@ def sample_to_file(cfg, out: Path, *, desc: str = "rollout", generator=None) -> 
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     save_config(cfg, config_path)
-    start, tokens0 = time.perf_counter(), generator.tokens_generated
+    start, tokens0, prefill0 = time.perf_counter(), generator.tokens_generated, generator.tokens_prefilled
     firsts: list[int | None] = []
     bar = tqdm(
         total=len(problems),
@@ -203,12 +203,15 @@ def sample_to_file(cfg, out: Path, *, desc: str = "rollout", generator=None) -> 
             generator.close()
     wall = time.perf_counter() - start
     tokens = generator.tokens_generated - tokens0
+    prefilled = generator.tokens_prefilled - prefill0
     return {
         "new_trajectories": len(firsts),
         "verifier_calls": verifier.stats.calls,
         "verifier_timeouts": verifier.stats.timeouts,
         "verifier_errors": verifier.stats.errors,
         "tokens_generated": tokens,
+        "tokens_prefilled": prefilled,  # prompt tokens run through the model (after sharing and cache reuse)
+        "prefill_per_generated": round(prefilled / tokens, 3) if tokens else None,
         "dtype": getattr(generator, "dtype", None),
         "wall_seconds": round(wall, 2),
         "tokens_per_second": round(tokens / max(wall, 1e-9), 1),
