@@ -219,6 +219,11 @@ def test_drift_view_on_a_rollout_file_and_an_eval_folder(tmp_path, capsys):
     assert [r[0] for r in table_rows(page)[1:]] == ["ev"]
     assert "http://" not in page.replace("http://www.w3.org", "") and "https://" not in page  # nothing to fetch
     assert main(["view", str(tmp_path / "missing"), "--out", str(out)]) == 2
+    (tmp_path / "empty").mkdir()
+    assert main(["view", str(tmp_path / "empty"), "--out", str(out)]) == 2
+    write_records(tmp_path / "unscored" / "records.jsonl", [make_record("q", 0, ["5"], 1)])  # an eval cut short
+    assert main(["view", str(tmp_path / "unscored"), "--out", str(out)]) == 0
+    assert [s["name"] for s in decode_payload(out.read_text())["sets"]] == ["unscored"]
     (tmp_path / "cmp").mkdir()
     (tmp_path / "cmp" / "comparison.json").write_text('{"runs": [{"n": 3}]}')
     assert main(["view", str(tmp_path / "cmp"), "--out", str(out)]) == 2

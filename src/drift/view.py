@@ -173,6 +173,7 @@ def collect(paths: list[str]) -> tuple[list[dict], list[tuple[str, Path]], list[
             continue
         if not path.is_dir():
             raise DriftError(f"{path}: no such file or folder")
+        found = len(runs) + len(sets) + len(figures)
         evals = [d for d in [path, *sorted(p for p in path.iterdir() if p.is_dir())] if (d / REPORT_NAME).is_file()]
         if (path / COMPARISON_NAME).is_file():
             for row in _comparison_runs(path / COMPARISON_NAME):
@@ -186,10 +187,13 @@ def collect(paths: list[str]) -> tuple[list[dict], list[tuple[str, Path]], list[
             for folder in evals:
                 runs.append(_run_from_report(folder.name, load_report(folder)))
                 add_eval(folder, folder.name)
-        jsonls = sorted(p for p in path.glob("*.jsonl") if p.name != "records.jsonl")
+        shown = {d / "records.jsonl" for d in evals}  # shown under their run's name
+        jsonls = sorted(p for p in path.glob("*.jsonl") if p not in shown)
         derived = {_input_of(p) for p in jsonls} - {None}
-        sets += [(p.stem, p) for p in jsonls if p.name not in derived]
+        sets += [(path.name if p.name == "records.jsonl" else p.stem, p) for p in jsonls if p.name not in derived]
         figures += [(p.name, p) for p in sorted(path.glob("*.png"))]
+        if len(runs) + len(sets) + len(figures) == found:
+            raise DriftError(f"{path}: no report.json, comparison.json, trajectory file (*.jsonl) or figure in it")
     names = [n for n, _ in sets]
     sets = [(f"{n} ({p.parent.name})" if names.count(n) > 1 else n, p) for n, p in sets]
     return runs, figures, sets
