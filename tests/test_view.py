@@ -264,14 +264,16 @@ def dom(page: Path, fragment: str = "") -> str:
 
 
 @pytest.mark.skipif(BROWSER is None, reason="no headless Chromium on PATH (apt-get install chromium-headless-shell)")
-def test_in_a_browser_the_page_renders_filters_and_keeps_hostile_text_inert(tmp_path):
+@pytest.mark.parametrize("flag", ["--compress", "--no-compress"])
+def test_in_a_browser_the_page_renders_filters_and_keeps_hostile_text_inert(tmp_path, flag):
     records = hostile_records()
     write_records(tmp_path / "a.jsonl", records)
     write_records(tmp_path / "b.jsonl", [r for r in records if r["prompt_id"] != "p2"])
     assert main(["eval", "--records", str(tmp_path / "a.jsonl"), "--out", str(tmp_path / "ev")]) == 0
     out = tmp_path / "v.html"
     assert (
-        main(["view", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl"), str(tmp_path / "ev"), "-o", str(out)]) == 0
+        main(["view", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl"), str(tmp_path / "ev"), "-o", str(out), flag])
+        == 0
     )
 
     first = dom(out)  # the results tab: the table the browser shows is the report's

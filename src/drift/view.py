@@ -39,6 +39,7 @@ from drift.config import ViewConfig, WeightingOptions
 
 ROLES = {"system": 0, "user": 1, "assistant": 2, "tool": 3}
 COMPARISON_NAME = "comparison.json"
+HIST_BINS = 30
 
 
 # -- inputs ----------------------------------------------------------------------------------
@@ -131,12 +132,12 @@ def _num(x):
     return None if x is None else float(f"{x:.6g}")
 
 
-def _histogram(values: list, bins: int = 30) -> dict:
+def _histogram(values: list) -> dict:
     import numpy as np
 
     if not values:
         return {"edges": [], "counts": []}
-    counts, edges = np.histogram(np.asarray(values, dtype=float), bins=bins)
+    counts, edges = np.histogram(np.asarray(values, dtype=float), bins=HIST_BINS)
     return {"edges": [_num(e) for e in edges.tolist()], "counts": counts.tolist()}
 
 
