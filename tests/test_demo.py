@@ -27,6 +27,7 @@ def test_demo_quick_runs_every_stage_and_reuses_them(tmp_path, tiny_model, monke
         "cumulative_accuracy.png",
         "multi_at_k.png",
         "weighted.weights.png",
+        "report.html",
     ):
         assert (out / path).exists(), path
     summary = json.loads((out / "demo_summary.json").read_text())

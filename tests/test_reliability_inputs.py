@@ -245,6 +245,7 @@ CONFIG_COMMANDS = {
     "weight": lambda area, model: ["weight", str(BAD / "truncated.jsonl"), "--out", str(area / "weighted.jsonl")],
     "export-trl": lambda area, model: ["export-trl", str(BAD / "truncated.jsonl"), "--out", str(area / "trl.jsonl")],
     "compare": lambda area, model: ["compare", str(GOOD_REPORT), "--out", str(area / "compare")],
+    "view": lambda area, model: ["view", str(BAD / "truncated.jsonl"), "--out", str(area / "view.html")],
 }
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Literal
 
+from drift import DriftError
 from drift.options import option
 
 
@@ -210,6 +211,29 @@ class CompareConfig:
     reports: list[str] = option(list, "report.json files, or folders holding one", positional=True)
     names: list[str] = option(list, "a label per report (comma-separated; default: the report's folder name)")
     out: str = option("", "folder for cumulative_accuracy.png, multi_at_k.png, comparison.json (default: none)")
+
+
+@dataclass
+class ViewConfig:
+    """drift view: one self-contained HTML page (no server, no network) to look at runs.
+
+    Inputs, in any mix: trajectory files (rollouts, weighted; ours or the reference layout), eval
+    folders (records.jsonl + report.json), compare folders (comparison.json + PNGs), demo folders.
+    The page shows the results table and figures, every prompt's trajectories turn by turn with
+    their returns and weights, weight spread per prompt (Kish ESS), and two runs side by side.
+    """
+
+    paths: list[str] = option(list, "trajectory files and eval/compare/demo folders", positional=True)
+    out: str = option("report.html", "the HTML file to write (atomically; parent folders are created)", short="-o")
+    title: str = option("", "page title (default: the inputs' names)")
+    compress: bool = option(
+        True, "embed the data gzip+base64 (decoded in the browser by DecompressionStream); off: plain escaped JSON"
+    )
+    page_size: int = option(50, "prompts per page in the trajectory list")
+
+    def __post_init__(self):
+        if self.page_size < 1:
+            raise DriftError(f"page_size must be at least 1, got {self.page_size}")
 
 
 @dataclass

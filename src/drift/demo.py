@@ -26,6 +26,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
+from drift import DriftError
 from drift import config as C
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -242,4 +243,11 @@ def run_demo(cfg) -> dict:
     print(f"plots: {out}/cumulative_accuracy.png, {out}/multi_at_k.png, {out}/weighted.weights.png")
     summary = {"gain_multi_at_max_turns": gain, "timings": timings, "comparison": comparison}
     (out / "demo_summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    try:  # the page is a convenience: a failure to draw it does not fail the demo
+        from drift.view import run_view
+
+        run_view(C.ViewConfig(paths=[str(out)], out=str(out / "report.html"), title="drift demo"))
+        print(f"page: {out}/report.html (open it in a browser)")
+    except (DriftError, OSError, ValueError) as e:
+        print(f"drift demo: could not write report.html: {e}")
     return summary
