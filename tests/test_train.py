@@ -34,6 +34,7 @@ def weighted_file(path, weights):
 
 def train(tmp_path, name, data, model, **over):
     over.setdefault("optimizer", "sgd")  # exact comparisons: Adam's first step amplifies float noise
+    over.setdefault("lr_scheduler", "constant")
     cfg = resolve(
         TrainConfig,
         input=str(data),
@@ -42,7 +43,6 @@ def train(tmp_path, name, data, model, **over):
         dtype="float32",
         lr=1e-1,
         warmup_ratio=0.0,
-        lr_scheduler="constant",
         max_grad_norm=0.0,
         **over,
     )

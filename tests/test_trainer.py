@@ -81,6 +81,7 @@ def test_two_processes_equal_one_step_by_step_with_an_odd_example_count(tmp_path
     summary = json.loads((tmp_path / "two" / "train_summary.json").read_text())
     assert summary["processes"] == 2 and summary["strategy"] == "MULTI_CPU" and summary["dtype"] == "float32"
     assert summary["examples"] == 21 and summary["steps"] == 6
+    assert summary["skipped_examples"] == 3  # the weights 0: both processes skip them, and stay in step
     one, two = read_log(tmp_path / "one"), read_log(tmp_path / "two")
     assert [e["lr"] for e in two] == pytest.approx([e["lr"] for e in one], abs=1e-12)
     assert [e["lr"] for e in one] == pytest.approx([0.5 * (1 - s / 6) for s in range(6)])

@@ -197,6 +197,12 @@ class TrainConfig(OptimizationOptions):
     log_steps: int = option(1, "log every N steps to train_log.jsonl (and the tracker)")
     report_to: Literal["none", "tensorboard", "wandb", "trackio"] = option("none", "experiment tracker")
     seed: int = option(0, "seed of data order and initialisation")
+    skip_weight_share: float | None = option(
+        1e-4,
+        "per step, do not forward the lightest examples while together they carry at most this share of the "
+        "step's total weight (weight 0 always; D unchanged, so the gradient loses only their terms, "
+        "<= share * sum w / D * max per-example gradient norm); none: forward every example",
+    )
 
 
 @dataclass

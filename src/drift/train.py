@@ -11,6 +11,25 @@ loop, on purpose:
    than the trained turn.
 3. Within an optimizer step, examples are sorted by length before being cut into micro-batches:
    less padding, same gradient.
+4. Examples of negligible weight are not forwarded (``skip_weight_share`` = eps, default 1e-4;
+   ``none`` turns it off). In a step's global batch G, with W = sum_G w_i, the skipped set S is the
+   longest run of G's lightest examples (sorted by weight, ties by position) with
+   sum_S w_i <= eps * W: every weight 0 is in it, and S carries at most a share eps of W
+   (:func:`negligible`). D is still computed on the whole of G, so the kept terms are exactly
+   today's and the gradient changes only by the dropped ones:
+
+       || g_G - g_(G minus S) || = || sum_S w_i grad nll_i || / D <= eps * (W / D) * max_i || grad nll_i ||
+
+   (W / D = 1 for ``reduction="weighted"``, the batch's mean weight for ``"mean"``). Gradient
+   clipping (a projection onto a ball) cannot enlarge that difference; AdamW's update divides by
+   a running scale, so it bounds the gradient, not the step. Batches are planned before skipping:
+   steps, data order and the schedule are unchanged. A step whose examples are all skipped (all
+   weights 0, so its gradient is exactly 0) still steps the optimizer and the schedule, on a
+   two-token stand-in of weight 0 (AdamW's moments and weight decay then move as they would
+   have). The decision reads only the step's weights, the same list on every process. The log's
+   ``nll`` is the mean over forwarded examples; ``tokens`` and ``trained_tokens`` count forwarded
+   examples only; the summary adds ``skipped_examples`` (summed over steps: an example skipped in
+   two epochs counts twice) and ``skipped_weight_share`` (their weight over the steps' total).
 
 The optimizer step itself (accumulation, several processes, mixed precision, checkpoints) is
 drift.trainer's, shared with ``drift rl``. Runs on one CPU/GPU as ``drift train``, on several GPUs
@@ -28,7 +47,7 @@ import time
 from pathlib import Path
 
 from drift import DriftError
-from drift.examples import build_examples, completion_sources, plan_batches
+from drift.examples import Example, build_examples, completion_sources, plan_batches
 
 
 def _load_examples(cfg, tokenizer):
@@ -41,6 +60,36 @@ def _load_examples(cfg, tokenizer):
             raise DriftError(f"{cfg.input}: record {i + 1} has no field 'weight'; run drift weight first")
         examples += build_examples(rec, tokenizer, index=i, target=cfg.target, max_length=cfg.max_length)
     return records, examples
+
+
+def negligible(weights: list[float], share: float) -> list[int]:
+    """Positions of the lightest ``weights`` that together carry at most ``share`` of their sum
+    (note 4): a prefix of the weights sorted in increasing order, ties by position; zeros always.
+
+    >>> negligible([1.0, 0.0, 2e-7, 1.0, 5e-7], 1e-6)      # 0 + 2e-7 + 5e-7 <= 1e-6 * 2.0000007
+    [1, 2, 4]
+    >>> negligible([1.0, 0.0, 1e-5, 1.0], 1e-6), negligible([0.0, 0.0], 1e-6), negligible([3.0], 0.0)
+    ([1], [0, 1], [])
+    """
+    budget = share * sum(weights)
+    carried, out = 0.0, []
+    for i in sorted(range(len(weights)), key=lambda i: weights[i]):
+        carried += weights[i]
+        if carried > budget:
+            break
+        out.append(i)
+    return sorted(out)
+
+
+def _to_forward(examples: list[Example], share: float | None) -> tuple[list[Example], list[int]]:
+    """The examples of one step to forward, and the positions skipped (note 4). Never empty: when
+    every example is skipped, a two-token stand-in of weight 0 (no trained token) keeps the step."""
+    if share is None:
+        return examples, []
+    skipped = negligible([e.weight for e in examples], share)
+    drop = set(skipped)
+    kept = [e for j, e in enumerate(examples) if j not in drop]
+    return kept or [Example(examples[0].input_ids[:2], 2, 0.0, -1)], skipped
 
 
 def _set_seed(seed: int) -> None:
@@ -61,6 +110,8 @@ def run_train(cfg) -> dict:
         raise DriftError("need an input file and --out (drift train weighted.jsonl --out runs/x)")
     if cfg.batch_size < 1 or cfg.micro_batch_size < 1:
         raise DriftError("batch_size and micro_batch_size must be >= 1")
+    if cfg.skip_weight_share is not None and not 0.0 <= cfg.skip_weight_share < 1.0:
+        raise DriftError(f"skip_weight_share must be in [0, 1) or none, got {cfg.skip_weight_share}")
     out = Path(cfg.out)
     if out.exists() and any(out.iterdir()) and not cfg.resume:  # checked before any process writes there
         raise DriftError(f"{out} is not empty; pass --resume to continue that run, or choose another --out")
@@ -91,6 +142,7 @@ def run_train(cfg) -> dict:
         disable=not trainer.is_main,
     )
     t0, tokens, trained_tokens = time.perf_counter(), 0.0, 0.0
+    skipped_examples, skipped_weight, total_weight = 0, 0.0, 0.0
     step = start_step
     while step < total_steps:
         epoch = step // steps_per_epoch
@@ -99,10 +151,13 @@ def run_train(cfg) -> dict:
             if step >= total_steps:
                 break
             step_examples = [examples[i] for i in indices]
-            denominator = (
-                len(step_examples) if cfg.reduction == "mean" else sum(e.weight for e in step_examples)
-            ) or 1.0
-            stats = trainer.step(step_examples, denominator)
+            weights = [e.weight for e in step_examples]
+            denominator = (len(step_examples) if cfg.reduction == "mean" else sum(weights)) or 1.0  # on all of G
+            forward, skipped = _to_forward(step_examples, cfg.skip_weight_share)
+            stats = trainer.step(forward, denominator)
+            skipped_examples += len(skipped)
+            skipped_weight += sum(weights[j] for j in skipped)
+            total_weight += sum(weights)
             step += 1
             tokens += stats["tokens"]
             trained_tokens += stats["trained_tokens"]
@@ -114,6 +169,7 @@ def run_train(cfg) -> dict:
                 "nll": stats["nll_sum"] / max(stats["examples"], 1),
                 "grad_norm": stats["grad_norm"],
                 "lr": stats["lr"],
+                "skipped": len(skipped),
                 "tokens_per_second": tokens / max(elapsed, 1e-9),
             }
             bar.set_postfix(
@@ -138,6 +194,8 @@ def run_train(cfg) -> dict:
         "wall_seconds": round(wall, 2),
         "tokens": int(tokens),
         "trained_tokens": int(trained_tokens),
+        "skipped_examples": skipped_examples,
+        "skipped_weight_share": skipped_weight / total_weight if total_weight > 0 else 0.0,
         "tokens_per_second": round(tokens / max(wall, 1e-9), 1),
         "completions": completion_sources(records, tokenizer, cfg.target),
         **trainer.describe(),
