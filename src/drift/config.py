@@ -101,7 +101,7 @@ class GenerationOptions:
     )
     base_url: str = option("http://127.0.0.1:8000/v1", "server URL for --backend openai")
     concurrency: int = option(16, "parallel requests for --backend openai")
-    batch_size: int = option(32, "sequences per generate call for --backend hf")
+    batch_size: int = option(64, "sequences per generate call for --backend hf")
     model_generation_config: bool = option(
         False,
         "--backend hf: also apply the model's own generation_config (repetition penalty, no-repeat "
@@ -271,7 +271,7 @@ class EvalConfig(GenerationOptions):
     split: str = option("test", "dataset split (held out from the rollout prompts)")
     temperature: float = option(0.0, "0: greedy, as in the paper; > 0 with --n for sampled evaluation and pass@k")
     n: int = option(1, "episodes per prompt")
-    chunk_prompts: int = option(32, "prompts evaluated together; the unit of resume")
+    chunk_prompts: int = option(64, "prompts evaluated together; the unit of resume")
     resume: bool = option(False, "continue an interrupted evaluation in --out")
     shard: str | None = option(None, "i/N: evaluate only every N-th prompt starting at i")
 
