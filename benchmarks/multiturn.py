@@ -30,6 +30,8 @@ def main() -> None:
     parser.add_argument("--dtype", default="auto", help="auto, float32 or bfloat16 (drift --dtype)")
     parser.add_argument("--src", default=None, help="the src/ folder of another drift checkout to time instead")
     parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--backend", default="hf", help="hf or vllm")
+    parser.add_argument("--python", default=sys.executable, help="interpreter (e.g. a venv with vllm and drift)")
     args = parser.parse_args()
     from drift.models import resolve_dtype
 
@@ -45,7 +47,8 @@ def main() -> None:
             "--max-new-tokens": "24", "--answer-mode": "lenient", "--chunk-prompts": "8", "--dtype": args.dtype,
             "--out": str(out),
         }  # fmt: skip
-        cmd = [sys.executable, "-m", "drift.cli", "rollout", *[x for kv in flags.items() for x in kv]]
+        flags["--backend"] = args.backend
+        cmd = [args.python, "-m", "drift.cli", "rollout", *[x for kv in flags.items() for x in kv]]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
         if proc.returncode:
             sys.exit(proc.stderr[-4000:])
@@ -53,7 +56,8 @@ def main() -> None:
     prefilled = s.get("tokens_prefilled")
     ratio = f"{prefilled / s['tokens_generated']:.2f}" if prefilled is not None else "not counted"
     print(
-        f"{'drift at ' + args.src if args.src else 'drift'}: {s['trajectories']} trajectories, {s['turns']} turns, "
+        f"{'drift at ' + args.src if args.src else 'drift'} --backend {args.backend}: "
+        f"{s['trajectories']} trajectories, {s['turns']} turns, "
         f"{s['tokens_generated']} generated, {prefilled} prefilled (per generated token: {ratio}), "
         f"{s['wall_seconds']} s, {s['tokens_per_second']} generated tokens/s; solved by turn: {s['solved_by_turn']}"
     )

@@ -93,6 +93,7 @@ def test_requests_carry_their_own_seed_and_sampling(fake_vllm, model_dir):
         "max_model_len": None,
         "seed": 7,
         "enforce_eager": True,
+        "enable_prefix_caching": True,
     }
     second = QUESTION + [{"role": "assistant", "content": "4"}, {"role": "user", "content": "Incorrect."}]
     sampling = Sampling(temperature=0.7, top_p=0.9, max_new_tokens=12, seed=99)
@@ -117,6 +118,7 @@ def test_rollout_options_reach_the_engine(fake_vllm, model_dir):
     backend_from_config(cfg)
     kwargs = fake_vllm.instances[-1].kwargs
     assert (kwargs["tensor_parallel_size"], kwargs["gpu_memory_utilization"], kwargs["seed"]) == (4, 0.8, 3)
+    assert kwargs["enable_prefix_caching"] is True  # multi-turn prompts extend the last turn's
     assert kwargs["dtype"] == "auto"  # on GPUs vLLM's own auto: the model's dtype
     backend_from_config(RolloutConfig(backend="vllm", model=model_dir, dtype="float32"))
     assert fake_vllm.instances[-1].kwargs["dtype"] == "float32"
@@ -142,6 +144,7 @@ def test_on_cpus_dtype_and_memory_fit_the_machine(fake_cpu_vllm, model_dir, monk
     backend_from_config(RolloutConfig(backend="vllm", model=model_dir))
     kwargs = fake_cpu_vllm.instances[-1].kwargs
     assert kwargs["dtype"] == expected and kwargs["enable_chunked_prefill"] is False
+    assert kwargs["block_size"] == 32  # prefix-cache hits come in whole blocks: small ones on CPUs
     share = kwargs["gpu_memory_utilization"]
     assert 0 < share <= 0.5 and share == pytest.approx(cpu_memory_share(), abs=0.05)
 
