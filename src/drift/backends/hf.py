@@ -33,9 +33,9 @@
   padding excluded); ``tokens_generated`` the reply ids, end token included.
 - ``dtype`` (drift.models.resolve_dtype; ``auto`` by default): bfloat16 or float16 is the dtype of
   the backend's own model's weights (2-4x faster than float32 on CPUs with bf16 units, many times
-  slower without; 1.09x faster than float32 weights in autocast, which casts every weight at every
-  step: 245 vs 225 tokens/s at batch 64 on a 2-core EPYC). A model handed over (drift rl's policy,
-  float32 weights being trained) runs in autocast instead.
+  slower without; against float32 weights in autocast, which casts every weight at every step: half
+  the weight memory, and 0.9-1.15x the speed in two runs of benchmarks/decode.py on a 2-core
+  EPYC). A model handed over (drift rl's policy, float32 weights being trained) runs in autocast.
 """
 
 from __future__ import annotations
