@@ -43,12 +43,12 @@ def main() -> None:
     from drift.backends.hf import HFGenerator
     from drift.env import make_env
     from drift.rollout import run_episodes
-    from drift.tasks import get_task, load_examples
+    from drift.tasks import get_task, load_problems
     from drift.verifiers import get_verifier
 
     spec = get_task("arithmetic")
     verifier = get_verifier(spec.verifier, 5.0)
-    examples = load_examples("arithmetic", split="train", limit=args.prompts, seed=0)
+    examples = load_problems("arithmetic", split="train", limit=args.prompts, seed=0)
     sampling = Sampling(temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=0)
     print(
         f"model {args.model}, {args.prompts} prompts x {args.n} trajectories x {args.max_turns} turns, "
