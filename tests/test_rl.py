@@ -214,3 +214,26 @@ def test_iterated_drift_reuses_each_round(tmp_path, tiny_model):
     assert summary["algorithm"] == "drift" and summary["steps"] == 1 and summary["trajectories"] == 4
     # grpo refuses to reuse samples: without an importance ratio that would be off-policy
     assert main(["rl", "--model", tiny_model, "--out", str(tmp_path / "g"), "--updates-per-round", "2"]) == 2
+
+
+def test_two_processes_sample_their_shares_and_count_every_token(tmp_path, tiny_model):
+    """drift rl under torchrun with 2 processes: each samples its share of a round (3 prompts: one
+    process gets 1), the summary says 2 processes, and the round's records and token counts are
+    the whole round's: the same trajectories and generated tokens as a one-process run."""
+    from drift.cli import main
+    from test_trainer import finish, torchrun
+
+    flags = ["--model", tiny_model, "--steps", "1", "--prompts-per-step", "3", "--group-size", "2",
+             "--max-new-tokens", "4", "--max-turns", "2", "--task-options", "digits=1", "--num-prompts", "6",
+             "--dtype", "float32", "--seed", "3"]  # fmt: skip
+    out = finish(torchrun(["rl", "--out", str(tmp_path / "two"), *flags]))
+    assert "process 1 of 2" in out, out[-2000:]
+    two = json.loads((tmp_path / "two" / "rl_summary.json").read_text())
+    assert main(["rl", "--out", str(tmp_path / "one"), *flags]) == 0
+    one = json.loads((tmp_path / "one" / "rl_summary.json").read_text())
+    assert two["processes"] == 2 and one["processes"] == 1
+    assert two["trajectories"] == one["trajectories"] == 6
+    # per-trajectory seeds: the same replies whichever process sampled them; prefill differs
+    # (what each process's cache could share), generation does not
+    assert two["generated_tokens"] == one["generated_tokens"] > 0
+    assert two["prefilled_tokens"] > 0
