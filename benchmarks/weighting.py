@@ -19,9 +19,10 @@ import time
 from pathlib import Path
 
 from drift.config import WeightingOptions
+from drift.diagnostics import diagnostics
 from drift.records import paused_gc, read_records, write_records, write_spliced
 from drift.weight import read_columns
-from drift.weighting import compute_weights, diagnostics
+from drift.weighting import compute_weights
 
 
 def synthetic(n: int, k: int = 16, seed: int = 0):

@@ -18,9 +18,10 @@ import pytest
 
 from drift.cli import main
 from drift.config import ViewConfig, WeightingOptions
+from drift.diagnostics import kish_ess
 from drift.records import read_records, write_records
 from drift.view import decode_payload, render
-from drift.weighting import compute_weights, discounted_return, kish_ess, repetition_penalty, trajectory_return
+from drift.weighting import compute_weights, discounted_return, repetition_penalty, trajectory_return
 from factories import REFERENCE_SAMPLE, make_record
 
 HOSTILE = [

@@ -9,16 +9,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from drift import DriftError
+from drift.diagnostics import diagnostics
 from drift.weighting import (
     SCHEMES,
     Columns,
     Scheme,
     compute_returns,
     compute_weights,
-    diagnostics,
     discounted_return,
     group_weights,
-    kish_ess,
     repetition_penalty,
     trajectory_return,
 )
@@ -134,12 +133,6 @@ def test_beta_to_infinity_is_uniform_and_to_zero_is_argmax():
     assert group_weights(returns, 1e-6) == [0.0, 2.0, 0.0, 2.0]
 
 
-def test_kish_ess():
-    assert kish_ess([2.0, 2.0]) == 2.0
-    assert kish_ess([1.0, 0.0, 0.0]) == 1.0
-    assert kish_ess([]) == 0.0
-
-
 # -- schemes on records -----------------------------------------------------------------------
 
 
@@ -210,17 +203,6 @@ def test_random_files_average_one_per_group(n_prompts, k, seed):
     d = diagnostics(recs, returns, weights)
     assert 0 < d["ess"] <= len(recs) + 1e-9
     assert d["all_fail_groups"] + d["all_pass_groups"] + d["mixed_groups"] == pytest.approx(1.0)
-
-
-def test_diagnostics_by_hand():
-    recs = _records()
-    returns, weights = compute_weights(recs, weighting())
-    d = diagnostics(recs, returns, weights)
-    assert d["groups"] == 2 and d["mixed_groups"] == 0.5 and d["all_fail_groups"] == 0.5
-    assert d["zero_variance_groups"] == 0.5
-    # 1 of 5 solved at turn 1, 2 of 5 by turn 2
-    assert d["success_by_turn"] == {"1": 0.2, "2": 0.4}
-    assert d["mean_return"] == pytest.approx((1 + 0.9 - 0.25) / 5)
 
 
 @settings(max_examples=100, deadline=None)

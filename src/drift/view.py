@@ -69,8 +69,9 @@ def weighting_for(path: Path) -> WeightingOptions:
 
 def trajectory_set(name: str, path: Path, strings: dict[str, int]) -> dict:
     """The records of ``path`` as the page's compact arrays (strings interned into ``strings``)."""
+    from drift.diagnostics import kish_ess
     from drift.records import read_records
-    from drift.weighting import Columns, compute_weights, discounted_return, kish_ess, repetition_penalty
+    from drift.weighting import Columns, compute_weights, discounted_return, repetition_penalty
 
     records = read_records(path)
     opts = weighting_for(path)

@@ -17,6 +17,7 @@ from msgspec import UNSET
 
 from drift import DriftError
 from drift.config import WeightConfig
+from drift.diagnostics import diagnostics
 from drift.options import save_config
 from drift.outputs import sidecar, write_json
 from drift.records import (
@@ -30,7 +31,7 @@ from drift.records import (
     write_spliced,
 )
 from drift.tables import format_table
-from drift.weighting import Columns, compute_weights, diagnostics
+from drift.weighting import Columns, compute_weights
 
 
 def read_columns(path) -> tuple[Columns, set[int]]:

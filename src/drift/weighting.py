@@ -323,7 +323,7 @@ class Columns:
         return len(self.codes)
 
 
-def _columns(data: Sequence[dict] | Columns) -> Columns:
+def as_columns(data: Sequence[dict] | Columns) -> Columns:
     return data if isinstance(data, Columns) else Columns.of(data)
 
 
@@ -341,19 +341,19 @@ def returns_array(cols: Columns, params: WeightingParams) -> np.ndarray:
 def compute_returns(records: Sequence[dict] | Columns, params: WeightingParams) -> list[float]:
     """:func:`trajectory_return` of every record, vectorised. The tests hold it to the readable
     reference to 1e-12."""
-    return returns_array(_columns(records), params).tolist()
+    return returns_array(as_columns(records), params).tolist()
 
 
 def compute_weights(
     records: Sequence[dict] | Columns, params: WeightingParams
 ) -> tuple[list[float], list[float | None]]:
     """Returns and weights of ``records`` under ``params``; a ``None`` weight drops the record."""
-    cols = _columns(records)
+    cols = as_columns(records)
     returns = returns_array(cols, params)
     codes, n_groups, solved = cols.codes, cols.n_groups, cols.first_correct_turn > 0
     keep = np.ones(len(cols), dtype=bool)
     if params.zero_variance == "drop":
-        keep &= ~_zero_variance(returns, codes, n_groups)[codes]
+        keep &= ~zero_variance_groups(returns, codes, n_groups)[codes]
     if params.all_fail == "drop":
         keep &= np.bincount(codes, weights=solved, minlength=n_groups)[codes] > 0
     scheme = SCHEMES[params.scheme]
@@ -371,68 +371,9 @@ def compute_weights(
     return returns.tolist(), listed
 
 
-def _zero_variance(returns: np.ndarray, codes: np.ndarray, n_groups: int) -> np.ndarray:
+def zero_variance_groups(returns: np.ndarray, codes: np.ndarray, n_groups: int) -> np.ndarray:
     """Per group: are all its returns equal?"""
     top, bottom = np.full(n_groups, -np.inf), np.full(n_groups, np.inf)
     np.maximum.at(top, codes, returns)
     np.minimum.at(bottom, codes, returns)
     return top == bottom
-
-
-# -- diagnostics -----------------------------------------------------------------------------
-
-
-def kish_ess(weights: Sequence[float]) -> float:
-    """Kish effective sample size ``(sum w)^2 / sum w^2`` (0 for no or all-zero weights).
-
-    >>> kish_ess([1.0, 1.0, 1.0, 1.0])
-    4.0
-    >>> kish_ess([4.0, 0.0, 0.0, 0.0])
-    1.0
-    """
-    s2 = math.fsum(w * w for w in weights)
-    return math.fsum(weights) ** 2 / s2 if s2 > 0 else 0.0
-
-
-def diagnostics(records: Sequence[dict] | Columns, returns: Sequence[float], weights: Sequence[float | None]) -> dict:
-    """Health of a weighting: how many samples it effectively keeps, and where its mass sits.
-
-    ``ess`` is Kish's over the kept records, ``ess_ratio`` that divided by their number,
-    ``group_ess_ratio`` the mean over prompts of ESS_g / K_g. ``success_by_turn[t]`` is the share of
-    trajectories solved at or before turn t (multi@t).
-    """
-    cols = _columns(records)
-    codes, n_groups, n = cols.codes, cols.n_groups, len(cols)
-    w = np.array(weights, dtype=np.float64)  # None -> NaN
-    kept = ~np.isnan(w)
-    size = np.bincount(codes, minlength=n_groups)
-    n_solved = np.bincount(codes, weights=cols.first_correct_turn > 0, minlength=n_groups)
-    all_pass, all_fail = int((n_solved == size).sum()), int((n_solved == 0).sum())
-    kw, kc = w[kept], codes[kept]
-    s1 = np.bincount(kc, weights=kw, minlength=n_groups)
-    s2 = np.bincount(kc, weights=kw * kw, minlength=n_groups)
-    k = np.bincount(kc, minlength=n_groups)
-    group_ess = np.divide(s1**2, s2, out=np.zeros(n_groups), where=s2 > 0)[k > 0] / k[k > 0]
-    ess = kish_ess(kw.tolist())
-    qs = np.quantile(kw, [0.5, 0.9, 0.99]).tolist() if kw.size else [0.0, 0.0, 0.0]
-    horizon = int(cols.turns.max()) if n else 0
-    solved_by = np.cumsum(np.bincount(cols.first_correct_turn, minlength=horizon + 1)[1:]) / max(n, 1)
-    groups = max(n_groups, 1)
-    return {
-        "records": n,
-        "kept": int(kept.sum()),
-        "groups": n_groups,
-        "all_fail_groups": all_fail / groups,
-        "all_pass_groups": all_pass / groups,
-        "mixed_groups": (n_groups - all_fail - all_pass) / groups,
-        "zero_variance_groups": int(_zero_variance(np.asarray(returns, float), codes, n_groups).sum()) / groups,
-        "mean_return": math.fsum(returns) / n if n else 0.0,
-        "ess": ess,
-        "ess_ratio": ess / kw.size if kw.size else 0.0,
-        "group_ess_ratio": float(group_ess.mean()) if group_ess.size else 0.0,
-        "weight_p50": qs[0],
-        "weight_p90": qs[1],
-        "weight_p99": qs[2],
-        "weight_max": float(kw.max()) if kw.size else 0.0,
-        "success_by_turn": {str(t): float(a) for t, a in enumerate(solved_by[:horizon].tolist(), start=1)},
-    }
