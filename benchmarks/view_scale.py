@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from drift.cli import main as drift
-from drift.records import write_records
+from drift.records import first_correct_turn, write_records
 
 REPLY = (
     "Let me work through this step by step. {note} First I add the tens of {a} and {b}, which gives {tens}. "
@@ -62,7 +62,7 @@ def synthetic(n_prompts: int, k: int, turns: int, seed: int) -> list[dict]:
                 correct.append(ok and parsable)
                 if ok and parsable:
                     break
-            first = correct.index(True) + 1 if True in correct else None
+            first = first_correct_turn(correct)
             records.append(
                 {
                     "schema": 1,

@@ -178,40 +178,14 @@ def test_gradient_accumulation_1x8_equals_8x1(tmp_path, tiny_model):
 
 def test_resume_continues_bit_for_bit(tmp_path, tiny_model):
     data = weighted_file(tmp_path / "w.jsonl", [1.0, 0.5, 2.0, 1.0] * 4)
-    full = params(
-        train(
-            tmp_path,
-            "full",
-            data,
-            tiny_model,
-            batch_size=4,
-            micro_batch_size=2,
-            max_steps=6,
-            save_steps=3,
-            save_total_limit=5,
-            optimizer="adamw",
-        )
-    )
+    options = dict(batch_size=4, micro_batch_size=2, max_steps=6, save_steps=3, save_total_limit=5, optimizer="adamw")
+    full = params(train(tmp_path, "full", data, tiny_model, **options))
     # a run that died after its step-3 checkpoint: the same folder without what came later
     crashed = tmp_path / "crashed"
     shutil.copytree(tmp_path / "full", crashed)
     shutil.rmtree(crashed / "model")
     assert [p.name for p in (crashed / "checkpoints").iterdir()] == ["step-0000003"]
-    resumed = params(
-        train(
-            tmp_path,
-            "crashed",
-            data,
-            tiny_model,
-            batch_size=4,
-            micro_batch_size=2,
-            max_steps=6,
-            save_steps=3,
-            save_total_limit=5,
-            resume=True,
-            optimizer="adamw",
-        )
-    )
+    resumed = params(train(tmp_path, "crashed", data, tiny_model, resume=True, **options))
     for k in full:
         assert torch.equal(full[k], resumed[k]), k
 

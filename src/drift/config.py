@@ -67,11 +67,15 @@ class WeightingOptions(ReturnOptions):
     )
     clip: float | None = option(None, "cap on weights after normalisation (none: no cap)")
 
+    def weighting_options(self) -> dict:
+        """The values of this group's fields (``WeightingOptions`` and ``ReturnOptions``) by name."""
+        return {f.name: getattr(self, f.name) for f in fields(WeightingOptions)}
+
     def weighting(self):
         """These options as :class:`drift.weighting.WeightingParams` (validated there)."""
         from drift.weighting import WeightingParams
 
-        return WeightingParams(**{f.name: getattr(self, f.name) for f in fields(WeightingOptions)})
+        return WeightingParams(**self.weighting_options())
 
 
 @dataclass

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -188,8 +188,7 @@ def run_demo(cfg) -> dict:
         out=str(out / "rollouts.jsonl"),
         resume=True,
     )
-    weighting = {f.name: getattr(cfg, f.name) for f in fields(C.WeightingOptions)}
-    weighting["all_fail"] = cfg.all_fail or preset["all_fail"]
+    weighting = {**cfg.weighting_options(), "all_fail": cfg.all_fail or preset["all_fail"]}
     weight_cfg = C.WeightConfig(input=rollout_cfg.out, out=str(out / "weighted.jsonl"), plot=True, **weighting)
     train_cfg = C.TrainConfig(
         input=weight_cfg.out,

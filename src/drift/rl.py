@@ -113,8 +113,10 @@ def _sample_round(
     if trainer.processes == 1:
         return records, tokens
     n = cfg.group_size
-    counted = [(j, records[i * n : (i + 1) * n], tokens if i == 0 else (0, 0)) for i, j in enumerate(mine)]
-    pieces = gather_object(counted if counted else [(-1, [], tokens)])  # a process with no prompt still counts
+    # one piece per prompt; a process's token counts ride on its first piece (one with no prompt counted none)
+    pieces = gather_object(
+        [(j, records[i * n : (i + 1) * n], tokens if i == 0 else (0, 0)) for i, j in enumerate(mine)]
+    )
     pieces.sort(key=lambda piece: piece[0])
     generated, prefilled = (sum(t[k] for _, _, t in pieces) for k in range(2))
     return [r for _, recs, _ in pieces for r in recs], (generated, prefilled)

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from drift import DriftError
 from drift.config import ViewConfig, WeightingOptions
+from drift.outputs import sidecar
 
 ROLES = {"system": 0, "user": 1, "assistant": 2, "tool": 3}
 COMPARISON_NAME = "comparison.json"
@@ -45,17 +46,24 @@ HIST_BINS = 30
 # -- inputs ----------------------------------------------------------------------------------
 
 
+def _sidecar_config(path: Path):
+    """The parsed sidecar ``<name>.config.yaml`` of ``path`` (``None`` if there is none); read errors
+    propagate, each caller decides what they mean."""
+    import yaml
+
+    config = sidecar(path, "config.yaml")
+    return yaml.safe_load(config.read_text(encoding="utf-8")) if config.is_file() else None
+
+
 def weighting_for(path: Path) -> WeightingOptions:
     """The weighting options of a trajectory file: its sidecar ``<name>.config.yaml`` if it names
     any, else the defaults (unknown keys in the sidecar, e.g. ``input``, are ignored)."""
     import yaml
 
-    from drift.outputs import sidecar
-
     config = sidecar(path, "config.yaml")
     known = {f.name for f in fields(WeightingOptions)}
     try:
-        data = yaml.safe_load(config.read_text(encoding="utf-8")) if config.is_file() else {}
+        data = _sidecar_config(path)
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise DriftError(f"{config}: cannot read the weighting options: {e}") from None
     options = {k: v for k, v in (data or {}).items() if k in known} if isinstance(data, dict) else {}
@@ -154,7 +162,6 @@ def _run_from_report(name: str, report: dict) -> dict:
 def collect(paths: list[str]) -> tuple[list[dict], list[tuple[str, Path]], list[tuple[str, Path]]]:
     """From the inputs: runs (rows of the results table), figures (label, PNG) and trajectory files
     (label, JSONL). A folder may be an eval folder, a compare folder, a demo folder or a mix."""
-    from drift.outputs import sidecar
     from drift.report import REPORT_NAME, load_report
 
     runs: list[dict] = []
@@ -229,11 +236,8 @@ def _input_of(path: Path) -> str | None:
     """The name of the file that ``path`` was weighted from (its sidecar config's ``input``)."""
     import yaml
 
-    from drift.outputs import sidecar
-
-    config = sidecar(path, "config.yaml")
     try:
-        data = yaml.safe_load(config.read_text(encoding="utf-8")) if config.is_file() else None
+        data = _sidecar_config(path)
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return None
     return Path(data["input"]).name if isinstance(data, dict) and isinstance(data.get("input"), str) else None
