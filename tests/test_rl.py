@@ -190,7 +190,7 @@ def test_iterated_drift_reuses_each_round(tmp_path, tiny_model):
                 "drift",
                 "--steps",
                 "1",
-                "--updates-per-round",
+                "--epochs-per-round",
                 "2",
                 "--prompts-per-step",
                 "2",
@@ -212,8 +212,43 @@ def test_iterated_drift_reuses_each_round(tmp_path, tiny_model):
     )
     summary = json.loads((out / "rl_summary.json").read_text())
     assert summary["algorithm"] == "drift" and summary["steps"] == 1 and summary["trajectories"] == 4
-    # grpo refuses to reuse samples: without an importance ratio that would be off-policy
-    assert main(["rl", "--model", tiny_model, "--out", str(tmp_path / "g"), "--updates-per-round", "2"]) == 2
+    (entry,) = [json.loads(line) for line in (out / "rl_log.jsonl").read_text().splitlines()]
+    # weighted SFT needs no ratio: two passes over the round, nothing scored, no clipping
+    assert entry["updates"] in (0, 2) and entry["scored_tokens"] == 0 and entry["clipped_share"] is None
+
+
+def test_grpo_with_minibatches_clips_snapshots_and_stops_on_a_flop_budget(tmp_path, tiny_model, even_length_is_right):
+    """The recipe people run: several clipped minibatch updates per round. Every round is scored
+    once (old log-probs), takes epochs x minibatches steps, and reports how often the clip acted;
+    snapshots are saved along the way; a FLOP budget ends the run early, and FLOPs follow drift.compute."""
+    from drift.cli import main
+    from drift.compute import count_parameters, flops
+
+    flags = ["rl", "--model", tiny_model, "--steps", "3", "--prompts-per-step", "2", "--group-size", "4",
+             "--max-new-tokens", "4", "--max-turns", "2", "--task-options", "digits=1", "--num-prompts", "20",
+             "--answer-mode", "lenient", "--verifier", "even", "--dtype", "float32", "--lr", "5e-2",
+             "--epochs-per-round", "2", "--minibatches", "2", "--clip-ratio", "0.1", "--snapshot-steps", "1,2",
+             "--lr-scheduler", "constant"]  # fmt: skip
+    out = tmp_path / "ppo"
+    assert main([*flags, "--out", str(out)]) == 0
+    log = [json.loads(line) for line in (out / "rl_log.jsonl").read_text().splitlines()]
+    summary = json.loads((out / "rl_summary.json").read_text())
+    assert [e["step"] for e in log] == [1, 2, 3]
+    trained = [e for e in log if e["trained_trajectories"]]
+    assert trained, "no round had an advantage to learn from"
+    assert all(e["updates"] == 4 and 0 <= e["clipped_share"] <= 1 for e in trained)
+    assert summary["scored_tokens"] > 0 and summary["trained_tokens"] > 0
+    assert any(e["clipped_share"] > 0 for e in trained), "a large lr and a small clip: the clip must act"
+    assert sorted(p.name for p in (out / "snapshots").iterdir()) == ["round-00001", "round-00002"]
+    n = count_parameters(out / "model")
+    assert summary["parameters"] == n and summary["flops"] == flops(
+        n, **{k: summary[f"{k}_tokens"] for k in ("prefilled", "generated", "scored", "reference", "trained")}
+    )
+    # a budget below one round's compute: the run stops after its first round
+    budget = log[0]["flops"] / 2
+    assert main([*flags, "--out", str(tmp_path / "budget"), "--max-flops", str(budget)]) == 0
+    stopped = json.loads((tmp_path / "budget" / "rl_summary.json").read_text())
+    assert stopped["steps"] == 1 and stopped["flops"] >= budget
 
 
 def test_two_processes_sample_their_shares_and_count_every_token(tmp_path, tiny_model):

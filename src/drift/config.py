@@ -308,8 +308,10 @@ class RLConfig(OptimizationOptions, GenerationOptions, WeightingOptions):
     """drift rl: online multi-turn RL on the same environment (the baseline DRIFT is compared with).
 
     Every round: B prompts x G trajectories from the current policy, returns as in drift weight,
-    group-relative advantages A = (R - mean_group R) / std_group R, one policy-gradient step on the
-    last assistant turn (the same target, reduction and optimizer step as drift train). --algorithm
+    group-relative advantages A = (R - mean_group R) / std_group R, then --epochs-per-round passes of
+    --minibatches optimizer steps on the last assistant turn (the same target, reduction and
+    optimizer step as drift train); with more than one update per round, PPO's clipped ratio to the
+    sampling policy. --algorithm
     drift uses DRIFT weights on the fresh samples instead (iterated DRIFT). Compute is counted in
     rl_summary.json. Several processes (DDP): torchrun / accelerate launch -m drift.cli rl ...; each
     process samples its share of the round's prompts.
@@ -320,7 +322,20 @@ class RLConfig(OptimizationOptions, GenerationOptions, WeightingOptions):
     steps: int = option(20, "rounds of sample -> score -> update")
     prompts_per_step: int = option(8, "B: prompts sampled per round")
     group_size: int = option(8, "G: trajectories per prompt per round")
-    updates_per_round: int = option(1, "optimizer steps per round (must be 1 for grpo: no importance ratio)")
+    epochs_per_round: int = option(
+        1, "passes over each round's trajectories (PPO epochs); after the first, grpo uses the clipped ratio"
+    )
+    minibatches: int = option(1, "optimizer steps per pass: the round's examples are shuffled and cut into this many")
+    clip_ratio: float = option(
+        0.2, "PPO's epsilon: pi/pi_old is clipped to [1 - eps, 1 + eps] (grpo with more than one update per round)"
+    )
+    max_flops: float | None = option(
+        None,
+        "stop after the round at which the estimated compute reaches this many FLOPs (drift.compute); none: --steps",
+    )
+    snapshot_steps: list[int] = option(
+        list, "also save the model after these rounds (snapshots/round-N), to evaluate it along the way"
+    )
     normalize_std: bool = option(True, "divide advantages by the group's standard deviation (GRPO)")
     kl_coef: float = option(0.0, "weight of the k3 KL penalty to the reference model (0: no reference model)")
     save_steps: int = option(5, "checkpoint every N rounds (0: only the final model)")

@@ -32,6 +32,7 @@ class Example:
     n_prompt: int  # the first n_prompt tokens are context; the rest is trained
     weight: float
     index: int  # record index, for error messages and logs
+    old_logp: list[float] | None = None  # log p of each completion token under the sampling policy (PPO's ratio)
 
     @property
     def n_completion(self) -> int:
@@ -159,7 +160,9 @@ def collate(examples: list[Example], pad_id: int):
     """Left-padded tensors for a micro-batch; only the last ``k`` positions need logits.
 
     Returns ``input_ids, attention_mask, position_ids`` (b, s), ``labels`` (b, k) aligned with the
-    logits of the last k positions (position j predicts token j+1), ``weights`` (b,), and ``k``.
+    logits of the last k positions (position j predicts token j+1), ``weights`` (b,), ``k``, and
+    ``old_logp`` (b, k) aligned with the labels (0 off the completion) when the examples carry
+    :attr:`Example.old_logp`, else ``None``.
     Left padding puts every completion at the end, so the LM head runs on k = longest completion
     positions instead of the whole sequence (k >= 1, so that a batch of fillers still has an output).
     """
@@ -169,7 +172,7 @@ def collate(examples: list[Example], pad_id: int):
 
     width = max(len(e.input_ids) for e in examples)
     k = max(1, max(e.n_completion for e in examples))
-    ids, mask, labels = [], [], []
+    ids, mask, labels, old = [], [], [], []
     for e in examples:
         pad = width - len(e.input_ids)
         ids.append([pad_id] * pad + e.input_ids)
@@ -177,6 +180,7 @@ def collate(examples: list[Example], pad_id: int):
         # logits at positions width-k-1 .. width-2 predict tokens width-k .. width-1
         tail = ([IGNORE] * pad + [IGNORE] * e.n_prompt + e.input_ids[e.n_prompt :])[width - k :]
         labels.append(tail)
+        old.append([0.0] * (k - e.n_completion) + list(e.old_logp or [0.0] * e.n_completion))
     attention = torch.tensor(mask)
     positions = (attention.cumsum(-1) - 1).clamp(min=0)
     return (
@@ -186,4 +190,5 @@ def collate(examples: list[Example], pad_id: int):
         torch.tensor(labels),
         torch.tensor([e.weight for e in examples], dtype=torch.float32),
         k,
+        torch.tensor(old) if any(e.old_logp is not None for e in examples) else None,
     )

@@ -11,7 +11,9 @@ w_i * nll_i (:func:`weighted_nll_terms`); drift.trainer divides their sum by D c
 whole global batch before the first micro-batch, so gradient accumulation and data parallelism
 give the same gradient as one big batch (the usual bug is dividing each micro-batch by its own
 size). Online RL uses the same terms with advantages A_i as weights (w_i * nll_i = -A_i * mean
-log p: REINFORCE with a baseline), plus an optional KL penalty.
+log p: REINFORCE with a baseline), plus an optional KL penalty; when it updates several times on
+one round it uses PPO's clipped surrogate instead (:func:`clipped_pg_terms`), whose gradient at
+the first update (ratio 1) is that same policy gradient.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ def per_sample_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
 def completion_logits(model, batch) -> torch.Tensor:
     """The model's logits at the last k positions of a :func:`drift.examples.collate` batch, aligned
     with its labels: shape (b, k, v), ``[:, j]`` predicts ``labels[:, j]``."""
-    input_ids, attention, positions, _, _, k = batch
+    input_ids, attention, positions, k = batch[0], batch[1], batch[2], batch[5]
     out = model(input_ids=input_ids, attention_mask=attention, position_ids=positions, logits_to_keep=k + 1)
     return out.logits[:, :-1]
 
@@ -83,6 +85,57 @@ def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor) -> tor
     return masked_mean(diff.exp() - diff - 1, mask)
 
 
+def clipped_surrogate(
+    logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO's clipped surrogate per example, and the number of tokens where the clip acted.
+
+    With ``r_t = exp(logp_t - old_t)`` and advantage ``A`` of the example,
+    ``term = -mean over trained tokens t of min(r_t A, clip(r_t, 1 - eps, 1 + eps) A)``
+    (Schulman et al. 2017; the token mean per example, then the caller's mean over examples, as in
+    every drift loss). Where the clipped branch is the smaller one the token has no gradient: the
+    policy has moved far enough in the advantage's direction. Shapes: (b, k) and ``advantages`` (b,).
+
+    >>> zero = torch.zeros(1, 1)
+    >>> t, c = clipped_surrogate(zero, zero, torch.ones(1, 1), torch.tensor([2.0]), eps=0.2)
+    >>> t.tolist(), c.item()              # r = 1: the term is -A
+    ([-2.0], 0.0)
+    """
+    ratio = (logp - old_logp).exp()
+    adv = advantages.to(logp.device)[:, None]
+    unclipped, clipped = ratio * adv, ratio.clamp(1 - eps, 1 + eps) * adv
+    acted = (clipped < unclipped) * mask
+    return -masked_mean(torch.minimum(unclipped, clipped), mask), acted.sum()
+
+
+def _reference_kl(logp, mask, ref_model, batch, ref_autocast) -> torch.Tensor:
+    """Per-example k3 KL of the policy to ``ref_model`` on the batch's trained tokens (no gradient
+    through the reference)."""
+    import contextlib
+
+    with torch.no_grad(), ref_autocast or contextlib.nullcontext():
+        ref_logp, _ = token_logprobs(completion_logits(ref_model, batch), batch[3])
+    return kl_k3(logp, ref_logp, mask)
+
+
+def clipped_pg_terms(model, batch, clip_ratio: float, ref_model=None, kl_coef: float = 0.0, ref_autocast=None):
+    """Per-example terms of online RL's update on reused samples: :func:`clipped_surrogate` with the
+    batch's weights as advantages and its ``old_logp`` (log-probs under the policy that sampled,
+    drift.examples.collate), plus ``kl_coef`` times the k3 KL to ``ref_model`` when one is given.
+    Returns ``(terms, stats)`` like :func:`weighted_nll_terms`, with ``clipped_tokens`` added."""
+    if batch[6] is None:
+        raise ValueError("clipped_pg_terms needs the examples' old_logp (log-probs of the sampling policy)")
+    logp, mask = token_logprobs(completion_logits(model, batch), batch[3])
+    terms, clipped = clipped_surrogate(logp, batch[6].to(logp.device), mask, batch[4], clip_ratio)
+    nll = -masked_mean(logp, mask).detach()
+    stats = {"nll_sum": nll.sum(), "trained_tokens": mask.sum(), "clipped_tokens": clipped}
+    if ref_model is not None:
+        kl = _reference_kl(logp, mask, ref_model, batch, ref_autocast)
+        terms = terms + kl_coef * kl
+        stats["kl_sum"] = kl.detach().sum()
+    return terms, stats
+
+
 def weighted_nll_terms(model, batch, ref_model=None, kl_coef: float = 0.0, ref_autocast=None):
     """Per-example loss terms of a :func:`drift.examples.collate` batch, and stats to add up.
 
@@ -91,17 +144,12 @@ def weighted_nll_terms(model, batch, ref_model=None, kl_coef: float = 0.0, ref_a
     Returns ``(c, stats)``: c of shape (b,); stats ``nll_sum``, ``trained_tokens`` (and ``kl_sum``)
     as scalar tensors. An example with no trained token contributes 0 to every term.
     """
-    import contextlib
-
-    labels = batch[3]
-    logp, mask = token_logprobs(completion_logits(model, batch), labels)
+    logp, mask = token_logprobs(completion_logits(model, batch), batch[3])
     nll = -masked_mean(logp, mask)
     terms = batch[4].to(nll.device) * nll
     stats = {"nll_sum": nll.detach().sum(), "trained_tokens": mask.sum()}
     if ref_model is not None:
-        with torch.no_grad(), ref_autocast or contextlib.nullcontext():
-            ref_logp, _ = token_logprobs(completion_logits(ref_model, batch), labels)
-        kl = kl_k3(logp, ref_logp, mask)
+        kl = _reference_kl(logp, mask, ref_model, batch, ref_autocast)
         terms = terms + kl_coef * kl
         stats["kl_sum"] = kl.detach().sum()
     return terms, stats

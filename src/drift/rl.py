@@ -7,10 +7,13 @@ into per-trajectory coefficients, and takes gradient steps on the same target tu
 
 Departures from textbook PPO / GRPO, on purpose:
 
-1. No ratio, no clipping: every batch is used for exactly one gradient step right after it is
-   sampled (``updates_per_round=1``), so the PPO ratio is 1 and clipping never acts; the update is
-   REINFORCE with a group baseline, A_i = R_i - mean_group R (divided by the group's std when
-   ``normalize_std``, as GRPO does; groups with zero spread get A = 0).
+1. A round's examples get ``epochs_per_round`` passes of ``minibatches`` optimizer steps. With one
+   update per round the update is REINFORCE with a group baseline (the sampling policy is the
+   current one: the PPO ratio is 1 and clipping never acts), A_i = R_i - mean_group R (divided by
+   the group's std when ``normalize_std``, as GRPO does; groups with zero spread get A = 0). With
+   more, grpo uses PPO's clipped surrogate (drift.losses.clipped_pg_terms) with the ratio to the
+   policy that sampled, whose log-probs are computed once per round, before its first update, by a
+   forward pass in the training step's precision (so the first ratio is 1 up to rounding).
 2. Token-mean log-probability per trajectory, then a mean over trajectories (the same reduction as
    drift train), not a sum over tokens: long replies are not favoured.
 3. The target is the last assistant turn (or all of them) with the whole history as context, as
@@ -21,10 +24,13 @@ Departures from textbook PPO / GRPO, on purpose:
    (drift.losses.kl_k3).
 5. ``algorithm=drift`` makes this *iterated DRIFT*: the coefficients are DRIFT weights
    exp(R/beta)/Z over fresh samples of the current policy, and each round may be reused for
-   ``updates_per_round`` steps (weighted SFT needs no ratio). Fully offline DRIFT is drift train.
+   several steps with no ratio (weighted SFT). Fully offline DRIFT is drift train.
 
-Compute is counted the same way for every method: tokens generated, tokens forwarded in training,
-and wall seconds spent generating and training (``rl_summary.json``).
+Compute is counted the same way for every method (``rl_summary.json``, and every line of
+``rl_log.jsonl``): tokens prefilled and generated in sampling, scored (the old log-probs),
+forwarded through the reference model (KL), trained, wall seconds generating and training, and the
+FLOP estimate of drift.compute. ``max_flops`` stops a run on that estimate; ``snapshot_steps``
+saves the policy along the way, so a run is a curve of accuracy against compute, not a point.
 
 The update is drift.trainer's optimizer step, the one ``drift train`` takes: the same
 accumulation, mixed precision, devices and checkpoints. Under several processes (DDP through
@@ -43,6 +49,7 @@ from functools import partial
 from pathlib import Path
 
 from drift import DriftError
+from drift.compute import count_parameters, flops
 from drift.weighting import compute_returns, compute_weights, group_indices
 
 
@@ -129,8 +136,8 @@ def run_rl(cfg) -> dict:
 
     from drift.backends import policy_backend_class
     from drift.backends.base import Sampling
-    from drift.examples import build_examples
-    from drift.losses import weighted_nll_terms
+    from drift.examples import build_examples, plan_batches
+    from drift.losses import clipped_pg_terms, weighted_nll_terms
     from drift.models import load_model, load_tokenizer, resolve_dtype, resolve_model
     from drift.rollout import env_factory
     from drift.tasks import load_problems
@@ -139,8 +146,9 @@ def run_rl(cfg) -> dict:
     if not cfg.out:
         raise DriftError("no output folder given (--out DIR)")
     backend_cls = policy_backend_class(cfg.backend)  # before any model loads: fail fast
-    if cfg.algorithm == "grpo" and cfg.updates_per_round != 1:
-        raise DriftError("grpo here is strictly on-policy (no importance ratio): use updates_per_round=1")
+    if cfg.epochs_per_round < 1 or cfg.minibatches < 1:
+        raise DriftError("epochs_per_round and minibatches must be at least 1")
+    clipped = cfg.algorithm == "grpo" and cfg.epochs_per_round * cfg.minibatches > 1
     out = Path(cfg.out)
     if out.exists() and any(out.iterdir()) and not cfg.resume:
         raise DriftError(f"{out} is not empty; pass --resume to continue that run, or choose another --out")
@@ -158,11 +166,16 @@ def run_rl(cfg) -> dict:
     )
     if not prompts:
         raise DriftError(f"task {cfg.task!r} gave no prompts")
-    trainer.prepare(load_model(path), cfg.steps * cfg.updates_per_round)  # rl refuses DeepSpeed
+    parameters = count_parameters(path)
+    trainer.prepare(load_model(path), cfg.steps * cfg.epochs_per_round * cfg.minibatches)  # rl refuses DeepSpeed
     ref_model = load_model(path).to(trainer.device).eval() if cfg.kl_coef > 0 else None
-    loss_fn = partial(
-        weighted_nll_terms, ref_model=ref_model, kl_coef=cfg.kl_coef, ref_autocast=trainer.accelerator.autocast()
-    )  # advantages as weights: see drift.losses
+    reference = dict(ref_model=ref_model, kl_coef=cfg.kl_coef, ref_autocast=trainer.accelerator.autocast())
+    # advantages (or DRIFT weights) as the examples' weights: see drift.losses
+    loss_fn = (
+        partial(clipped_pg_terms, clip_ratio=cfg.clip_ratio, **reference)
+        if clipped
+        else partial(weighted_nll_terms, **reference)
+    )
     make_env, verifier = env_factory(cfg)
     generator = backend_cls.for_policy(
         trainer.unwrapped(), tokenizer, cfg, device=str(trainer.device), dtype=trainer.dtype
@@ -171,6 +184,8 @@ def run_rl(cfg) -> dict:
     compute = {
         "generated_tokens": 0,
         "prefilled_tokens": 0,  # prompt tokens the generator ran through the model (after sharing and reuse)
+        "scored_tokens": 0,  # forwarded to get the sampling policy's log-probs (PPO's ratio)
+        "reference_tokens": 0,  # forwarded through the reference model (KL penalty)
         "trained_tokens": 0,
         "generation_seconds": 0.0,
         "training_seconds": 0.0,
@@ -185,7 +200,14 @@ def run_rl(cfg) -> dict:
         dynamic_ncols=True,
         disable=not trainer.is_main,
     )
-    while step < cfg.steps:
+
+    def spent() -> float:
+        return flops(
+            parameters,
+            **{k: compute[f"{k}_tokens"] for k in ("prefilled", "generated", "scored", "reference", "trained")},
+        )
+
+    while step < cfg.steps and not (cfg.max_flops is not None and spent() >= cfg.max_flops):
         # 1. sample B prompts x G trajectories from the current policy
         t0 = time.perf_counter()
         records, tokens = _sample_round(
@@ -201,15 +223,24 @@ def run_rl(cfg) -> dict:
             if c is None:  # dropped by the weighting (all-fail or zero-variance groups, rft)
                 continue
             examples += build_examples(rec, tokenizer, index=i, target=cfg.target, max_length=cfg.max_length, weight=c)
-        # 3. optimizer step(s) on the same targets and loss as drift train
-        t0 = time.perf_counter()
+        # 3. optimizer steps on the same targets and loss as drift train: E passes of M minibatches
         # (a round whose every trajectory the weighting dropped takes no step: there is nothing to learn from)
-        stats = [
-            trainer.step(examples, float(len(examples)), loss_fn)
-            for _ in range(cfg.updates_per_round if examples else 0)
-        ]
+        t0 = time.perf_counter()
+        stats = []
+        if examples and clipped:  # the ratio's denominator: the policy that sampled, before any update
+            old, scored = trainer.completion_logprobs(examples)
+            compute["scored_tokens"] += scored
+            for example, values in zip(examples, old):
+                example.old_logp = values
+        for epoch in range(cfg.epochs_per_round if examples else 0):
+            size = math.ceil(len(examples) / cfg.minibatches)
+            for idx in plan_batches(len(examples), size, seed=cfg.seed * 7919 + step, epoch=epoch):
+                part = [examples[i] for i in idx]
+                stats.append(trainer.step(part, float(len(part)), loss_fn))
         compute["training_seconds"] += time.perf_counter() - t0
         compute["trained_tokens"] += int(sum(s["tokens"] for s in stats))
+        if ref_model is not None:
+            compute["reference_tokens"] += int(sum(s["tokens"] for s in stats))
         step += 1
         firsts = [r["first_correct_turn"] for r in records]
         entry = {
@@ -221,18 +252,30 @@ def run_rl(cfg) -> dict:
             "updates": len(stats),
             "loss": sum(s["loss"] for s in stats) / len(stats) if stats else None,
             "lr": stats[-1]["lr"] if stats else None,
+            "clipped_share": (
+                sum(s["clipped_tokens"] for s in stats) / max(1.0, sum(s["trained_tokens"] for s in stats))
+                if clipped and stats
+                else None
+            ),
             "kl": (
                 sum(s["kl_sum"] for s in stats) / sum(s["examples"] for s in stats)
                 if ref_model is not None and stats
                 else None
             ),
             **compute,
+            "flops": spent(),
         }
         if trainer.is_main:
             with open(out / "rl_log.jsonl", "a") as f:
                 f.write(json.dumps(entry) + "\n")
         bar.update(1)
         bar.set_postfix(R=f"{entry['mean_return']:.3f}", solved=f"{entry['solved']:.2f}")
+        if step in cfg.snapshot_steps and not (out / "snapshots" / f"round-{step:05d}").exists():
+            snapshot = out / "snapshots" / f"round-{step:05d}"
+            trainer.save_model(snapshot.with_name(snapshot.name + ".tmp"), tokenizer, base_model=path)
+            if trainer.is_main:
+                snapshot.with_name(snapshot.name + ".tmp").rename(snapshot)
+            trainer.barrier()
         if cfg.save_steps and step % cfg.save_steps == 0 and step < cfg.steps:
             trainer.save_checkpoint(out / "checkpoints", step, cfg.save_total_limit, extra={"compute": dict(compute)})
     bar.close()
@@ -241,6 +284,8 @@ def run_rl(cfg) -> dict:
         "algorithm": cfg.algorithm,
         "steps": step,
         "trajectories": step * cfg.prompts_per_step * cfg.group_size,
+        "parameters": parameters,
+        "flops": spent(),
         "verifier_timeouts": verifier.stats.timeouts,
         "verifier_errors": verifier.stats.errors,
         **trainer.describe(),

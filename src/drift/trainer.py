@@ -222,6 +222,32 @@ class Trainer:
         out.update(grad_norm=float(grad_norm) if grad_norm is not None else None, lr=lr)
         return out
 
+    def completion_logprobs(self, examples: list[Example]) -> tuple[list[list[float]], int]:
+        """Log-probabilities of every example's completion tokens under the current model (no
+        gradient, the training step's mixed precision), in order, and the tokens forwarded over all
+        processes. Each process scores examples rank, rank + P, ...; every one gets the whole list."""
+        import torch
+        from accelerate.utils import gather_object
+
+        from drift.losses import completion_logits, token_logprobs
+
+        mine = list(range(self.rank, len(examples), self.processes))
+        scored, tokens, model = [], 0, self.unwrapped()
+        with torch.no_grad(), self.accelerator.autocast():
+            for s in range(0, len(mine), self.opts.micro_batch_size):
+                idx = mine[s : s + self.opts.micro_batch_size]
+                batch = [t.to(self.device) if hasattr(t, "to") else t for t in collate([examples[i] for i in idx], 0)]
+                logp, _ = token_logprobs(completion_logits(model, batch), batch[3])
+                tokens += int(batch[1].sum())
+                for row, i in enumerate(idx):
+                    n = examples[i].n_completion
+                    scored.append((i, logp[row, logp.shape[1] - n :].tolist() if n else []))
+        if self.processes > 1:
+            pieces = gather_object([(scored, tokens)])
+            scored, tokens = [s for p, _ in pieces for s in p], sum(t for _, t in pieces)
+        scored.sort(key=lambda pair: pair[0])
+        return [values for _, values in scored], tokens
+
     def start(self, command: str, cfg, out: Path, log: Path) -> dict:
         """Begin or resume a run in ``out``: with ``cfg.resume``, restore the newest checkpoint and trim
         ``log`` to its step; save the config. Returns the checkpoint's ``{"step": N, ...}`` (step 0 for none).

@@ -1,0 +1,54 @@
+"""What a run cost, machine-independently: tokens through the model, and FLOPs estimated from them.
+
+Every stage counts the tokens it ran through the model (rollout and rl summaries: prefilled and
+generated; train and rl: trained; rl: scored and reference forwards). From them,
+
+    FLOPs ~= 2 N (prefilled + generated + scored + reference) + 6 N trained
+
+with N the number of parameters of the model (tied embeddings counted once): a forward pass costs
+about 2N FLOPs per token and a training step (forward + backward) about 6N (Kaplan et al. 2020,
+"Scaling laws for neural language models", section 2.1). The estimate ignores attention's
+quadratic term (small at these lengths: a few hundred tokens against d_model x layers) and the
+LM head's saving where only the last positions get logits. It is the same formula for every
+method, so the comparison is fair even where the absolute number is a little off; wall seconds
+are reported next to it, and depend on the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+FORWARD, TRAIN = 2, 6  # FLOPs per parameter per token
+
+TOKEN_FIELDS = ("prefilled", "generated", "scored", "reference", "trained")
+
+
+def flops(parameters: int, *, prefilled=0, generated=0, scored=0, reference=0, trained=0) -> float:
+    """``2 N (prefilled + generated + scored + reference) + 6 N trained``.
+
+    >>> flops(100, prefilled=10, generated=5, trained=2)    # 2*100*15 + 6*100*2
+    4200.0
+    """
+    return float(FORWARD * parameters * (prefilled + generated + scored + reference) + TRAIN * parameters * trained)
+
+
+def count_parameters(model_dir: str | Path) -> int:
+    """Parameters stored in a model folder's safetensors files, read from their headers (no weights
+    loaded); a tied LM head is stored once, so it is counted once."""
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no .safetensors file in {model_dir}")
+    total = 0
+    for f in files:
+        with open(f, "rb") as fh:
+            (size,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(size))
+        for name, meta in header.items():
+            if name != "__metadata__":
+                n = 1
+                for d in meta["shape"]:
+                    n *= d
+                total += n
+    return total
