@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[type, str, str]] = {  # in pipeline order, as --help l
     "eval": (C.EvalConfig, "drift.evaluate:run_eval", "multi-turn accuracy of a model (or of records): report.json"),
     "compare": (C.CompareConfig, "drift.compare:run_compare", "compare eval reports: table and plots"),
     "rl": (C.RLConfig, "drift.rl:run_rl", "online multi-turn RL baseline (group-relative PG) or iterated DRIFT"),
+    "study": (C.StudyConfig, "drift.study.run:run_study", "DRIFT against its baselines: seeds, tuning, FLOPs, a table"),
     "view": (C.ViewConfig, "drift.view:run_view", "one HTML page of results, trajectories and weights"),
     "export-trl": (
         C.ExportTRLConfig,

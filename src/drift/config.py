@@ -340,3 +340,19 @@ class RLConfig(OptimizationOptions, GenerationOptions, WeightingOptions):
     kl_coef: float = option(0.0, "weight of the k3 KL penalty to the reference model (0: no reference model)")
     save_steps: int = option(5, "checkpoint every N rounds (0: only the final model)")
     resume: bool = option(False, "continue from the latest checkpoint in --out")
+
+
+@dataclass
+class StudyConfig:
+    """drift study: compare DRIFT with its baselines over seeds, compute-matched, from one YAML file.
+
+    The file (see configs/study/) declares the model, task, seeds, learning-rate grid and methods
+    (base, sft, offline: rollouts + drift weight + drift train, online: drift rl). Learning rates are
+    tuned on a validation split; every method runs at every seed and is evaluated on the test split,
+    online ones at several points up to a multiple of the DRIFT run's FLOPs. Writes table.md,
+    table.json, frontier.png, accuracy_by_turn.png and reports/ into --out. Rerunning continues.
+    """
+
+    study: str = option("", "the study file (YAML)", positional=True)
+    out: str = option("", "study folder (default: runs/study/<name>)", short="-o")
+    dry_run: bool = option(False, "print the units of work, what is done and an estimated time; run nothing")

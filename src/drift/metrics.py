@@ -69,6 +69,31 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     return lo, hi
 
 
+# Student's t quantile t_{0.975, df}, df = 1..10 (beyond: 1.96 at df > 30, else the df=10 value)
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
+
+
+def seed_interval(values: Sequence[float]) -> tuple[float, float, float] | None:
+    """Mean and 95% t-interval of a quantity measured once per seed: ``mean ± t_{0.975, S-1} s / sqrt(S)``
+    (s the sample standard deviation over the S seeds). It is wider than a per-episode interval: it
+    holds the variation between runs (sampling of rollouts, training order), not only of test problems.
+    ``None`` for no value; for one seed the interval is the mean alone (nothing is known of the spread).
+
+    >>> seed_interval([0.4, 0.5, 0.6])     # s = 0.1, t_{0.975,2} = 4.303: 0.5 ± 0.2484
+    (0.5, 0.2516, 0.7484)
+    """
+    if not values:
+        return None
+    n = len(values)
+    mean = sum(values) / n
+    if n == 1:
+        return mean, mean, mean
+    s = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    t = _T975[n - 2] if n - 1 <= len(_T975) else (1.96 if n - 1 > 30 else _T975[-1])
+    half = t * s / math.sqrt(n)
+    return round(mean, 6), round(mean - half, 4), round(mean + half, 4)
+
+
 def unbiased_pass_at_k(n: int, c: int, k: int) -> float:
     """Chance that at least one of k samples, drawn without replacement from n with c correct,
     is correct: ``1 - C(n-c, k) / C(n, k)`` (Chen et al. 2021, "Evaluating Large Language

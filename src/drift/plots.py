@@ -1,4 +1,4 @@
-"""Figures: accuracy by turn, multi@k per method, weight histograms (PNG).
+"""Figures: accuracy by turn, multi@k per method, weight histograms, accuracy against compute (PNG).
 
 matplotlib is imported inside each function (it is an optional dependency) and used through
 its object interface on the Agg canvas: no pyplot, so plotting never changes the backend or
@@ -161,4 +161,50 @@ def plot_weights(returns: Sequence[float], weights: Sequence[float], path: str |
         ax.set_title(f"{title} (n={len(values)})")
         ax.grid(axis="y", alpha=0.3)
         ax.set_axisbelow(True)
+    _save(fig, path)
+
+
+def plot_frontier(rows: Sequence[Mapping], methods: Sequence[str], max_turns: int, path: str | Path) -> None:
+    """Accuracy against compute (drift study): multi@T over estimated FLOPs (log x), one line per
+    method through the mean over seeds at each point of its runs (online runs: one point per
+    evaluated round), with a band from the lowest to the highest seed; a method with one point per
+    seed is a marker with that range as an error bar; a method that spent nothing (base) is a
+    dashed horizontal line. ``rows``: drift.study.results rows (``method``, ``round``, ``flops``,
+    ``multi_at_T``)."""
+    fig, ax = _figure(7.2, 4.6)
+    top = 0.0
+    for i, name in enumerate(methods):
+        mine = [r for r in rows if r["method"] == name]
+        color = f"C{i % 10}"
+        if all(r["flops"] == 0 for r in mine):
+            mean = sum(r["multi_at_T"] for r in mine) / len(mine)
+            ax.axhline(mean, color=color, linestyle="--", linewidth=1.5, label=f"{name} (no training)")
+            top = max(top, mean)
+            continue
+        by_round: dict = {}
+        for r in mine:
+            by_round.setdefault(r["round"], []).append(r)
+        xs, ys, lo, hi = [], [], [], []
+        for group in sorted(by_round.values(), key=lambda g: sum(r["flops"] for r in g)):
+            acc = [r["multi_at_T"] for r in group]
+            xs.append(sum(r["flops"] for r in group) / len(group))
+            ys.append(sum(acc) / len(acc))
+            lo.append(min(acc))
+            hi.append(max(acc))
+        top = max(top, *hi)
+        seeds = len({r["seed"] for r in mine})
+        if len(xs) == 1:
+            ax.errorbar(xs, ys, yerr=[[ys[0] - lo[0]], [hi[0] - ys[0]]], fmt="o", color=color, capsize=4,
+                        markersize=7, label=f"{name} ({seeds} seeds)")  # fmt: skip
+        else:
+            ax.plot(xs, ys, marker="o", color=color, linewidth=2, label=f"{name} ({seeds} seeds)")
+            ax.fill_between(xs, lo, hi, color=color, alpha=0.15, linewidth=0)
+    ax.set_xscale("log")
+    _percent_axis(ax, top)
+    ax.set_xlabel("compute spent (estimated FLOPs: 2N per forwarded token, 6N per trained token)")
+    ax.set_ylabel(f"solved within {max_turns} turns (multi@{max_turns})")
+    ax.set_title("Accuracy against compute (mean over seeds; band / bars: lowest to highest seed)")
+    ax.grid(axis="x", which="both", alpha=0.2)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="best", fontsize="small")
     _save(fig, path)

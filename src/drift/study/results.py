@@ -1,0 +1,222 @@
+"""A study's results, read back from its reports only: ``table.json``, ``table.md``, figures.
+
+Nothing here runs a model: every number comes from ``reports/**/report.json`` (each holds its
+evaluation and, under ``study``, the method, seed, learning rate, round and compute of its point),
+so the table always equals what the reports say and can be rebuilt at any time.
+
+- ``table.json``: one row per evaluated point (``method``, ``seed``, ``round``, ``multi_at_T``,
+  ``multi_at`` (1..T), ``correction_rate``, ``unique_answer_ratio``, ``flops``, the compute,
+  ``report``: the report's path relative to the study folder), the per-method ``summary`` of
+  final points, and ``match``: the compute at which each online method first reaches the budget
+  method's multi@T, per seed and on the mean over seeds.
+- ``table.md``: the summary as a table, and the match.
+- ``frontier.png`` (multi@T against FLOPs, log x, a band over seeds), ``accuracy_by_turn.png``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from drift.metrics import seed_interval, wilson_interval
+from drift.outputs import write_json
+from drift.study.spec import StudySpec
+
+
+def read_rows(out: Path, max_turns: int) -> list[dict]:
+    """One row per report under ``out/reports``, in a stable order (method, seed, flops)."""
+    rows = []
+    for path in sorted((out / "reports").rglob("report.json")):
+        report = json.loads(path.read_text())
+        meta, acc = report["study"], report["cumulative_accuracy"]
+        rows.append(
+            {
+                "method": meta["method"],
+                "kind": meta["kind"],
+                "seed": meta["seed"],
+                "lr": meta["lr"],
+                "lr_from": meta["lr_from"],
+                "round": meta["round"],
+                "n": report["n"],
+                "multi_at_T": acc[str(max_turns)],
+                "multi_at": {t: acc[str(t)] for t in map(str, range(1, max_turns + 1))},
+                "correction_rate": report.get("correction_rate_overall"),
+                "unique_answer_ratio": report.get("unique_answer_ratio"),
+                "flops": meta["compute"]["flops"],
+                "compute": meta["compute"],
+                "report": path.relative_to(out).as_posix(),
+            }
+        )
+    rows.sort(key=lambda r: (r["method"], -1 if r["seed"] is None else r["seed"], r["flops"]))
+    return rows
+
+
+def final_rows(rows: list[dict], method: str) -> list[dict]:
+    """The last point (most compute) of each seed of ``method``."""
+    last: dict = {}
+    for r in rows:
+        if r["method"] == method and (r["seed"] not in last or r["flops"] >= last[r["seed"]]["flops"]):
+            last[r["seed"]] = r
+    return [last[s] for s in sorted(last, key=lambda s: -1 if s is None else s)]
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def summarize_method(rows: list[dict], method: str, max_turns: int) -> dict:
+    finals = final_rows(rows, method)
+    solved = sum(round(r["multi_at_T"] * r["n"]) for r in finals)
+    episodes = sum(r["n"] for r in finals)
+    return {
+        "method": method,
+        "seeds": [r["seed"] for r in finals],
+        "lr": finals[0]["lr"],
+        "lr_from": finals[0]["lr_from"],
+        "multi_at": {t: _mean(r["multi_at"][t] for r in finals) for t in map(str, range(1, max_turns + 1))},
+        "multi_at_T_seed_ci": seed_interval([r["multi_at_T"] for r in finals]),
+        "multi_at_T_pooled_ci": [round(x, 4) for x in wilson_interval(solved, episodes)],
+        "correction_rate": _mean(r["correction_rate"] for r in finals),
+        "unique_answer_ratio": _mean(r["unique_answer_ratio"] for r in finals),
+        "flops": _mean(r["flops"] for r in finals),
+        "sampling_seconds": _mean(r["compute"]["sampling_seconds"] for r in finals),
+        "training_seconds": _mean(r["compute"]["training_seconds"] for r in finals),
+    }
+
+
+def first_match(curve: list, target: float) -> float | None:
+    """The least compute at which a curve of ``(flops, accuracy)`` reaches ``target``; ``None`` if never.
+
+    >>> first_match([(1.0, 0.2), (2.0, 0.5), (4.0, 0.4)], 0.45)
+    2.0
+    >>> first_match([(1.0, 0.2)], 0.45) is None
+    True
+    """
+    return next((f for f, acc in sorted(curve) if acc >= target), None)
+
+
+def match_table(rows: list[dict], spec: StudySpec) -> list[dict]:
+    """For every online method: the FLOPs at which it first reaches the budget method's multi@T, per
+    seed (against that seed's budget run) and on the curves averaged over seeds (by round)."""
+    ref = {r["seed"]: r for r in final_rows(rows, spec.budget_method)}
+    out = []
+    for m in spec.method_specs():
+        if m.kind != "online":
+            continue
+        mine = [r for r in rows if r["method"] == m.name]
+        per_seed = {}
+        for seed in sorted({r["seed"] for r in mine}):
+            if seed not in ref:
+                continue
+            curve = [(r["flops"], r["multi_at_T"]) for r in mine if r["seed"] == seed]
+            hit = first_match(curve, ref[seed]["multi_at_T"])
+            per_seed[str(seed)] = {
+                "target": ref[seed]["multi_at_T"],
+                "target_flops": ref[seed]["flops"],
+                "flops": hit,
+                "ratio": None if hit is None else round(hit / ref[seed]["flops"], 3),
+                "budget_ratio": round(max(f for f, _ in curve) / ref[seed]["flops"], 3),
+            }
+        seeds = [int(s) for s in per_seed]
+        # the rounds every seed evaluated (snapshots; the last round only where the seeds agree on it)
+        rounds = (
+            sorted(set.intersection(*[{r["round"] for r in mine if r["seed"] == s} for s in seeds])) if seeds else []
+        )
+        mean_curve = [
+            (
+                _mean(r["flops"] for r in mine if r["round"] == k and r["seed"] in seeds),
+                _mean(r["multi_at_T"] for r in mine if r["round"] == k and r["seed"] in seeds),
+            )
+            for k in rounds
+        ]
+        target = _mean(ref[int(s)]["multi_at_T"] for s in per_seed) if per_seed else None
+        target_flops = _mean(ref[int(s)]["flops"] for s in per_seed) if per_seed else None
+        hit = first_match(mean_curve, target) if target is not None else None
+        out.append(
+            {
+                "method": m.name,
+                "against": spec.budget_method,
+                "per_seed": per_seed,
+                "mean": {
+                    "target": target,
+                    "target_flops": target_flops,
+                    "flops": hit,
+                    "ratio": None if hit is None or not target_flops else round(hit / target_flops, 3),
+                },
+            }
+        )
+    return out
+
+
+def _fmt(x, digits: int = 3) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, float) and (abs(x) >= 1e5):
+        return f"{x:.2e}"
+    return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
+
+
+def _row(cells) -> str:
+    return "| " + " | ".join(map(str, cells)) + " |\n"
+
+
+def markdown(spec: StudySpec, summary: list[dict], match: list[dict], tuning: dict) -> str:
+    T = spec.max_turns
+    head = ["method", "lr (tries)", "seeds", *[f"multi@{t}" for t in range(1, T + 1)],
+            f"multi@{T} 95% CI (seeds)", f"multi@{T} 95% CI (pooled episodes)", "correction rate",
+            "unique ratio", "FLOPs", "sampling s", "training s"]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for s in summary:
+        ci = s["multi_at_T_seed_ci"]
+        if s["lr"] is None:
+            lr = "–"
+        elif s["lr_from"]:
+            lr = f"{s['lr']:g} (from {s['lr_from']})"
+        else:
+            lr = f"{s['lr']:g} ({tuning.get(s['method'], {}).get('tries', '?')})"
+        cells = [s["method"], lr, str(len(s["seeds"])), *[_fmt(s["multi_at"][str(t)]) for t in range(1, T + 1)],
+                 f"[{ci[1]:.3f}, {ci[2]:.3f}]" if ci else "–", "[{:.3f}, {:.3f}]".format(*s["multi_at_T_pooled_ci"]),
+                 _fmt(s["correction_rate"]), _fmt(s["unique_answer_ratio"]), _fmt(s["flops"]),
+                 _fmt(s["sampling_seconds"], 0), _fmt(s["training_seconds"], 0)]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    text = (
+        f"# Study {spec.name}: {spec.model} on {spec.task} {spec.task_options}, T = {T}\n\n" + "\n".join(lines) + "\n"
+    )
+    for m in match:
+        text += f"\n## When does {m['method']} reach {m['against']}'s multi@{T}?\n\n"
+        text += _row(
+            ["seed", "target multi@T", "target FLOPs", "reached at FLOPs", "x target FLOPs", "run's FLOPs x target"]
+        )
+        text += "|---|---|---|---|---|---|\n"
+        for seed, v in [*m["per_seed"].items(), ("mean curve", {**m["mean"], "budget_ratio": None})]:
+            reached = _fmt(v["flops"]) if v["flops"] else "not reached"
+            cells = [seed, _fmt(v["target"]), _fmt(v["target_flops"]), reached, _fmt(v["ratio"], 2)]
+            text += _row([*cells, _fmt(v["budget_ratio"], 2)])
+    return text
+
+
+def write_results(out: Path, spec: StudySpec) -> dict:
+    """Build ``table.json``, ``table.md`` and the figures from the reports in ``out``; return the table."""
+    from drift.plots import plot_cumulative_accuracy, plot_frontier
+
+    rows = read_rows(out, spec.max_turns)
+    methods = [m.name for m in spec.method_specs() if any(r["method"] == m.name for r in rows)]
+    summary = [summarize_method(rows, m, spec.max_turns) for m in methods]
+    match = match_table(rows, spec)
+    tuning = json.loads((out / "tuning.json").read_text()) if (out / "tuning.json").exists() else {}
+    table = {
+        "study": spec.name,
+        "max_turns": spec.max_turns,
+        "rows": rows,
+        "summary": summary,
+        "match": match,
+        "tuning": tuning,
+    }
+    write_json(out / "table.json", table)
+    (out / "table.md").write_text(markdown(spec, summary, match, tuning))
+    plot_frontier(rows, methods, spec.max_turns, out / "frontier.png")
+    by_turn = {s["method"]: {"cumulative_accuracy": s["multi_at"]} for s in summary}  # means over seeds
+    plot_cumulative_accuracy(by_turn, out / "accuracy_by_turn.png")
+    print((out / "table.md").read_text())
+    return table

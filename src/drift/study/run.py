@@ -1,0 +1,262 @@
+"""``drift study``: tune, run and evaluate every method of a study file, then write its table.
+
+Order of work (every unit is skipped when its output exists, so rerunning the same command after a
+kill continues; models are deleted once every evaluation that needs them is written):
+
+1. the reference policy (``work/reference``: drift demo's format warm-up), evaluated on the test split;
+2. tuning: for every method that is tuned, one run per learning rate of ``lr_grid`` at
+   ``tuning_seed``, its final model evaluated on the *validation* split; the best multi@T wins
+   (ties: the first in the grid); offline methods first, as online budgets are set by one of them;
+3. every method at its chosen learning rate and every seed (the tuning seed's run is the tuning
+   run itself), each point evaluated on the *test* split: ``reports/<method>/seed-<s>/<point>/report.json``
+   with the compute that point cost;
+4. ``table.json``, ``table.md`` and the figures (drift.study.results).
+
+Folders in ``--out``: ``study.yaml`` (the resolved study), ``tuning.json``, ``reports/``, the
+table and figures, and ``work/`` (rollouts, run folders, evaluation records: large, not for git).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import yaml
+
+from drift import DriftError
+from drift import config as C
+from drift.study.methods import KINDS, Point
+from drift.study.spec import MethodSpec, StudySpec, load_spec
+
+
+def log(message: str) -> None:
+    print(f"[study {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def _tag(point: Point) -> str:
+    return "final" if point.round is None else f"round-{point.round:05d}"
+
+
+class Study:
+    """The shared pieces of one study: its reference policy, rollouts, runs and evaluations."""
+
+    def __init__(self, spec: StudySpec, out: Path):
+        self.spec, self.out, self.work = spec, out, out / "work"
+        self._reference: str | None = None
+        self._parameters: int | None = None
+        self.tuning: dict = json.loads((out / "tuning.json").read_text()) if (out / "tuning.json").exists() else {}
+
+    # -- shared pieces ---------------------------------------------------------------------
+
+    def reference(self) -> str:
+        """The model every method starts from: drift demo's format warm-up of ``model`` (or the
+        model itself with ``warmup_prompts: 0``)."""
+        if self._reference is None:
+            from drift.demo import format_warmup
+
+            spec = self.spec
+            if spec.warmup_prompts == 0:
+                self._reference = spec.model
+            else:
+                preset = {"warmup_prompts": spec.warmup_prompts, "warmup_lr": spec.warmup_lr}
+                preset.update(
+                    batch_size=spec.train.get("batch_size", 16), micro_batch_size=spec.train.get("micro_batch_size", 8)
+                )
+                self._reference = format_warmup(self.work / "reference", {**spec.shared(), "seed": 0}, preset, 0, {})
+        return self._reference
+
+    def parameters(self) -> int:
+        if self._parameters is None:
+            from drift.compute import count_parameters
+            from drift.models import resolve_model
+
+            self._parameters = count_parameters(resolve_model(self.reference()))
+        return self._parameters
+
+    def rollouts(self, seed: int, turns: int) -> tuple[Path, dict]:
+        """K trajectories per training problem from the reference policy (shared by every offline
+        method with these turns and seed), and their summary."""
+        from drift.rollout import run_rollout
+
+        path = self.work / "rollouts" / f"seed{seed}-turns{turns}.jsonl"
+        summary = path.with_suffix(".summary.json")
+        if not summary.exists():
+            log(f"rollouts: seed {seed}, {turns} turns")
+            run_rollout(
+                C.RolloutConfig(
+                    **{**self.spec.shared(), "max_turns": turns, "model": self.reference()},
+                    num_prompts=self.spec.train_prompts,
+                    split="train",
+                    n=self.spec.k,
+                    temperature=self.spec.rollout_temperature,
+                    seed=seed,
+                    out=str(path),
+                    resume=True,
+                )
+            )
+        return path, json.loads(summary.read_text())
+
+    def budget(self, seed: int) -> float:
+        """The FLOPs of the budget method's run at ``seed`` (at its chosen learning rate)."""
+        method = self.spec.method(self.spec.budget_method)
+        return self.points(method, seed, self.lr(method))[-1].compute["flops"]
+
+    # -- runs ------------------------------------------------------------------------------
+
+    def folder(self, method: MethodSpec, seed: int, lr: float | None) -> Path:
+        return self.work / "runs" / method.name / (f"seed{seed}" + (f"-lr{lr:g}" if lr is not None else ""))
+
+    def points(self, method: MethodSpec, seed: int, lr: float | None) -> list[Point]:
+        """Run ``method`` at ``seed`` and ``lr`` (or read the run's ``points.json``): its points."""
+        folder = self.folder(method, seed, lr)
+        done = folder / "points.json"
+        if done.exists():
+            return [Point(**p) for p in json.loads(done.read_text())]
+        log(f"{method.name}: seed {seed}, lr {lr}")
+        folder.mkdir(parents=True, exist_ok=True)
+        points = KINDS[method.kind](self, method, seed, lr, folder)
+        done.write_text(json.dumps([p.__dict__ for p in points], indent=1) + "\n")
+        return points
+
+    def prune(self, method: MethodSpec, seed: int, lr: float | None) -> None:
+        """Delete a finished run's models and checkpoints (its reports and logs stay)."""
+        folder = self.folder(method, seed, lr)
+        for sub in ("train/model", "train/checkpoints", "rl/model", "rl/snapshots", "rl/checkpoints"):
+            shutil.rmtree(folder / sub, ignore_errors=True)
+
+    def evaluate(self, point: Point, split: str, folder: Path) -> dict:
+        """Greedy T-turn evaluation of a point on ``split`` (the same problems for every point)."""
+        from drift.evaluate import run_eval
+
+        if not (folder / "report.json").exists():
+            if not Path(point.model).exists() and point.model != self.spec.model:
+                raise DriftError(f"{point.model} is gone but {folder / 'report.json'} was never written")
+            run_eval(
+                C.EvalConfig(
+                    **{**self.spec.shared(), "model": point.model},
+                    split=split,
+                    num_prompts=self.spec.test_prompts if split == "test" else self.spec.validation_prompts,
+                    seed=0,
+                    out=str(folder),
+                    resume=True,
+                )
+            )
+        return json.loads((folder / "report.json").read_text())
+
+    # -- tuning ----------------------------------------------------------------------------
+
+    def lr(self, method: MethodSpec) -> float | None:
+        """The method's learning rate: none for base, its source's for ``lr_from``, else tuned."""
+        if method.kind == "base":
+            return None
+        source = self.spec.method(method.lr_from) if method.lr_from else method
+        if source.name not in self.tuning:
+            self.tune(source)
+        return self.tuning[source.name]["chosen_lr"]
+
+    def tune(self, method: MethodSpec) -> None:
+        """One run per learning rate of the grid at the tuning seed, scored on the validation split."""
+        seed, turns = self.spec.tuning_seed, str(self.spec.max_turns)
+        scores = {}
+        for lr in self.spec.lr_grid:
+            final = self.points(method, seed, lr)[-1]
+            report = self.evaluate(final, "validation", self.folder(method, seed, lr) / "eval" / "validation")
+            scores[f"{lr:g}"] = report["cumulative_accuracy"][turns]
+        best = max(self.spec.lr_grid, key=lambda lr: (scores[f"{lr:g}"], -self.spec.lr_grid.index(lr)))
+        self.tuning[method.name] = {
+            "validation_multi_at_T": scores,
+            "chosen_lr": best,
+            "tries": len(self.spec.lr_grid),
+            "seed": seed,
+            "split": "validation",
+            "prompts": self.spec.validation_prompts,
+        }
+        (self.out / "tuning.json").write_text(json.dumps(self.tuning, indent=2) + "\n")
+        log(f"{method.name}: lr {best:g} chosen on validation ({scores})")
+        for lr in self.spec.lr_grid:
+            if lr != best:
+                self.prune(method, seed, lr)
+
+    # -- the test points -------------------------------------------------------------------
+
+    def report_path(self, method: MethodSpec, seed: int | None, point: Point) -> Path:
+        if method.kind == "base":
+            return self.out / "reports" / method.name / "report.json"
+        return self.out / "reports" / method.name / f"seed-{seed}" / _tag(point) / "report.json"
+
+    def test_points(self, method: MethodSpec, seed: int) -> list[Path]:
+        """Every point of ``method`` at ``seed`` evaluated on the test split; the reports' paths."""
+        lr = self.lr(method)
+        points = self.points(method, seed, lr)
+        paths = []
+        for point in points:
+            path = self.report_path(method, seed, point)
+            if not path.exists():
+                eval_dir = self.folder(method, seed, lr) / "eval" / f"test-{_tag(point)}"
+                if method.kind == "base":
+                    eval_dir = self.work / "base-eval"
+                report = self.evaluate(point, "test", eval_dir)
+                report["study"] = {
+                    "method": method.name,
+                    "kind": method.kind,
+                    "seed": None if method.kind == "base" else seed,
+                    "lr": lr,
+                    "lr_from": method.lr_from,
+                    "round": point.round,
+                    "compute": point.compute,
+                    "parameters": self.parameters(),
+                }
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(report, indent=2) + "\n")
+            paths.append(path)
+        if method.kind != "base":
+            self.prune(method, seed, lr)
+        return paths
+
+
+def check_same_study(saved: Path, spec: StudySpec) -> None:
+    """A study folder continues only the same study: the shared setting unchanged, and every method
+    it already has defined as before. Methods may be added (or left out) between runs."""
+    if not saved.exists():
+        return
+    before = yaml.safe_load(saved.read_text())
+    now = dict(spec.__dict__)
+    changed = [k for k in now if k != "methods" and before.get(k) != now[k]]
+    old = {m["name"]: m for m in before["methods"]}
+    changed += [f"method {m['name']}" for m in now["methods"] if m["name"] in old and old[m["name"]] != m]
+    if changed:
+        raise DriftError(
+            f"{saved.parent} holds a study that differs in {', '.join(changed)}; use another --out "
+            "(methods may be added to a study, but not changed)"
+        )
+
+
+def ordered(spec: StudySpec) -> list[MethodSpec]:
+    """Base first, then the methods that set budgets (sft, offline), then online ones."""
+    rank = {"base": 0, "sft": 1, "offline": 1, "online": 2}
+    return sorted(spec.method_specs(), key=lambda m: rank[m.kind])
+
+
+def run_study(cfg) -> dict:
+    """``drift study``: run (or with ``--dry-run`` only plan) the study; return the table."""
+    from drift.study.plan import print_plan
+    from drift.study.results import write_results
+
+    if not cfg.study:
+        raise DriftError("no study file given (drift study CONFIG.yaml --out DIR)")
+    spec = load_spec(cfg.study)
+    out = Path(cfg.out or Path("runs") / "study" / spec.name)
+    if cfg.dry_run:
+        return print_plan(spec, out)
+    out.mkdir(parents=True, exist_ok=True)
+    check_same_study(out / "study.yaml", spec)
+    (out / "study.yaml").write_text(yaml.safe_dump(spec.__dict__, sort_keys=False))
+    study = Study(spec, out)
+    start = time.perf_counter()
+    for method in ordered(spec):
+        for seed in spec.seeds if method.kind != "base" else spec.seeds[:1]:
+            study.test_points(method, seed)
+    log(f"all runs done ({time.perf_counter() - start:.0f} s this time)")
+    return write_results(out, spec)

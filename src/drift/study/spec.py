@@ -1,0 +1,165 @@
+"""A study's YAML file: the setting every method shares, and the methods compared.
+
+A method is an entry ``{name, kind, ...}``; ``kind`` names a row of drift.study.methods.KINDS:
+
+- ``base``     the reference policy itself (no training)
+- ``sft``      SFT on the gold answers of the training problems, one turn
+- ``offline``  rollouts of the reference policy (``turns``), ``drift weight`` with ``weight:`` options
+               (scheme drift, rft, sft, ... and beta, gamma, all_fail, ...), ``drift train``
+- ``online``   ``drift rl`` with ``rl:`` options (algorithm grpo, drift = iterated DRIFT, trl-grpo),
+               run until ``budget_multiple`` x the FLOPs of ``budget_method`` at the same seed and
+               evaluated at the rounds in ``snapshot_rounds`` on the way
+
+``train:`` / ``rl:`` override the study's shared ``train`` / ``rl`` options (drift train's and drift
+rl's own option names). The learning rate is tuned for each method over ``lr_grid`` on the
+validation split at ``tuning_seed``, except for a method with ``lr_from: OTHER`` (a variant that
+takes OTHER's choice and says so in the table) and ``base``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from drift import DriftError
+from drift import config as C
+from drift.options import _check_choice, _coerce, load_yaml
+
+KIND_NAMES = ("base", "sft", "offline", "online")
+
+
+@dataclass
+class MethodSpec:
+    name: str
+    kind: str
+    turns: int | None = None  # offline: rollout turns (none: the study's max_turns)
+    weight: dict = field(default_factory=dict)  # offline: drift weight options
+    train: dict = field(default_factory=dict)  # sft, offline: drift train options over the study's
+    rl: dict = field(default_factory=dict)  # online: drift rl options over the study's
+    lr_from: str | None = None  # take this method's tuned learning rate instead of tuning
+
+
+@dataclass
+class StudySpec:
+    """The study file's fields; every one has a default but ``methods``."""
+
+    methods: list[dict]
+    name: str = "study"
+    model: str = "smollm2-135m"
+    task: str = "arithmetic"
+    task_options: dict = field(default_factory=dict)
+    max_turns: int = 5
+    answer_mode: str = "lenient"
+    max_new_tokens: int = 24
+    dtype: str = "auto"
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    warmup_prompts: int = 128  # the format warm-up of drift demo (0: the model as is is the reference)
+    warmup_lr: float = 5e-5
+    train_prompts: int = 64
+    k: int = 8  # trajectories per prompt of the offline rollouts
+    rollout_temperature: float = 1.0
+    test_prompts: int = 200
+    validation_prompts: int = 100
+    lr_grid: list[float] = field(default_factory=lambda: [1e-5, 2e-5, 5e-5])
+    tuning_seed: int = 0
+    train: dict = field(default_factory=dict)  # drift train options of every sft / offline method
+    rl: dict = field(default_factory=dict)  # drift rl options of every online method
+    budget_method: str = "drift"  # the run whose FLOPs set the online methods' budget (same seed)
+    budget_multiple: float = 4.0
+    snapshot_rounds: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64, 128])
+    max_rounds: int = 256  # an online run also stops here, whatever its budget
+
+    def shared(self) -> dict:
+        """Options every stage of every method takes alike."""
+        return dict(
+            model=self.model,
+            task=self.task,
+            task_options=self.task_options,
+            max_turns=self.max_turns,
+            answer_mode=self.answer_mode,
+            max_new_tokens=self.max_new_tokens,
+            dtype=self.dtype,
+        )
+
+    def method(self, name: str) -> MethodSpec:
+        return next(MethodSpec(**m) for m in self.methods if m["name"] == name)
+
+    def method_specs(self) -> list[MethodSpec]:
+        return [MethodSpec(**m) for m in self.methods]
+
+
+_FIXED = {  # options the study sets itself for every run: a method cannot change them
+    "train": {"input", "out", "model", "seed", "resume", "lr", "dtype"},
+    "rl": {"out", "model", "seed", "resume", "lr", "max_flops", "snapshot_steps", "steps", "split", "num_prompts"}
+    | set(StudySpec.__dataclass_fields__) & {f.name for f in dataclasses.fields(C.GenerationOptions)},
+    "weight": {"input", "out", "to_format", "plot"},
+}
+_TARGETS = {"train": C.TrainConfig, "rl": C.RLConfig, "weight": C.WeightConfig}
+
+
+def _check_options(section: str, values: dict, where: str) -> None:
+    """Options of drift train / rl / weight, checked like a config file's (types, choices, names)."""
+    cls = _TARGETS[section]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key, value in values.items():
+        at = f"{where}: {section}.{key}"
+        if key not in fields:
+            raise DriftError(f"{at} is not an option of drift {section}")
+        if key in _FIXED[section]:
+            raise DriftError(f"{at} is set by the study for every run; it cannot be changed per method")
+        _check_choice(_coerce(value, hints[key], at), fields[key], DriftError, at)
+
+
+def _method_lines(path: Path) -> list[int]:
+    """The line of each entry of ``methods:`` (for error messages)."""
+    node = yaml.compose(path.read_text())
+    for key, value in node.value:
+        if key.value == "methods" and isinstance(value, yaml.SequenceNode):
+            return [item.start_mark.line + 1 for item in value.value]
+    return []
+
+
+def load_spec(path: str | Path) -> StudySpec:
+    """Read and check a study file; every error names the file, the line and the field."""
+    path = Path(path)
+    values = load_yaml(path, StudySpec)
+    if "methods" not in values or not values["methods"]:
+        raise DriftError(f"{path}: a study needs a non-empty 'methods:' list")
+    spec = StudySpec(**values)
+    for section in ("train", "rl"):
+        _check_options(section, getattr(spec, section), f"{path}: {section}")
+    lines = _method_lines(path)
+    names: list[str] = []
+    method_fields = {f.name for f in dataclasses.fields(MethodSpec)}
+    for i, entry in enumerate(spec.methods):
+        where = f"{path}:{lines[i] if i < len(lines) else '?'}: method {i + 1}"
+        if not isinstance(entry, dict) or "name" not in entry or "kind" not in entry:
+            raise DriftError(f"{where} must be a mapping with at least 'name' and 'kind'")
+        unknown = set(entry) - method_fields
+        if unknown:
+            known = sorted(method_fields)
+            raise DriftError(f"{where} ({entry['name']}): unknown field(s) {sorted(unknown)}; known: {known}")
+        if entry["kind"] not in KIND_NAMES:
+            kinds = ", ".join(KIND_NAMES)
+            raise DriftError(f"{where} ({entry['name']}): kind must be one of {kinds}, got {entry['kind']!r}")
+        if entry["name"] in names:
+            raise DriftError(f"{where}: the name {entry['name']!r} is used twice")
+        names.append(entry["name"])
+        for section in ("weight", "train", "rl"):
+            _check_options(section, entry.get(section) or {}, f"{where} ({entry['name']})")
+    for m in spec.method_specs():
+        if m.lr_from is not None and (m.lr_from not in names or spec.method(m.lr_from).lr_from is not None):
+            raise DriftError(f"{path}: method {m.name}: lr_from must name a method that is tuned, got {m.lr_from!r}")
+    online = [m for m in spec.method_specs() if m.kind == "online"]
+    if online and spec.budget_method not in names:
+        raise DriftError(f"{path}: budget_method {spec.budget_method!r} is not one of the methods ({', '.join(names)})")
+    if online and spec.method(spec.budget_method).kind not in ("offline", "sft"):
+        raise DriftError(f"{path}: budget_method must be an offline method, got {spec.budget_method!r}")
+    if spec.tuning_seed not in spec.seeds:
+        raise DriftError(f"{path}: tuning_seed {spec.tuning_seed} must be one of the seeds {spec.seeds}")
+    return spec

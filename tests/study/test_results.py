@@ -1,0 +1,64 @@
+"""The study table from hand-built reports: rows, seed means and intervals, and the match."""
+
+import json
+
+import pytest
+
+from drift.study.results import read_rows, write_results
+from drift.study.spec import StudySpec
+
+
+def _report(out, method, kind, seed, rnd, acc, flops, n=10):
+    tag = "final" if rnd is None else f"round-{rnd:05d}"
+    path = out / "reports" / method / (f"seed-{seed}" if seed is not None else "") / (tag if seed is not None else "")
+    path.mkdir(parents=True, exist_ok=True)
+    report = {
+        "n": n,
+        "cumulative_accuracy": {"1": acc[0], "2": acc[1]},
+        "correction_rate_overall": 0.1,
+        "unique_answer_ratio": 0.9,
+        "study": {"method": method, "kind": kind, "seed": seed, "lr": 1e-5 if kind != "base" else None,
+                  "lr_from": None, "round": rnd,
+                  "compute": {"flops": flops, "sampling_seconds": 1.0, "training_seconds": 2.0}},
+    }  # fmt: skip
+    (path / "report.json").write_text(json.dumps(report))
+
+
+def test_table_means_intervals_and_the_compute_at_which_rl_matches(tmp_path):
+    spec = StudySpec(
+        methods=[{"name": "base", "kind": "base"}, {"name": "drift", "kind": "offline"},
+                 {"name": "rl", "kind": "online"}],
+        max_turns=2, seeds=[0, 1], budget_method="drift",
+    )  # fmt: skip
+    _report(tmp_path, "base", "base", None, None, (0.1, 0.2), 0.0)
+    _report(tmp_path, "drift", "offline", 0, None, (0.3, 0.5), 100.0)
+    _report(tmp_path, "drift", "offline", 1, None, (0.3, 0.7), 110.0)
+    # rl seed 0 reaches 0.5 at its round 2 (200 FLOPs); seed 1 never reaches 0.7
+    for seed, curve in ((0, [(1, 0.3, 50.0), (2, 0.5, 200.0), (3, 0.6, 400.0)]),
+                        (1, [(1, 0.2, 60.0), (2, 0.4, 210.0), (3, 0.6, 420.0)])):  # fmt: skip
+        for rnd, acc, flops in curve:
+            _report(tmp_path, "rl", "online", seed, rnd, (acc - 0.1, acc), flops)
+    (tmp_path / "tuning.json").write_text(json.dumps({"drift": {"tries": 3}, "rl": {"tries": 3}}))
+    table = write_results(tmp_path, spec)
+    assert len(table["rows"]) == 1 + 2 + 6 == len(read_rows(tmp_path, 2))
+    drift = next(s for s in table["summary"] if s["method"] == "drift")
+    assert drift["multi_at"]["2"] == pytest.approx(0.6) and drift["flops"] == pytest.approx(105.0)
+    # mean 0.6, s = 0.1414, t(0.975, 1) = 12.706: 0.6 +- 1.2706
+    assert drift["multi_at_T_seed_ci"] == pytest.approx([0.6, 0.6 - 1.2706, 0.6 + 1.2706], abs=1e-3)
+    # pooled: 12 solved of 20 episodes
+    from drift.metrics import wilson_interval
+
+    assert drift["multi_at_T_pooled_ci"] == pytest.approx(list(wilson_interval(12, 20)), abs=1e-4)
+    rl = next(s for s in table["summary"] if s["method"] == "rl")
+    assert rl["multi_at"]["2"] == pytest.approx(0.6) and rl["flops"] == pytest.approx(410.0)  # the last rounds
+    (match,) = table["match"]
+    assert match["per_seed"]["0"]["flops"] == 200.0 and match["per_seed"]["0"]["ratio"] == 2.0
+    assert match["per_seed"]["1"]["flops"] is None and match["per_seed"]["1"]["budget_ratio"] == pytest.approx(
+        420 / 110, abs=1e-3
+    )
+    # mean curve: rounds (55, 0.25), (205, 0.45), (410, 0.6) against the mean target 0.6 at 105 FLOPs
+    assert match["mean"]["flops"] == pytest.approx(410.0) and match["mean"]["ratio"] == pytest.approx(
+        410 / 105, abs=1e-3
+    )
+    md = (tmp_path / "table.md").read_text()
+    assert "| drift | 1e-05 (3) | 2 | 0.300 | 0.600 |" in md and "not reached" in md

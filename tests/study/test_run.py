@@ -1,0 +1,120 @@
+"""drift study end to end on the tiny random model: tuning on validation, seeds, online curves up
+to a FLOP budget, resume, and a table that equals what the reports say."""
+
+import itertools
+import json
+
+import pytest
+
+from drift.cli import main
+
+TINY_STUDY = """
+name: tiny
+model: {model}
+task: arithmetic
+task_options: {{digits: 1, ops: "+"}}
+max_turns: 2
+max_new_tokens: 4
+dtype: float32
+seeds: [0, 1]
+warmup_prompts: 0
+train_prompts: 4
+k: 2
+test_prompts: 4
+validation_prompts: 3
+lr_grid: [1.0e-3, 1.0e-2]
+train: {{epochs: 1, batch_size: 4, micro_batch_size: 4}}
+rl: {{prompts_per_step: 2, group_size: 2, lr_scheduler: constant, save_steps: 1}}
+budget_method: drift
+budget_multiple: 6
+snapshot_rounds: [1, 2]
+max_rounds: 6
+methods:
+  - {{name: base, kind: base}}
+  - {{name: sft, kind: sft}}
+  - {{name: drift, kind: offline, weight: {{all_fail: keep}}}}
+  - {{name: drift-beta1, kind: offline, weight: {{beta: 1.0}}, lr_from: drift}}
+  - {{name: grpo, kind: online, rl: {{algorithm: grpo, epochs_per_round: 2, minibatches: 2}}}}
+  - {{name: iterated-drift, kind: online, rl: {{algorithm: drift}}}}
+"""
+
+
+@pytest.fixture
+def study_file(tmp_path, tiny_model):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY_STUDY.format(model=tiny_model))
+    return path
+
+
+def test_a_tiny_study_end_to_end(tmp_path, study_file, monkeypatch, capsys):
+    from drift.study import methods
+
+    out = tmp_path / "study"
+    # the dry run plans without running anything
+    assert main(["study", str(study_file), "--out", str(out), "--dry-run"]) == 0
+    assert "estimated time left" in capsys.readouterr().out and not out.exists()
+
+    # a crash in the first online run; the rerun continues and does not redo finished runs
+    real = methods.KINDS["online"]
+
+    def crash(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(methods.KINDS, "online", crash)
+    assert main(["study", str(study_file), "--out", str(out)]) == 130
+    finished = {p: p.stat().st_mtime_ns for p in (out / "work" / "runs").rglob("points.json")}
+    assert finished and not (out / "table.json").exists()
+    monkeypatch.setitem(methods.KINDS, "online", real)
+    assert main(["study", str(study_file), "--out", str(out)]) == 0
+    assert all(p.stat().st_mtime_ns == t for p, t in finished.items()), "finished runs were redone"
+
+    table = json.loads((out / "table.json").read_text())
+    rows = table["rows"]
+    # every row is exactly what its report says
+    reports = sorted((out / "reports").rglob("report.json"))
+    assert len(rows) == len(reports) and {r["report"] for r in rows} == {p.relative_to(out).as_posix() for p in reports}
+    for row in rows:
+        report = json.loads((out / row["report"]).read_text())
+        assert row["multi_at_T"] == report["cumulative_accuracy"]["2"]
+        assert row["flops"] == report["study"]["compute"]["flops"]
+        assert (row["method"], row["seed"], row["round"]) == tuple(
+            report["study"][k] for k in ("method", "seed", "round")
+        )
+        assert report["n"] == 4 and report["config"]["split"] == "test"
+    # every method at every seed (base once: one deterministic evaluation of the reference policy)
+    seeds = {m: sorted({r["seed"] for r in rows if r["method"] == m}, key=str) for m in {r["method"] for r in rows}}
+    assert seeds == {"base": [None], **{m: [0, 1] for m in ("sft", "drift", "drift-beta1", "grpo", "iterated-drift")}}
+    # tuning: the same grid for every tuned method, on validation, at the tuning seed; variants inherit
+    tuning = json.loads((out / "tuning.json").read_text())
+    assert set(tuning) == {"sft", "drift", "grpo", "iterated-drift"}
+    assert all(
+        t["tries"] == 2 and t["chosen_lr"] in (1e-3, 1e-2) and t["split"] == "validation" for t in tuning.values()
+    )
+    beta1 = [r for r in rows if r["method"] == "drift-beta1"]
+    assert all(r["lr"] == tuning["drift"]["chosen_lr"] and r["lr_from"] == "drift" for r in beta1)
+    validation = json.loads(
+        next((out / "work" / "runs" / "grpo").glob("seed0-*/eval/validation/report.json")).read_text()
+    )
+    assert validation["config"]["split"] == "validation" and validation["n"] == 3
+    # online runs are curves that go on to at least budget_multiple x the budget run's FLOPs
+    for method in ("grpo", "iterated-drift"):
+        for seed in (0, 1):
+            curve = sorted((r["round"], r["flops"]) for r in rows if r["method"] == method and r["seed"] == seed)
+            assert [c[0] for c in curve][:2] == [1, 2] and len(curve) >= 3
+            assert all(a[1] < b[1] for a, b in itertools.pairwise(curve))
+            budget = next(r["flops"] for r in rows if r["method"] == "drift" and r["seed"] == seed)
+            assert curve[-1][1] >= 6 * budget or curve[-1][0] == 6
+    assert all(r["flops"] > 0 for r in rows if r["method"] != "base")
+    sft = next(r for r in rows if r["method"] == "sft")
+    assert sft["compute"]["generated_tokens"] == 0 and sft["compute"]["trained_tokens"] > 0
+    # the summary is the mean of the final points; the match table covers every online method
+    drift_summary = next(s for s in table["summary"] if s["method"] == "drift")
+    finals = [r["multi_at_T"] for r in rows if r["method"] == "drift"]
+    assert drift_summary["multi_at"]["2"] == pytest.approx(sum(finals) / 2)
+    assert [m["method"] for m in table["match"]] == ["grpo", "iterated-drift"]
+    assert (out / "frontier.png").stat().st_size > 0 and (out / "accuracy_by_turn.png").stat().st_size > 0
+    assert "| drift |" in (out / "table.md").read_text()
+    # models are deleted once evaluated; rerunning rebuilds the same table from the reports
+    assert not list((out / "work" / "runs").rglob("model.safetensors"))
+    assert main(["study", str(study_file), "--out", str(out)]) == 0
+    assert json.loads((out / "table.json").read_text()) == table

@@ -1,0 +1,65 @@
+"""Study files: what is checked, and where errors point."""
+
+import pytest
+
+from drift import DriftError
+from drift.study.spec import load_spec
+
+GOOD = """name: s
+seeds: [0, 1]
+methods:
+  - {name: base, kind: base}
+  - {name: drift, kind: offline, weight: {all_fail: drop}}
+  - name: rl
+    kind: online
+    rl: {algorithm: grpo, epochs_per_round: 2}
+"""
+
+
+def test_a_good_file_loads(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(GOOD)
+    spec = load_spec(path)
+    assert [m.name for m in spec.method_specs()] == ["base", "drift", "rl"] and spec.method("rl").rl[
+        "epochs_per_round"
+    ] == 2
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (("kind: online", "kind: onlin"), ":6: method 3 (rl): kind must be one of"),
+        (("all_fail: drop", "all_fail: maybe"), ":5: method 2 (drift): weight.all_fail must be one of"),
+        (("epochs_per_round: 2", "epochs_per_round: two"), ":6: method 3 (rl): rl.epochs_per_round must be int"),
+        (("epochs_per_round: 2", "lr: 0.1"), "rl.lr is set by the study for every run"),
+        (("epochs_per_round: 2", "nonsense: 1"), "rl.nonsense is not an option of drift rl"),
+        (("seeds: [0, 1]", "seeds: [1, 2]"), "tuning_seed 0 must be one of the seeds"),
+        (("{name: base, kind: base}", "{name: drift, kind: base}"), "the name 'drift' is used twice"),
+        (("name: s", "nmae: s"), ":1: key 'nmae' is not an option"),
+    ],
+)
+def test_errors_name_the_file_line_and_field(tmp_path, change, message):
+    path = tmp_path / "s.yaml"
+    path.write_text(GOOD.replace(*change))
+    with pytest.raises(DriftError) as err:
+        load_spec(path)
+    assert str(path) in str(err.value) and message in str(err.value)
+
+
+def test_a_study_folder_takes_new_methods_but_not_changes(tmp_path):
+    from drift.study.run import check_same_study
+
+    path = tmp_path / "s.yaml"
+    path.write_text(GOOD)
+    saved = tmp_path / "study.yaml"
+    import yaml
+
+    saved.write_text(yaml.safe_dump(load_spec(path).__dict__))
+    path.write_text(GOOD + "  - {name: sft, kind: sft}\n")
+    check_same_study(saved, load_spec(path))  # a method added: fine
+    path.write_text(GOOD.replace("all_fail: drop", "all_fail: keep"))
+    with pytest.raises(DriftError, match="differs in method drift"):
+        check_same_study(saved, load_spec(path))
+    path.write_text(GOOD.replace("seeds: [0, 1]", "seeds: [0, 1, 2]"))
+    with pytest.raises(DriftError, match="differs in seeds"):
+        check_same_study(saved, load_spec(path))
