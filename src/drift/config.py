@@ -312,13 +312,18 @@ class RLConfig(OptimizationOptions, GenerationOptions, WeightingOptions):
     --minibatches optimizer steps on the last assistant turn (the same target, reduction and
     optimizer step as drift train); with more than one update per round, PPO's clipped ratio to the
     sampling policy. --algorithm
-    drift uses DRIFT weights on the fresh samples instead (iterated DRIFT). Compute is counted in
+    drift uses DRIFT weights on the fresh samples instead (iterated DRIFT); --algorithm trl-grpo runs
+    TRL's GRPOTrainer instead of this loop (single-turn, the external baseline). Compute is counted in
     rl_summary.json. Several processes (DDP): torchrun / accelerate launch -m drift.cli rl ...; each
     process samples its share of the round's prompts.
     """
 
     out: str = option("", "run folder: model/, checkpoints/, rl_log.jsonl, rl_summary.json", short="-o")
-    algorithm: Literal["grpo", "drift"] = option("grpo", "grpo: group-relative policy gradient; drift: iterated DRIFT")
+    algorithm: Literal["grpo", "drift", "trl-grpo"] = option(
+        "grpo",
+        "grpo: group-relative policy gradient; drift: iterated DRIFT; trl-grpo: TRL's own GRPOTrainer on the "
+        "same model, prompts and verifier (single-turn: --max-turns 1; drift.trl_grpo)",
+    )
     steps: int = option(20, "rounds of sample -> score -> update")
     prompts_per_step: int = option(8, "B: prompts sampled per round")
     group_size: int = option(8, "G: trajectories per prompt per round")

@@ -131,6 +131,10 @@ def _sample_round(
 
 def run_rl(cfg) -> dict:
     """``drift rl``: online rounds of sample -> score -> step; returns the summary with compute."""
+    if cfg.algorithm == "trl-grpo":  # TRL's own trainer, not this loop (drift.trl_grpo)
+        from drift.trl_grpo import run_trl_grpo
+
+        return run_trl_grpo(cfg)
     import torch
     from tqdm.auto import tqdm
 
