@@ -36,6 +36,7 @@ methods:
   - {{name: drift-beta1, kind: offline, weight: {{beta: 1.0}}, lr_from: drift}}
   - {{name: grpo, kind: online, rl: {{algorithm: grpo, epochs_per_round: 2, minibatches: 2}}}}
   - {{name: iterated-drift, kind: online, rl: {{algorithm: drift}}}}
+  - {{name: trl-grpo, kind: online, turns: 1, rl: {{algorithm: trl-grpo}}}}
 """
 
 
@@ -83,10 +84,13 @@ def test_a_tiny_study_end_to_end(tmp_path, study_file, monkeypatch, capsys):
         assert report["n"] == 4 and report["config"]["split"] == "test"
     # every method at every seed (base once: one deterministic evaluation of the reference policy)
     seeds = {m: sorted({r["seed"] for r in rows if r["method"] == m}, key=str) for m in {r["method"] for r in rows}}
-    assert seeds == {"base": [None], **{m: [0, 1] for m in ("sft", "drift", "drift-beta1", "grpo", "iterated-drift")}}
+    assert seeds == {
+        "base": [None],
+        **{m: [0, 1] for m in ("sft", "drift", "drift-beta1", "grpo", "iterated-drift", "trl-grpo")},
+    }
     # tuning: the same grid for every tuned method, on validation, at the tuning seed; variants inherit
     tuning = json.loads((out / "tuning.json").read_text())
-    assert set(tuning) == {"sft", "drift", "grpo", "iterated-drift"}
+    assert set(tuning) == {"sft", "drift", "grpo", "iterated-drift", "trl-grpo"}
     assert all(
         t["tries"] == 2 and t["chosen_lr"] in (1e-3, 1e-2) and t["split"] == "validation" for t in tuning.values()
     )
@@ -111,7 +115,14 @@ def test_a_tiny_study_end_to_end(tmp_path, study_file, monkeypatch, capsys):
     drift_summary = next(s for s in table["summary"] if s["method"] == "drift")
     finals = [r["multi_at_T"] for r in rows if r["method"] == "drift"]
     assert drift_summary["multi_at"]["2"] == pytest.approx(sum(finals) / 2)
-    assert [m["method"] for m in table["match"]] == ["grpo", "iterated-drift"]
+    assert [m["method"] for m in table["match"]] == ["grpo", "iterated-drift", "trl-grpo"]
+    # trl-grpo trains single-turn episodes; it is evaluated on T turns like every method
+    trl_runs = sorted((out / "work" / "runs" / "trl-grpo").glob("seed*/rl/rl_summary.json"))
+    assert len(trl_runs) == 3  # two learning rates at the tuning seed, the chosen one at seed 1
+    for path in trl_runs:
+        assert json.loads(path.read_text())["algorithm"] == "trl-grpo"
+        assert "max_turns: 1\n" in (path.parent / "config.yaml").read_text()
+    assert next(r for r in rows if r["method"] == "trl-grpo")["n"] == 4
     assert (out / "frontier.png").stat().st_size > 0 and (out / "accuracy_by_turn.png").stat().st_size > 0
     assert "| drift |" in (out / "table.md").read_text()
     # models are deleted once evaluated; rerunning rebuilds the same table from the reports

@@ -15,6 +15,7 @@ evaluation is the same for every point and is charged to none.
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,9 +142,18 @@ def run_online(study, method: MethodSpec, seed: int, lr: float, folder: Path) ->
 
     spec, out = study.spec, folder / "rl"
     if not (out / "rl_summary.json").exists():
+        options = {**spec.rl, **method.rl}
+        if options.get("algorithm") == "trl-grpo" and out.exists():
+            shutil.rmtree(out)  # TRL's runs keep no checkpoints: an interrupted one starts over
         run_rl(
             C.RLConfig(
-                **{**spec.shared(), **spec.rl, **method.rl, "model": study.reference()},
+                **{
+                    k: v
+                    for k, v in {**spec.shared(), **spec.rl, **method.rl}.items()
+                    if k not in ("model", "max_turns")
+                },
+                model=study.reference(),
+                max_turns=method.turns or spec.max_turns,
                 out=str(out),
                 lr=lr,
                 seed=seed,

@@ -9,8 +9,9 @@ kill continues; models are deleted once every evaluation that needs them is writ
    (ties: the first in the grid); offline methods first, as online budgets are set by one of them;
 3. every method at its chosen learning rate and every seed (the tuning seed's run is the tuning
    run itself), each point evaluated on the *test* split: ``reports/<method>/seed-<s>/<point>/report.json``
-   with the compute that point cost;
-4. ``table.json``, ``table.md`` and the figures (drift.study.results).
+   with the compute that point cost. Seed by seed (the tuning seed first): after each pass the
+   table holds one more seed of every method;
+4. ``table.json``, ``table.md`` and the figures (drift.study.results), after every pass.
 
 Folders in ``--out``: ``study.yaml`` (the resolved study), ``tuning.json``, ``reports/``, the
 table and figures, and ``work/`` (rollouts, run folders, evaluation records: large, not for git).
@@ -234,9 +235,9 @@ def check_same_study(saved: Path, spec: StudySpec) -> None:
 
 
 def ordered(spec: StudySpec) -> list[MethodSpec]:
-    """Base first, then the methods that set budgets (sft, offline), then online ones."""
-    rank = {"base": 0, "sft": 1, "offline": 1, "online": 2}
-    return sorted(spec.method_specs(), key=lambda m: rank[m.kind])
+    """Base first, then the method that sets the online budgets, then the others in file order."""
+    rank = {"base": 0}
+    return sorted(spec.method_specs(), key=lambda m: 1 if m.name == spec.budget_method else rank.get(m.kind, 2))
 
 
 def run_study(cfg) -> dict:
@@ -255,8 +256,11 @@ def run_study(cfg) -> dict:
     (out / "study.yaml").write_text(yaml.safe_dump(spec.__dict__, sort_keys=False))
     study = Study(spec, out)
     start = time.perf_counter()
-    for method in ordered(spec):
-        for seed in spec.seeds if method.kind != "base" else spec.seeds[:1]:
-            study.test_points(method, seed)
+    # seed by seed: after the first pass (which also tunes), every method has one seed in the table
+    for seed in [spec.tuning_seed] + [s for s in spec.seeds if s != spec.tuning_seed]:
+        for method in ordered(spec):
+            if method.kind != "base" or seed == spec.tuning_seed:
+                study.test_points(method, seed)
+        write_results(out, spec)
     log(f"all runs done ({time.perf_counter() - start:.0f} s this time)")
     return write_results(out, spec)

@@ -36,7 +36,7 @@ KIND_NAMES = ("base", "sft", "offline", "online")
 class MethodSpec:
     name: str
     kind: str
-    turns: int | None = None  # offline: rollout turns (none: the study's max_turns)
+    turns: int | None = None  # offline, online: turns of the training episodes (none: the study's max_turns)
     weight: dict = field(default_factory=dict)  # offline: drift weight options
     train: dict = field(default_factory=dict)  # sft, offline: drift train options over the study's
     rl: dict = field(default_factory=dict)  # online: drift rl options over the study's
