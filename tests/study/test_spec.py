@@ -63,3 +63,12 @@ def test_a_study_folder_takes_new_methods_but_not_changes(tmp_path):
     path.write_text(GOOD.replace("seeds: [0, 1]", "seeds: [0, 1, 2]"))
     with pytest.raises(DriftError, match="differs in seeds"):
         check_same_study(saved, load_spec(path))
+
+
+@pytest.mark.parametrize("name", ["addition", "mixed", "paper_table"])
+def test_the_shipped_study_files_load(name):
+    from pathlib import Path
+
+    spec = load_spec(Path(__file__).parents[2] / "configs" / "study" / f"{name}.yaml")
+    kinds = {m.kind for m in spec.method_specs()}
+    assert {"base", "offline", "online"} <= kinds and spec.budget_method in [m.name for m in spec.method_specs()]
