@@ -139,6 +139,8 @@ def test_drift_rl_moves_the_policy_counts_compute_and_resumes(tmp_path, tiny_mod
         "sgd",
         "--max-grad-norm",
         "0",
+        "--snapshot-steps",
+        "2",
     ]
     assert main(args) == 0
     summary = json.loads((out / "rl_summary.json").read_text())
@@ -161,8 +163,10 @@ def test_drift_rl_moves_the_policy_counts_compute_and_resumes(tmp_path, tiny_mod
     shutil.rmtree(crashed / "model")
     shutil.rmtree(crashed / "checkpoints" / "step-0000002", ignore_errors=True)
     (crashed / "rl_summary.json").unlink()
+    (crashed / "snapshots" / "round-00002" / "stale").write_text("from the run that died")  # round 2 is redone
     args[args.index(str(out))] = str(crashed)
     assert main(args + ["--resume"]) == 0
+    assert not (crashed / "snapshots" / "round-00002" / "stale").exists()
     assert [json.loads(line)["step"] for line in (crashed / "rl_log.jsonl").read_text().splitlines()] == [1, 2]
     b = AutoModelForCausalLM.from_pretrained(crashed / "model").state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)

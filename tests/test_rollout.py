@@ -262,3 +262,11 @@ def test_sigkill_of_a_real_rollout_then_resume(tmp_path, tiny_model):
     assert main(["rollout", *flags, "-o", str(clean)]) == 0
     assert killed.read_bytes() == clean.read_bytes()
     assert clean.read_bytes().startswith(partial[: partial.rfind(b"\n") + 1])  # the killed process wrote the same
+    # the resumed summary counts the whole run's compute, the killed part included
+    resumed = json.loads((killed.parent / "r.summary.json").read_text())
+    whole = json.loads((clean.parent / "r.summary.json").read_text())
+    assert resumed["new_trajectories"] < whole["new_trajectories"]
+    if resumed["uncounted_chunks"] == 0:  # else the kill fell between a chunk's records and its counters
+        assert resumed["tokens_generated"] == whole["tokens_generated"] > 0
+        # prefill: what the backend ran; a restart starts with an empty prefix cache, so never less
+        assert resumed["tokens_prefilled"] >= whole["tokens_prefilled"]

@@ -188,6 +188,9 @@ def test_resume_continues_bit_for_bit(tmp_path, tiny_model):
     resumed = params(train(tmp_path, "crashed", data, tiny_model, resume=True, **options))
     for k in full:
         assert torch.equal(full[k], resumed[k]), k
+    # and its summary counts the whole run's tokens, the 3 steps before the crash included
+    a, b = (json.loads((tmp_path / name / "train_summary.json").read_text()) for name in ("full", "crashed"))
+    assert b["tokens"] == a["tokens"] > 0 and b["trained_tokens"] == a["trained_tokens"] > 0
 
 
 def test_lora_trains_only_adapters_and_merges(tmp_path, tiny_model):

@@ -1,7 +1,8 @@
 """What a run cost, machine-independently: tokens through the model, and FLOPs estimated from them.
 
 Every stage counts the tokens it ran through the model (rollout and rl summaries: prefilled and
-generated; train and rl: trained; rl: scored and reference forwards). From them,
+generated; train and rl: trained, i.e. every prompt and completion token forwarded and
+back-propagated in training, not only the labelled ones; rl: scored and reference forwards). From them,
 
     FLOPs ~= 2 N (prefilled + generated + scored + reference) + 6 N trained
 
@@ -20,6 +21,8 @@ import json
 import struct
 from pathlib import Path
 
+from drift import DriftError
+
 FORWARD, TRAIN = 2, 6  # FLOPs per parameter per token
 
 TOKEN_FIELDS = ("prefilled", "generated", "scored", "reference", "trained")
@@ -34,12 +37,23 @@ def flops(parameters: int, *, prefilled=0, generated=0, scored=0, reference=0, t
     return float(FORWARD * parameters * (prefilled + generated + scored + reference) + TRAIN * parameters * trained)
 
 
+def flops_of(parameters: int, counts: dict) -> float:
+    """:func:`flops` of a counter dict with ``<field>_tokens`` keys (missing ones count 0), the
+    layout of drift rl's summaries and the study's compute.
+
+    >>> flops_of(100, {"prefilled_tokens": 10, "generated_tokens": 5, "trained_tokens": 2, "seconds": 9})
+    4200.0
+    """
+    return flops(parameters, **{f: counts.get(f"{f}_tokens", 0) for f in TOKEN_FIELDS})
+
+
 def count_parameters(model_dir: str | Path) -> int:
     """Parameters stored in a model folder's safetensors files, read from their headers (no weights
-    loaded); a tied LM head is stored once, so it is counted once."""
+    loaded); a tied LM head is stored once, so it is counted once. (A LoRA adapter folder holds the
+    adapter only: pass the merged model.)"""
     files = sorted(Path(model_dir).glob("*.safetensors"))
     if not files:
-        raise FileNotFoundError(f"no .safetensors file in {model_dir}")
+        raise DriftError(f"no .safetensors file in {model_dir}: cannot count the model's parameters")
     total = 0
     for f in files:
         with open(f, "rb") as fh:

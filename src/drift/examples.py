@@ -180,6 +180,10 @@ def collate(examples: list[Example], pad_id: int):
         # logits at positions width-k-1 .. width-2 predict tokens width-k .. width-1
         tail = ([IGNORE] * pad + [IGNORE] * e.n_prompt + e.input_ids[e.n_prompt :])[width - k :]
         labels.append(tail)
+        if e.old_logp is not None and len(e.old_logp) != e.n_completion:
+            raise DriftError(
+                f"example {e.index}: {len(e.old_logp)} old log-probs for {e.n_completion} completion tokens"
+            )
         old.append([0.0] * (k - e.n_completion) + list(e.old_logp or [0.0] * e.n_completion))
     attention = torch.tensor(mask)
     positions = (attention.cumsum(-1) - 1).clamp(min=0)

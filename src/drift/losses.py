@@ -101,7 +101,7 @@ def clipped_surrogate(
     >>> t.tolist(), c.item()              # r = 1: the term is -A
     ([-2.0], 0.0)
     """
-    ratio = (logp - old_logp).exp()
+    ratio = (logp - old_logp).clamp(-20.0, 20.0).exp()  # a log-ratio beyond +-20 is clipped anyway; exp stays finite
     adv = advantages.to(logp.device)[:, None]
     unclipped, clipped = ratio * adv, ratio.clamp(1 - eps, 1 + eps) * adv
     acted = (clipped < unclipped) * mask

@@ -169,8 +169,8 @@ def plot_frontier(rows: Sequence[Mapping], methods: Sequence[str], max_turns: in
     method through the mean over seeds at each point of its runs (online runs: one point per
     evaluated round), with a band from the lowest to the highest seed; a method with one point per
     seed is a marker with that range as an error bar; a method that spent nothing (base) is a
-    dashed horizontal line. ``rows``: drift.study.results rows (``method``, ``round``, ``flops``,
-    ``multi_at_T``)."""
+    dashed horizontal line. ``rows``: drift.study.results rows (``method``, ``point``: the round,
+    or ``"final"`` at each run's end, ``flops``, ``multi_at_T``)."""
     fig, ax = _figure(7.2, 4.6)
     top = 0.0
     for i, name in enumerate(methods):
@@ -181,9 +181,9 @@ def plot_frontier(rows: Sequence[Mapping], methods: Sequence[str], max_turns: in
             ax.axhline(mean, color=color, linestyle="--", linewidth=1.5, label=f"{name} (no training)")
             top = max(top, mean)
             continue
-        by_round: dict = {}
+        by_round: dict = {}  # a point of every seed's run: a snapshot round, or the run's end
         for r in mine:
-            by_round.setdefault(r["round"], []).append(r)
+            by_round.setdefault(r.get("point", r["round"]), []).append(r)
         xs, ys, lo, hi = [], [], [], []
         for group in sorted(by_round.values(), key=lambda g: sum(r["flops"] for r in g)):
             acc = [r["multi_at_T"] for r in group]
@@ -203,8 +203,10 @@ def plot_frontier(rows: Sequence[Mapping], methods: Sequence[str], max_turns: in
     _percent_axis(ax, top)
     ax.set_xlabel("compute spent (estimated FLOPs: 2N per forwarded token, 6N per trained token)")
     ax.set_ylabel(f"solved within {max_turns} turns (multi@{max_turns})")
-    ax.set_title("Accuracy against compute (mean over seeds; band / bars: lowest to highest seed)")
+    ax.set_title("Accuracy against compute")
     ax.grid(axis="x", which="both", alpha=0.2)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="best", fontsize="small")
+        ax.legend(
+            loc="best", fontsize="small", title="mean over seeds; band, bars: lowest to highest", title_fontsize="small"
+        )
     _save(fig, path)

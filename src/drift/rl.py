@@ -44,12 +44,13 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
 import time
 from functools import partial
 from pathlib import Path
 
 from drift import DriftError
-from drift.compute import count_parameters, flops
+from drift.compute import count_parameters, flops_of
 from drift.weighting import compute_returns, compute_weights, group_indices
 
 
@@ -206,10 +207,13 @@ def run_rl(cfg) -> dict:
     )
 
     def spent() -> float:
-        return flops(
-            parameters,
-            **{k: compute[f"{k}_tokens"] for k in ("prefilled", "generated", "scored", "reference", "trained")},
-        )
+        return flops_of(parameters, compute)
+
+    if trainer.is_main:  # snapshots of rounds after the checkpoint are redone, with their rounds
+        for snapshot in (out / "snapshots").glob("round-*"):
+            if snapshot.name.endswith(".tmp") or int(snapshot.name.split("-")[1]) > step:
+                shutil.rmtree(snapshot)
+    trainer.barrier()
 
     while step < cfg.steps and not (cfg.max_flops is not None and spent() >= cfg.max_flops):
         # 1. sample B prompts x G trajectories from the current policy

@@ -9,7 +9,10 @@ Reproducibility: trajectory (prompt_id, traj_id) at turn t is sampled with the s
 ``trajectory_seed(seed, prompt_id, traj_id, turn)``, and chunks are a fixed partition of the
 prompt list. ``--resume`` keeps the complete chunks already on disk (dropping a torn last line
 and a partly written chunk) and regenerates the rest, so kill -9 and resume gives the same file as
-an uninterrupted run.
+an uninterrupted run. The compute counters (tokens generated and prefilled, seconds) are saved
+after every chunk (``<out>.progress.json``), so a resumed run's summary counts the whole run; a
+kill in the instant between a chunk's records and its counters leaves that chunk uncounted, and
+the summary says so (``uncounted_chunks``).
 """
 
 from __future__ import annotations
@@ -126,6 +129,22 @@ def _check_resume_config(cfg, path: Path) -> None:
         )
 
 
+COUNTERS = ("tokens_generated", "tokens_prefilled", "wall_seconds")
+
+
+def _counted(progress: Path, done_chunks: int) -> tuple[dict, int]:
+    """The counters of the ``done_chunks`` chunks already on disk, and how many of them have none."""
+    import json
+
+    zero = dict.fromkeys(COUNTERS, 0.0)
+    if done_chunks == 0 or not progress.exists():
+        return zero, done_chunks
+    saved = json.loads(progress.read_text())
+    if saved["chunks"] > done_chunks:  # the records were cut after the counters: nothing is known
+        return zero, done_chunks
+    return {k: saved[k] for k in COUNTERS}, done_chunks - saved["chunks"]
+
+
 def sample_to_file(cfg, out: Path, *, desc: str = "rollout", generator=None) -> dict:
     """Roll out ``cfg`` into ``out`` (appending chunk by chunk, resuming when ``cfg.resume``).
 
@@ -136,7 +155,7 @@ def sample_to_file(cfg, out: Path, *, desc: str = "rollout", generator=None) -> 
 
     from drift.backends import backend_from_config
     from drift.options import save_config
-    from drift.outputs import sidecar
+    from drift.outputs import sidecar, write_json
     from drift.tasks import load_problems
 
     if out.exists() and not cfg.resume:
@@ -153,6 +172,8 @@ def sample_to_file(cfg, out: Path, *, desc: str = "rollout", generator=None) -> 
     if out.exists():
         _check_resume_config(cfg, config_path)
     done_chunks = _completed(out, chunks, cfg.n) if out.exists() else 0
+    progress = sidecar(out, "progress.json")
+    before, uncounted = _counted(progress, done_chunks)
     make_env, verifier = env_factory(cfg)
     sampling = Sampling(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
     own_generator = generator is None
@@ -173,9 +194,18 @@ def sample_to_file(cfg, out: Path, *, desc: str = "rollout", generator=None) -> 
         desc=desc,
         dynamic_ncols=True,
     )
+
+    def counters() -> dict:
+        now = {
+            "tokens_generated": generator.tokens_generated - tokens0,
+            "tokens_prefilled": generator.tokens_prefilled - prefill0,
+            "wall_seconds": time.perf_counter() - start,
+        }
+        return {k: before[k] + now[k] for k in COUNTERS}
+
     try:
         with open(out, "ab") as f:
-            for chunk in chunks[done_chunks:]:
+            for i, chunk in enumerate(chunks[done_chunks:], start=done_chunks + 1):
                 records = run_episodes(
                     chunk,
                     make_env,
@@ -189,6 +219,7 @@ def sample_to_file(cfg, out: Path, *, desc: str = "rollout", generator=None) -> 
                 f.write(b"".join(dumps(r) for r in records))
                 f.flush()
                 os.fsync(f.fileno())
+                write_json(progress, {"chunks": i - uncounted, **counters()})
                 firsts += [r["first_correct_turn"] for r in records]
                 elapsed = time.perf_counter() - start
                 bar.update(len(chunk))
@@ -201,16 +232,17 @@ def sample_to_file(cfg, out: Path, *, desc: str = "rollout", generator=None) -> 
         bar.close()
         if own_generator:
             generator.close()
-    wall = time.perf_counter() - start
-    tokens = generator.tokens_generated - tokens0
-    prefilled = generator.tokens_prefilled - prefill0
+    total = counters()
+    wall, tokens, prefilled = total["wall_seconds"], int(total["tokens_generated"]), int(total["tokens_prefilled"])
     return {
         "new_trajectories": len(firsts),
         "verifier_calls": verifier.stats.calls,
         "verifier_timeouts": verifier.stats.timeouts,
         "verifier_errors": verifier.stats.errors,
+        # over the whole run, resumed parts included (see the module notes)
         "tokens_generated": tokens,
         "tokens_prefilled": prefilled,  # prompt tokens run through the model (after sharing and cache reuse)
+        "uncounted_chunks": uncounted,
         "prefill_per_generated": round(prefilled / tokens, 3) if tokens else None,
         "dtype": getattr(generator, "dtype", None),
         "wall_seconds": round(wall, 2),

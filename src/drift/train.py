@@ -128,7 +128,8 @@ def run_train(cfg) -> dict:
     total_steps = cfg.max_steps or math.ceil(steps_per_epoch * cfg.epochs)
     trainer.prepare(load_model(path), total_steps, cfg.batch_size)
     log_path = out / "train_log.jsonl"
-    start_step = trainer.start("train", cfg, out, log_path)["step"]
+    state = trainer.start("train", cfg, out, log_path)
+    start_step = state["step"]
     if cfg.report_to != "none":
         trainer.accelerator.init_trackers(
             "drift", config={k: v for k, v in vars(cfg).items() if not isinstance(v, dict)}
@@ -141,8 +142,11 @@ def run_train(cfg) -> dict:
         dynamic_ncols=True,
         disable=not trainer.is_main,
     )
-    t0, tokens, trained_tokens = time.perf_counter(), 0.0, 0.0
-    skipped_examples, skipped_weight, total_weight = 0, 0.0, 0.0
+    # the run's counters so far (a checkpoint carries them: a resumed run's summary counts all of it)
+    done = state.get("counts", {})
+    t0, before = time.perf_counter(), done.get("seconds", 0.0)
+    tokens, trained_tokens = done.get("tokens", 0.0), done.get("trained_tokens", 0.0)
+    skipped_examples, skipped_weight, total_weight = (done.get(k, 0.0) for k in ("skipped", "skipped_weight", "weight"))
     step = start_step
     while step < total_steps:
         epoch = step // steps_per_epoch
@@ -170,7 +174,7 @@ def run_train(cfg) -> dict:
                 "grad_norm": stats["grad_norm"],
                 "lr": stats["lr"],
                 "skipped": len(skipped),
-                "tokens_per_second": tokens / max(elapsed, 1e-9),
+                "tokens_per_second": tokens / max(before + elapsed, 1e-9),
             }
             bar.set_postfix(
                 loss=f"{entry['weighted_loss']:.4f}",
@@ -183,9 +187,12 @@ def run_train(cfg) -> dict:
                 if cfg.report_to != "none":
                     trainer.accelerator.log(entry, step=step)
             if cfg.save_steps and step % cfg.save_steps == 0 and step < total_steps:
-                trainer.save_checkpoint(out / "checkpoints", step, cfg.save_total_limit)
+                counts = {"tokens": tokens, "trained_tokens": trained_tokens, "skipped": skipped_examples,
+                          "skipped_weight": skipped_weight, "weight": total_weight,
+                          "seconds": before + time.perf_counter() - t0}  # fmt: skip
+                trainer.save_checkpoint(out / "checkpoints", step, cfg.save_total_limit, extra={"counts": counts})
     bar.close()
-    wall = time.perf_counter() - t0
+    wall = before + time.perf_counter() - t0
     trainer.save_model(out / "model", tokenizer, base_model=path)
     summary = {
         "steps": step,
@@ -194,7 +201,7 @@ def run_train(cfg) -> dict:
         "wall_seconds": round(wall, 2),
         "tokens": int(tokens),
         "trained_tokens": int(trained_tokens),
-        "skipped_examples": skipped_examples,
+        "skipped_examples": int(skipped_examples),
         "skipped_weight_share": skipped_weight / total_weight if total_weight > 0 else 0.0,
         "tokens_per_second": round(tokens / max(wall, 1e-9), 1),
         "completions": completion_sources(records, tokenizer, cfg.target),

@@ -233,6 +233,7 @@ class Trainer:
 
         mine = list(range(self.rank, len(examples), self.processes))
         scored, tokens, model = [], 0, self.unwrapped()
+        model.eval()  # no dropout (LoRA's included): the ratio's denominator is the policy itself
         with torch.no_grad(), self.accelerator.autocast():
             for s in range(0, len(mine), self.opts.micro_batch_size):
                 idx = mine[s : s + self.opts.micro_batch_size]
@@ -242,6 +243,7 @@ class Trainer:
                 for row, i in enumerate(idx):
                     n = examples[i].n_completion
                     scored.append((i, logp[row, logp.shape[1] - n :].tolist() if n else []))
+        model.train()
         if self.processes > 1:
             pieces = gather_object([(scored, tokens)])
             scored, tokens = [s for p, _ in pieces for s in p], sum(t for _, t in pieces)

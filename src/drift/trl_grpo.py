@@ -77,7 +77,7 @@ from pathlib import Path
 from typing import Any
 
 from drift import DriftError
-from drift.compute import TOKEN_FIELDS, count_parameters, flops
+from drift.compute import TOKEN_FIELDS, count_parameters, flops_of
 
 OPTIMIZERS = {"adamw": "adamw_torch", "sgd": "sgd"}
 """drift's optimizer names -> the transformers Trainer's."""
@@ -158,7 +158,7 @@ class RoundLog:
         self.trainer: Any = None  # set once TRL's trainer exists: reduce over processes, save the policy
 
     def flops(self) -> float:
-        return flops(self.parameters, **{k[: -len("_tokens")]: v for k, v in self.compute.items() if "tokens" in k})
+        return flops_of(self.parameters, self.compute)
 
     def tally(self, returns, records, completion_ids) -> None:
         """From the reward function: the round's returns, answers and sampled ids."""

@@ -1,6 +1,7 @@
 """drift study end to end on the tiny random model: tuning on validation, seeds, online curves up
 to a FLOP budget, resume, and a table that equals what the reports say."""
 
+import dataclasses
 import itertools
 import json
 
@@ -61,7 +62,7 @@ def test_a_tiny_study_end_to_end(tmp_path, study_file, monkeypatch, capsys):
     def crash(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setitem(methods.KINDS, "online", crash)
+    monkeypatch.setitem(methods.KINDS, "online", dataclasses.replace(real, run=crash))
     assert main(["study", str(study_file), "--out", str(out)]) == 130
     finished = {p: p.stat().st_mtime_ns for p in (out / "work" / "runs").rglob("points.json")}
     assert finished and not (out / "table.json").exists()

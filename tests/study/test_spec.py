@@ -7,6 +7,7 @@ from drift.study.spec import load_spec
 
 GOOD = """name: s
 seeds: [0, 1]
+rl: {lr_scheduler: constant}
 methods:
   - {name: base, kind: base}
   - {name: drift, kind: offline, weight: {all_fail: drop}}
@@ -28,14 +29,23 @@ def test_a_good_file_loads(tmp_path):
 @pytest.mark.parametrize(
     "change, message",
     [
-        (("kind: online", "kind: onlin"), ":6: method 3 (rl): kind must be one of"),
-        (("all_fail: drop", "all_fail: maybe"), ":5: method 2 (drift): weight.all_fail must be one of"),
-        (("epochs_per_round: 2", "epochs_per_round: two"), ":6: method 3 (rl): rl.epochs_per_round must be int"),
+        (("kind: online", "kind: onlin"), ":7: method 3 (rl): kind must be one of"),
+        (("all_fail: drop", "all_fail: maybe"), ":6: method 2 (drift): weight.all_fail must be one of"),
+        (("epochs_per_round: 2", "epochs_per_round: two"), ":7: method 3 (rl): rl.epochs_per_round must be int"),
         (("epochs_per_round: 2", "lr: 0.1"), "rl.lr is set by the study for every run"),
         (("epochs_per_round: 2", "nonsense: 1"), "rl.nonsense is not an option of drift rl"),
         (("seeds: [0, 1]", "seeds: [1, 2]"), "tuning_seed 0 must be one of the seeds"),
         (("{name: base, kind: base}", "{name: drift, kind: base}"), "the name 'drift' is used twice"),
         (("name: s", "nmae: s"), ":1: key 'nmae' is not an option"),
+        (("seeds: [0, 1]", "seeds: [0, 1]\nlr_grid: []"), "lr_grid and seeds must not be empty"),
+        (("weight: {all_fail: drop}", "weight: null"), "method 2 (drift): 'weight' must be a mapping"),
+        (("weight: {all_fail: drop}", "lr_from: base"), "lr_from must name a method that is tuned"),
+        (
+            ("algorithm: grpo", "algorithm: trl-grpo"),
+            "trl-grpo trains single-turn episodes; give the method 'turns: 1'",
+        ),
+        (("epochs_per_round: 2", "lr_scheduler: cosine"), "rl.lr_scheduler 'cosine' decays over max_rounds"),
+        (("epochs_per_round: 2", "temperature: 0.7"), "rl.temperature is set by the study"),
     ],
 )
 def test_errors_name_the_file_line_and_field(tmp_path, change, message):
@@ -62,6 +72,21 @@ def test_a_study_folder_takes_new_methods_but_not_changes(tmp_path):
         check_same_study(saved, load_spec(path))
     path.write_text(GOOD.replace("seeds: [0, 1]", "seeds: [0, 1, 2]"))
     with pytest.raises(DriftError, match="differs in seeds"):
+        check_same_study(saved, load_spec(path))
+
+
+def test_a_method_left_out_and_brought_back_changed_is_refused(tmp_path):
+    """The saved study keeps a method the file stopped listing, so it cannot return changed."""
+    from drift.study.run import check_same_study, write_study
+
+    path, saved = tmp_path / "s.yaml", tmp_path / "study.yaml"
+    path.write_text(GOOD)
+    write_study(saved, load_spec(path))
+    path.write_text(GOOD[: GOOD.index("  - name: rl")])
+    check_same_study(saved, load_spec(path))  # left out: fine
+    write_study(saved, load_spec(path))
+    path.write_text(GOOD.replace("epochs_per_round: 2", "epochs_per_round: 3"))
+    with pytest.raises(DriftError, match="differs in method rl"):
         check_same_study(saved, load_spec(path))
 
 

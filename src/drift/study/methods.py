@@ -1,6 +1,6 @@
 """How each kind of method turns the reference policy into models to evaluate, and what it spent.
 
-``KINDS`` maps a method's ``kind`` to a function ``(study, method, seed, lr, folder) -> [Point]``:
+``KINDS`` maps a method's ``kind`` to a :class:`Kind`, whose ``run(study, method, seed, lr, folder) -> [Point]`` gives
 the models to evaluate (one for an offline method, several along an online run) with the compute
 spent to reach each. Every stage it calls writes into ``folder`` and is skipped when its output is
 already there, so a killed study continues where it stopped.
@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from drift import config as C
-from drift.compute import flops
+from drift.compute import flops_of
 from drift.study.spec import MethodSpec
 
 ZERO = {
@@ -46,7 +47,7 @@ class Point:
 
 def with_flops(parameters: int, compute: dict) -> dict:
     out = {**ZERO, **compute}
-    out["flops"] = flops(parameters, **{k[: -len("_tokens")]: out[k] for k in ZERO if k.endswith("_tokens")})
+    out["flops"] = flops_of(parameters, out)
     return out
 
 
@@ -154,6 +155,7 @@ def run_online(study, method: MethodSpec, seed: int, lr: float, folder: Path) ->
                 },
                 model=study.reference(),
                 max_turns=method.turns or spec.max_turns,
+                temperature=spec.rollout_temperature,
                 out=str(out),
                 lr=lr,
                 seed=seed,
@@ -177,4 +179,19 @@ def run_online(study, method: MethodSpec, seed: int, lr: float, folder: Path) ->
     return points
 
 
-KINDS = {"base": run_base, "sft": run_sft, "offline": run_offline, "online": run_online}
+@dataclass(frozen=True)
+class Kind:
+    """A kind of method: how it runs, whether its learning rate is tuned, and whether it runs per
+    seed (base is one deterministic model: evaluated once)."""
+
+    run: Callable[..., list[Point]]
+    tuned: bool = True
+    per_seed: bool = True
+
+
+KINDS = {
+    "base": Kind(run_base, tuned=False, per_seed=False),
+    "sft": Kind(run_sft),
+    "offline": Kind(run_offline),
+    "online": Kind(run_online),
+}

@@ -48,7 +48,28 @@ def read_rows(out: Path, max_turns: int) -> list[dict]:
             }
         )
     rows.sort(key=lambda r: (r["method"], -1 if r["seed"] is None else r["seed"], r["flops"]))
+    last = {(r["method"], r["seed"]): r for r in rows}  # sorted by flops: the last is the run's end
+    for r in rows:
+        r["point"] = "final" if last[(r["method"], r["seed"])] is r else r["round"]
     return rows
+
+
+def mean_curve(rows: list[dict], seeds: list) -> list[tuple[float, float]]:
+    """One method's curve averaged over ``seeds``: ``(mean FLOPs, mean multi@T)`` at every point all
+    of them have: the snapshot rounds, and each run's end (``point = "final"``; each seed's run ends
+    at its own round, where its FLOP budget ran out).
+
+    >>> rows = [{"seed": s, "point": p, "flops": f, "multi_at_T": a} for s, p, f, a in
+    ...         [(0, 1, 10.0, 0.1), (0, "final", 40.0, 0.3), (1, 1, 12.0, 0.3), (1, "final", 44.0, 0.5)]]
+    >>> mean_curve(rows, [0, 1])
+    [(11.0, 0.2), (42.0, 0.4)]
+    """
+    keys = set.intersection(*[{r["point"] for r in rows if r["seed"] == s} for s in seeds]) if seeds else set()
+    curve = []
+    for key in keys:
+        group = [r for r in rows if r["point"] == key and r["seed"] in seeds]
+        curve.append((sum(r["flops"] for r in group) / len(group), sum(r["multi_at_T"] for r in group) / len(group)))
+    return sorted(curve)
 
 
 def final_rows(rows: list[dict], method: str) -> list[dict]:
@@ -98,7 +119,7 @@ def first_match(curve: list, target: float) -> float | None:
 
 def match_table(rows: list[dict], spec: StudySpec) -> list[dict]:
     """For every online method: the FLOPs at which it first reaches the budget method's multi@T, per
-    seed (against that seed's budget run) and on the curves averaged over seeds (by round)."""
+    seed (against that seed's budget run) and on the curve averaged over seeds (:func:`mean_curve`)."""
     ref = {r["seed"]: r for r in final_rows(rows, spec.budget_method)}
     out = []
     for m in spec.method_specs():
@@ -118,21 +139,10 @@ def match_table(rows: list[dict], spec: StudySpec) -> list[dict]:
                 "ratio": None if hit is None else round(hit / ref[seed]["flops"], 3),
                 "budget_ratio": round(max(f for f, _ in curve) / ref[seed]["flops"], 3),
             }
-        seeds = [int(s) for s in per_seed]
-        # the rounds every seed evaluated (snapshots; the last round only where the seeds agree on it)
-        rounds = (
-            sorted(set.intersection(*[{r["round"] for r in mine if r["seed"] == s} for s in seeds])) if seeds else []
-        )
-        mean_curve = [
-            (
-                _mean(r["flops"] for r in mine if r["round"] == k and r["seed"] in seeds),
-                _mean(r["multi_at_T"] for r in mine if r["round"] == k and r["seed"] in seeds),
-            )
-            for k in rounds
-        ]
+        curve = mean_curve(mine, [int(s) for s in per_seed])
         target = _mean(ref[int(s)]["multi_at_T"] for s in per_seed) if per_seed else None
         target_flops = _mean(ref[int(s)]["flops"] for s in per_seed) if per_seed else None
-        hit = first_match(mean_curve, target) if target is not None else None
+        hit = first_match(curve, target) if target is not None else None
         out.append(
             {
                 "method": m.name,

@@ -117,7 +117,7 @@ class Study:
             return [Point(**p) for p in json.loads(done.read_text())]
         log(f"{method.name}: seed {seed}, lr {lr}")
         folder.mkdir(parents=True, exist_ok=True)
-        points = KINDS[method.kind](self, method, seed, lr, folder)
+        points = KINDS[method.kind].run(self, method, seed, lr, folder)
         done.write_text(json.dumps([p.__dict__ for p in points], indent=1) + "\n")
         return points
 
@@ -150,7 +150,7 @@ class Study:
 
     def lr(self, method: MethodSpec) -> float | None:
         """The method's learning rate: none for base, its source's for ``lr_from``, else tuned."""
-        if method.kind == "base":
+        if not KINDS[method.kind].tuned:
             return None
         source = self.spec.method(method.lr_from) if method.lr_from else method
         if source.name not in self.tuning:
@@ -183,7 +183,7 @@ class Study:
     # -- the test points -------------------------------------------------------------------
 
     def report_path(self, method: MethodSpec, seed: int | None, point: Point) -> Path:
-        if method.kind == "base":
+        if not KINDS[method.kind].per_seed:
             return self.out / "reports" / method.name / "report.json"
         return self.out / "reports" / method.name / f"seed-{seed}" / _tag(point) / "report.json"
 
@@ -196,13 +196,11 @@ class Study:
             path = self.report_path(method, seed, point)
             if not path.exists():
                 eval_dir = self.folder(method, seed, lr) / "eval" / f"test-{_tag(point)}"
-                if method.kind == "base":
-                    eval_dir = self.work / "base-eval"
                 report = self.evaluate(point, "test", eval_dir)
                 report["study"] = {
                     "method": method.name,
                     "kind": method.kind,
-                    "seed": None if method.kind == "base" else seed,
+                    "seed": seed if KINDS[method.kind].per_seed else None,
                     "lr": lr,
                     "lr_from": method.lr_from,
                     "round": point.round,
@@ -212,7 +210,7 @@ class Study:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(json.dumps(report, indent=2) + "\n")
             paths.append(path)
-        if method.kind != "base":
+        if KINDS[method.kind].tuned:  # (an untuned kind's model is not the run's own: the reference)
             self.prune(method, seed, lr)
         return paths
 
@@ -234,10 +232,22 @@ def check_same_study(saved: Path, spec: StudySpec) -> None:
         )
 
 
+def write_study(saved: Path, spec: StudySpec) -> None:
+    """Save the resolved study; a method the file no longer lists keeps its last definition, so
+    that it cannot come back changed over its old results."""
+    methods = list(spec.methods)
+    if saved.exists():
+        names = {m["name"] for m in methods}
+        methods += [m for m in yaml.safe_load(saved.read_text())["methods"] if m["name"] not in names]
+    saved.write_text(yaml.safe_dump({**spec.__dict__, "methods": methods}, sort_keys=False))
+
+
 def ordered(spec: StudySpec) -> list[MethodSpec]:
     """Base first, then the method that sets the online budgets, then the others in file order."""
-    rank = {"base": 0}
-    return sorted(spec.method_specs(), key=lambda m: 1 if m.name == spec.budget_method else rank.get(m.kind, 2))
+    return sorted(
+        spec.method_specs(),
+        key=lambda m: 0 if not KINDS[m.kind].per_seed else (1 if m.name == spec.budget_method else 2),
+    )
 
 
 def run_study(cfg) -> dict:
@@ -253,13 +263,13 @@ def run_study(cfg) -> dict:
         return print_plan(spec, out)
     out.mkdir(parents=True, exist_ok=True)
     check_same_study(out / "study.yaml", spec)
-    (out / "study.yaml").write_text(yaml.safe_dump(spec.__dict__, sort_keys=False))
+    write_study(out / "study.yaml", spec)
     study = Study(spec, out)
     start = time.perf_counter()
     # seed by seed: after the first pass (which also tunes), every method has one seed in the table
     for seed in [spec.tuning_seed] + [s for s in spec.seeds if s != spec.tuning_seed]:
         for method in ordered(spec):
-            if method.kind != "base" or seed == spec.tuning_seed:
+            if KINDS[method.kind].per_seed or seed == spec.tuning_seed:
                 study.test_points(method, seed)
         write_results(out, spec)
     log(f"all runs done ({time.perf_counter() - start:.0f} s this time)")

@@ -94,11 +94,16 @@ class StudySpec:
 
 _FIXED = {  # options the study sets itself for every run: a method cannot change them
     "train": {"input", "out", "model", "seed", "resume", "lr", "dtype"},
+    # the environment and sampling of every stage are the study's: what is trained is what is evaluated
     "rl": {"out", "model", "seed", "resume", "lr", "max_flops", "snapshot_steps", "steps", "split", "num_prompts"}
+    | {"source", "protocol", "verifier", "verifier_timeout", "temperature"}
     | set(StudySpec.__dataclass_fields__) & {f.name for f in dataclasses.fields(C.GenerationOptions)},
     "weight": {"input", "out", "to_format", "plot"},
 }
 _TARGETS = {"train": C.TrainConfig, "rl": C.RLConfig, "weight": C.WeightConfig}
+# An online run's schedule spans max_rounds, but the FLOP budget ends it earlier, at a different
+# round for each method: only a schedule that does not decay is the same whatever the end.
+ONLINE_SCHEDULERS = ("constant", "constant_with_warmup")
 
 
 def _check_options(section: str, values: dict, where: str) -> None:
@@ -113,6 +118,19 @@ def _check_options(section: str, values: dict, where: str) -> None:
         if key in _FIXED[section]:
             raise DriftError(f"{at} is set by the study for every run; it cannot be changed per method")
         _check_choice(_coerce(value, hints[key], at), fields[key], DriftError, at)
+
+
+def _check_online(spec: StudySpec, method: MethodSpec, where: str) -> None:
+    """An online method's schedule must not decay (``ONLINE_SCHEDULERS``); TRL's trainer is single-turn."""
+    defaults = {f.name: f.default for f in dataclasses.fields(C.RLConfig)}
+    options = {**defaults, **spec.rl, **method.rl}
+    if options["lr_scheduler"] not in ONLINE_SCHEDULERS:
+        raise DriftError(
+            f"{where}: rl.lr_scheduler {options['lr_scheduler']!r} decays over max_rounds, but the FLOP budget "
+            f"ends each online run at its own round; use one of {', '.join(ONLINE_SCHEDULERS)}"
+        )
+    if options["algorithm"] == "trl-grpo" and (method.turns or spec.max_turns) != 1:
+        raise DriftError(f"{where}: algorithm trl-grpo trains single-turn episodes; give the method 'turns: 1'")
 
 
 def _method_lines(path: Path) -> list[int]:
@@ -130,6 +148,8 @@ def load_spec(path: str | Path) -> StudySpec:
     values = load_yaml(path, StudySpec)
     if "methods" not in values or not values["methods"]:
         raise DriftError(f"{path}: a study needs a non-empty 'methods:' list")
+    if not values.get("lr_grid", [1.0]) or not values.get("seeds", [0]):
+        raise DriftError(f"{path}: lr_grid and seeds must not be empty")
     spec = StudySpec(**values)
     for section in ("train", "rl"):
         _check_options(section, getattr(spec, section), f"{path}: {section}")
@@ -151,9 +171,14 @@ def load_spec(path: str | Path) -> StudySpec:
             raise DriftError(f"{where}: the name {entry['name']!r} is used twice")
         names.append(entry["name"])
         for section in ("weight", "train", "rl"):
-            _check_options(section, entry.get(section) or {}, f"{where} ({entry['name']})")
+            if not isinstance(entry.get(section, {}), dict):
+                raise DriftError(f"{where} ({entry['name']}): '{section}' must be a mapping of options")
+            _check_options(section, entry.get(section, {}), f"{where} ({entry['name']})")
+        if entry["kind"] == "online":
+            _check_online(spec, MethodSpec(**entry), f"{where} ({entry['name']})")
     for m in spec.method_specs():
-        if m.lr_from is not None and (m.lr_from not in names or spec.method(m.lr_from).lr_from is not None):
+        source = spec.method(m.lr_from) if m.lr_from in names else None
+        if m.lr_from is not None and (source is None or source.lr_from is not None or source.kind == "base"):
             raise DriftError(f"{path}: method {m.name}: lr_from must name a method that is tuned, got {m.lr_from!r}")
     online = [m for m in spec.method_specs() if m.kind == "online"]
     if online and spec.budget_method not in names:
