@@ -1,10 +1,12 @@
 """``drift study --dry-run``: the units of work a study will run, what is done, and a time estimate.
 
-The estimate is deliberately rough (a plan, not a promise): token counts are upper bounds from the
-study file (every episode using all its turns and ``max_new_tokens`` per reply), converted to
-seconds at a rate of generated and trained tokens per second. The rates come from the study's own
-finished runs when there are any (``work/runs/**/points.json``), else from ``DEFAULT_RATES``,
-measured on a 2-core CPU (AMD EPYC, AVX512, bfloat16) with SmolLM2-135M; a GPU is far faster.
+The estimate is a plan, not a promise. A kind of unit the study has already finished is estimated
+by the mean wall seconds of its finished units (rollout summaries, the runs' ``points.json``,
+the evaluation reports). A kind not yet measured gets an upper bound: token counts from the study
+file (every episode using all its turns and ``max_new_tokens`` per reply) at ``DEFAULT_RATES``
+tokens per second, measured on a 2-core CPU (AMD EPYC, AVX512, bfloat16) with SmolLM2-135M (a
+GPU is far faster); an online run not yet measured is ``budget_multiple`` times the budget
+method's rollouts and run.
 """
 
 from __future__ import annotations
@@ -19,36 +21,49 @@ PROMPT_TOKENS = 60  # system prompt + question, chat-templated (SmolLM2 on arith
 FEEDBACK_TOKENS = 20  # "Incorrect. Please think again." with its chat markup
 
 
-def measured_rates(out: Path) -> dict | None:
-    """Generated and trained tokens per second over the study's finished runs (none: no run yet)."""
-    sampled = trained = sampling_s = training_s = 0.0
-    for path in (out / "work" / "runs").rglob("points.json") if (out / "work" / "runs").exists() else []:
-        c = json.loads(path.read_text())[-1]["compute"]
-        sampled += c["generated_tokens"]
-        trained += c["trained_tokens"]
-        sampling_s += c["sampling_seconds"]
-        training_s += c["training_seconds"]
-    if sampling_s <= 0 or training_s <= 0:
-        return None
-    return {"generated_per_second": sampled / sampling_s, "trained_per_second": trained / training_s}
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
 
 
-def unit_seconds(spec: StudySpec, rates: dict) -> dict[str, float]:
-    """Estimated seconds of each kind of unit (upper bounds on tokens, see the module notes)."""
-    T, L, gen, tr = spec.max_turns, spec.max_new_tokens, rates["generated_per_second"], rates["trained_per_second"]
+def measured_seconds(spec: StudySpec, out: Path) -> dict[str, float]:
+    """Mean wall seconds of every kind of unit the study has finished."""
+    work, kinds = out / "work", {m.name: m.kind for m in spec.method_specs()}
+    runs: dict[str, list[float]] = {"sft run": [], "offline run": [], "online run": []}
+    for path in (work / "runs").glob("*/*/points.json") if (work / "runs").exists() else []:
+        kind = kinds.get(path.parent.parent.name)
+        if kind in ("sft", "offline", "online"):
+            c = json.loads(path.read_text())[-1]["compute"]  # an offline run's sampling is its rollouts' unit
+            runs[f"{kind} run"].append(c["training_seconds"] + (c["sampling_seconds"] if kind == "online" else 0.0))
+
+    def walls(paths) -> list[float]:
+        return [json.loads(p.read_text())["wall_seconds"] for p in paths]
+
+    found = {
+        **runs,
+        "rollouts": walls(work.glob("rollouts/*.summary.json")) if work.exists() else [],
+        "test eval": walls((out / "reports").rglob("report.json")) if (out / "reports").exists() else [],
+        "validation eval": walls(work.glob("runs/*/*/eval/validation/report.json")) if work.exists() else [],
+    }
+    return {unit: mean for unit, values in found.items() if (mean := _mean(values)) is not None}
+
+
+def unit_seconds(spec: StudySpec, measured: dict[str, float]) -> dict[str, float]:
+    """Estimated seconds of each kind of unit: measured where it can be, else an upper bound."""
+    T, L = spec.max_turns, spec.max_new_tokens
+    gen, tr = DEFAULT_RATES["generated_per_second"], DEFAULT_RATES["trained_per_second"]
     epochs = float(spec.train.get("epochs", 1.0))
     history = PROMPT_TOKENS + T * (L + FEEDBACK_TOKENS)  # the longest trained example
-    rollout = spec.train_prompts * spec.k * T * L / gen
-    offline_train = spec.train_prompts * spec.k * epochs * history / tr
-    return {
+    bound = {
         "warm-up": spec.warmup_prompts * L / gen + spec.warmup_prompts * 2 * (PROMPT_TOKENS + L) / tr,
         "test eval": spec.test_prompts * T * L / gen,
         "validation eval": spec.validation_prompts * T * L / gen,
-        "rollouts": rollout,
+        "rollouts": spec.train_prompts * spec.k * T * L / gen,
         "sft run": spec.train_prompts * epochs * (PROMPT_TOKENS + L) / tr,
-        "offline run": offline_train,
-        "online run": spec.budget_multiple * (rollout + offline_train),
+        "offline run": spec.train_prompts * spec.k * epochs * history / tr,
     }
+    est = {**bound, **measured}
+    est.setdefault("online run", spec.budget_multiple * (est["rollouts"] + est["offline run"]))
+    return est
 
 
 def plan(spec: StudySpec, out: Path) -> list[tuple[str, int, int]]:
@@ -91,9 +106,8 @@ def plan(spec: StudySpec, out: Path) -> list[tuple[str, int, int]]:
 
 def print_plan(spec: StudySpec, out: Path) -> dict:
     """Print the plan and its estimated time; return both."""
-    measured = measured_rates(out)
-    rates = measured or DEFAULT_RATES
-    seconds = unit_seconds(spec, rates)
+    measured = measured_seconds(spec, out)
+    seconds = unit_seconds(spec, measured)
     rows, total = [], 0.0
     for unit, count, done in plan(spec, out):
         left = max(0, count - done)
@@ -103,16 +117,16 @@ def print_plan(spec: StudySpec, out: Path) -> dict:
                 "count": count,
                 "done": min(done, count),
                 "seconds_each": round(seconds[unit]),
+                "measured": unit in measured,
                 "seconds_left": round(left * seconds[unit]),
             }
         )
         total += left * seconds[unit]
-    source = "this study's finished runs" if measured else "drift.study.plan.DEFAULT_RATES (a 2-core CPU)"
     shape = f"{len(spec.method_specs())} methods x {len(spec.seeds)} seeds, lr grid {spec.lr_grid}"
     print(f"study {spec.name}: {shape}, into {out}")
-    print(f"{'unit':<16} {'count':>5} {'done':>5} {'~s each':>8} {'~s left':>8}")
+    print(f"{'unit':<16} {'count':>5} {'done':>5} {'~s each':>8} {'~s left':>8}  estimate from")
     for r in rows:
-        print(f"{r['unit']:<16} {r['count']:>5} {r['done']:>5} {r['seconds_each']:>8} {r['seconds_left']:>8}")
-    speed = f"{rates['generated_per_second']:.0f} generated, {rates['trained_per_second']:.0f} trained tokens/s"
-    print(f"estimated time left: {total / 3600:.1f} h (upper bound; rates from {source}: {speed})")
-    return {"units": rows, "estimated_seconds": round(total), "rates": rates, "rates_from": source}
+        source = "finished units" if r["measured"] else "upper bound"
+        print(f"{r['unit']:<16} {r['count']:>5} {r['done']:>5} {r['seconds_each']:>8} {r['seconds_left']:>8}  {source}")
+    print(f"estimated time left: {total / 3600:.1f} h on this machine")
+    return {"units": rows, "estimated_seconds": round(total)}
