@@ -4,6 +4,7 @@ to a FLOP budget, resume, and a table that equals what the reports say."""
 import dataclasses
 import itertools
 import json
+import shutil
 
 import pytest
 
@@ -64,7 +65,7 @@ def test_a_tiny_study_end_to_end(tmp_path, study_file, monkeypatch, capsys):
 
     monkeypatch.setitem(methods.KINDS, "online", dataclasses.replace(real, run=crash))
     assert main(["study", str(study_file), "--out", str(out)]) == 130
-    finished = {p: p.stat().st_mtime_ns for p in (out / "work" / "runs").rglob("points.json")}
+    finished = {p: p.stat().st_mtime_ns for p in (out / "points").rglob("*.json")}
     assert finished and not (out / "table.json").exists()
     monkeypatch.setitem(methods.KINDS, "online", real)
     assert main(["study", str(study_file), "--out", str(out)]) == 0
@@ -128,5 +129,11 @@ def test_a_tiny_study_end_to_end(tmp_path, study_file, monkeypatch, capsys):
     assert "| drift |" in (out / "table.md").read_text()
     # models are deleted once evaluated; rerunning rebuilds the same table from the reports
     assert not list((out / "work" / "runs").rglob("model.safetensors"))
+    assert main(["study", str(study_file), "--out", str(out)]) == 0
+    assert json.loads((out / "table.json").read_text()) == table
+    # what a repository keeps (no work/) is enough to continue: nothing runs again
+    shutil.rmtree(out / "work")
+    monkeypatch.setitem(methods.KINDS, "online", dataclasses.replace(real, run=crash))
+    monkeypatch.setitem(methods.KINDS, "offline", dataclasses.replace(methods.KINDS["offline"], run=crash))
     assert main(["study", str(study_file), "--out", str(out)]) == 0
     assert json.loads((out / "table.json").read_text()) == table

@@ -1,8 +1,8 @@
 """``drift study --dry-run``: the units of work a study will run, what is done, and a time estimate.
 
 The estimate is a plan, not a promise. A kind of unit the study has already finished is estimated
-by the mean wall seconds of its finished units (rollout summaries, the runs' ``points.json``,
-the evaluation reports). A kind not yet measured gets an upper bound: token counts from the study
+by the mean wall seconds of its finished units (rollout summaries, the runs' ``points/``, the
+evaluation reports). A kind not yet measured gets an upper bound: token counts from the study
 file (every episode using all its turns and ``max_new_tokens`` per reply) at ``DEFAULT_RATES``
 tokens per second, measured on a 2-core CPU (AMD EPYC, AVX512, bfloat16) with SmolLM2-135M (a
 GPU is far faster); an online run not yet measured is ``budget_multiple`` times the budget
@@ -29,8 +29,8 @@ def measured_seconds(spec: StudySpec, out: Path) -> dict[str, float]:
     """Mean wall seconds of every kind of unit the study has finished."""
     work, kinds = out / "work", {m.name: m.kind for m in spec.method_specs()}
     runs: dict[str, list[float]] = {"sft run": [], "offline run": [], "online run": []}
-    for path in (work / "runs").glob("*/*/points.json") if (work / "runs").exists() else []:
-        kind = kinds.get(path.parent.parent.name)
+    for path in (out / "points").glob("*/*.json") if (out / "points").exists() else []:
+        kind = kinds.get(path.parent.name)
         if kind in ("sft", "offline", "online"):
             c = json.loads(path.read_text())[-1]["compute"]  # an offline run's sampling is its rollouts' unit
             runs[f"{kind} run"].append(c["training_seconds"] + (c["sampling_seconds"] if kind == "online" else 0.0))
@@ -85,7 +85,7 @@ def plan(spec: StudySpec, out: Path) -> list[tuple[str, int, int]]:
     rollouts = {(s, m.turns or spec.max_turns) for m in methods if m.kind == "offline" for s in spec.seeds}
     work = out / "work"
     done_runs = {
-        kind: sum(len(list((work / "runs" / m.name).glob("*/points.json"))) for m in methods if m.kind == kind)
+        kind: sum(len(list((out / "points" / m.name).glob("*.json"))) for m in methods if m.kind == kind)
         for kind in runs
     }
     reports = len(list((out / "reports").rglob("report.json"))) if (out / "reports").exists() else 0

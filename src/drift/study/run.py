@@ -13,8 +13,10 @@ kill continues; models are deleted once every evaluation that needs them is writ
    table holds one more seed of every method;
 4. ``table.json``, ``table.md`` and the figures (drift.study.results), after every pass.
 
-Folders in ``--out``: ``study.yaml`` (the resolved study), ``tuning.json``, ``reports/``, the
-table and figures, and ``work/`` (rollouts, run folders, evaluation records: large, not for git).
+Folders in ``--out``: ``study.yaml`` (the resolved study), ``tuning.json``, ``points/`` (each
+finished run's points and compute), ``reports/``, the table and figures: small, and all a rerun
+needs to skip what is done, so a study continues from a fresh clone of a repository that holds
+them; and ``work/`` (rollouts, run folders, evaluation records: large, not for git).
 """
 
 from __future__ import annotations
@@ -110,14 +112,15 @@ class Study:
         return self.work / "runs" / method.name / (f"seed{seed}" + (f"-lr{lr:g}" if lr is not None else ""))
 
     def points(self, method: MethodSpec, seed: int, lr: float | None) -> list[Point]:
-        """Run ``method`` at ``seed`` and ``lr`` (or read the run's ``points.json``): its points."""
+        """Run ``method`` at ``seed`` and ``lr`` (or read ``points/<method>/<run>.json``): its points."""
         folder = self.folder(method, seed, lr)
-        done = folder / "points.json"
+        done = self.out / "points" / method.name / f"{folder.name}.json"
         if done.exists():
             return [Point(**p) for p in json.loads(done.read_text())]
         log(f"{method.name}: seed {seed}, lr {lr}")
         folder.mkdir(parents=True, exist_ok=True)
         points = KINDS[method.kind].run(self, method, seed, lr, folder)
+        done.parent.mkdir(parents=True, exist_ok=True)
         done.write_text(json.dumps([p.__dict__ for p in points], indent=1) + "\n")
         return points
 
