@@ -59,6 +59,7 @@ def test_a_tiny_study_end_to_end(tmp_path, study_file, monkeypatch, capsys):
 
     # a crash in the first online run; the rerun continues and does not redo finished runs
     real = methods.KINDS["online"]
+    real_offline = methods.KINDS["offline"]
 
     def crash(*args):
         raise KeyboardInterrupt
@@ -131,9 +132,15 @@ def test_a_tiny_study_end_to_end(tmp_path, study_file, monkeypatch, capsys):
     assert not list((out / "work" / "runs").rglob("model.safetensors"))
     assert main(["study", str(study_file), "--out", str(out)]) == 0
     assert json.loads((out / "table.json").read_text()) == table
+    assert len(list((out / "tuning").rglob("*.json"))) == 5 * 2  # every tuning run's validation report
     # what a repository keeps (no work/) is enough to continue: nothing runs again
     shutil.rmtree(out / "work")
     monkeypatch.setitem(methods.KINDS, "online", dataclasses.replace(real, run=crash))
     monkeypatch.setitem(methods.KINDS, "offline", dataclasses.replace(methods.KINDS["offline"], run=crash))
     assert main(["study", str(study_file), "--out", str(out)]) == 0
     assert json.loads((out / "table.json").read_text()) == table
+    # a run whose test report was never written and whose models are gone is made again
+    monkeypatch.setitem(methods.KINDS, "offline", real_offline)
+    (out / "reports" / "drift" / "seed-1" / "final" / "report.json").unlink()
+    assert main(["study", str(study_file), "--out", str(out)]) == 0
+    assert (out / "reports" / "drift" / "seed-1" / "final" / "report.json").exists()

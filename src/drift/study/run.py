@@ -13,8 +13,9 @@ kill continues; models are deleted once every evaluation that needs them is writ
    table holds one more seed of every method;
 4. ``table.json``, ``table.md`` and the figures (drift.study.results), after every pass.
 
-Folders in ``--out``: ``study.yaml`` (the resolved study), ``tuning.json``, ``points/`` (each
-finished run's points and compute), ``reports/``, the table and figures: small, and all a rerun
+Folders in ``--out``: ``study.yaml`` (the resolved study), ``tuning.json`` and ``tuning/`` (the
+validation reports), ``points/`` (each finished run's points and compute), ``reports/``, the
+table and figures: small, and all a rerun
 needs to skip what is done, so a study continues from a fresh clone of a repository that holds
 them; and ``work/`` (rollouts, run folders, evaluation records: large, not for git).
 """
@@ -24,7 +25,9 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -32,6 +35,10 @@ from drift import DriftError
 from drift import config as C
 from drift.study.methods import KINDS, Point
 from drift.study.spec import MethodSpec, StudySpec, load_spec
+
+
+class ModelGone(DriftError):
+    """A point's model is not on disk and its evaluation was never written."""
 
 
 def log(message: str) -> None:
@@ -113,8 +120,7 @@ class Study:
 
     def points(self, method: MethodSpec, seed: int, lr: float | None) -> list[Point]:
         """Run ``method`` at ``seed`` and ``lr`` (or read ``points/<method>/<run>.json``): its points."""
-        folder = self.folder(method, seed, lr)
-        done = self.out / "points" / method.name / f"{folder.name}.json"
+        folder, done = self.folder(method, seed, lr), self.points_file(method, seed, lr)
         if done.exists():
             return [Point(**p) for p in json.loads(done.read_text())]
         log(f"{method.name}: seed {seed}, lr {lr}")
@@ -123,6 +129,20 @@ class Study:
         done.parent.mkdir(parents=True, exist_ok=True)
         done.write_text(json.dumps([p.__dict__ for p in points], indent=1) + "\n")
         return points
+
+    def points_file(self, method: MethodSpec, seed: int, lr: float | None) -> Path:
+        return self.out / "points" / method.name / f"{self.folder(method, seed, lr).name}.json"
+
+    def with_models(self, method: MethodSpec, seed: int, lr: float | None, use: Callable[[list[Point]], Any]):
+        """``use(points)`` of a run; if a model it needs went with an earlier ``work/`` (a fresh
+        clone holds the points but no models), the run is made again first."""
+        try:
+            return use(self.points(method, seed, lr))
+        except ModelGone as gone:
+            log(f"{gone}: running {method.name} (seed {seed}, lr {lr}) again")
+            self.points_file(method, seed, lr).unlink()
+            shutil.rmtree(self.folder(method, seed, lr), ignore_errors=True)
+            return use(self.points(method, seed, lr))
 
     def prune(self, method: MethodSpec, seed: int, lr: float | None) -> None:
         """Delete a finished run's models and checkpoints (its reports and logs stay)."""
@@ -136,7 +156,7 @@ class Study:
 
         if not (folder / "report.json").exists():
             if not Path(point.model).exists() and point.model != self.spec.model:
-                raise DriftError(f"{point.model} is gone but {folder / 'report.json'} was never written")
+                raise ModelGone(f"{point.model} is gone and {folder / 'report.json'} was never written")
             run_eval(
                 C.EvalConfig(
                     **{**self.spec.shared(), "model": point.model},
@@ -165,9 +185,15 @@ class Study:
         seed, turns = self.spec.tuning_seed, str(self.spec.max_turns)
         scores = {}
         for lr in self.spec.lr_grid:
-            final = self.points(method, seed, lr)[-1]
-            report = self.evaluate(final, "validation", self.folder(method, seed, lr) / "eval" / "validation")
-            scores[f"{lr:g}"] = report["cumulative_accuracy"][turns]
+            kept = self.out / "tuning" / method.name / f"{self.folder(method, seed, lr).name}.json"  # committed
+            if not kept.exists():
+                folder = self.folder(method, seed, lr) / "eval" / "validation"
+                report = self.with_models(
+                    method, seed, lr, lambda pts, where=folder: self.evaluate(pts[-1], "validation", where)
+                )
+                kept.parent.mkdir(parents=True, exist_ok=True)
+                kept.write_text(json.dumps(report, indent=2) + "\n")
+            scores[f"{lr:g}"] = json.loads(kept.read_text())["cumulative_accuracy"][turns]
         best = max(self.spec.lr_grid, key=lambda lr: (scores[f"{lr:g}"], -self.spec.lr_grid.index(lr)))
         self.tuning[method.name] = {
             "validation_multi_at_T": scores,
@@ -193,7 +219,12 @@ class Study:
     def test_points(self, method: MethodSpec, seed: int) -> list[Path]:
         """Every point of ``method`` at ``seed`` evaluated on the test split; the reports' paths."""
         lr = self.lr(method)
-        points = self.points(method, seed, lr)
+        paths = self.with_models(method, seed, lr, lambda points: self._test_reports(method, seed, lr, points))
+        if KINDS[method.kind].tuned:  # (an untuned kind's model is not the run's own: the reference)
+            self.prune(method, seed, lr)
+        return paths
+
+    def _test_reports(self, method: MethodSpec, seed: int, lr: float | None, points: list[Point]) -> list[Path]:
         paths = []
         for point in points:
             path = self.report_path(method, seed, point)
@@ -213,8 +244,6 @@ class Study:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(json.dumps(report, indent=2) + "\n")
             paths.append(path)
-        if KINDS[method.kind].tuned:  # (an untuned kind's model is not the run's own: the reference)
-            self.prune(method, seed, lr)
         return paths
 
 
