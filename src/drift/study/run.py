@@ -26,6 +26,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -187,10 +188,8 @@ class Study:
         for lr in self.spec.lr_grid:
             kept = self.out / "tuning" / method.name / f"{self.folder(method, seed, lr).name}.json"  # committed
             if not kept.exists():
-                folder = self.folder(method, seed, lr) / "eval" / "validation"
-                report = self.with_models(
-                    method, seed, lr, lambda pts, where=folder: self.evaluate(pts[-1], "validation", where)
-                )
+                where = self.folder(method, seed, lr) / "eval" / "validation"
+                report = self.with_models(method, seed, lr, partial(self._validate, where=where))
                 kept.parent.mkdir(parents=True, exist_ok=True)
                 kept.write_text(json.dumps(report, indent=2) + "\n")
             scores[f"{lr:g}"] = json.loads(kept.read_text())["cumulative_accuracy"][turns]
@@ -208,6 +207,9 @@ class Study:
         for lr in self.spec.lr_grid:
             if lr != best:
                 self.prune(method, seed, lr)
+
+    def _validate(self, points: list[Point], where: Path) -> dict:
+        return self.evaluate(points[-1], "validation", where)
 
     # -- the test points -------------------------------------------------------------------
 
