@@ -361,3 +361,6 @@ class StudyConfig:
     study: str = option("", "the study file (YAML)", positional=True)
     out: str = option("", "study folder (default: runs/study/<name>)", short="-o")
     dry_run: bool = option(False, "print the units of work, what is done and an estimated time; run nothing")
+    table_only: bool = option(
+        False, "rebuild table.md, table.json and the figures from the reports written so far; run nothing"
+    )

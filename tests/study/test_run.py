@@ -68,6 +68,10 @@ def test_a_tiny_study_end_to_end(tmp_path, study_file, monkeypatch, capsys):
     assert main(["study", str(study_file), "--out", str(out)]) == 130
     finished = {p: p.stat().st_mtime_ns for p in (out / "points").rglob("*.json")}
     assert finished and not (out / "table.json").exists()
+    # the table of what is done so far: the offline methods, no online one yet
+    assert main(["study", str(study_file), "--out", str(out), "--table-only"]) == 0
+    partial = json.loads((out / "table.json").read_text())
+    assert {r["method"] for r in partial["rows"]} == {"base", "sft", "drift", "drift-beta1"}
     monkeypatch.setitem(methods.KINDS, "online", real)
     assert main(["study", str(study_file), "--out", str(out)]) == 0
     assert all(p.stat().st_mtime_ns == t for p, t in finished.items()), "finished runs were redone"

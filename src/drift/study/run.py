@@ -295,6 +295,10 @@ def run_study(cfg) -> dict:
     out = Path(cfg.out or Path("runs") / "study" / spec.name)
     if cfg.dry_run:
         return print_plan(spec, out)
+    if cfg.table_only:
+        if not (out / "reports").exists():
+            raise DriftError(f"{out} has no reports yet")
+        return write_results(out, spec)
     out.mkdir(parents=True, exist_ok=True)
     check_same_study(out / "study.yaml", spec)
     write_study(out / "study.yaml", spec)
