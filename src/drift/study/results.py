@@ -126,6 +126,8 @@ def match_table(rows: list[dict], spec: StudySpec) -> list[dict]:
         if m.kind != "online":
             continue
         mine = [r for r in rows if r["method"] == m.name]
+        if not mine:  # not evaluated yet
+            continue
         per_seed = {}
         for seed in sorted({r["seed"] for r in mine}):
             if seed not in ref:
