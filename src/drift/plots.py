@@ -192,12 +192,13 @@ def plot_frontier(rows: Sequence[Mapping], methods: Sequence[str], max_turns: in
             lo.append(min(acc))
             hi.append(max(acc))
         top = max(top, *hi)
-        seeds = len({r["seed"] for r in mine})
+        n = len({r["seed"] for r in mine})
+        seeds = f"{n} seed" + ("s" if n != 1 else "")
         if len(xs) == 1:
             ax.errorbar(xs, ys, yerr=[[ys[0] - lo[0]], [hi[0] - ys[0]]], fmt="o", color=color, capsize=4,
-                        markersize=7, label=f"{name} ({seeds} seeds)")  # fmt: skip
+                        markersize=7, label=f"{name} ({seeds})")  # fmt: skip
         else:
-            ax.plot(xs, ys, marker="o", color=color, linewidth=2, label=f"{name} ({seeds} seeds)")
+            ax.plot(xs, ys, marker="o", color=color, linewidth=2, label=f"{name} ({seeds})")
             ax.fill_between(xs, lo, hi, color=color, alpha=0.15, linewidth=0)
     ax.set_xscale("log")
     _percent_axis(ax, top)
