@@ -166,6 +166,12 @@ def _check_choice(value, f: dataclasses.Field, error: type[Exception], where: st
 # -- YAML ------------------------------------------------------------------------------------
 
 
+def check_value(f: dataclasses.Field, hint, value, where: str):
+    """A YAML value of option ``f`` (type ``hint``) checked and coerced: type, then choices;
+    ``DriftError`` naming ``where`` otherwise."""
+    return _check_choice(_coerce(value, hint, where), f, DriftError, where)
+
+
 def _coerce(value, hint, where: str):
     """Check a YAML value against a type hint; ints are accepted where floats are expected."""
     inner, optional = _unwrap_optional(hint)
@@ -227,7 +233,7 @@ def load_yaml(path: str | Path, cls) -> dict:
             raise DriftError(f"{where} is not an option of this command (known: {', '.join(sorted(known))})")
         if key in values:
             raise DriftError(f"{where} is given twice")
-        values[key] = _check_choice(_coerce(data[key_node.value], hints[key], where), fields[key], DriftError, where)
+        values[key] = check_value(fields[key], hints[key], data[key_node.value], where)
     return values
 
 

@@ -278,7 +278,7 @@ def run_rl(cfg) -> dict:
                 f.write(json.dumps(entry) + "\n")
         bar.update(1)
         bar.set_postfix(R=f"{entry['mean_return']:.3f}", solved=f"{entry['solved']:.2f}")
-        if step in cfg.snapshot_steps and not (out / "snapshots" / f"round-{step:05d}").exists():
+        if step in cfg.snapshot_steps:  # (none of a later round exists: see the resume above)
             snapshot = out / "snapshots" / f"round-{step:05d}"
             trainer.save_model(snapshot.with_name(snapshot.name + ".tmp"), tokenizer, base_model=path)
             if trainer.is_main:

@@ -237,7 +237,10 @@ class Trainer:
         with torch.no_grad(), self.accelerator.autocast():
             for s in range(0, len(mine), self.opts.micro_batch_size):
                 idx = mine[s : s + self.opts.micro_batch_size]
-                batch = [t.to(self.device) if hasattr(t, "to") else t for t in collate([examples[i] for i in idx], 0)]
+                batch = [
+                    t.to(self.device) if hasattr(t, "to") else t
+                    for t in collate([examples[i] for i in idx], self.pad_token_id)
+                ]
                 logp, _ = token_logprobs(completion_logits(model, batch), batch[3])
                 tokens += int(batch[1].sum())
                 for row, i in enumerate(idx):
@@ -322,17 +325,23 @@ class Trainer:
         self.barrier()
 
 
-def wrap_lora(model, opts):
-    from peft import LoraConfig, get_peft_model
+def lora_config(opts):
+    """peft's LoraConfig for ``opts`` (lora_r, lora_alpha, lora_dropout): every linear layer."""
+    from peft import LoraConfig
 
-    lora = LoraConfig(
+    return LoraConfig(
         r=opts.lora_r,
         lora_alpha=opts.lora_alpha,
         lora_dropout=opts.lora_dropout,
         target_modules="all-linear",
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, lora)
+
+
+def wrap_lora(model, opts):
+    from peft import get_peft_model
+
+    return get_peft_model(model, lora_config(opts))
 
 
 def latest_checkpoint(root: Path) -> Path | None:

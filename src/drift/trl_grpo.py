@@ -287,6 +287,7 @@ def run_trl_grpo(cfg) -> dict:
     from drift.options import save_config
     from drift.rollout import env_factory
     from drift.tasks import load_problems
+    from drift.trainer import lora_config
 
     if Version(trl.__version__) < Version("1.16"):
         raise DriftError(f"--algorithm trl-grpo needs trl>=1.16 (found {trl.__version__}): pip install 'trl>=1.16'")
@@ -348,17 +349,7 @@ def run_trl_grpo(cfg) -> dict:
         def on_log(self, args, state, control, logs=None, **kwargs):
             rounds.log(state, logs or {})
 
-    peft_config = None
-    if cfg.lora_r > 0:
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(
-            r=cfg.lora_r,
-            lora_alpha=cfg.lora_alpha,
-            lora_dropout=cfg.lora_dropout,
-            target_modules="all-linear",
-            task_type="CAUSAL_LM",
-        )
+    peft_config = lora_config(cfg) if cfg.lora_r > 0 else None
     trainer = trl.GRPOTrainer(
         model=load_model(path),
         reward_funcs=make_reward_function({p.prompt_id: p for p in problems}, make_env, cfg.weighting(), rounds.tally),

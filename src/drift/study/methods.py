@@ -149,13 +149,13 @@ def run_online(study, method: MethodSpec, seed: int, lr: float, folder: Path) ->
         run_rl(
             C.RLConfig(
                 **{
-                    k: v
-                    for k, v in {**spec.shared(), **spec.rl, **method.rl}.items()
-                    if k not in ("model", "max_turns")
+                    **spec.shared(),
+                    **spec.rl,
+                    **method.rl,
+                    "model": study.reference(),
+                    "max_turns": method.turns or spec.max_turns,
+                    "temperature": spec.rollout_temperature,
                 },
-                model=study.reference(),
-                max_turns=method.turns or spec.max_turns,
-                temperature=spec.rollout_temperature,
                 out=str(out),
                 lr=lr,
                 seed=seed,

@@ -19,6 +19,7 @@ from drift.study.spec import StudySpec
 DEFAULT_RATES = {"generated_per_second": 140.0, "trained_per_second": 400.0}
 PROMPT_TOKENS = 60  # system prompt + question, chat-templated (SmolLM2 on arithmetic: ~50-70)
 FEEDBACK_TOKENS = 20  # "Incorrect. Please think again." with its chat markup
+SNAPSHOTS_BELOW_BUDGET = 5  # an online run's snapshot rounds reached before its budget (rounds 1..16 at 4x)
 
 
 def _mean(values: list[float]) -> float | None:
@@ -80,7 +81,7 @@ def plan(spec: StudySpec, out: Path) -> list[tuple[str, int, int]]:
         runs[m.kind] += len(spec.seeds) + extra
         validation_evals += len(spec.lr_grid) if m in tuned else 0
         rounds = [r for r in spec.snapshot_rounds if r < spec.max_rounds]
-        per_run = 1 if m.kind != "online" else min(len(rounds), 5) + 1  # online: snapshots below the budget
+        per_run = 1 if m.kind != "online" else min(len(rounds), SNAPSHOTS_BELOW_BUDGET) + 1  # + the run's end
         test_evals += len(spec.seeds) * per_run
     rollouts = {(s, m.turns or spec.max_turns) for m in methods if m.kind == "offline" for s in spec.seeds}
     work = out / "work"

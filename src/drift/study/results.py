@@ -73,12 +73,8 @@ def mean_curve(rows: list[dict], seeds: list) -> list[tuple[float, float]]:
 
 
 def final_rows(rows: list[dict], method: str) -> list[dict]:
-    """The last point (most compute) of each seed of ``method``."""
-    last: dict = {}
-    for r in rows:
-        if r["method"] == method and (r["seed"] not in last or r["flops"] >= last[r["seed"]]["flops"]):
-            last[r["seed"]] = r
-    return [last[s] for s in sorted(last, key=lambda s: -1 if s is None else s)]
+    """The last point (most compute) of each seed of ``method`` (rows ordered by :func:`read_rows`)."""
+    return [r for r in rows if r["method"] == method and r["point"] == "final"]
 
 
 def _mean(values) -> float | None:

@@ -27,7 +27,7 @@ import yaml
 
 from drift import DriftError
 from drift import config as C
-from drift.options import _check_choice, _coerce, load_yaml
+from drift.options import check_value, load_yaml
 
 KIND_NAMES = ("base", "sft", "offline", "online")
 
@@ -117,7 +117,7 @@ def _check_options(section: str, values: dict, where: str) -> None:
             raise DriftError(f"{at} is not an option of drift {section}")
         if key in _FIXED[section]:
             raise DriftError(f"{at} is set by the study for every run; it cannot be changed per method")
-        _check_choice(_coerce(value, hints[key], at), fields[key], DriftError, at)
+        check_value(fields[key], hints[key], value, at)
 
 
 def _check_online(spec: StudySpec, method: MethodSpec, where: str) -> None:
