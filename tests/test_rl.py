@@ -276,3 +276,72 @@ def test_two_processes_sample_their_shares_and_count_every_token(tmp_path, tiny_
     # (what each process's cache could share), generation does not
     assert two["generated_tokens"] == one["generated_tokens"] > 0
     assert two["prefilled_tokens"] > 0
+
+
+def _rl_flags(tiny_model, *extra):
+    return ["rl", "--model", tiny_model, "--prompts-per-step", "2", "--group-size", "4", "--max-new-tokens", "4",
+            "--max-turns", "2", "--task-options", "digits=1", "--num-prompts", "20", "--answer-mode", "lenient",
+            "--verifier", "even", "--lr-scheduler", "constant", *extra]  # fmt: skip
+
+
+@pytest.mark.parametrize("algorithm", ["drift", "grpo"])
+def test_a_kl_penalty_runs_on_every_micro_batch(tmp_path, tiny_model, even_length_is_right, algorithm):
+    """The reference forward's autocast is entered once per micro-batch (a one-shot context once
+    crashed the second one), and every trained token is also forwarded through the reference."""
+    from drift.cli import main
+
+    out = tmp_path / "kl"
+    flags = _rl_flags(tiny_model, "--algorithm", algorithm, "--steps", "2", "--kl-coef", "0.05", "--dtype",
+                      "bfloat16", "--micro-batch-size", "1", "--epochs-per-round", "2", "--out", str(out))  # fmt: skip
+    assert main(flags) == 0
+    log = [json.loads(line) for line in (out / "rl_log.jsonl").read_text().splitlines()]
+    summary = json.loads((out / "rl_summary.json").read_text())
+    assert any(e["kl"] is not None for e in log) and all(e["kl"] >= 0 for e in log if e["kl"] is not None)
+    assert summary["reference_tokens"] == summary["trained_tokens"] > 0
+
+
+def test_old_log_probs_are_scored_as_the_updates_see_them(tmp_path, tiny_model, even_length_is_right):
+    """In bf16 a batch's shape changes the rounding: the old log-probs are taken in the very
+    micro-batches the updates use, so a policy that has not moved (lr 1e-30) has a ratio of exactly
+    1 at every update, and a clip of 1e-6 never acts."""
+    from drift.cli import main
+
+    out = tmp_path / "bf16"
+    flags = _rl_flags(tiny_model, "--steps", "3", "--dtype", "bfloat16", "--lr", "1e-30", "--clip-ratio", "1e-6",
+                      "--epochs-per-round", "2", "--minibatches", "2", "--micro-batch-size", "2", "--max-turns",
+                      "3", "--out", str(out))  # fmt: skip
+    assert main(flags) == 0
+    log = [json.loads(line) for line in (out / "rl_log.jsonl").read_text().splitlines()]
+    trained = [e for e in log if e["updates"]]
+    assert trained and all(e["clipped_share"] == 0.0 for e in trained), [e["clipped_share"] for e in log]
+
+
+def test_minibatches_are_cut_once_per_round_into_m_near_equal_parts():
+    from drift.examples import plan_minibatches
+
+    for n, m in ((9, 4), (5, 4), (64, 2), (3, 5)):
+        epochs = plan_minibatches(n, m, seed=3, epochs=3)
+        assert len(epochs) == 3
+        first = sorted(map(sorted, epochs[0]))
+        assert len(epochs[0]) == min(n, m) and {len(p) for p in epochs[0]} <= {n // m, -(-n // m)}
+        assert sorted(i for p in epochs[0] for i in p) == list(range(n))
+        assert all(sorted(map(sorted, e)) == first for e in epochs)  # the same minibatches, every epoch
+    epochs = plan_minibatches(64, 8, seed=3, epochs=4)
+    assert len({tuple(map(tuple, e)) for e in epochs}) > 1  # taken in another order
+
+
+def test_iterated_drift_does_not_forward_negligible_weights(tmp_path, tiny_model, even_length_is_right):
+    """As drift train: a failed trajectory next to a solved one weighs ~e^-10 (beta 0.1) and is not
+    forwarded; the same run with --skip-weight-share none forwards (and counts) every example."""
+    from drift.cli import main
+
+    logs = {}
+    for share in ("1e-4", "none"):
+        out = tmp_path / share
+        flags = _rl_flags(tiny_model, "--algorithm", "drift", "--steps", "2", "--dtype", "float32",
+                          "--skip-weight-share", share, "--out", str(out))  # fmt: skip
+        assert main(flags) == 0
+        logs[share] = [json.loads(line) for line in (out / "rl_log.jsonl").read_text().splitlines()]
+    assert sum(e["skipped_examples"] for e in logs["1e-4"]) > 0
+    assert all(e["skipped_examples"] == 0 for e in logs["none"])
+    assert logs["1e-4"][-1]["trained_tokens"] < logs["none"][-1]["trained_tokens"]

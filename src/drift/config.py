@@ -176,6 +176,13 @@ class OptimizationOptions:
     lora_dropout: float = option(0.0, "LoRA dropout")
     merge_lora: bool = option(True, "merge the LoRA adapter into the saved model")
     save_total_limit: int = option(2, "checkpoints kept")
+    skip_weight_share: float | None = option(
+        1e-4,
+        "per step, do not forward the lightest examples while together they carry at most this share of the "
+        "step's total |weight| (weight 0 always; D unchanged, so the gradient loses only their terms, "
+        "<= share * sum |w| / D * max per-example gradient norm; drift rl: only without a KL penalty, which "
+        "every example carries); none: forward every example",
+    )
 
 
 @dataclass
@@ -201,12 +208,6 @@ class TrainConfig(OptimizationOptions):
     log_steps: int = option(1, "log every N steps to train_log.jsonl (and the tracker)")
     report_to: Literal["none", "tensorboard", "wandb", "trackio"] = option("none", "experiment tracker")
     seed: int = option(0, "seed of data order and initialisation")
-    skip_weight_share: float | None = option(
-        1e-4,
-        "per step, do not forward the lightest examples while together they carry at most this share of the "
-        "step's total weight (weight 0 always; D unchanged, so the gradient loses only their terms, "
-        "<= share * sum w / D * max per-example gradient norm); none: forward every example",
-    )
 
 
 @dataclass
@@ -328,9 +329,15 @@ class RLConfig(OptimizationOptions, GenerationOptions, WeightingOptions):
     prompts_per_step: int = option(8, "B: prompts sampled per round")
     group_size: int = option(8, "G: trajectories per prompt per round")
     epochs_per_round: int = option(
-        1, "passes over each round's trajectories (PPO epochs); after the first, grpo uses the clipped ratio"
+        1,
+        "passes over each round's trajectories (PPO epochs); with more than one update a round, grpo uses PPO's "
+        "clipped ratio from the first",
     )
-    minibatches: int = option(1, "optimizer steps per pass: the round's examples are shuffled and cut into this many")
+    minibatches: int = option(
+        1,
+        "optimizer steps per pass: the round's examples are shuffled once and cut into this many (each pass "
+        "takes the same ones, in its own order)",
+    )
     clip_ratio: float = option(
         0.2, "PPO's epsilon: pi/pi_old is clipped to [1 - eps, 1 + eps] (grpo with more than one update per round)"
     )

@@ -103,6 +103,12 @@ def build_format_warmup(records_path: Path, out_path: Path) -> int:
     return len(kept)
 
 
+def warmup_problem_seed(seed: int) -> int:
+    """The seed of the training problems the format warm-up of a run at ``seed`` answers: not
+    ``seed`` itself, whose problems that run trains on."""
+    return seed + 1
+
+
 def format_warmup(out: Path, shared: dict, preset: dict, seed: int, timings: dict) -> str:
     """Stage 0 (see the module docstring); returns the model folder every later stage starts from."""
     from drift.evaluate import run_eval
@@ -114,7 +120,7 @@ def format_warmup(out: Path, shared: dict, preset: dict, seed: int, timings: dic
     def warm_up():
         run_eval(
             C.EvalConfig(
-                **{**shared, "max_turns": 1, "seed": seed + 1},
+                **{**shared, "max_turns": 1, "seed": warmup_problem_seed(seed)},
                 num_prompts=preset["warmup_prompts"],
                 split="train",
                 out=str(folder / "own-answers"),

@@ -132,6 +132,62 @@ def plan_batches(n_examples: int, batch_size: int, *, seed: int, epoch: int) -> 
     return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
 
 
+def plan_minibatches(n_examples: int, minibatches: int, *, seed: int, epochs: int) -> list[list[list[int]]]:
+    """An online round's updates: its examples shuffled once and cut into ``minibatches`` parts
+    whose sizes differ by at most one (fewer when there are fewer examples), then, for each of
+    ``epochs`` passes, those same parts in an order of that pass. Each part keeps its examples, so
+    it is forwarded in the same micro-batches every time (what makes PPO's ratio exact: drift.rl).
+
+    >>> plan_minibatches(5, 2, seed=0, epochs=2)
+    [[[2, 1], [0, 4, 3]], [[0, 4, 3], [2, 1]]]
+    """
+    order = list(range(n_examples))
+    random.Random(seed).shuffle(order)
+    m = min(minibatches, n_examples)
+    cuts = [round(j * n_examples / m) for j in range(m + 1)] if m else [0]
+    parts = [order[cuts[j] : cuts[j + 1]] for j in range(m)]
+    plan = []
+    for epoch in range(epochs):
+        turn = list(range(m))
+        random.Random(seed * 1_000_003 + epoch).shuffle(turn)
+        plan.append([parts[j] for j in turn])
+    return plan
+
+
+def negligible(weights: list[float], share: float) -> list[int]:
+    """Positions of the lightest ``weights`` (by magnitude) that together carry at most ``share``
+    of their summed magnitude (drift.train, note 4): a prefix of the weights sorted by ``|w|``,
+    ties by position; zeros always.
+
+    >>> negligible([1.0, 0.0, 2e-7, 1.0, 5e-7], 1e-6)      # 0 + 2e-7 + 5e-7 <= 1e-6 * 2.0000007
+    [1, 2, 4]
+    >>> negligible([1.0, 0.0, 1e-5, 1.0], 1e-6), negligible([0.0, 0.0], 1e-6), negligible([3.0], 0.0)
+    ([1], [0, 1], [])
+    >>> negligible([-1.5, 0.0, 1.5], 1e-4)                  # advantages: only the exact zero
+    [1]
+    """
+    budget = share * sum(abs(w) for w in weights)
+    carried, out = 0.0, []
+    for i in sorted(range(len(weights)), key=lambda i: abs(weights[i])):
+        carried += abs(weights[i])
+        if carried > budget:
+            break
+        out.append(i)
+    return sorted(out)
+
+
+def to_forward(examples: list[Example], share: float | None) -> tuple[list[Example], list[int]]:
+    """The examples of one optimizer step to forward, and the positions skipped (:func:`negligible`;
+    ``share`` none: all of them). Never empty: when every example is skipped, a two-token stand-in
+    of weight 0 (no trained token) keeps the step."""
+    if share is None:
+        return examples, []
+    skipped = negligible([e.weight for e in examples], share)
+    drop = set(skipped)
+    kept = [e for j, e in enumerate(examples) if j not in drop]
+    return kept or [Example(examples[0].input_ids[:2], 2, 0.0, -1)], skipped
+
+
 def split_micro_batches(
     examples: list[Example], micro_batch_size: int, processes: int, rank: int, *, group_by_length: bool = True
 ) -> list[list[Example]]:

@@ -110,10 +110,10 @@ def clipped_surrogate(
 
 def _reference_kl(logp, mask, ref_model, batch, ref_autocast) -> torch.Tensor:
     """Per-example k3 KL of the policy to ``ref_model`` on the batch's trained tokens (no gradient
-    through the reference)."""
+    through the reference); ``ref_autocast``: a function giving a fresh mixed-precision context."""
     import contextlib
 
-    with torch.no_grad(), ref_autocast or contextlib.nullcontext():
+    with torch.no_grad(), ref_autocast() if ref_autocast else contextlib.nullcontext():
         ref_logp, _ = token_logprobs(completion_logits(ref_model, batch), batch[3])
     return kl_k3(logp, ref_logp, mask)
 
@@ -140,7 +140,7 @@ def weighted_nll_terms(model, batch, ref_model=None, kl_coef: float = 0.0, ref_a
     """Per-example loss terms of a :func:`drift.examples.collate` batch, and stats to add up.
 
     ``c_i = w_i * nll_i`` (token-mean NLL of the completion), plus ``kl_coef * KL_i`` (k3, against
-    ``ref_model``, run without gradients in ``ref_autocast``) when a reference model is given.
+    ``ref_model``, run without gradients in a fresh ``ref_autocast()``) when a reference model is given.
     Returns ``(c, stats)``: c of shape (b,); stats ``nll_sum``, ``trained_tokens`` (and ``kl_sum``)
     as scalar tensors. An example with no trained token contributes 0 to every term.
     """

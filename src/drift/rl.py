@@ -7,15 +7,21 @@ into per-trajectory coefficients, and takes gradient steps on the same target tu
 
 Departures from textbook PPO / GRPO, on purpose:
 
-1. A round's examples get ``epochs_per_round`` passes of ``minibatches`` optimizer steps. With one
+1. A round's examples are shuffled once and cut into ``minibatches`` parts; ``epochs_per_round``
+   passes take those same parts, each pass in its own order, one optimizer step each. With one
    update per round the update is REINFORCE with a group baseline (the sampling policy is the
    current one: the PPO ratio is 1 and clipping never acts), A_i = R_i - mean_group R (divided by
-   the group's std when ``normalize_std``, as GRPO does; groups with zero spread get A = 0). With
-   more, grpo uses PPO's clipped surrogate (drift.losses.clipped_pg_terms) with the ratio to the
-   policy that sampled, whose log-probs are computed once per round, before its first update, by a
-   forward pass in the training step's precision (so the first ratio is 1 up to rounding).
-2. Token-mean log-probability per trajectory, then a mean over trajectories (the same reduction as
-   drift train), not a sum over tokens: long replies are not favoured.
+   the group's population std when ``normalize_std``; TRL divides by the sample std, sqrt(G/(G-1))
+   smaller; groups with zero spread get A = 0). With more, grpo uses PPO's clipped surrogate
+   (drift.losses.clipped_pg_terms) with the ratio to the policy that sampled, whose log-probs are
+   computed once per round, before its first update, in the very micro-batches the updates will use
+   (Trainer.completion_logprobs): in bf16 any other batching rounds differently, and an unmoved
+   policy's ratio strayed from 1 by up to e^0.2, enough for the clip to act on rounding alone.
+   Here the first update's ratio is exactly 1 in every precision (tested).
+2. Token-mean log-probability per example, then a mean over the round's examples (the same
+   reduction as drift train), not a sum over tokens: long replies are not favoured. With the
+   default ``target=last`` an example is a trajectory; with ``all`` it is a turn, so trajectories
+   with more turns weigh more.
 3. The target is the last assistant turn (or all of them) with the whole history as context, as
    in drift train; earlier turns are context, not actions. Its log-probabilities are taken on the
    ids that were sampled (the records' ``token_ids``), not on re-tokenised text.
@@ -25,6 +31,10 @@ Departures from textbook PPO / GRPO, on purpose:
 5. ``algorithm=drift`` makes this *iterated DRIFT*: the coefficients are DRIFT weights
    exp(R/beta)/Z over fresh samples of the current policy, and each round may be reused for
    several steps with no ratio (weighted SFT). Fully offline DRIFT is drift train.
+6. As in drift train, examples whose coefficients together carry at most ``skip_weight_share`` of
+   a step's summed |coefficient| are not forwarded (drift.train, note 4): iterated DRIFT's
+   near-zero weights, grpo's zero advantages (exact: they add nothing to the loss). D is unchanged.
+   Not with a KL penalty, which every example carries. The log counts them (``skipped_examples``).
 
 Compute is counted the same way for every method (``rl_summary.json``, and every line of
 ``rl_log.jsonl``): tokens prefilled and generated in sampling, scored (the old log-probs),
@@ -141,7 +151,7 @@ def run_rl(cfg) -> dict:
 
     from drift.backends import policy_backend_class
     from drift.backends.base import Sampling
-    from drift.examples import build_examples, plan_batches
+    from drift.examples import build_examples, plan_minibatches, to_forward
     from drift.losses import clipped_pg_terms, weighted_nll_terms
     from drift.models import load_model, load_tokenizer, resolve_dtype, resolve_model
     from drift.rollout import env_factory
@@ -174,7 +184,7 @@ def run_rl(cfg) -> dict:
     parameters = count_parameters(path)
     trainer.prepare(load_model(path), cfg.steps * cfg.epochs_per_round * cfg.minibatches)  # rl refuses DeepSpeed
     ref_model = load_model(path).to(trainer.device).eval() if cfg.kl_coef > 0 else None
-    reference = dict(ref_model=ref_model, kl_coef=cfg.kl_coef, ref_autocast=trainer.accelerator.autocast())
+    reference = dict(ref_model=ref_model, kl_coef=cfg.kl_coef, ref_autocast=trainer.accelerator.autocast)
     # advantages (or DRIFT weights) as the examples' weights: see drift.losses
     loss_fn = (
         partial(clipped_pg_terms, clip_ratio=cfg.clip_ratio, **reference)
@@ -231,20 +241,26 @@ def run_rl(cfg) -> dict:
             if c is None:  # dropped by the weighting (all-fail or zero-variance groups, rft)
                 continue
             examples += build_examples(rec, tokenizer, index=i, target=cfg.target, max_length=cfg.max_length, weight=c)
-        # 3. optimizer steps on the same targets and loss as drift train: E passes of M minibatches
+        # 3. optimizer steps on the same targets and loss as drift train: E passes of the same M minibatches
         # (a round whose every trajectory the weighting dropped takes no step: there is nothing to learn from)
         t0 = time.perf_counter()
-        stats = []
-        if examples and clipped:  # the ratio's denominator: the policy that sampled, before any update
-            old, scored = trainer.completion_logprobs(examples)
-            compute["scored_tokens"] += scored
-            for example, values in zip(examples, old):
-                example.old_logp = values
-        for epoch in range(cfg.epochs_per_round if examples else 0):
-            size = math.ceil(len(examples) / cfg.minibatches)
-            for idx in plan_batches(len(examples), size, seed=cfg.seed * 7919 + step, epoch=epoch):
-                part = [examples[i] for i in idx]
-                stats.append(trainer.step(part, float(len(part)), loss_fn))
+        stats, skipped = [], 0
+        share = cfg.skip_weight_share if ref_model is None else None  # a KL term rides on every example
+        seed = cfg.seed * 7919 + step
+        epochs = plan_minibatches(len(examples), cfg.minibatches, seed=seed, epochs=cfg.epochs_per_round)
+        parts = {id(part): part for part in epochs[0]} if examples else {}
+        forward = {key: to_forward([examples[i] for i in part], share) for key, part in parts.items()}
+        if clipped:  # the ratio's denominator: the sampling policy, before any update, in the updates' micro-batches
+            for kept, _ in forward.values():
+                old, scored = trainer.completion_logprobs(kept)
+                compute["scored_tokens"] += scored
+                for example, values in zip(kept, old):
+                    example.old_logp = values
+        for passes in epochs if examples else []:
+            for part in passes:
+                kept, dropped = forward[id(part)]
+                stats.append(trainer.step(kept, float(len(part)), loss_fn))
+                skipped += len(dropped)
         compute["training_seconds"] += time.perf_counter() - t0
         compute["trained_tokens"] += int(sum(s["tokens"] for s in stats))
         if ref_model is not None:
@@ -258,6 +274,7 @@ def run_rl(cfg) -> dict:
             "solved": sum(f is not None for f in firsts) / len(firsts),
             "trained_trajectories": sum(c is not None for c in coef),
             "updates": len(stats),
+            "skipped_examples": skipped,  # of negligible weight, not forwarded (summed over passes)
             "loss": sum(s["loss"] for s in stats) / len(stats) if stats else None,
             "lr": stats[-1]["lr"] if stats else None,
             "clipped_share": (

@@ -15,7 +15,7 @@ loop, on purpose:
    ``none`` turns it off). In a step's global batch G, with W = sum_G w_i, the skipped set S is the
    longest run of G's lightest examples (sorted by weight, ties by position) with
    sum_S w_i <= eps * W: every weight 0 is in it, and S carries at most a share eps of W
-   (:func:`negligible`). D is still computed on the whole of G, so the kept terms are exactly
+   (drift.examples.negligible). D is still computed on the whole of G, so the kept terms are exactly
    today's and the gradient changes only by the dropped ones:
 
        || g_G - g_(G minus S) || = || sum_S w_i grad nll_i || / D <= eps * (W / D) * max_i || grad nll_i ||
@@ -47,7 +47,7 @@ import time
 from pathlib import Path
 
 from drift import DriftError
-from drift.examples import Example, build_examples, completion_sources, plan_batches
+from drift.examples import build_examples, completion_sources, plan_batches, to_forward
 
 
 def _load_examples(cfg, tokenizer):
@@ -60,36 +60,6 @@ def _load_examples(cfg, tokenizer):
             raise DriftError(f"{cfg.input}: record {i + 1} has no field 'weight'; run drift weight first")
         examples += build_examples(rec, tokenizer, index=i, target=cfg.target, max_length=cfg.max_length)
     return records, examples
-
-
-def negligible(weights: list[float], share: float) -> list[int]:
-    """Positions of the lightest ``weights`` that together carry at most ``share`` of their sum
-    (note 4): a prefix of the weights sorted in increasing order, ties by position; zeros always.
-
-    >>> negligible([1.0, 0.0, 2e-7, 1.0, 5e-7], 1e-6)      # 0 + 2e-7 + 5e-7 <= 1e-6 * 2.0000007
-    [1, 2, 4]
-    >>> negligible([1.0, 0.0, 1e-5, 1.0], 1e-6), negligible([0.0, 0.0], 1e-6), negligible([3.0], 0.0)
-    ([1], [0, 1], [])
-    """
-    budget = share * sum(weights)
-    carried, out = 0.0, []
-    for i in sorted(range(len(weights)), key=lambda i: weights[i]):
-        carried += weights[i]
-        if carried > budget:
-            break
-        out.append(i)
-    return sorted(out)
-
-
-def _to_forward(examples: list[Example], share: float | None) -> tuple[list[Example], list[int]]:
-    """The examples of one step to forward, and the positions skipped (note 4). Never empty: when
-    every example is skipped, a two-token stand-in of weight 0 (no trained token) keeps the step."""
-    if share is None:
-        return examples, []
-    skipped = negligible([e.weight for e in examples], share)
-    drop = set(skipped)
-    kept = [e for j, e in enumerate(examples) if j not in drop]
-    return kept or [Example(examples[0].input_ids[:2], 2, 0.0, -1)], skipped
 
 
 def _set_seed(seed: int) -> None:
@@ -157,7 +127,7 @@ def run_train(cfg) -> dict:
             step_examples = [examples[i] for i in indices]
             weights = [e.weight for e in step_examples]
             denominator = (len(step_examples) if cfg.reduction == "mean" else sum(weights)) or 1.0  # on all of G
-            forward, skipped = _to_forward(step_examples, cfg.skip_weight_share)
+            forward, skipped = to_forward(step_examples, cfg.skip_weight_share)
             stats = trainer.step(forward, denominator)
             skipped_examples += len(skipped)
             skipped_weight += sum(weights[j] for j in skipped)

@@ -32,8 +32,9 @@ Left as TRL does it (the baseline is TRL's trainer, not drift's loop):
 1. TRL computes the old log-probs (the ratio's denominator; only when a round takes more than one
    optimizer step) and the reference log-probs once per round; drift rl forwards the reference
    model at every step.
-2. TRL shuffles a round's completions once and reuses the same minibatches in every pass; drift
-   rl reshuffles per pass. Prompts come in the order of TRL's seeded ``RepeatSampler``.
+2. TRL shuffles a round's completions once and reuses the same minibatches in every pass, as
+   drift rl does (drift rl takes them in a new order each pass, and skips zero advantages: TRL
+   forwards every completion). Prompts come in the order of TRL's seeded ``RepeatSampler``.
 3. The group std that scales advantages is the sample std (Bessel's correction) plus 1e-4; drift
    rl divides by the population std, so TRL's advantages are sqrt((G-1)/G) times drift's.
 4. The transformers Trainer exempts biases and norm weights from weight decay (drift decays all).
@@ -63,7 +64,7 @@ Compute, per round, from what TRL did (``rl_log.jsonl`` lines are cumulative, as
 FLOPs follow drift.compute.flops. ``rl_log.jsonl`` holds drift's per-round line; TRL's own log
 lines (loss, reward, kl, clip ratios, entropy, num_tokens) go to ``trl_log.jsonl``.
 ``save_steps`` is ignored and ``resume`` refused: there are no checkpoints to resume from. Also
-unused: target (one turn is its own last turn), max_length, group_by_length, batch_size,
+unused: target (one turn is its own last turn), max_length, group_by_length, batch_size, skip_weight_share,
 model_generation_config, and the weighting scheme options (only the return's gamma, lam and
 format_penalty matter; with one turn, only format_penalty).
 """

@@ -8,7 +8,7 @@ from drift.study.results import read_rows, write_results
 from drift.study.spec import StudySpec
 
 
-def _report(out, method, kind, seed, rnd, acc, flops, n=10):
+def _report(out, method, kind, seed, rnd, acc, flops, n=10, final=True):
     tag = "final" if rnd is None else f"round-{rnd:05d}"
     path = out / "reports" / method / (f"seed-{seed}" if seed is not None else "") / (tag if seed is not None else "")
     path.mkdir(parents=True, exist_ok=True)
@@ -18,7 +18,7 @@ def _report(out, method, kind, seed, rnd, acc, flops, n=10):
         "correction_rate_overall": 0.1,
         "unique_answer_ratio": 0.9,
         "study": {"method": method, "kind": kind, "seed": seed, "lr": 1e-5 if kind != "base" else None,
-                  "lr_from": None, "round": rnd,
+                  "lr_from": None, "round": rnd, "final": final,
                   "compute": {"flops": flops, "sampling_seconds": 1.0, "training_seconds": 2.0}},
     }  # fmt: skip
     (path / "report.json").write_text(json.dumps(report))
@@ -37,7 +37,7 @@ def test_table_means_intervals_and_the_compute_at_which_rl_matches(tmp_path):
     for seed, curve in ((0, [(1, 0.3, 50.0), (2, 0.5, 200.0), (3, 0.6, 400.0)]),
                         (1, [(1, 0.2, 60.0), (2, 0.4, 210.0), (3, 0.6, 420.0)])):  # fmt: skip
         for rnd, acc, flops in curve:
-            _report(tmp_path, "rl", "online", seed, rnd, (acc - 0.1, acc), flops)
+            _report(tmp_path, "rl", "online", seed, rnd, (acc - 0.1, acc), flops, final=rnd == 3)
     (tmp_path / "tuning.json").write_text(json.dumps({"drift": {"tries": 3}, "rl": {"tries": 3}}))
     table = write_results(tmp_path, spec)
     assert len(table["rows"]) == 1 + 2 + 6 == len(read_rows(tmp_path, 2))
@@ -53,6 +53,9 @@ def test_table_means_intervals_and_the_compute_at_which_rl_matches(tmp_path):
     assert rl["multi_at"]["2"] == pytest.approx(0.6) and rl["flops"] == pytest.approx(410.0)  # the last rounds
     (match,) = table["match"]
     assert match["per_seed"]["0"]["flops"] == 200.0 and match["per_seed"]["0"]["ratio"] == 2.0
+    # the crossing lies between the last point below the target and the first at or above it
+    assert match["per_seed"]["0"]["flops_below"] == 50.0 and match["per_seed"]["0"]["ratio_below"] == 0.5
+    assert match["per_seed"]["1"]["flops_below"] is None
     assert match["per_seed"]["1"]["flops"] is None and match["per_seed"]["1"]["budget_ratio"] == pytest.approx(
         420 / 110, abs=1e-3
     )
@@ -62,3 +65,19 @@ def test_table_means_intervals_and_the_compute_at_which_rl_matches(tmp_path):
     )
     md = (tmp_path / "table.md").read_text()
     assert "| drift | 1e-05 (3) | 2 | 0.300 | 0.600 |" in md and "not reached" in md
+    assert "| 0 | 0.500 | 100.000 | 50.000 (0.50x) | 200.000 (2.00x) | 4.00 |" in md
+    # one model, one run: no interval across seeds, and no training compute
+    assert "| base | – | 1 | 0.100 | 0.200 | – | " in md and "| 0.900 | 0 | " in md
+
+
+def test_a_run_still_going_has_no_final_point(tmp_path):
+    """Its last evaluated snapshot is not its result: the summary leaves the seed out until the
+    run's end is evaluated, and the rows keep the snapshot's round."""
+    spec = StudySpec(methods=[{"name": "rl", "kind": "online"}], max_turns=2, seeds=[0, 1], budget_method="rl")
+    _report(tmp_path, "rl", "online", 0, 1, (0.1, 0.2), 10.0, final=False)
+    _report(tmp_path, "rl", "online", 0, 3, (0.1, 0.4), 30.0, final=True)
+    _report(tmp_path, "rl", "online", 1, 1, (0.1, 0.3), 11.0, final=False)
+    rows = read_rows(tmp_path, 2)
+    assert [(r["seed"], r["point"]) for r in rows] == [(0, 1), (0, "final"), (1, 1)]
+    (summary,) = write_results(tmp_path, spec)["summary"]
+    assert summary["seeds"] == [0] and summary["multi_at"]["2"] == 0.4

@@ -89,6 +89,10 @@ def test_a_tiny_study_end_to_end(tmp_path, study_file, monkeypatch, capsys):
             report["study"][k] for k in ("method", "seed", "round")
         )
         assert report["n"] == 4 and report["config"]["split"] == "test"
+        # a run's end is marked in its report: the last point of its seed, and only that one
+        run = [r for r in rows if (r["method"], r["seed"]) == (row["method"], row["seed"])]
+        last = max(run, key=lambda r: r["flops"])
+        assert report["study"]["final"] == (row is last) == (row["point"] == "final")
     # every method at every seed (base once: one deterministic evaluation of the reference policy)
     seeds = {m: sorted({r["seed"] for r in rows if r["method"] == m}, key=str) for m in {r["method"] for r in rows}}
     assert seeds == {
@@ -139,6 +143,10 @@ def test_a_tiny_study_end_to_end(tmp_path, study_file, monkeypatch, capsys):
     assert len(list((out / "tuning").rglob("*.json"))) == 5 * 2  # every tuning run's validation report
     # what a repository keeps (no work/) is enough to continue: nothing runs again
     shutil.rmtree(out / "work")
+    capsys.readouterr()
+    assert main(["study", str(study_file), "--out", str(out), "--dry-run"]) == 0
+    plan = {line[:16].strip(): line[16:].split()[:2] for line in capsys.readouterr().out.splitlines()[2:-1]}
+    assert plan["validation eval"] == ["10", "10"] and plan["test eval"][0] == plan["test eval"][1]
     monkeypatch.setitem(methods.KINDS, "online", dataclasses.replace(real, run=crash))
     monkeypatch.setitem(methods.KINDS, "offline", dataclasses.replace(methods.KINDS["offline"], run=crash))
     assert main(["study", str(study_file), "--out", str(out)]) == 0

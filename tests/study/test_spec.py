@@ -6,7 +6,7 @@ from drift import DriftError
 from drift.study.spec import load_spec
 
 GOOD = """name: s
-seeds: [0, 1]
+seeds: [0, 2]
 rl: {lr_scheduler: constant}
 methods:
   - {name: base, kind: base}
@@ -34,10 +34,11 @@ def test_a_good_file_loads(tmp_path):
         (("epochs_per_round: 2", "epochs_per_round: two"), ":7: method 3 (rl): rl.epochs_per_round must be int"),
         (("epochs_per_round: 2", "lr: 0.1"), "rl.lr is set by the study for every run"),
         (("epochs_per_round: 2", "nonsense: 1"), "rl.nonsense is not an option of drift rl"),
-        (("seeds: [0, 1]", "seeds: [1, 2]"), "tuning_seed 0 must be one of the seeds"),
+        (("seeds: [0, 2]", "seeds: [2, 3]"), "tuning_seed 0 must be one of the seeds"),
+        (("seeds: [0, 2]", "seeds: [0, 1]"), "seed 1 trains on the problems of the format warm-up"),
         (("{name: base, kind: base}", "{name: drift, kind: base}"), "the name 'drift' is used twice"),
         (("name: s", "nmae: s"), ":1: key 'nmae' is not an option"),
-        (("seeds: [0, 1]", "seeds: [0, 1]\nlr_grid: []"), "lr_grid and seeds must not be empty"),
+        (("seeds: [0, 2]", "seeds: [0, 2]\nlr_grid: []"), "lr_grid and seeds must not be empty"),
         (("weight: {all_fail: drop}", "weight: null"), "method 2 (drift): 'weight' must be a mapping"),
         (("weight: {all_fail: drop}", "lr_from: base"), "lr_from must name a method that is tuned"),
         (
@@ -46,6 +47,8 @@ def test_a_good_file_loads(tmp_path):
         ),
         (("epochs_per_round: 2", "lr_scheduler: cosine"), "rl.lr_scheduler 'cosine' decays over max_rounds"),
         (("epochs_per_round: 2", "temperature: 0.7"), "rl.temperature is set by the study"),
+        (("epochs_per_round: 2", "top_p: 0.9"), "rl.top_p is set by the study"),
+        (("epochs_per_round: 2", "model_generation_config: true"), "rl.model_generation_config is set by the study"),
     ],
 )
 def test_errors_name_the_file_line_and_field(tmp_path, change, message):
@@ -70,9 +73,31 @@ def test_a_study_folder_takes_new_methods_but_not_changes(tmp_path):
     path.write_text(GOOD.replace("all_fail: drop", "all_fail: keep"))
     with pytest.raises(DriftError, match="differs in method drift"):
         check_same_study(saved, load_spec(path))
-    path.write_text(GOOD.replace("seeds: [0, 1]", "seeds: [0, 1, 2]"))
+    path.write_text(GOOD.replace("seeds: [0, 2]", "seeds: [0, 2, 3]"))
     with pytest.raises(DriftError, match="differs in seeds"):
         check_same_study(saved, load_spec(path))
+
+
+def test_snapshot_rounds_may_be_added_but_not_removed(tmp_path):
+    """More snapshots only add points to runs still to come; fewer would orphan evaluated ones."""
+    from drift.study.run import check_same_study
+
+    path, saved = tmp_path / "s.yaml", tmp_path / "study.yaml"
+    path.write_text(GOOD + "snapshot_rounds: [1, 2, 4]\n")
+    import yaml
+
+    saved.write_text(yaml.safe_dump(load_spec(path).__dict__))
+    path.write_text(GOOD + "snapshot_rounds: [1, 2, 3, 4, 6]\n")
+    check_same_study(saved, load_spec(path))
+    path.write_text(GOOD + "snapshot_rounds: [1, 4]\n")
+    with pytest.raises(DriftError, match="differs in snapshot_rounds"):
+        check_same_study(saved, load_spec(path))
+
+
+def test_without_a_warm_up_every_seed_is_allowed(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(GOOD.replace("seeds: [0, 2]", "seeds: [0, 1]\nwarmup_prompts: 0"))
+    assert load_spec(path).seeds == [0, 1]
 
 
 def test_a_method_left_out_and_brought_back_changed_is_refused(tmp_path):

@@ -43,7 +43,7 @@ def measured_seconds(spec: StudySpec, out: Path) -> dict[str, float]:
         **runs,
         "rollouts": walls(work.glob("rollouts/*.summary.json")) if work.exists() else [],
         "test eval": walls((out / "reports").rglob("report.json")) if (out / "reports").exists() else [],
-        "validation eval": walls(work.glob("runs/*/*/eval/validation/report.json")) if work.exists() else [],
+        "validation eval": walls((out / "tuning").glob("*/*.json")) if (out / "tuning").exists() else [],
     }
     return {unit: mean for unit, values in found.items() if (mean := _mean(values)) is not None}
 
@@ -67,12 +67,25 @@ def unit_seconds(spec: StudySpec, measured: dict[str, float]) -> dict[str, float
     return est
 
 
+def snapshots_per_run(spec: StudySpec, out: Path) -> float:
+    """Snapshot rounds an online run passes before its budget ends it: as many as the finished
+    online runs passed (of today's ``snapshot_rounds``), else a guess."""
+    online = {m.name for m in spec.method_specs() if m.kind == "online"}
+    files = [p for p in (out / "points").glob("*/*.json") if p.parent.name in online]
+    ends = [json.loads(p.read_text())[-1]["round"] for p in files]
+    rounds = [r for r in spec.snapshot_rounds if r < spec.max_rounds]
+    if not ends:
+        return min(len(rounds), SNAPSHOTS_BELOW_BUDGET)
+    return sum(len([r for r in rounds if r < end]) for end in ends) / len(ends)
+
+
 def plan(spec: StudySpec, out: Path) -> list[tuple[str, int, int]]:
     """``(unit, how many in all, how many done)`` for every kind of unit."""
     methods = spec.method_specs()
     tuned = [m for m in methods if m.kind != "base" and not m.lr_from]
     runs = {"sft": 0, "offline": 0, "online": 0}
-    test_evals = validation_evals = 0
+    test_evals: float = 0
+    validation_evals = 0
     for m in methods:
         if m.kind == "base":
             test_evals += 1
@@ -80,8 +93,7 @@ def plan(spec: StudySpec, out: Path) -> list[tuple[str, int, int]]:
         extra = len(spec.lr_grid) - 1 if m in tuned else 0  # the tuning seed's chosen run is a seed run
         runs[m.kind] += len(spec.seeds) + extra
         validation_evals += len(spec.lr_grid) if m in tuned else 0
-        rounds = [r for r in spec.snapshot_rounds if r < spec.max_rounds]
-        per_run = 1 if m.kind != "online" else min(len(rounds), SNAPSHOTS_BELOW_BUDGET) + 1  # + the run's end
+        per_run = 1 if m.kind != "online" else snapshots_per_run(spec, out) + 1  # + the run's end
         test_evals += len(spec.seeds) * per_run
     rollouts = {(s, m.turns or spec.max_turns) for m in methods if m.kind == "offline" for s in spec.seeds}
     work = out / "work"
@@ -99,9 +111,9 @@ def plan(spec: StudySpec, out: Path) -> list[tuple[str, int, int]]:
         (
             "validation eval",
             validation_evals,
-            len(list((work / "runs").rglob("validation/report.json"))) if work.exists() else 0,
+            len(list((out / "tuning").glob("*/*.json"))) if (out / "tuning").exists() else 0,
         ),
-        ("test eval", test_evals, reports),
+        ("test eval", round(test_evals), reports),
     ]
 
 

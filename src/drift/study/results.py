@@ -7,8 +7,8 @@ so the table always equals what the reports say and can be rebuilt at any time.
 - ``table.json``: one row per evaluated point (``method``, ``seed``, ``round``, ``multi_at_T``,
   ``multi_at`` (1..T), ``correction_rate``, ``unique_answer_ratio``, ``flops``, the compute,
   ``report``: the report's path relative to the study folder), the per-method ``summary`` of
-  final points, and ``match``: the compute at which each online method first reaches the budget
-  method's multi@T, per seed and on the mean over seeds.
+  final points, and ``match``: between which evaluated points each online method first reaches the
+  budget method's multi@T (``flops_below``, ``flops``), per seed and on the mean over seeds.
 - ``table.md``: the summary as a table, and the match.
 - ``frontier.png`` (multi@T against FLOPs, log x, a band over seeds), ``accuracy_by_turn.png``.
 """
@@ -37,6 +37,7 @@ def read_rows(out: Path, max_turns: int) -> list[dict]:
                 "lr": meta["lr"],
                 "lr_from": meta["lr_from"],
                 "round": meta["round"],
+                "point": "final" if meta["final"] else meta["round"],  # the run's end, or a snapshot on the way
                 "n": report["n"],
                 "multi_at_T": acc[str(max_turns)],
                 "multi_at": {t: acc[str(t)] for t in map(str, range(1, max_turns + 1))},
@@ -48,9 +49,6 @@ def read_rows(out: Path, max_turns: int) -> list[dict]:
             }
         )
     rows.sort(key=lambda r: (r["method"], -1 if r["seed"] is None else r["seed"], r["flops"]))
-    last = {(r["method"], r["seed"]): r for r in rows}  # sorted by flops: the last is the run's end
-    for r in rows:
-        r["point"] = "final" if last[(r["method"], r["seed"])] is r else r["round"]
     return rows
 
 
@@ -102,15 +100,26 @@ def summarize_method(rows: list[dict], method: str, max_turns: int) -> dict:
     }
 
 
-def first_match(curve: list, target: float) -> float | None:
-    """The least compute at which a curve of ``(flops, accuracy)`` reaches ``target``; ``None`` if never.
+def crossing(curve: list, target: float) -> tuple[float | None, float | None]:
+    """Where a curve of ``(flops, accuracy)`` first reaches ``target``: the last point below it
+    before that and the first point at or above it (the crossing lies between the two; the
+    first is ``None`` if the curve starts at or above, the second if it never gets there).
 
-    >>> first_match([(1.0, 0.2), (2.0, 0.5), (4.0, 0.4)], 0.45)
-    2.0
-    >>> first_match([(1.0, 0.2)], 0.45) is None
-    True
+    >>> crossing([(1.0, 0.2), (2.0, 0.5), (4.0, 0.4)], 0.45)
+    (1.0, 2.0)
+    >>> crossing([(1.0, 0.2)], 0.45)
+    (1.0, None)
     """
-    return next((f for f, acc in sorted(curve) if acc >= target), None)
+    below = None
+    for flops, acc in sorted(curve):
+        if acc >= target:
+            return below, flops
+        below = flops
+    return below, None
+
+
+def _ratio(flops: float | None, of: float | None) -> float | None:
+    return None if flops is None or not of else round(flops / of, 3)
 
 
 def match_table(rows: list[dict], spec: StudySpec) -> list[dict]:
@@ -129,18 +138,20 @@ def match_table(rows: list[dict], spec: StudySpec) -> list[dict]:
             if seed not in ref:
                 continue
             curve = [(r["flops"], r["multi_at_T"]) for r in mine if r["seed"] == seed]
-            hit = first_match(curve, ref[seed]["multi_at_T"])
+            below, hit = crossing(curve, ref[seed]["multi_at_T"])
             per_seed[str(seed)] = {
                 "target": ref[seed]["multi_at_T"],
                 "target_flops": ref[seed]["flops"],
+                "flops_below": below if hit is not None else None,
+                "ratio_below": _ratio(below, ref[seed]["flops"]) if hit is not None else None,
                 "flops": hit,
-                "ratio": None if hit is None else round(hit / ref[seed]["flops"], 3),
+                "ratio": _ratio(hit, ref[seed]["flops"]),
                 "budget_ratio": round(max(f for f, _ in curve) / ref[seed]["flops"], 3),
             }
         curve = mean_curve(mine, [int(s) for s in per_seed])
         target = _mean(ref[int(s)]["multi_at_T"] for s in per_seed) if per_seed else None
         target_flops = _mean(ref[int(s)]["flops"] for s in per_seed) if per_seed else None
-        hit = first_match(curve, target) if target is not None else None
+        below, hit = crossing(curve, target) if target is not None else (None, None)
         out.append(
             {
                 "method": m.name,
@@ -149,8 +160,10 @@ def match_table(rows: list[dict], spec: StudySpec) -> list[dict]:
                 "mean": {
                     "target": target,
                     "target_flops": target_flops,
+                    "flops_below": below if hit is not None else None,
+                    "ratio_below": _ratio(below, target_flops) if hit is not None else None,
                     "flops": hit,
-                    "ratio": None if hit is None or not target_flops else round(hit / target_flops, 3),
+                    "ratio": _ratio(hit, target_flops),
                 },
             }
         )
@@ -160,6 +173,8 @@ def match_table(rows: list[dict], spec: StudySpec) -> list[dict]:
 def _fmt(x, digits: int = 3) -> str:
     if x is None:
         return "–"
+    if x == 0:
+        return "0"
     if isinstance(x, float) and (abs(x) >= 1e5):
         return f"{x:.2e}"
     return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
@@ -184,7 +199,8 @@ def markdown(spec: StudySpec, summary: list[dict], match: list[dict], tuning: di
         else:
             lr = f"{s['lr']:g} ({tuning.get(s['method'], {}).get('tries', '?')})"
         cells = [s["method"], lr, str(len(s["seeds"])), *[_fmt(s["multi_at"][str(t)]) for t in range(1, T + 1)],
-                 f"[{ci[1]:.3f}, {ci[2]:.3f}]" if ci else "–", "[{:.3f}, {:.3f}]".format(*s["multi_at_T_pooled_ci"]),
+                 f"[{ci[1]:.3f}, {ci[2]:.3f}]" if ci and len(s["seeds"]) > 1 else "–",
+                 "[{:.3f}, {:.3f}]".format(*s["multi_at_T_pooled_ci"]),
                  _fmt(s["correction_rate"]), _fmt(s["unique_answer_ratio"]), _fmt(s["flops"]),
                  _fmt(s["sampling_seconds"], 0), _fmt(s["training_seconds"], 0)]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
@@ -193,14 +209,16 @@ def markdown(spec: StudySpec, summary: list[dict], match: list[dict], tuning: di
     )
     for m in match:
         text += f"\n## When does {m['method']} reach {m['against']}'s multi@{T}?\n\n"
-        text += _row(
-            ["seed", "target multi@T", "target FLOPs", "reached at FLOPs", "x target FLOPs", "run's FLOPs x target"]
-        )
-        text += "|---|---|---|---|---|---|\n"
+        text += "Between its last evaluated point below the target and its first at or above it.\n\n"
+        head = ["seed", "target multi@T", "target FLOPs", "last point below (x target)",
+                "first point at or above (x target)", "run's FLOPs x target"]  # fmt: skip
+        text += _row(head) + "|" + "---|" * len(head) + "\n"
         for seed, v in [*m["per_seed"].items(), ("mean curve", {**m["mean"], "budget_ratio": None})]:
-            reached = _fmt(v["flops"]) if v["flops"] else "not reached"
-            cells = [seed, _fmt(v["target"]), _fmt(v["target_flops"]), reached, _fmt(v["ratio"], 2)]
-            text += _row([*cells, _fmt(v["budget_ratio"], 2)])
+            below = f"{_fmt(v['flops_below'])} ({_fmt(v['ratio_below'], 2)}x)"
+            if v["flops"] is None or v["flops_below"] is None:
+                below = "–" if v["flops"] is None else "none (the first point)"
+            reached = f"{_fmt(v['flops'])} ({_fmt(v['ratio'], 2)}x)" if v["flops"] is not None else "not reached"
+            text += _row([seed, _fmt(v["target"]), _fmt(v["target_flops"]), below, reached, _fmt(v["budget_ratio"], 2)])
     return text
 
 

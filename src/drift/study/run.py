@@ -35,7 +35,7 @@ import yaml
 from drift import DriftError
 from drift import config as C
 from drift.study.methods import KINDS, Point
-from drift.study.spec import MethodSpec, StudySpec, load_spec
+from drift.study.spec import WARMUP_SEED, MethodSpec, StudySpec, load_spec
 
 
 class ModelGone(DriftError):
@@ -75,7 +75,9 @@ class Study:
                 preset.update(
                     batch_size=spec.train.get("batch_size", 16), micro_batch_size=spec.train.get("micro_batch_size", 8)
                 )
-                self._reference = format_warmup(self.work / "reference", {**spec.shared(), "seed": 0}, preset, 0, {})
+                self._reference = format_warmup(
+                    self.work / "reference", {**spec.shared(), "seed": WARMUP_SEED}, preset, WARMUP_SEED, {}
+                )
         return self._reference
 
     def parameters(self) -> int:
@@ -240,6 +242,7 @@ class Study:
                     "lr": lr,
                     "lr_from": method.lr_from,
                     "round": point.round,
+                    "final": point is points[-1],  # the run's end (a run still going has none yet)
                     "compute": point.compute,
                     "parameters": self.parameters(),
                 }
@@ -251,18 +254,20 @@ class Study:
 
 def check_same_study(saved: Path, spec: StudySpec) -> None:
     """A study folder continues only the same study: the shared setting unchanged, and every method
-    it already has defined as before. Methods may be added (or left out) between runs."""
+    it already has defined as before. Methods may be added (or left out) between runs, and snapshot
+    rounds added (runs still to come get them; finished ones keep the points they have)."""
     if not saved.exists():
         return
     before = yaml.safe_load(saved.read_text())
     now = dict(spec.__dict__)
-    changed = [k for k in now if k != "methods" and before.get(k) != now[k]]
+    grown = set(before.get("snapshot_rounds", [])) <= set(now["snapshot_rounds"])
+    changed = [k for k in now if k != "methods" and before.get(k) != now[k] and not (k == "snapshot_rounds" and grown)]
     old = {m["name"]: m for m in before["methods"]}
     changed += [f"method {m['name']}" for m in now["methods"] if m["name"] in old and old[m["name"]] != m]
     if changed:
         raise DriftError(
             f"{saved.parent} holds a study that differs in {', '.join(changed)}; use another --out "
-            "(methods may be added to a study, but not changed)"
+            "(methods and snapshot rounds may be added to a study, but not changed)"
         )
 
 

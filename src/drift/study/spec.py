@@ -27,9 +27,11 @@ import yaml
 
 from drift import DriftError
 from drift import config as C
+from drift.demo import warmup_problem_seed
 from drift.options import check_value, load_yaml
 
 KIND_NAMES = ("base", "sft", "offline", "online")
+WARMUP_SEED = 0  # the reference policy is drift demo's format warm-up at this seed, whatever the study's seeds
 
 
 @dataclass
@@ -56,7 +58,7 @@ class StudySpec:
     answer_mode: str = "lenient"
     max_new_tokens: int = 24
     dtype: str = "auto"
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    seeds: list[int] = field(default_factory=lambda: [0, 2, 3])  # not 1: see WARMUP_SEED
     warmup_prompts: int = 128  # the format warm-up of drift demo (0: the model as is is the reference)
     warmup_lr: float = 5e-5
     train_prompts: int = 64
@@ -70,7 +72,7 @@ class StudySpec:
     rl: dict = field(default_factory=dict)  # drift rl options of every online method
     budget_method: str = "drift"  # the run whose FLOPs set the online methods' budget (same seed)
     budget_multiple: float = 4.0
-    snapshot_rounds: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64, 128])
+    snapshot_rounds: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128])
     max_rounds: int = 256  # an online run also stops here, whatever its budget
 
     def shared(self) -> dict:
@@ -96,7 +98,7 @@ _FIXED = {  # options the study sets itself for every run: a method cannot chang
     "train": {"input", "out", "model", "seed", "resume", "lr", "dtype"},
     # the environment and sampling of every stage are the study's: what is trained is what is evaluated
     "rl": {"out", "model", "seed", "resume", "lr", "max_flops", "snapshot_steps", "steps", "split", "num_prompts"}
-    | {"source", "protocol", "verifier", "verifier_timeout", "temperature"}
+    | {"source", "protocol", "verifier", "verifier_timeout", "temperature", "top_p", "model_generation_config"}
     | set(StudySpec.__dataclass_fields__) & {f.name for f in dataclasses.fields(C.GenerationOptions)},
     "weight": {"input", "out", "to_format", "plot"},
 }
@@ -185,6 +187,12 @@ def load_spec(path: str | Path) -> StudySpec:
         raise DriftError(f"{path}: budget_method {spec.budget_method!r} is not one of the methods ({', '.join(names)})")
     if online and spec.method(spec.budget_method).kind not in ("offline", "sft"):
         raise DriftError(f"{path}: budget_method must be an offline method, got {spec.budget_method!r}")
+    warmup = warmup_problem_seed(WARMUP_SEED)
+    if spec.warmup_prompts and warmup in spec.seeds:
+        raise DriftError(
+            f"{path}: seed {warmup} trains on the problems of the format warm-up (the reference policy "
+            f"answered the first {spec.warmup_prompts} training problems of seed {warmup}); leave it out of seeds"
+        )
     if spec.tuning_seed not in spec.seeds:
         raise DriftError(f"{path}: tuning_seed {spec.tuning_seed} must be one of the seeds {spec.seeds}")
     return spec
