@@ -56,6 +56,8 @@ def test_multi_turn_and_resume_are_refused(tmp_path):
         run_trl_grpo(RLConfig(algorithm="trl-grpo", out=str(tmp_path / "b"), max_turns=1, resume=True))
     with pytest.raises(DriftError, match="is not empty"):
         run_trl_grpo(RLConfig(algorithm="trl-grpo", out=str(tmp_path / "b"), max_turns=1))
+    with pytest.raises(DriftError, match="gave 3 prompts, fewer than --prompts-per-step 8"):
+        run_trl_grpo(RLConfig(algorithm="trl-grpo", out=str(tmp_path / "c"), max_turns=1, num_prompts=3))
 
 
 @pytest.fixture
@@ -134,3 +136,29 @@ def test_trl_grpo_end_to_end(tmp_path, tiny_model, even_length_is_right):
     merged = AutoModelForCausalLM.from_pretrained(out / "model").state_dict()
     assert merged.keys() == before.keys()
     assert any(not torch.equal(before[k], merged[k]) for k in before)
+
+
+def test_reward_reads_the_sampled_ids_as_drifts_backend_decodes_them(tiny_model):
+    """TRL's completion text drops every special token; the reward reads the ids as the hf backend
+    does: up to the end token, special tokens kept, finish reason from the end token."""
+    from drift.backends.hf import decode_reply
+    from drift.models import load_tokenizer
+
+    tok = load_tokenizer(tiny_model)
+    cfg = RLConfig(max_turns=1, answer_mode="strict")
+    make_env, _ = env_factory(cfg)
+    seen = []
+    eos = [tok.eos_token_id]
+    reward = make_reward_function(
+        {"p0": Problem("p0", "What is 2+3?", "5", "arithmetic")},
+        make_env,
+        cfg.weighting(),
+        tally=lambda returns, records, ids: seen.extend(records),
+        decode=lambda ids: decode_reply(tok, ids, eos),
+    )
+    special = tok.convert_tokens_to_ids("<|im_start|>")
+    body = tok.encode("<answer>5</answer>", add_special_tokens=False)
+    ids = [[special, *body, tok.eos_token_id], body]
+    reward(prompts=[[]] * 2, completions=["<answer>5</answer>"] * 2, completion_ids=ids, prompt_id=["p0"] * 2)
+    assert [r["messages"][-1]["content"] for r in seen] == ["<|im_start|><answer>5</answer>", "<answer>5</answer>"]
+    assert [r["finish_reasons"] for r in seen] == [["stop"], ["length"]]

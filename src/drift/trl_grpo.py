@@ -39,6 +39,13 @@ Left as TRL does it (the baseline is TRL's trainer, not drift's loop):
    rl divides by the population std, so TRL's advantages are sqrt((G-1)/G) times drift's.
 4. The transformers Trainer exempts biases and norm weights from weight decay (drift decays all).
 5. Sampling stops at the tokenizer's EOS and the model's ``generation_config`` EOS ids.
+6. TRL scores the old log-probs on the round's unshuffled generation batch, not in the
+   minibatches it then trains on: in bf16 the first update's ratio may stray from 1 by rounding
+   (drift rl scores them in the updates' own micro-batches).
+7. TRL divides the logits by the temperature in every log-prob it takes (current, old,
+   reference); drift rl's loss uses the model's logits as they are. The same at temperature 1.
+8. Each pass over the prompts drops the last ``num_prompts mod prompts_per_step`` of TRL's
+   shuffled order (drift rl wraps around); fewer prompts than ``prompts_per_step`` is refused.
 
 Multi-turn is refused (``max_turns`` must be 1). TRL 1.16 has two multi-turn mechanisms, and
 neither runs drift's correction environment (a wrong answer is followed by the user message
@@ -74,6 +81,7 @@ from __future__ import annotations
 import copy
 import json
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -118,14 +126,16 @@ def batch_shape(prompts_per_step: int, group_size: int, minibatches: int, micro_
     return micro, per_step // micro
 
 
-def make_reward_function(problems: dict, make_env, params, tally=None):
+def make_reward_function(problems: dict, make_env, params, tally=None, decode=None):
     """TRL's reward function: the return drift gives each completion as a one-turn trajectory.
 
     The completion goes through the environment (``reset(problem)``, ``step(text)``, ``record``),
     and drift.weighting.compute_returns scores the record, so for one turn
     ``R = r_1 - format_penalty * [no parsable answer]`` (r_1 = 1 when the verifier accepts the
     answer; the repetition penalty of a single answer is 0). ``problems``: prompt_id -> Problem;
-    ``tally(returns, records, completion_ids)`` sees every scored batch.
+    ``tally(returns, records, completion_ids)`` sees every scored batch. ``decode(ids) -> (text,
+    finish_reason)`` reads the sampled ids (drift.backends.hf.decode_reply: special tokens kept, as
+    drift's own samples; TRL's completion text has dropped them); without it, TRL's text is used.
     """
     from drift.weighting import compute_returns
 
@@ -134,7 +144,11 @@ def make_reward_function(problems: dict, make_env, params, tally=None):
         for pid, completion, ids in zip(prompt_id, completions, completion_ids):
             env = make_env()
             env.reset(problems[pid])
-            env.step(completion[-1]["content"] if isinstance(completion, list) else completion, token_ids=ids)
+            if decode is not None:
+                text, finish = decode(ids)
+            else:
+                text, finish = (completion[-1]["content"] if isinstance(completion, list) else completion), None
+            env.step(text, finish, token_ids=ids)
             records.append(env.record(traj_id=len(records)))
         returns = compute_returns(records, params)
         if tally is not None:
@@ -284,6 +298,7 @@ def run_trl_grpo(cfg) -> dict:
     from packaging.version import Version
     from transformers import TrainerCallback
 
+    from drift.backends.hf import decode_reply, end_token_ids
     from drift.models import default_device, load_model, load_tokenizer, resolve_dtype, resolve_model
     from drift.options import save_config
     from drift.rollout import env_factory
@@ -319,8 +334,10 @@ def run_trl_grpo(cfg) -> dict:
     problems = load_problems(
         cfg.task, source=cfg.source, split=cfg.split, limit=cfg.num_prompts, seed=cfg.seed, **cfg.task_options
     )
-    if not problems:
-        raise DriftError(f"task {cfg.task!r} gave no prompts")
+    if len(problems) < cfg.prompts_per_step:  # TRL would train no step at all (its sampler drops the tail)
+        raise DriftError(
+            f"task {cfg.task!r} gave {len(problems)} prompts, fewer than --prompts-per-step {cfg.prompts_per_step}"
+        )
     make_env, verifier = env_factory(cfg)
     rows = [{"prompt": make_env().reset(p), "prompt_id": p.prompt_id} for p in problems]
     device = default_device()
@@ -351,9 +368,18 @@ def run_trl_grpo(cfg) -> dict:
             rounds.log(state, logs or {})
 
     peft_config = lora_config(cfg) if cfg.lora_r > 0 else None
+    model = load_model(path)
+    ends = end_token_ids(tokenizer, model.generation_config)
+    reward = make_reward_function(
+        {p.prompt_id: p for p in problems},
+        make_env,
+        cfg.weighting(),
+        rounds.tally,
+        decode=partial(decode_reply, tokenizer, end_ids=ends),
+    )
     trainer = trl.GRPOTrainer(
-        model=load_model(path),
-        reward_funcs=make_reward_function({p.prompt_id: p for p in problems}, make_env, cfg.weighting(), rounds.tally),
+        model=model,
+        reward_funcs=reward,
         args=args,
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,

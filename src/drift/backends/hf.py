@@ -112,6 +112,21 @@ def end_token_ids(tokenizer, generation_config) -> list[int]:
     return sorted({i for i in ids if isinstance(i, int)})
 
 
+def decode_reply(tokenizer, ids: list[int], end_ids) -> tuple[str, str]:
+    """A reply's text and finish reason from its sampled ``ids``: up to the first end token (left
+    out: the chat template writes it back; ``"stop"``), else all of them (``"length"``), special
+    tokens kept. Also the reward of drift.trl_grpo, so that both read a sample alike.
+
+    >>> from types import SimpleNamespace
+    >>> tok = SimpleNamespace(decode=lambda ids, skip_special_tokens: "|".join(map(str, ids)))
+    >>> decode_reply(tok, [5, 6, 2, 9], [2]), decode_reply(tok, [5, 6], [2])
+    (('5|6', 'stop'), ('5|6', 'length'))
+    """
+    end = next((k for k, tok in enumerate(ids) if tok in end_ids), None)
+    kept = ids if end is None else ids[:end]
+    return tokenizer.decode(kept, skip_special_tokens=False), "length" if end is None else "stop"
+
+
 class HFGenerator:
     """Generate with a local transformers model (folder, GGUF file or short name; see drift.models)."""
 
@@ -228,8 +243,7 @@ class HFGenerator:
                     ids = seq if end is None else seq[: end + 1]
                     replies.append(ids)
                     self.tokens_generated += len(ids)
-                    text = self.tokenizer.decode(ids if end is None else ids[:-1], skip_special_tokens=False)
-                    out[i][j] = Reply(text, "length" if end is None else "stop", ids)
+                    out[i][j] = Reply(*decode_reply(self.tokenizer, ids, self.eos_ids), ids)
                 if self.reuse_cache:
                     self._store.keep(
                         getattr(result, self._cache_keyword, None),
