@@ -345,3 +345,15 @@ def test_iterated_drift_does_not_forward_negligible_weights(tmp_path, tiny_model
     assert sum(e["skipped_examples"] for e in logs["1e-4"]) > 0
     assert all(e["skipped_examples"] == 0 for e in logs["none"])
     assert logs["1e-4"][-1]["trained_tokens"] < logs["none"][-1]["trained_tokens"]
+
+
+def test_fewer_prompts_than_a_round_takes_are_refused(tmp_path, tiny_model):
+    """A round would sample one prompt twice with the same seeds: twin trajectories, one merged group."""
+    from drift import DriftError
+    from drift.config import RLConfig
+    from drift.rl import run_rl
+
+    cfg = RLConfig(model=tiny_model, out=str(tmp_path / "rl"), num_prompts=3, prompts_per_step=4, steps=1,
+                   group_size=2, max_new_tokens=4, max_turns=1, dtype="float32")  # fmt: skip
+    with pytest.raises(DriftError, match="gave 3 prompts, fewer than --prompts-per-step 4"):
+        run_rl(cfg)

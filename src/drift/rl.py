@@ -179,8 +179,10 @@ def run_rl(cfg) -> dict:
     prompts = load_problems(
         cfg.task, source=cfg.source, split=cfg.split, limit=cfg.num_prompts, seed=cfg.seed, **cfg.task_options
     )
-    if not prompts:
-        raise DriftError(f"task {cfg.task!r} gave no prompts")
+    if len(prompts) < cfg.prompts_per_step:  # a round would sample a prompt twice, with the same seeds
+        raise DriftError(
+            f"task {cfg.task!r} gave {len(prompts)} prompts, fewer than --prompts-per-step {cfg.prompts_per_step}"
+        )
     parameters = count_parameters(path)
     trainer.prepare(load_model(path), cfg.steps * cfg.epochs_per_round * cfg.minibatches)  # rl refuses DeepSpeed
     ref_model = load_model(path).to(trainer.device).eval() if cfg.kl_coef > 0 else None
