@@ -319,15 +319,14 @@ def test_old_log_probs_are_scored_as_the_updates_see_them(tmp_path, tiny_model, 
 def test_minibatches_are_cut_once_per_round_into_m_near_equal_parts():
     from drift.examples import plan_minibatches
 
-    for n, m in ((9, 4), (5, 4), (64, 2), (3, 5)):
-        epochs = plan_minibatches(n, m, seed=3, epochs=3)
-        assert len(epochs) == 3
-        first = sorted(map(sorted, epochs[0]))
-        assert len(epochs[0]) == min(n, m) and {len(p) for p in epochs[0]} <= {n // m, -(-n // m)}
-        assert sorted(i for p in epochs[0] for i in p) == list(range(n))
-        assert all(sorted(map(sorted, e)) == first for e in epochs)  # the same minibatches, every epoch
-    epochs = plan_minibatches(64, 8, seed=3, epochs=4)
-    assert len({tuple(map(tuple, e)) for e in epochs}) > 1  # taken in another order
+    for n, m in ((9, 4), (5, 4), (64, 2), (3, 5), (0, 4)):
+        parts, orders = plan_minibatches(n, m, seed=3, epochs=3)
+        assert len(orders) == 3
+        assert len(parts) == min(n, m) and {len(p) for p in parts} <= {n // m, -(-n // m)}
+        assert sorted(i for p in parts for i in p) == list(range(n))
+        assert all(sorted(o) == list(range(len(parts))) for o in orders)  # each pass takes every part once
+    parts, orders = plan_minibatches(64, 8, seed=3, epochs=4)
+    assert len({tuple(o) for o in orders}) > 1  # taken in another order
 
 
 def test_iterated_drift_does_not_forward_negligible_weights(tmp_path, tiny_model, even_length_is_right):

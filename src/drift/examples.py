@@ -132,26 +132,29 @@ def plan_batches(n_examples: int, batch_size: int, *, seed: int, epoch: int) -> 
     return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
 
 
-def plan_minibatches(n_examples: int, minibatches: int, *, seed: int, epochs: int) -> list[list[list[int]]]:
-    """An online round's updates: its examples shuffled once and cut into ``minibatches`` parts
-    whose sizes differ by at most one (fewer when there are fewer examples), then, for each of
-    ``epochs`` passes, those same parts in an order of that pass. Each part keeps its examples, so
-    it is forwarded in the same micro-batches every time (what makes PPO's ratio exact: drift.rl).
+def plan_minibatches(
+    n_examples: int, minibatches: int, *, seed: int, epochs: int
+) -> tuple[list[list[int]], list[list[int]]]:
+    """An online round's updates: ``parts``, its examples shuffled once and cut into ``minibatches``
+    parts whose sizes differ by at most one (fewer when there are fewer examples), and ``orders``,
+    for each of ``epochs`` passes the order (indices into ``parts``) in which that pass takes them.
+    Each part keeps its examples, so it is forwarded in the same micro-batches every time (what makes
+    PPO's ratio exact: drift.rl).
 
     >>> plan_minibatches(5, 2, seed=0, epochs=2)
-    [[[2, 1], [0, 4, 3]], [[0, 4, 3], [2, 1]]]
+    ([[2, 1], [0, 4, 3]], [[0, 1], [1, 0]])
     """
     order = list(range(n_examples))
     random.Random(seed).shuffle(order)
     m = min(minibatches, n_examples)
     cuts = [round(j * n_examples / m) for j in range(m + 1)] if m else [0]
     parts = [order[cuts[j] : cuts[j + 1]] for j in range(m)]
-    plan = []
+    orders = []
     for epoch in range(epochs):
         turn = list(range(m))
         random.Random(seed * 1_000_003 + epoch).shuffle(turn)
-        plan.append([parts[j] for j in turn])
-    return plan
+        orders.append(turn)
+    return parts, orders
 
 
 def negligible(weights: list[float], share: float) -> list[int]:

@@ -249,19 +249,18 @@ def run_rl(cfg) -> dict:
         stats, skipped = [], 0
         share = cfg.skip_weight_share if ref_model is None else None  # a KL term rides on every example
         seed = cfg.seed * 7919 + step
-        epochs = plan_minibatches(len(examples), cfg.minibatches, seed=seed, epochs=cfg.epochs_per_round)
-        parts = {id(part): part for part in epochs[0]} if examples else {}
-        forward = {key: to_forward([examples[i] for i in part], share) for key, part in parts.items()}
+        parts, orders = plan_minibatches(len(examples), cfg.minibatches, seed=seed, epochs=cfg.epochs_per_round)
+        forward = [to_forward([examples[i] for i in part], share) for part in parts]
         if clipped:  # the ratio's denominator: the sampling policy, before any update, in the updates' micro-batches
-            for kept, _ in forward.values():
+            for kept, _ in forward:
                 old, scored = trainer.completion_logprobs(kept)
                 compute["scored_tokens"] += scored
                 for example, values in zip(kept, old):
                     example.old_logp = values
-        for passes in epochs if examples else []:
-            for part in passes:
-                kept, dropped = forward[id(part)]
-                stats.append(trainer.step(kept, float(len(part)), loss_fn))
+        for order in orders:
+            for j in order:
+                kept, dropped = forward[j]
+                stats.append(trainer.step(kept, float(len(parts[j])), loss_fn))
                 skipped += len(dropped)
         compute["training_seconds"] += time.perf_counter() - t0
         compute["trained_tokens"] += int(sum(s["tokens"] for s in stats))

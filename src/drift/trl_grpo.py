@@ -134,7 +134,7 @@ def make_reward_function(problems: dict, make_env, params, tally=None, decode=No
     ``R = r_1 - format_penalty * [no parsable answer]`` (r_1 = 1 when the verifier accepts the
     answer; the repetition penalty of a single answer is 0). ``problems``: prompt_id -> Problem;
     ``tally(returns, records, completion_ids)`` sees every scored batch. ``decode(ids) -> (text,
-    finish_reason)`` reads the sampled ids (drift.backends.hf.decode_reply: special tokens kept, as
+    finish_reason, ids spent)`` reads the sampled ids (drift.backends.hf.decode_reply: special tokens kept, as
     drift's own samples; TRL's completion text has dropped them); without it, TRL's text is used.
     """
     from drift.weighting import compute_returns
@@ -145,7 +145,7 @@ def make_reward_function(problems: dict, make_env, params, tally=None, decode=No
             env = make_env()
             env.reset(problems[pid])
             if decode is not None:
-                text, finish = decode(ids)
+                text, finish, _ = decode(ids)
             else:
                 text, finish = (completion[-1]["content"] if isinstance(completion, list) else completion), None
             env.step(text, finish, token_ids=ids)

@@ -112,19 +112,21 @@ def end_token_ids(tokenizer, generation_config) -> list[int]:
     return sorted({i for i in ids if isinstance(i, int)})
 
 
-def decode_reply(tokenizer, ids: list[int], end_ids) -> tuple[str, str]:
-    """A reply's text and finish reason from its sampled ``ids``: up to the first end token (left
-    out: the chat template writes it back; ``"stop"``), else all of them (``"length"``), special
-    tokens kept. Also the reward of drift.trl_grpo, so that both read a sample alike.
+def decode_reply(tokenizer, ids: list[int], end_ids) -> tuple[str, str, list[int]]:
+    """A reply from its sampled ``ids``: its text, up to the first end token (left out: the chat
+    template writes it back; ``"stop"``), else all of them (``"length"``), special tokens kept; its
+    finish reason; and the ids it spent, through that end token (what is counted and trained on).
+    Also the reward of drift.trl_grpo, so that both read a sample alike.
 
     >>> from types import SimpleNamespace
     >>> tok = SimpleNamespace(decode=lambda ids, skip_special_tokens: "|".join(map(str, ids)))
     >>> decode_reply(tok, [5, 6, 2, 9], [2]), decode_reply(tok, [5, 6], [2])
-    (('5|6', 'stop'), ('5|6', 'length'))
+    (('5|6', 'stop', [5, 6, 2]), ('5|6', 'length', [5, 6]))
     """
     end = next((k for k, tok in enumerate(ids) if tok in end_ids), None)
-    kept = ids if end is None else ids[:end]
-    return tokenizer.decode(kept, skip_special_tokens=False), "length" if end is None else "stop"
+    if end is None:
+        return tokenizer.decode(ids, skip_special_tokens=False), "length", list(ids)
+    return tokenizer.decode(ids[:end], skip_special_tokens=False), "stop", list(ids[: end + 1])
 
 
 class HFGenerator:
@@ -239,11 +241,10 @@ class HFGenerator:
                     )
                 replies = []
                 for (i, j), seq in zip(batch, result.sequences[:, width:].tolist()):
-                    end = next((k for k, tok in enumerate(seq) if tok in self.eos_ids), None)
-                    ids = seq if end is None else seq[: end + 1]
+                    text, finish, ids = decode_reply(self.tokenizer, seq, self.eos_ids)
                     replies.append(ids)
                     self.tokens_generated += len(ids)
-                    out[i][j] = Reply(*decode_reply(self.tokenizer, ids, self.eos_ids), ids)
+                    out[i][j] = Reply(text, finish, ids)
                 if self.reuse_cache:
                     self._store.keep(
                         getattr(result, self._cache_keyword, None),

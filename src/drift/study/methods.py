@@ -172,7 +172,7 @@ def run_online(study, method: MethodSpec, seed: int, lr: float, folder: Path) ->
     points = [
         Point(str(out / "snapshots" / f"round-{r:05d}"), r, with_flops(study.parameters(), _rl_compute(log[r])))
         for r in spec.snapshot_rounds
-        if r < summary["steps"] and (r in log and (out / "snapshots" / f"round-{r:05d}").exists())
+        if r < summary["steps"] and (out / "snapshots" / f"round-{r:05d}").exists()
     ]  # (a round added to snapshot_rounds after the run had passed it has no snapshot)
     last = log[summary["steps"]]
     points.append(Point(str(out / "model"), summary["steps"], with_flops(study.parameters(), _rl_compute(last))))

@@ -71,7 +71,8 @@ def mean_curve(rows: list[dict], seeds: list) -> list[tuple[float, float]]:
 
 
 def final_rows(rows: list[dict], method: str) -> list[dict]:
-    """The last point (most compute) of each seed of ``method`` (rows ordered by :func:`read_rows`)."""
+    """The end point of each seed's run of ``method``: the row its report marks ``final`` (a run
+    still going has none), in the order of :func:`read_rows`."""
     return [r for r in rows if r["method"] == method and r["point"] == "final"]
 
 
@@ -122,6 +123,22 @@ def _ratio(flops: float | None, of: float | None) -> float | None:
     return None if flops is None or not of else round(flops / of, 3)
 
 
+def _bracket(curve: list, target: float | None, target_flops: float | None) -> dict:
+    """Where ``curve`` first reaches ``target`` (:func:`crossing`), in FLOPs and as a multiple of
+    ``target_flops``: ``flops_below`` / ``ratio_below`` (the last point below, only when it is
+    reached) and ``flops`` / ``ratio`` (the first point at or above; ``None`` if never)."""
+    below, hit = crossing(curve, target) if target is not None else (None, None)
+    below = below if hit is not None else None
+    return {
+        "target": target,
+        "target_flops": target_flops,
+        "flops_below": below,
+        "ratio_below": _ratio(below, target_flops),
+        "flops": hit,
+        "ratio": _ratio(hit, target_flops),
+    }
+
+
 def match_table(rows: list[dict], spec: StudySpec) -> list[dict]:
     """For every online method: the FLOPs at which it first reaches the budget method's multi@T, per
     seed (against that seed's budget run) and on the curve averaged over seeds (:func:`mean_curve`)."""
@@ -138,33 +155,19 @@ def match_table(rows: list[dict], spec: StudySpec) -> list[dict]:
             if seed not in ref:
                 continue
             curve = [(r["flops"], r["multi_at_T"]) for r in mine if r["seed"] == seed]
-            below, hit = crossing(curve, ref[seed]["multi_at_T"])
             per_seed[str(seed)] = {
-                "target": ref[seed]["multi_at_T"],
-                "target_flops": ref[seed]["flops"],
-                "flops_below": below if hit is not None else None,
-                "ratio_below": _ratio(below, ref[seed]["flops"]) if hit is not None else None,
-                "flops": hit,
-                "ratio": _ratio(hit, ref[seed]["flops"]),
+                **_bracket(curve, ref[seed]["multi_at_T"], ref[seed]["flops"]),
                 "budget_ratio": round(max(f for f, _ in curve) / ref[seed]["flops"], 3),
             }
         curve = mean_curve(mine, [int(s) for s in per_seed])
         target = _mean(ref[int(s)]["multi_at_T"] for s in per_seed) if per_seed else None
         target_flops = _mean(ref[int(s)]["flops"] for s in per_seed) if per_seed else None
-        below, hit = crossing(curve, target) if target is not None else (None, None)
         out.append(
             {
                 "method": m.name,
                 "against": spec.budget_method,
                 "per_seed": per_seed,
-                "mean": {
-                    "target": target,
-                    "target_flops": target_flops,
-                    "flops_below": below if hit is not None else None,
-                    "ratio_below": _ratio(below, target_flops) if hit is not None else None,
-                    "flops": hit,
-                    "ratio": _ratio(hit, target_flops),
-                },
+                "mean": _bracket(curve, target, target_flops),
             }
         )
     return out
