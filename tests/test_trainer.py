@@ -135,6 +135,35 @@ def test_optimizer_and_schedule_step_once_per_global_batch(tmp_path, tiny_model)
     assert len(steps) == 2 and lrs == [1.0, 0.75]
 
 
+def test_adamw_on_a_cpu_is_torchs_fused_kernel_and_matches_the_loop(tmp_path, tiny_model):
+    """The fused AdamW (drift.trainer._adamw) takes the same steps as torch's per-parameter loop."""
+    import torch
+
+    from drift.config import TrainConfig
+    from drift.examples import build_examples
+    from drift.models import load_model, load_tokenizer
+    from drift.options import resolve
+    from drift.records import read_records
+    from drift.trainer import Trainer
+
+    tok = load_tokenizer(tiny_model)
+    data = weighted_file(tmp_path / "w.jsonl", [1.0, 0.5, 2.0])
+    exs = [build_examples(r, tok, index=i)[0] for i, r in enumerate(read_records(data))]
+    weights = {}
+    for fused in (True, None):
+        trainer = Trainer(resolve(TrainConfig, lr=1e-3), dtype="float32", out=tmp_path / str(fused), pad_token_id=0)
+        trainer.prepare(load_model(tiny_model), total_steps=3)
+        assert trainer.optimizer.optimizer.defaults["fused"] is True
+        trainer.optimizer.optimizer.param_groups[0]["fused"] = fused  # None: the loop, for reference
+        for _ in range(3):
+            trainer.step(exs, 3.0)
+        weights[fused] = [p.detach().clone() for p in trainer.unwrapped().parameters()]
+    moved = max((a - b).abs().max().item() for a, b in zip(weights[True], load_model(tiny_model).parameters()))
+    assert moved > 1e-4
+    for a, b in zip(weights[True], weights[None]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_kill_one_process_then_resume_gives_the_uninterrupted_weights(tmp_path, tiny_model):
     psutil = pytest.importorskip("psutil")
     data = weighted_file(tmp_path / "w.jsonl", [0.5, 2.0, 1.0, 0.0, 3.0, 1.5, 0.25, 1.0, 2.0] * 2)
