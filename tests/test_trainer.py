@@ -18,6 +18,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from drift.trainer import _has_accelerator  # noqa: E402
 from test_train import params, weighted_file  # noqa: E402
 
 TORCHRUN = str(Path(sys.executable).parent / "torchrun")
@@ -135,6 +136,7 @@ def test_optimizer_and_schedule_step_once_per_global_batch(tmp_path, tiny_model)
     assert len(steps) == 2 and lrs == [1.0, 0.75]
 
 
+@pytest.mark.skipif(_has_accelerator(), reason="the Trainer runs on the accelerator there")
 def test_adamw_on_a_cpu_is_torchs_fused_kernel_and_matches_the_loop(tmp_path, tiny_model):
     """The fused AdamW (drift.trainer._adamw) takes the same steps as torch's per-parameter loop."""
     import torch

@@ -146,12 +146,10 @@ def load_tokenizer(path: str):
 
 
 def load_model(path: str, dtype: str = "float32"):
-    """An ``AutoModelForCausalLM`` in ``dtype`` (``float32``, ``bfloat16`` or ``float16``), in a
-    process whose freed memory is kept for reuse (:func:`keep_freed_memory`)."""
+    """An ``AutoModelForCausalLM`` in ``dtype`` (``float32``, ``bfloat16`` or ``float16``)."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    keep_freed_memory()
     try:
         return AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
     except OSError as e:
@@ -163,17 +161,21 @@ _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's <malloc.h>
 
 def keep_freed_memory() -> bool:
     """Make glibc's malloc keep the memory torch frees, for the next tensor, instead of handing it
-    back to the kernel; returns whether it could (glibc only; elsewhere nothing changes).
+    back to the kernel; returns whether it could (glibc only; elsewhere nothing changes). Called
+    where models compute on a CPU: drift.trainer.Trainer and the hf backend.
 
     torch allocates CPU tensors with plain ``malloc``, and glibc serves large ones (above 128 KiB to
     32 MiB, adaptively) with a fresh ``mmap`` and unmaps them when freed. A training step frees and
     reallocates hundreds of MB every micro-batch (bf16 copies of the weights under autocast, fp32
     gradients, activations), generation a KV cache grown by ``torch.cat``: each time, every 4 KiB
     page faults and is zeroed by the kernel again. On a 2-core EPYC, 8 steps of the demo's weighted
-    SFT took 2.57M page faults; with this, 1.28M, and 23% more tokens/s (benchmarks/README.md).
-    Setting ``M_MMAP_MAX`` to 0 serves every block from the heap, which a huge ``M_TRIM_THRESHOLD``
-    never shrinks: the process keeps its peak footprint (what PyTorch's CPU tuning guide gets from
-    jemalloc or tcmalloc). Idempotent; a process that computes on a GPU only loses nothing."""
+    SFT took 2.57M page faults; with this, 1.26M (nearly all in the first two steps), and 23% more
+    tokens/s (benchmarks/README.md). Setting ``M_MMAP_MAX`` to 0 serves every block from the heap,
+    and a 2 GiB ``M_TRIM_THRESHOLD`` keeps its top: the process holds on to what it freed (its peak
+    footprint, plus holes a growing buffer may leave), as with jemalloc or tcmalloc, which PyTorch's
+    CPU tuning guide recommends. Not done where models compute on a GPU: a model loaded on the CPU
+    and moved would leave its freed copy in the heap. Idempotent; a preloaded jemalloc or tcmalloc
+    ignores it."""
     import ctypes
     import platform
 

@@ -99,6 +99,10 @@ class Trainer:
             log_with=None if report_to == "none" else report_to,
             project_dir=str(out),
         )
+        if self.accelerator.device.type == "cpu":
+            from drift.models import keep_freed_memory
+
+            keep_freed_memory()  # a training step frees and reallocates hundreds of MB
         self.model: Any = None
         self.optimizer: Any = None
         self.scheduler: Any = None

@@ -166,13 +166,22 @@ class HFGenerator:
         reuse_cache_bytes: int = 2 * 2**30,
     ):
         from drift.backends.hf_cache import PrefixStore, cache_keyword
-        from drift.models import default_device, load_model, load_tokenizer, resolve_dtype, resolve_model
+        from drift.models import (
+            default_device,
+            keep_freed_memory,
+            load_model,
+            load_tokenizer,
+            resolve_dtype,
+            resolve_model,
+        )
 
         path = resolve_model(model, cache_dir) if model_obj is None else model
         self.tokenizer = tokenizer or load_tokenizer(path)
         if device is None:  # a model handed over stays where it is (drift rl's is on the trainer's device)
             device = str(model_obj.device) if model_obj is not None else default_device()
         self.device = device
+        if device.split(":")[0] == "cpu":
+            keep_freed_memory()  # the KV cache grows by torch.cat: a fresh buffer every step
         self.dtype = resolve_dtype(dtype, self.device)
         import torch
 
