@@ -106,3 +106,42 @@ def test_processes_computing_on_a_cpu_reuse_freed_memory_without_page_faults(tin
     assert faults("-") > 6 * 32_768
     assert faults("generator", tiny_model) < 32_768
     assert faults("trainer") < 32_768
+
+
+RELEASE = r"""
+import os, torch
+from drift.models import keep_freed_memory, release_freed_memory
+torch.set_num_threads(1)
+keep_freed_memory()
+def resident():
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+big = torch.empty(2**26)  # 256 MiB
+big.fill_(1.0)
+small = torch.ones(1000)  # allocated after it: the big block is not the heap's top
+loaded = resident()
+del big
+kept = resident()
+released = release_freed_memory()
+print(loaded, kept, resident(), released)
+"""
+
+
+@pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="glibc's malloc only")
+def test_freed_memory_is_kept_until_released(monkeypatch, tiny_model):
+    """keep_freed_memory keeps a freed 256 MiB block resident; release_freed_memory hands it back
+    (resident sizes read by the child); the hf backend releases at the end of every generate call."""
+    import subprocess
+    import sys
+
+    from drift.backends.base import Sampling
+    from drift.backends.hf import HFGenerator
+
+    run = subprocess.run([sys.executable, "-c", RELEASE], capture_output=True, text=True, check=True)
+    loaded, kept, released, ok = run.stdout.split()
+    assert ok == "True" and int(loaded) - int(kept) < 2**24 and int(kept) - int(released) > 2**27
+
+    calls = []
+    monkeypatch.setattr("drift.models.release_freed_memory", lambda: calls.append(1) or True)
+    gen = HFGenerator(tiny_model, batch_size=4, dtype="float32", device="cpu")
+    gen.generate([[{"role": "user", "content": "2+2?"}]], 1, Sampling(temperature=0.0, max_new_tokens=2))
+    assert calls == [1]
