@@ -185,21 +185,6 @@ def keep_freed_memory() -> bool:
     return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
 
 
-def release_freed_memory() -> bool:
-    """Hand the free pages of glibc's heaps back to the kernel (``malloc_trim(0)``); whether it
-    could. With :func:`keep_freed_memory` a process keeps what it frees, and generation frees
-    buffers of ever new sizes (KV caches grown by ``torch.cat``, batches of other widths) that later
-    ones may not fit: without an occasional release, a process sampling for hours (drift rl, drift
-    study) grew by ~2 GB an RL run. The hf backend calls this at the end of each ``generate`` call,
-    so the steps within a call, and the training steps between calls, still reuse their memory."""
-    import ctypes
-    import platform
-
-    if platform.libc_ver()[0] != "glibc":
-        return False
-    return bool(ctypes.CDLL(None).malloc_trim(0))
-
-
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 

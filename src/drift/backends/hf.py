@@ -210,8 +210,6 @@ class HFGenerator:
     def generate(self, conversations, n, sampling: Sampling, seeds=None):
         import torch
 
-        from drift.models import release_freed_memory
-
         request_seeds = resolve_seeds(conversations, n, sampling, seeds)
         prompts = [tuple(render_prompt(self.tokenizer, c)) for c in conversations]
         rows = [(i, j) for i in range(len(conversations)) for j in range(n)]
@@ -268,8 +266,6 @@ class HFGenerator:
                 self._store.commit()
         finally:
             self.model.train(was_training)
-            if self.device.split(":")[0] == "cpu":
-                release_freed_memory()  # this call's odd-sized buffers (drift.models.keep_freed_memory)
         return out
 
     def _prefill(self, batch, prompts, pad: int):
