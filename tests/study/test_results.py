@@ -81,3 +81,21 @@ def test_a_run_still_going_has_no_final_point(tmp_path):
     assert [(r["seed"], r["point"]) for r in rows] == [(0, 1), (0, "final"), (1, 1)]
     (summary,) = write_results(tmp_path, spec)["summary"]
     assert summary["seeds"] == [0] and summary["multi_at"]["2"] == 0.4
+
+
+def test_a_method_with_snapshots_and_no_final_point_yet(tmp_path):
+    """Its first run is still going: no summary row (nothing to summarise), but its snapshots stay
+    in the rows, the match and the figure."""
+    spec = StudySpec(
+        methods=[{"name": "drift", "kind": "offline"}, {"name": "rl", "kind": "online"}],
+        max_turns=2, seeds=[0], budget_method="drift",
+    )  # fmt: skip
+    _report(tmp_path, "drift", "offline", 0, None, (0.3, 0.5), 100.0)
+    _report(tmp_path, "rl", "online", 0, 1, (0.1, 0.2), 50.0, final=False)
+    _report(tmp_path, "rl", "online", 0, 2, (0.3, 0.6), 150.0, final=False)
+    table = write_results(tmp_path, spec)
+    assert [s["method"] for s in table["summary"]] == ["drift"]
+    assert [(r["method"], r["point"]) for r in table["rows"]] == [("drift", "final"), ("rl", 1), ("rl", 2)]
+    (match,) = table["match"]
+    assert match["per_seed"]["0"]["flops"] == 150.0 and match["per_seed"]["0"]["flops_below"] == 50.0
+    assert "| rl |" not in (tmp_path / "table.md").read_text()

@@ -82,6 +82,7 @@ def _mean(values) -> float | None:
 
 
 def summarize_method(rows: list[dict], method: str, max_turns: int) -> dict:
+    """Mean over seeds of ``method``'s ended runs (:func:`final_rows`; at least one)."""
     finals = final_rows(rows, method)
     solved = sum(round(r["multi_at_T"] * r["n"]) for r in finals)
     episodes = sum(r["n"] for r in finals)
@@ -231,7 +232,7 @@ def write_results(out: Path, spec: StudySpec) -> dict:
 
     rows = read_rows(out, spec.max_turns)
     methods = [m.name for m in spec.method_specs() if any(r["method"] == m.name for r in rows)]
-    summary = [summarize_method(rows, m, spec.max_turns) for m in methods]
+    summary = [summarize_method(rows, m, spec.max_turns) for m in methods if final_rows(rows, m)]  # ended runs only
     match = match_table(rows, spec)
     tuning = json.loads((out / "tuning.json").read_text()) if (out / "tuning.json").exists() else {}
     table = {
