@@ -98,10 +98,9 @@ def test_every_declared_end_token_stops_a_reply(tiny_model, tmp_path):
     shutil.copytree(tiny_model, folder)
     free = HFGenerator(str(folder), batch_size=4, dtype="float32")
     sampling = Sampling(temperature=1.0, max_new_tokens=12)  # sampled: the tiny model's greedy reply repeats one token
-    outputs, generate = [], free.model.generate
-    free.model.generate = lambda **kw: outputs.append(out := generate(**kw)) or out
     reply = free.generate(QUESTIONS[:1], 1, sampling, seeds=[7])[0][0]
-    ids = outputs[0].sequences[0, -12:].tolist()
+    ids = reply.token_ids
+    assert reply.finish_reason == "length" and len(ids) == 12
     # make a token of the reply (its first occurrence at j > 0) an end token, declared only in a list
     j = next((j for j in range(1, len(ids)) if ids[j] not in ids[:j]), None)
     assert j is not None and j < len(ids) - 1, f"no token of {ids} to cut the reply at"
@@ -150,23 +149,25 @@ def test_the_models_own_generation_config_is_not_applied(tiny_model, tmp_path):
 INCORRECT = {"role": "user", "content": "Incorrect. Please think again."}
 
 
-def _drive(gen, sampling, turns=3, k=3, leaves=1):
+def _drive(gen, sampling, monkeypatch, turns=3, k=3, leaves=1):
     """Turns of a rollout (drift.rollout.run_episodes): each question K times, every active episode
     in one call with its own seed per turn, the conversation extended by the reply's text and a
     user message; episode ``leaves`` ends after turn 1 (its kept cache must go). Returns, per turn,
-    ``(episode, prompt ids, reply, next prompt ids)`` of each active episode, and the logits of
-    every ``generate`` step of every batch (those of a random tiny model are flat: a wrong position
-    or cache barely moves the sampled tokens, it does move the logits)."""
+    ``(episode, prompt ids, reply, next prompt ids)`` of each active episode, and for every batch
+    the live rows and logits of each decode step (those of a random tiny model are flat: a wrong
+    position or cache barely moves the sampled tokens, it does move the logits)."""
+    import drift.backends.hf as hf
+    from drift.backends.hf_decode import decode
     from drift.examples import render_prompt
 
-    logits, generate = [], gen.model.generate
+    logits = []
 
-    def generate_keeping_logits(**kw):
-        out = generate(**kw, output_logits=True)
-        logits.append(torch.stack(out.logits, 1))
-        return out
+    def decode_keeping_logits(*args, choose, **kw):
+        steps = []
+        logits.append(steps)
+        return decode(*args, choose=lambda x, rows: steps.append((list(rows), x.clone())) or choose(x, rows), **kw)
 
-    gen.model.generate = generate_keeping_logits
+    monkeypatch.setattr(hf, "decode", decode_keeping_logits)
     conversations = [list(q) for q in QUESTIONS for _ in range(k)]
     active, turns_seen = list(range(len(conversations))), []
     for turn in range(1, turns + 1):
@@ -186,7 +187,7 @@ def _replies(turns):
 
 
 @pytest.mark.parametrize("temperature, stops", [(0.0, False), (1.0, False), (1.0, True)])
-def test_reused_caches_give_the_replies_of_full_prefills(tiny_model, temperature, stops):
+def test_reused_caches_give_the_replies_of_full_prefills(tiny_model, temperature, stops, monkeypatch):
     # 3 questions of different lengths x 3 trajectories, batches of 4 (< 9 rows): rows of a batch
     # have different cached and new lengths; with extra end tokens replies end at different steps.
     # (The tiny model's greedy replies are 8 newlines, the same for every row: the K rows of a
@@ -200,11 +201,15 @@ def test_reused_caches_give_the_replies_of_full_prefills(tiny_model, temperature
     matched = []
     match = reused._store.match
     reused._store.match = lambda p: matched.append((p, out := match(p))) or out
-    (got, got_logits), (want, want_logits) = _drive(reused, sampling), _drive(plain, sampling)
+    (got, got_logits), (want, want_logits) = _drive(reused, sampling, monkeypatch), _drive(plain, sampling, monkeypatch)
     assert _replies(got) == _replies(want)
     assert len(got_logits) == len(want_logits) == 3 + 2 + 2  # 9, 8, 8 rows in batches of 4
     for a, b in zip(got_logits, want_logits):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        assert [rows for rows, _ in a] == [rows for rows, _ in b]
+        for (_, x), (_, y) in zip(a, b):
+            torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
+    if stops:  # rows left their batch as they ended
+        assert any(len(rows) < len(a[0][0]) for a in got_logits for rows, _ in a)
     assert all(str(r) for seen in got for _, _, r, _ in seen), "empty replies: the comparison checks nothing"
     first_lengths = {len(p) for _, p, _, _ in got[0]}
     assert any(length > max(first_lengths) for _, (length, _) in matched), "no reply's cache was reused"
@@ -218,14 +223,14 @@ def test_reused_caches_give_the_replies_of_full_prefills(tiny_model, temperature
     assert reused.tokens_prefilled < plain.tokens_prefilled
 
 
-def test_prefilled_tokens_count_what_the_model_reads(tiny_model):
+def test_prefilled_tokens_count_what_the_model_reads(tiny_model, monkeypatch):
     # greedy, 2 turns, each question twice, one batch: every reply is 8 tokens ("length"), and the
     # model never reads the last sampled token, so a row keeps the cache of prompt + reply[:7]
     sampling = Sampling(temperature=0.0, max_new_tokens=8)
     counts = {}
     for name, options in {"reuse": {}, "plain": {"reuse_cache": False}, "capped": {"reuse_cache_bytes": 0}}.items():
         gen = HFGenerator(tiny_model, batch_size=8, dtype="float32", **options)
-        turns, _ = _drive(gen, sampling, turns=2, k=2, leaves=-1)
+        turns, _ = _drive(gen, sampling, monkeypatch, turns=2, k=2, leaves=-1)
         counts[name] = gen.tokens_prefilled
     one = {e: (len(p), len(q)) for e, p, r, q in turns[0]}
     lengths = [one[e] for e in range(0, 6, 2)]  # (turn-1 prompt, turn-2 prompt) of each question

@@ -1,19 +1,23 @@
-"""``hf`` backend: transformers ``generate`` on CPU or one GPU.
+"""``hf`` backend: a transformers model on CPU or one GPU.
 
 - Conversations are rendered with the tokenizer's chat template, sorted by length, and generated
-  in batches of ``batch_size`` with left padding and the KV cache.
-- Sampling is per row: a logits processor draws each row's next token by inverse transform
+  in batches of ``batch_size`` with left padding and the KV cache, by drift's decode loop
+  (drift.backends.hf_decode): a row leaves the batch at the step its reply ends, and on a CPU
+  single-token attention runs without torch's slow grouped-query kernel.
+  ``model_generation_config=True`` runs transformers' ``generate`` instead (below).
+- Sampling is per row: :class:`_RowSampler` draws each row's next token by inverse transform
   sampling, with one uniform number per row and step from that row's own CPU ``torch.Generator``
-  (seeded from the rollout's per-trajectory seed), and hands ``generate`` a one-hot choice to take
-  greedily. A trajectory's text therefore depends on its seed, not on which other trajectories
-  shared its batch (up to floating-point differences from padding), nor on the device: the random
-  numbers come from the CPU whatever device the probabilities are on.
+  (seeded from the rollout's per-trajectory seed). A trajectory's text therefore depends on its
+  seed, not on which other trajectories shared its batch (up to floating-point differences from
+  padding), nor on the device: the random numbers come from the CPU whatever device the
+  probabilities are on.
 - Replies are the sampled ids decoded as they are (special tokens kept, nothing stripped) up to
   the end token, which is left out (the chat template writes it back); the ids themselves, end
   token included, ride along in :class:`~drift.backends.base.Reply`. The model's own
-  ``generation_config`` (repetition penalty, top-k, no-repeat n-grams, ...) is not applied: a fresh
-  config with only drift's settings is, so samples come from the model's distribution at the
-  stated temperature / top-p (``model_generation_config=True`` applies the model's own too).
+  ``generation_config`` (repetition penalty, top-k, no-repeat n-grams, ...) is not applied, so
+  samples come from the model's distribution at the stated temperature / top-p
+  (``model_generation_config=True`` applies the model's own too, through transformers'
+  ``generate``, whose rows all run until the batch's last one ends).
 - Generation stops at every end token the model declares: the tokenizer's EOS and each id of
   ``generation_config.eos_token_id`` (a list for Llama 3, Gemma, Phi-3: their end-of-turn tokens).
 - ``n`` samples of one conversation are ``n`` rows, and so are the K trajectories of a prompt at
@@ -43,6 +47,7 @@ from __future__ import annotations
 import contextlib
 
 from drift.backends.base import Reply, Sampling, resolve_seeds
+from drift.backends.hf_decode import decode, use_packed_decode_attention
 from drift.chat import render_prompt
 
 
@@ -57,7 +62,21 @@ class _RowSampler:
     def __init__(self, generators, temperature: float, top_p: float):
         self.generators, self.temperature, self.top_p = generators, temperature, top_p
 
-    def __call__(self, input_ids, scores):
+    @classmethod
+    def for_rows(cls, rows, seeds, sampling: Sampling) -> _RowSampler:
+        """Row ``(i, j)`` (sample j of conversation i) draws from a generator seeded by seed i and j."""
+        import torch
+
+        generators = []
+        for i, j in rows:
+            g = torch.Generator()
+            seed = seeds[i] if seeds[i] is not None else torch.seed()
+            g.manual_seed((seed * 1_000_003 + j) % 2**63)
+            generators.append(g)
+        return cls(generators, sampling.temperature, sampling.top_p)
+
+    def choose(self, scores, rows):
+        """The next token of batch rows ``rows`` (``scores``: their logits, in that order)."""
         import torch
 
         probs = torch.softmax(scores.float() / self.temperature, dim=-1)
@@ -66,10 +85,16 @@ class _RowSampler:
             outside = sorted_probs.cumsum(-1) - sorted_probs > self.top_p  # keep the top token always
             sorted_probs[outside] = 0.0
             probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
-        uniforms = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in self.generators])
+        uniforms = torch.cat([torch.rand(1, generator=self.generators[r], dtype=torch.float64) for r in rows])
         cdf = probs.double().cumsum(-1)
         targets = (uniforms.to(cdf.device) * cdf[:, -1]).unsqueeze(-1)
-        choice = torch.searchsorted(cdf, targets, right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1)
+        return torch.searchsorted(cdf, targets, right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1)
+
+    def __call__(self, input_ids, scores):
+        """As a transformers ``LogitsProcessor``: every row's choice as a one-hot for greedy search."""
+        import torch
+
+        choice = self.choose(scores, range(len(scores)))
         out = torch.full_like(scores, float("-inf"))
         out[torch.arange(len(choice), device=scores.device), choice] = 0.0
         return out
@@ -82,21 +107,6 @@ def _left_pad(prompts: list[list[int]], width: int, pad: int):
     ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
     return ids, mask
-
-
-@contextlib.contextmanager
-def _bare_generation_config(model):
-    """Generate with a blank ``generation_config``: ``generate`` fills every field a call leaves
-    unset from the model's own config, processors included (repetition penalty, no-repeat n-grams,
-    ...), which would sample from another distribution than the stated one."""
-    from transformers import GenerationConfig
-
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft model's base
-    saved, base.generation_config = base.generation_config, GenerationConfig()
-    try:
-        yield
-    finally:
-        base.generation_config = saved
 
 
 def end_token_ids(tokenizer, generation_config) -> list[int]:
@@ -190,6 +200,8 @@ class HFGenerator:
         self._autocast_on = model_obj is not None and self.dtype != "float32"
         compute = getattr(torch, self.dtype)
         self.model = model_obj if model_obj is not None else load_model(path).to(self.device, dtype=compute)
+        if device.split(":")[0] == "cpu":
+            use_packed_decode_attention(self.model)
         self.batch_size = batch_size
         self.share_prefill = share_prefill
         self.model_generation_config = model_generation_config
@@ -208,14 +220,11 @@ class HFGenerator:
         return torch.autocast(device_type=self.device.split(":")[0], dtype=getattr(torch, self.dtype))
 
     def generate(self, conversations, n, sampling: Sampling, seeds=None):
-        import torch
-
         request_seeds = resolve_seeds(conversations, n, sampling, seeds)
         prompts = [tuple(render_prompt(self.tokenizer, c)) for c in conversations]
         rows = [(i, j) for i in range(len(conversations)) for j in range(n)]
         rows.sort(key=lambda r: -len(prompts[r[0]]))  # similar lengths share a batch: less padding
         out = [[""] * n for _ in conversations]
-        pad = self.tokenizer.pad_token_id
         was_training = self.model.training
         self.model.eval()
         if self.reuse_cache:
@@ -223,55 +232,73 @@ class HFGenerator:
         try:
             for start in range(0, len(rows), self.batch_size):
                 batch = rows[start : start + self.batch_size]
-                input_ids, attention, cache, encoded = self._prefill(batch, prompts, pad)
-                self.tokens_prefilled += encoded
-                width = input_ids.shape[1]
-                kwargs = dict(
-                    max_new_tokens=sampling.max_new_tokens,
-                    do_sample=False,
-                    pad_token_id=pad,
-                    eos_token_id=self.eos_ids,
-                    return_dict_in_generate=True,
-                )
-                if cache is not None:
-                    kwargs[self._cache_keyword] = cache
-                if sampling.temperature > 0:
-                    gens = []
-                    for i, j in batch:
-                        g = torch.Generator()
-                        seed = request_seeds[i]
-                        g.manual_seed(((seed if seed is not None else torch.seed()) * 1_000_003 + j) % 2**63)
-                        gens.append(g)
-                    kwargs["logits_processor"] = [_RowSampler(gens, sampling.temperature, sampling.top_p)]
-                bare = contextlib.nullcontext() if self.model_generation_config else _bare_generation_config(self.model)
-                with torch.no_grad(), self._autocast(), bare:
-                    result = self.model.generate(
-                        input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device), **kwargs
-                    )
-                replies = []
-                for (i, j), seq in zip(batch, result.sequences[:, width:].tolist()):
+                sampler = _RowSampler.for_rows(batch, request_seeds, sampling) if sampling.temperature > 0 else None
+                for (i, j), seq in zip(batch, self._batch(batch, prompts, sampling, sampler)):
                     text, finish, ids = decode_reply(self.tokenizer, seq, self.eos_ids)
-                    replies.append(ids)
                     self.tokens_generated += len(ids)
                     out[i][j] = Reply(text, finish, ids)
-                if self.reuse_cache:
-                    self._store.keep(
-                        getattr(result, self._cache_keyword, None),
-                        attention,
-                        width,
-                        [prompts[i] for i, _ in batch],
-                        replies,
-                    )
             if self.reuse_cache:
                 self._store.commit()
         finally:
             self.model.train(was_training)
         return out
 
+    def _batch(self, batch, prompts, sampling: Sampling, sampler) -> list[list[int]]:
+        """Each row's sampled ids; each row's KV cache is kept as it ends (``reuse_cache``)."""
+        input_ids, attention, cache, encoded = self._prefill(batch, prompts, self.tokenizer.pad_token_id)
+        self.tokens_prefilled += encoded
+        width = input_ids.shape[1]
+
+        def keep(cache, at, rows, ids):
+            if self.reuse_cache:
+                kept = [(a, attention[b], prompts[batch[b][0]], r) for a, b, r in zip(at, rows, ids)]
+                self._store.keep(cache, width, kept)
+
+        if self.model_generation_config:
+            return self._generate(input_ids, attention, cache, sampling, sampler, keep)
+        return decode(
+            self.model,
+            self._cache_keyword,
+            input_ids,
+            attention,
+            cache,
+            max_new_tokens=sampling.max_new_tokens,
+            end_ids=self.eos_ids,
+            choose=sampler.choose if sampler else lambda logits, rows: logits.argmax(-1),
+            autocast=self._autocast(),
+            on_end=keep,
+            device=self.device,
+        )
+
+    def _generate(self, input_ids, attention, cache, sampling: Sampling, sampler, keep) -> list[list[int]]:
+        """transformers' ``generate`` with the model's own ``generation_config`` (its processors read
+        each row's whole sequence, so rows run until the batch's last one ends): each row's ids."""
+        import torch
+
+        kwargs = dict(
+            max_new_tokens=sampling.max_new_tokens,
+            do_sample=False,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.eos_ids,
+            return_dict_in_generate=True,
+        )
+        if cache is not None:
+            kwargs[self._cache_keyword] = cache
+        if sampler is not None:
+            kwargs["logits_processor"] = [sampler]
+        with torch.no_grad(), self._autocast():
+            result = self.model.generate(
+                input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device), **kwargs
+            )
+        sequences = result.sequences[:, input_ids.shape[1] :].tolist()
+        replies = [decode_reply(self.tokenizer, seq, self.eos_ids)[2] for seq in sequences]
+        keep(getattr(result, self._cache_keyword, None), range(len(replies)), range(len(replies)), replies)
+        return sequences
+
     def _prefill(self, batch, prompts, pad: int):
         """``(input_ids, attention_mask, cache, encoded)`` for a batch of ``(prompt index, sample)``
-        rows: the inputs of ``generate``, the KV cache of all their columns but the last (``None``
-        when nothing is shared nor reused: ``generate`` then encodes the prompts), and the prompt
+        rows: the inputs of the decode loop, the KV cache of all their columns but the last (``None``
+        when nothing is shared nor reused: the first step then encodes the prompts), and the prompt
         tokens run through the model, padding excluded (see drift.backends.hf_cache).
 
         Rows with the same prompt share one prefill (``share_prefill``: the K trajectories of a

@@ -2,29 +2,29 @@
 
 At turn t + 1 of a rollout the prompt is turn t's prompt + the reply + a user message, so most of
 it has been through the model already. After a ``generate`` call the backend keeps, for each row,
-the KV cache of its prompt ids + reply ids as ``generate`` computed them (a :class:`PrefixStore`
+the KV cache of its prompt ids + reply ids as decoding computed them (taken as the row ends) (a :class:`PrefixStore`
 entry). At the next call each distinct prompt ``p`` takes the entry ``e`` sharing the longest
 common token prefix, ``L = min(lcp(p, e.ids), len(p) - 1)`` (at least one token is left: its
 logits give the first reply token), and only ``p[L:]`` is run through the model. The common
 prefix, never the whole entry: the reply's text re-rendered by the chat template may tokenise
 differently from the sampled ids. The cache of any common prefix is valid: attention is causal.
 
-Batch layout. Rows with cached lengths ``L_r`` and new lengths ``n_r = len(p_r) - L_r``, ``C =
-max L_r``, ``N = max n_r``; row r is ``[pad * (C - L_r), p_r[:L_r], pad * (N - n_r), p_r[L_r:]]``,
-attention mask 0 on the pads. Positions are ``cumsum(mask) - 1`` (0 on pads): what ``generate``
-computes from the mask when it is handed a cache (transformers 5.24: no ``cache_position``; it
-feeds ``input_ids[:, cache length:]``), so each row's tokens sit at ``0 .. len(p_r) - 1`` whatever
-the holes, the positions the kept keys were computed at (rotary embeddings are applied before
-caching). The batch cache is the entries left-padded with zeros to ``C`` (masked out);
-``p[L:-1]`` of each distinct prompt is encoded on top of it in one forward pass, the result is
-copied to the rows sharing that prompt (the K trajectories of a prompt at turn 1), and
-``generate`` reads each row's last token.
+Batch layout. Rows with cached lengths ``L_r`` and new lengths ``n_r = len(p_r) - L_r``, ``C = max
+L_r``, ``N = max n_r``; row r is ``[pad * (C - L_r), p_r[:L_r], pad * (N - n_r), p_r[L_r:]]``,
+attention mask 0 on the pads. Positions are ``cumsum(mask) - 1`` (0 on pads): what the decode loop
+(drift.backends.hf_decode) gives, and transformers' ``generate`` computes from the mask when it is
+handed a cache (5.24: no ``cache_position``; it feeds ``input_ids[:, cache length:]``), so each
+row's tokens sit at ``0 .. len(p_r) - 1`` whatever the holes, the positions the kept keys were
+computed at (rotary embeddings are applied before caching). The batch cache is the entries left-
+padded with zeros to ``C`` (masked out); ``p[L:-1]`` of each distinct prompt is encoded on top of it
+in one forward pass, the result is copied to the rows sharing that prompt (the K trajectories of a
+prompt at turn 1), and the decode loop reads each row's last token.
 
 Counting: ``tokens_prefilled`` grows by ``sum over distinct prompts (n - 1) + rows``; without a
 cache (nothing kept, every prompt distinct) by ``sum over rows len(p)``. Padding never counts.
 
 Memory. An entry holds the row's non-pad columns: prompt + the reply but its last sampled token
-(``generate`` never computes that one's keys), ``2 * layers * kv_heads * head_dim * element
+(never run through the model), ``2 * layers * kv_heads * head_dim * element
 bytes`` per token (46 KB for SmolLM2-135M in float32). Entries are kept row by row up to
 ``max_bytes`` (rows that do not fit are not kept); when a call returns, its entries replace the
 previous call's (episodes that ended free theirs), so at most ``2 * max_bytes`` is held during a
@@ -105,8 +105,10 @@ class PrefixStore:
         best = min(best, len(prompt) - 1)
         return (best, layers) if best > 0 else (0, None)
 
-    def keep(self, cache, attention, width: int, prompts: list[tuple], replies: list[list[int]]) -> None:
-        """Keep each row's cache of its prompt (the mask's 1 columns of the first ``width``) and reply ids."""
+    def keep(self, cache, width: int, rows: list[tuple]) -> None:
+        """Keep rows of ``cache`` (``width`` prompt columns, then one per reply token run through the
+        model): ``(cache row, prompt mask, prompt ids, reply ids)`` each; an entry holds the mask's 1
+        columns of the prompt and the reply ids the cache has."""
         import torch
 
         layers = getattr(cache, "layers", None)
@@ -115,12 +117,12 @@ class PrefixStore:
         length = layers[0].keys.shape[-2]
         per_token = sum(2 * layer.keys[0, :, :1].numel() * layer.keys.element_size() for layer in layers)
         device = layers[0].keys.device
-        for b, (prompt, reply) in enumerate(zip(prompts, replies)):
+        for b, prompt_mask, prompt, reply in rows:
             k = max(0, min(len(reply), length - width))
             ids = prompt + tuple(reply[:k])
             if self.pending_bytes + len(ids) * per_token > self.max_bytes:
                 continue
-            cols = torch.cat([attention[b].nonzero().flatten().cpu(), torch.arange(width, width + k)]).to(device)
+            cols = torch.cat([prompt_mask.nonzero().flatten().cpu(), torch.arange(width, width + k)]).to(device)
             kv = [(layer.keys[b].index_select(1, cols), layer.values[b].index_select(1, cols)) for layer in layers]
             self.pending.append((ids, kv))
             self.pending_bytes += len(ids) * per_token
@@ -136,7 +138,7 @@ def prefill(model, name: str, prompts: list[tuple], matches: list, rows: list[in
     layers)`` each, see :meth:`PrefixStore.match`), in the layout of the module docstring.
 
     Returns ``(input_ids, attention_mask, cache, encoded)``: the batch rows' (``rows[b]`` = index
-    of row b's prompt) full layout for ``generate``, the cache of all its columns but the last
+    of row b's prompt) full layout for the decode loop, the cache of all its columns but the last
     (``None`` when there is nothing to encode nor reuse), and the tokens run through the model.
     """
     import torch

@@ -1,0 +1,140 @@
+"""The hf backend's decode loop: a row leaves the batch at the step its reply ends.
+
+transformers' ``generate`` runs every row of a batch until the last one ends: a row that wrote its
+end token keeps going through the model, writing padding, while the batch's longest reply goes on.
+Multi-turn rollouts are the worst case for that: on the study's seed-0 rollouts of SmolLM2-135M
+(96% of 2,354 replies are 8-10 tokens, 8 reach the cap of 24), batches of 64 spent 41% of their
+decode row-steps on rows that had already ended. :func:`decode` drops such a row (its KV cache
+row, mask row and position) at the step it ends, after handing its cache to ``on_end`` (the
+backend keeps it for the conversation's next turn, drift.backends.hf_cache).
+
+Each step runs every live row's last token through the model with the cache (the first step: the
+whole prompt, or its last column when a prefilled cache is given), reads the last position's
+logits in float32, and takes ``choose(logits, rows)``: the next token of each live row. A row ends
+at a token of ``end_ids`` (kept: it is part of the reply) or when it has ``max_new_tokens``. Rows
+are never reordered, so each row's random numbers (drift.backends.hf._RowSampler) are the ones it
+would draw in a full batch; the logits differ from a full batch's only by the rounding of another
+batch shape (~1e-6 in float32).
+
+Positions follow the mask: ``cumsum(mask) - 1`` over the prompt (left padding and the holes of a
+reused cache sit at masked positions), then one more per step: where transformers' ``generate``
+puts them.
+
+Attention on a CPU (:func:`use_packed_decode_attention`). A decode step of a batch without padding
+has no attention mask, and transformers' ``sdpa`` then asks torch for grouped-query attention
+(``enable_gqa=True``), whose CPU kernel is slow in bfloat16: 14.7 ms against 2.9 ms for the same
+attention with each key/value head's query heads packed as its queries (64 rows, 300 cached
+tokens, SmolLM2-135M's 9 query / 3 key-value heads, 2-core EPYC with AVX512-BF16); a whole decode
+step of that batch took 525 ms, 248 ms packed (float32: 439 -> 359 ms). Batches with padding
+already take the packed form (transformers packs when there is a mask). The hf backend's model on
+a CPU therefore runs ``drift_sdpa``: :func:`packed_decode_attention` for a single unmasked query
+token, transformers' ``sdpa`` for everything else (prefill, training: unchanged).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+
+
+def packed_decode_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """transformers' ``sdpa`` attention, but one query token without a mask over grouped key/value
+    heads runs as plain SDPA with the ``g`` query heads of each key/value head as ``g`` queries
+    (head ``h`` reads key/value head ``h // g``, as transformers' ``repeat_kv`` lays them out).
+    Returns ``(output (batch, 1, heads, dim), None)``."""
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    groups = getattr(module, "num_key_value_groups", 1)
+    plain = any(kwargs.get(k) is not None for k in ("position_bias", "softcap"))
+    if attention_mask is not None or query.shape[2] != 1 or groups == 1 or plain or dropout:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
+    batch, heads, _, dim = query.shape
+    packed = query.reshape(batch, heads // groups, groups, dim)
+    out = torch.nn.functional.scaled_dot_product_attention(packed, key, value, scale=scaling)
+    return out.reshape(batch, heads, 1, value.shape[-1]).transpose(1, 2).contiguous(), None
+
+
+def use_packed_decode_attention(model) -> None:
+    """Run ``model`` (a transformers model on a CPU) with :func:`packed_decode_attention`, registered
+    as ``drift_sdpa``, if it runs ``sdpa``; other implementations are left as they are."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft model's base
+    if getattr(base.config, "_attn_implementation", None) != "sdpa":
+        return
+    AttentionInterface.register("drift_sdpa", packed_decode_attention)
+    AttentionMaskInterface.register("drift_sdpa", sdpa_mask)  # masks as for sdpa
+    base.set_attn_implementation("drift_sdpa")
+
+
+def _forward_keywords(model) -> set:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft model's base
+    return set(inspect.signature(base.forward).parameters)
+
+
+def decode(
+    model,
+    name: str,
+    input_ids,
+    attention,
+    cache,
+    *,
+    max_new_tokens: int,
+    end_ids,
+    choose: Callable,
+    autocast,
+    on_end: Callable,
+    device: str,
+) -> list[list[int]]:
+    """Each row's sampled ids, through its end token (or ``max_new_tokens`` of them).
+
+    ``input_ids`` and ``attention`` (batch, width) are the left-padded prompts; ``cache`` (keyword
+    ``name``), if not None, holds every column but the last (drift.backends.hf_cache.prefill).
+    ``choose(logits, rows)`` returns the next token of the batch rows ``rows`` (their logits, in
+    that order). ``on_end(cache, at, rows, ids)``: rows ``rows`` of the batch, at rows ``at`` of
+    ``cache``, have ended with ``ids``; the cache then holds their prompt and all their ids but the
+    last (never run through the model).
+    """
+    import torch
+
+    ends = set(end_ids)
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)
+    feed, feed_positions = (input_ids, positions) if cache is None else (input_ids[:, -1:], positions[:, -1:])
+    mask = attention.to(device)
+    next_position = positions[:, -1:].to(device) + 1
+    feed, feed_positions = feed.to(device), feed_positions.to(device)
+    extra = {"logits_to_keep": 1} if "logits_to_keep" in _forward_keywords(model) else {}
+    rows = list(range(len(input_ids)))  # batch row of each row of the cache
+    out: list[list[int]] = [[] for _ in rows]
+    while rows:
+        with torch.no_grad(), autocast:
+            result = model(
+                input_ids=feed,
+                attention_mask=mask,
+                position_ids=feed_positions,
+                use_cache=True,
+                **({name: cache} if cache is not None else {}),
+                **extra,
+            )
+        cache = getattr(result, name)
+        tokens = choose(result.logits[:, -1].float(), rows).tolist()
+        ended = []
+        for at, (row, token) in enumerate(zip(rows, tokens)):
+            out[row].append(token)
+            if token in ends or len(out[row]) >= max_new_tokens:
+                ended.append(at)
+        if ended:
+            on_end(cache, ended, [rows[at] for at in ended], [out[rows[at]] for at in ended])
+            live = [at for at in range(len(rows)) if at not in set(ended)]
+            if not live:
+                break
+            index = torch.tensor(live, device=mask.device)
+            cache.batch_select_indices(index)
+            mask, next_position = mask[index], next_position[index]
+            rows, tokens = [rows[at] for at in live], [tokens[at] for at in live]
+        feed = torch.tensor(tokens, device=mask.device).unsqueeze(1)
+        mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
+        feed_positions, next_position = next_position, next_position + 1
+    return out

@@ -1,0 +1,92 @@
+"""drift's decode loop against transformers' ``generate``: the same tokens and logits, fewer rows."""
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from drift.backends.base import Sampling  # noqa: E402
+from drift.backends.hf import HFGenerator, _left_pad, _RowSampler  # noqa: E402
+from drift.backends.hf_decode import decode  # noqa: E402
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_rows_leave_at_their_end_with_the_tokens_and_logits_of_generate(tiny_model, temperature):
+    from transformers import GenerationConfig
+
+    gen = HFGenerator(tiny_model, dtype="float32")
+    model, name = gen.model, gen._cache_keyword
+    # prompts of different lengths (left padding); more tokens end replies, so that rows end at
+    # different steps (the tiny model's replies are otherwise 12 tokens, all "length"; its greedy
+    # replies repeat the prompt's last token: 8 and 10 end rows 0 and 2 at once)
+    prompts = [list(range(5, 5 + n)) for n in (4, 9, 6, 9, 2)]
+    ends = sorted(set(gen.eos_ids) | {8, 10} | set(gen.tokenizer.convert_tokens_to_ids(["4", "6", "a", "e"])))
+    ids, mask = _left_pad(prompts, 9, 0)
+    sampling = Sampling(temperature=temperature, max_new_tokens=12)
+    rows = [(r, 0) for r in range(len(prompts))]
+
+    def sampler():
+        return _RowSampler.for_rows(rows, [11, 12, 13, 14, 15], sampling) if temperature > 0 else None
+
+    steps, handed, pick = [], [], sampler()
+
+    def choose(logits, live):
+        steps.append((list(live), logits.clone()))
+        return pick.choose(logits, live) if pick else logits.argmax(-1)
+
+    def on_end(cache, at, ended, sampled):
+        handed.extend((r, cache.get_seq_length() - 9, len(s)) for r, s in zip(ended, sampled))
+
+    got = decode(model, name, ids, mask, None, max_new_tokens=12, end_ids=ends, choose=choose,
+                 autocast=torch.no_grad(), on_end=on_end, device="cpu")  # fmt: skip
+    extra = {"logits_processor": [sampler()]} if temperature > 0 else {}
+    config = GenerationConfig(max_new_tokens=12, do_sample=False, pad_token_id=0, eos_token_id=ends,
+                              return_dict_in_generate=True, output_logits=True)  # fmt: skip
+    with torch.no_grad():  # a bare config: the model's own would add its processors
+        want = model.generate(input_ids=ids, attention_mask=mask, generation_config=config, **extra)
+    for r, seq in enumerate(want.sequences[:, 9:].tolist()):
+        end = next((k for k, t in enumerate(seq) if t in ends), len(seq) - 1)
+        assert got[r] == seq[: end + 1]
+        for step, logits in enumerate(want.logits[: end + 1]):  # the logits each row's token came from
+            live, mine = steps[step]
+            torch.testing.assert_close(mine[live.index(r)], logits[r].float(), rtol=1e-5, atol=1e-5)
+    lengths = sorted({len(s) for s in got})
+    assert len(lengths) > 1 and lengths[0] < 12, f"rows all ended together ({lengths}): nothing left the batch"
+    assert [len(live) for live, _ in steps] == [sum(len(s) > k for s in got) for k in range(max(lengths))]
+    # each row's cache was handed over at its end: its prompt columns and all its tokens but the last
+    assert sorted(handed) == sorted((r, len(s) - 1, len(s)) for r, s in enumerate(got))
+
+
+def test_a_cpu_decode_step_never_asks_sdpa_for_grouped_query_attention(tiny_model, monkeypatch):
+    # torch's CPU kernel with enable_gqa=True is ~5x slower in bf16 than the same attention with the
+    # query heads packed per key/value head; transformers asks for it on every unpadded decode step
+    import torch.nn.functional as F
+
+    calls, sdpa = [], F.scaled_dot_product_attention
+    monkeypatch.setattr(
+        F, "scaled_dot_product_attention", lambda *a, **kw: calls.append((a[0].shape, kw)) or sdpa(*a, **kw)
+    )
+    gen = HFGenerator(tiny_model, dtype="float32")
+    assert gen.model.config.num_key_value_heads < gen.model.config.num_attention_heads  # grouped: the case
+    prompt = [{"role": "user", "content": "What is 2+3?"}]
+    replies = gen.generate([prompt], 2, Sampling(temperature=0.0, max_new_tokens=4))  # 2 equal rows: no padding
+    decode_steps = [kw for shape, kw in calls if shape[-2] <= 2]  # (rows, 4, 1, dim), or packed (rows, 2, 2, dim)
+    assert decode_steps, "no decode step reached sdpa: the test checks nothing"
+    assert not any(kw.get("enable_gqa") for kw in decode_steps)
+    plain = HFGenerator(tiny_model, dtype="float32")
+    plain.model.set_attn_implementation("sdpa")
+    assert replies == plain.generate([prompt], 2, Sampling(temperature=0.0, max_new_tokens=4))
+
+
+def test_packed_decode_attention_is_sdpas(tiny_model):
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from drift.backends.hf_decode import packed_decode_attention
+
+    gen = HFGenerator(tiny_model, dtype="float32")
+    module = gen.model.model.layers[0].self_attn
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, h, n, 8, generator=g) for h, n in ((4, 1), (2, 7), (2, 7)))
+    got, _ = packed_decode_attention(module, q, k, v, None, scaling=0.3)
+    want, _ = sdpa_attention_forward(module, q, k, v, None, scaling=0.3)
+    assert got.shape == want.shape == (3, 1, 4, 8)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
