@@ -10,8 +10,14 @@ from drift.backends.hf_decode import decode  # noqa: E402
 
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
-def test_rows_leave_at_their_end_with_the_tokens_and_logits_of_generate(tiny_model, temperature):
+@pytest.mark.parametrize("leave", [True, False])  # False: a hybrid model's cache, whose rows cannot leave
+def test_rows_leave_at_their_end_with_the_tokens_and_logits_of_generate(tiny_model, temperature, leave, monkeypatch):
     from transformers import GenerationConfig
+
+    import drift.backends.hf_decode as hf_decode
+
+    if not leave:
+        monkeypatch.setattr(hf_decode, "_rows_can_leave", lambda cache: False)
 
     gen = HFGenerator(tiny_model, dtype="float32")
     model, name = gen.model, gen._cache_keyword
@@ -34,7 +40,9 @@ def test_rows_leave_at_their_end_with_the_tokens_and_logits_of_generate(tiny_mod
         return pick.choose(logits, live) if pick else logits.argmax(-1)
 
     def on_end(cache, at, ended, sampled):
-        handed.extend((r, cache.get_seq_length() - 9, len(s)) for r, s in zip(ended, sampled))
+        for a, r, s in zip(at, ended, sampled):  # row r's keys of layer 0, at its cache row a
+            cols = torch.cat([mask[r].nonzero().flatten(), torch.arange(9, cache.get_seq_length())])
+            handed.append((r, len(s), cache.layers[0].keys.shape[0], cache.layers[0].keys[a][:, cols].clone()))
 
     got = decode(model, name, ids, mask, None, max_new_tokens=12, end_ids=ends, choose=choose,
                  autocast=torch.no_grad(), on_end=on_end, device="cpu")  # fmt: skip
@@ -52,8 +60,40 @@ def test_rows_leave_at_their_end_with_the_tokens_and_logits_of_generate(tiny_mod
     lengths = sorted({len(s) for s in got})
     assert len(lengths) > 1 and lengths[0] < 12, f"rows all ended together ({lengths}): nothing left the batch"
     assert [len(live) for live, _ in steps] == [sum(len(s) > k for s in got) for k in range(max(lengths))]
-    # each row's cache was handed over at its end: its prompt columns and all its tokens but the last
-    assert sorted(handed) == sorted((r, len(s) - 1, len(s)) for r, s in enumerate(got))
+    # each row's cache was handed over at its end: that of its prompt and all its tokens but the last
+    assert sorted(r for r, *_ in handed) == list(range(len(prompts)))
+    for r, length, rows_in_cache, keys in handed:
+        assert length == len(got[r]) and rows_in_cache == (sum(len(s) >= length for s in got) if leave else 5)
+        with torch.no_grad():
+            alone = model(input_ids=torch.tensor([prompts[r] + got[r][:-1]]), use_cache=True)
+        torch.testing.assert_close(keys, getattr(alone, name).layers[0].keys[0], rtol=1e-5, atol=1e-5)
+
+
+def test_no_new_tokens_is_an_error(tiny_model):
+    gen = HFGenerator(tiny_model, dtype="float32")
+    ids, mask = _left_pad([[5, 6, 7]], 3, 0)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        decode(gen.model, gen._cache_keyword, ids, mask, None, max_new_tokens=0, end_ids=[2],
+               choose=lambda x, rows: x.argmax(-1), autocast=torch.no_grad(), on_end=print, device="cpu")  # fmt: skip
+
+
+def test_autocast_is_entered_once_per_batch(tiny_model):
+    # leaving autocast empties its cache of cast weights: entered every step, drift rl's float32
+    # policy would be cast to bf16 again at every decode step
+    entered = []
+
+    class Counting:
+        def __enter__(self):
+            entered.append(1)
+
+        def __exit__(self, *exc):
+            return False
+
+    gen = HFGenerator(tiny_model, dtype="float32")
+    ids, mask = _left_pad([[5, 6, 7], [8, 9]], 3, 0)
+    got = decode(gen.model, gen._cache_keyword, ids, mask, None, max_new_tokens=6, end_ids=[], device="cpu",
+                 choose=lambda x, r: x.argmax(-1), autocast=Counting(), on_end=lambda *a: None)  # fmt: skip
+    assert [len(s) for s in got] == [6, 6] and len(entered) == 1
 
 
 def test_a_cpu_decode_step_never_asks_sdpa_for_grouped_query_attention(tiny_model, monkeypatch):

@@ -6,7 +6,9 @@ Multi-turn rollouts are the worst case for that: on the study's seed-0 rollouts 
 (96% of 2,354 replies are 8-10 tokens, 8 reach the cap of 24), batches of 64 spent 41% of their
 decode row-steps on rows that had already ended. :func:`decode` drops such a row (its KV cache
 row, mask row and position) at the step it ends, after handing its cache to ``on_end`` (the
-backend keeps it for the conversation's next turn, drift.backends.hf_cache).
+backend keeps it for the conversation's next turn, drift.backends.hf_cache). Caches with state
+other than keys and values (linear attention, convolutions: hybrid models) keep ended rows in the
+batch, as ``generate`` does, their tokens ignored.
 
 Each step runs every live row's last token through the model with the cache (the first step: the
 whole prompt, or its last column when a prefilled cache is given), reads the last position's
@@ -69,6 +71,16 @@ def use_packed_decode_attention(model) -> None:
     base.set_attn_implementation("drift_sdpa")
 
 
+def _rows_can_leave(cache) -> bool:
+    """Whether :meth:`batch_select_indices` drops rows of every layer's whole state: plain and
+    sliding-window attention, whose state is keys and values. Linear-attention and convolution
+    layers (hybrid models) keep other state; their ended rows stay in the batch, ignored."""
+    layers = getattr(cache, "layers", None) or []
+    return bool(layers) and all(
+        type(layer).__name__ in ("DynamicLayer", "DynamicSlidingWindowLayer") for layer in layers
+    )
+
+
 def _forward_keywords(model) -> set:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft model's base
     return set(inspect.signature(base.forward).parameters)
@@ -99,6 +111,8 @@ def decode(
     """
     import torch
 
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     ends = set(end_ids)
     positions = (attention.cumsum(-1) - 1).clamp(min=0)
     feed, feed_positions = (input_ids, positions) if cache is None else (input_ids[:, -1:], positions[:, -1:])
@@ -108,8 +122,9 @@ def decode(
     extra = {"logits_to_keep": 1} if "logits_to_keep" in _forward_keywords(model) else {}
     rows = list(range(len(input_ids)))  # batch row of each row of the cache
     out: list[list[int]] = [[] for _ in rows]
-    while rows:
-        with torch.no_grad(), autocast:
+    done = [False] * len(rows)
+    with torch.no_grad(), autocast:  # entered once: leaving autocast empties its cache of cast weights
+        while True:
             result = model(
                 input_ids=feed,
                 attention_mask=mask,
@@ -118,23 +133,28 @@ def decode(
                 **({name: cache} if cache is not None else {}),
                 **extra,
             )
-        cache = getattr(result, name)
-        tokens = choose(result.logits[:, -1].float(), rows).tolist()
-        ended = []
-        for at, (row, token) in enumerate(zip(rows, tokens)):
-            out[row].append(token)
-            if token in ends or len(out[row]) >= max_new_tokens:
-                ended.append(at)
-        if ended:
-            on_end(cache, ended, [rows[at] for at in ended], [out[rows[at]] for at in ended])
-            live = [at for at in range(len(rows)) if at not in set(ended)]
-            if not live:
-                break
-            index = torch.tensor(live, device=mask.device)
-            cache.batch_select_indices(index)
-            mask, next_position = mask[index], next_position[index]
-            rows, tokens = [rows[at] for at in live], [tokens[at] for at in live]
-        feed = torch.tensor(tokens, device=mask.device).unsqueeze(1)
-        mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
-        feed_positions, next_position = next_position, next_position + 1
-    return out
+            cache = getattr(result, name)
+            active = [at for at, row in enumerate(rows) if not done[row]]
+            logits = result.logits[:, -1].float()
+            chosen = choose(logits[active] if len(active) < len(rows) else logits, [rows[at] for at in active])
+            tokens = [out[row][-1] if done[row] else 0 for row in rows]  # an ended row kept in the batch: ignored
+            ended = []
+            for at, token in zip(active, chosen.tolist()):
+                tokens[at] = token
+                out[rows[at]].append(token)
+                if token in ends or len(out[rows[at]]) >= max_new_tokens:
+                    ended.append(at)
+                    done[rows[at]] = True
+            if ended:
+                on_end(cache, ended, [rows[at] for at in ended], [out[rows[at]] for at in ended])
+            if all(done):
+                return out
+            if ended and _rows_can_leave(cache):
+                live = [at for at, row in enumerate(rows) if not done[row]]
+                index = torch.tensor(live, device=mask.device)
+                cache.batch_select_indices(index)
+                mask, next_position = mask[index], next_position[index]
+                rows, tokens = [rows[at] for at in live], [tokens[at] for at in live]
+            feed = torch.tensor(tokens, device=mask.device).unsqueeze(1)
+            mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
+            feed_positions, next_position = next_position, next_position + 1
