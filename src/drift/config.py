@@ -99,17 +99,19 @@ class GenerationOptions:
     model: str = option("smollm2-135m", "model folder, .gguf file, short name (smollm2-135m, tiny-random) or hub id")
     backend: str = option(
         "hf",
-        "hf: transformers generate; vllm: offline engine; openai: any OpenAI-compatible server; "
+        "hf: a transformers model (drift's decode loop, KV caches reused across turns); vllm: offline engine; "
+        "openai: any OpenAI-compatible server; "
         "scripted: a fake policy for tests",
         choices=_backends,
     )
     base_url: str = option("http://127.0.0.1:8000/v1", "server URL for --backend openai")
     concurrency: int = option(16, "parallel requests for --backend openai")
-    batch_size: int = option(64, "sequences per generate call for --backend hf")
+    batch_size: int = option(64, "sequences decoded together for --backend hf")
     model_generation_config: bool = option(
         False,
         "--backend hf: also apply the model's own generation_config (repetition penalty, no-repeat "
-        "n-grams, ...); off: samples come from the model's distribution at --temperature / --top-p only",
+        "n-grams, ...) through transformers' generate (slower: a batch's rows run until its last one ends); "
+        "off: samples come from the model's distribution at --temperature / --top-p only",
     )
     tensor_parallel_size: int = option(1, "GPUs one model is split across, for --backend vllm")
     gpu_memory_utilization: float | None = option(
