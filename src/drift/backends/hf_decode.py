@@ -30,7 +30,9 @@ tokens, SmolLM2-135M's 9 query / 3 key-value heads, 2-core EPYC with AVX512-BF16
 step of that batch took 525 ms, 248 ms packed (float32: 439 -> 359 ms). Batches with padding
 already take the packed form (transformers packs when there is a mask). The hf backend's model on
 a CPU therefore runs ``drift_sdpa``: :func:`packed_decode_attention` for a single unmasked query
-token, transformers' ``sdpa`` for everything else (prefill, training: unchanged).
+token, transformers' ``sdpa`` for everything else (prefill, training: unchanged). The setting stays
+on the model (drift rl's policy is the trainer's own model: its training forwards, several tokens
+each, take the ``sdpa`` branch) and is not saved with it (transformers does not serialise it).
 """
 
 from __future__ import annotations
