@@ -96,25 +96,24 @@ def test_autocast_is_entered_once_per_batch(tiny_model):
     assert [len(s) for s in got] == [6, 6] and len(entered) == 1
 
 
-def test_a_cpu_decode_step_never_asks_sdpa_for_grouped_query_attention(tiny_model, monkeypatch):
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_a_cpu_decode_step_asks_sdpa_for_grouped_query_attention_only_in_float32(tiny_model, monkeypatch, dtype):
     # torch's CPU kernel with enable_gqa=True is ~5x slower in bf16 than the same attention with the
-    # query heads packed per key/value head; transformers asks for it on every unpadded decode step
+    # query heads packed per key/value head (as fast in float32); transformers asks for it on every
+    # unpadded decode step
     import torch.nn.functional as F
 
     calls, sdpa = [], F.scaled_dot_product_attention
     monkeypatch.setattr(
         F, "scaled_dot_product_attention", lambda *a, **kw: calls.append((a[0].shape, kw)) or sdpa(*a, **kw)
     )
-    gen = HFGenerator(tiny_model, dtype="float32")
+    gen = HFGenerator(tiny_model, dtype=dtype)
     assert gen.model.config.num_key_value_heads < gen.model.config.num_attention_heads  # grouped: the case
     prompt = [{"role": "user", "content": "What is 2+3?"}]
-    replies = gen.generate([prompt], 2, Sampling(temperature=0.0, max_new_tokens=4))  # 2 equal rows: no padding
+    gen.generate([prompt], 2, Sampling(temperature=0.0, max_new_tokens=4))  # 2 equal rows: no padding
     decode_steps = [kw for shape, kw in calls if shape[-2] <= 2]  # (rows, 4, 1, dim), or packed (rows, 2, 2, dim)
-    assert decode_steps, "no decode step reached sdpa: the test checks nothing"
-    assert not any(kw.get("enable_gqa") for kw in decode_steps)
-    plain = HFGenerator(tiny_model, dtype="float32")
-    plain.model.set_attn_implementation("sdpa")
-    assert replies == plain.generate([prompt], 2, Sampling(temperature=0.0, max_new_tokens=4))
+    assert len(decode_steps) >= 3 * 2, "not every decode step of both layers reached sdpa"
+    assert {bool(kw.get("enable_gqa")) for kw in decode_steps} == {dtype == "float32"}
 
 
 def test_packed_decode_attention_is_sdpas(tiny_model):
@@ -125,8 +124,8 @@ def test_packed_decode_attention_is_sdpas(tiny_model):
     gen = HFGenerator(tiny_model, dtype="float32")
     module = gen.model.model.layers[0].self_attn
     g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(3, h, n, 8, generator=g) for h, n in ((4, 1), (2, 7), (2, 7)))
+    q, k, v = (torch.randn(3, h, n, 8, generator=g).bfloat16() for h, n in ((4, 1), (2, 7), (2, 7)))
     got, _ = packed_decode_attention(module, q, k, v, None, scaling=0.3)
-    want, _ = sdpa_attention_forward(module, q, k, v, None, scaling=0.3)
-    assert got.shape == want.shape == (3, 1, 4, 8)
-    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    want, _ = sdpa_attention_forward(module, q.float(), k.float(), v.float(), None, scaling=0.3)
+    assert got.shape == want.shape == (3, 1, 4, 8) and got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want, rtol=2e-2, atol=2e-2)

@@ -27,10 +27,11 @@ has no attention mask, and transformers' ``sdpa`` then asks torch for grouped-qu
 (``enable_gqa=True``), whose CPU kernel is slow in bfloat16: 14.7 ms against 2.9 ms for the same
 attention with each key/value head's query heads packed as its queries (64 rows, 300 cached
 tokens, SmolLM2-135M's 9 query / 3 key-value heads, 2-core EPYC with AVX512-BF16); a whole decode
-step of that batch took 525 ms, 248 ms packed (float32: 439 -> 359 ms). Batches with padding
+step of that batch took 525 ms, 248 ms packed (float32: no consistent gain, so float32 keeps
+transformers' path; benchmarks/decode_step.py). Batches with padding
 already take the packed form (transformers packs when there is a mask). The hf backend's model on
-a CPU therefore runs ``drift_sdpa``: :func:`packed_decode_attention` for a single unmasked query
-token, transformers' ``sdpa`` for everything else (prefill, training: unchanged). The setting stays
+a CPU therefore runs ``drift_sdpa``: :func:`packed_decode_attention` for a single unmasked
+half-precision query token, transformers' ``sdpa`` for everything else (prefill, training: unchanged). The setting stays
 on the model (drift rl's policy is the trainer's own model: its training forwards, several tokens
 each, take the ``sdpa`` branch) and is not saved with it (transformers does not serialise it).
 """
@@ -42,16 +43,19 @@ from collections.abc import Callable
 
 
 def packed_decode_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
-    """transformers' ``sdpa`` attention, but one query token without a mask over grouped key/value
-    heads runs as plain SDPA with the ``g`` query heads of each key/value head as ``g`` queries
-    (head ``h`` reads key/value head ``h // g``, as transformers' ``repeat_kv`` lays them out).
+    """transformers' ``sdpa`` attention, but one half-precision query token without a mask over
+    grouped key/value heads runs as plain SDPA with the ``g`` query heads of each key/value head as
+    ``g`` queries (head ``h`` reads key/value head ``h // g``, as transformers' ``repeat_kv`` lays
+    them out). In float32 torch's grouped kernel is as fast (0.71 vs 1.02 ms, 3.34 vs 3.32 ms:
+    benchmarks/decode_step.py), so float32 stays on ``sdpa``.
     Returns ``(output (batch, 1, heads, dim), None)``."""
     import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     groups = getattr(module, "num_key_value_groups", 1)
     plain = any(kwargs.get(k) is not None for k in ("position_bias", "softcap"))
-    if attention_mask is not None or query.shape[2] != 1 or groups == 1 or plain or dropout:
+    half = query.dtype in (torch.bfloat16, torch.float16)
+    if attention_mask is not None or query.shape[2] != 1 or groups == 1 or plain or dropout or not half:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     batch, heads, _, dim = query.shape
     packed = query.reshape(batch, heads // groups, groups, dim)
