@@ -11,7 +11,10 @@ from drift.backends.hf_decode import decode  # noqa: E402
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 @pytest.mark.parametrize("leave", [True, False])  # False: a hybrid model's cache, whose rows cannot leave
-def test_rows_leave_at_their_end_with_the_tokens_and_logits_of_generate(tiny_model, temperature, leave, monkeypatch):
+@pytest.mark.parametrize("last_only", [True, False])  # the forward computes only the last column's logits
+def test_rows_leave_at_their_end_with_the_tokens_and_logits_of_generate(
+    tiny_model, temperature, leave, last_only, monkeypatch
+):
     from transformers import GenerationConfig
 
     import drift.backends.hf_decode as hf_decode
@@ -45,7 +48,7 @@ def test_rows_leave_at_their_end_with_the_tokens_and_logits_of_generate(tiny_mod
             handed.append((r, len(s), cache.layers[0].keys.shape[0], cache.layers[0].keys[a][:, cols].clone()))
 
     got = decode(model, name, ids, mask, None, max_new_tokens=12, end_ids=ends, choose=choose,
-                 autocast=torch.no_grad(), on_end=on_end, device="cpu")  # fmt: skip
+                 autocast=torch.no_grad(), on_end=on_end, device="cpu", last_logits_only=last_only)  # fmt: skip
     extra = {"logits_processor": [sampler()]} if temperature > 0 else {}
     config = GenerationConfig(max_new_tokens=12, do_sample=False, pad_token_id=0, eos_token_id=ends,
                               return_dict_in_generate=True, output_logits=True)  # fmt: skip

@@ -175,7 +175,7 @@ class HFGenerator:
         reuse_cache: bool = True,
         reuse_cache_bytes: int = 2 * 2**30,
     ):
-        from drift.backends.hf_cache import PrefixStore, cache_keyword
+        from drift.backends.hf_cache import PrefixStore, cache_keyword, forward_keywords
         from drift.models import (
             default_device,
             keep_freed_memory,
@@ -208,6 +208,7 @@ class HFGenerator:
         self.reuse_cache = reuse_cache
         self._store = PrefixStore(reuse_cache_bytes)
         self._cache_keyword = cache_keyword(self.model)
+        self._last_logits_only = "logits_to_keep" in forward_keywords(self.model)
         self.tokens_generated = 0
         self.tokens_prefilled = 0
         self.eos_ids = end_token_ids(self.tokenizer, self.model.generation_config)
@@ -268,6 +269,7 @@ class HFGenerator:
             autocast=self._autocast(),
             on_end=keep,
             device=self.device,
+            last_logits_only=self._last_logits_only,
         )
 
     def _generate(self, input_ids, attention, cache, sampling: Sampling, sampler, keep) -> list[list[int]]:

@@ -61,12 +61,21 @@ def weights_fingerprint(model) -> tuple:
     return tuple((id(p), p._version) for p in model.parameters())
 
 
-def cache_keyword(model) -> str:
-    """The model's keyword for a KV cache, in and out: ``cache`` (transformers >= 5.2x) or ``past_key_values``."""
+def base_model(model):
+    """A peft model's base model; any other model itself."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def forward_keywords(model) -> frozenset:
+    """The keywords of the (base) model's ``forward``."""
     import inspect
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft model's base
-    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+    return frozenset(inspect.signature(base_model(model).forward).parameters)
+
+
+def cache_keyword(model) -> str:
+    """The model's keyword for a KV cache, in and out: ``cache`` (transformers >= 5.2x) or ``past_key_values``."""
+    return "cache" if "cache" in forward_keywords(model) else "past_key_values"
 
 
 class PrefixStore:

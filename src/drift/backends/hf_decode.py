@@ -25,21 +25,22 @@ puts them.
 Attention on a CPU (:func:`use_packed_decode_attention`). A decode step of a batch without padding
 has no attention mask, and transformers' ``sdpa`` then asks torch for grouped-query attention
 (``enable_gqa=True``), whose CPU kernel is slow in bfloat16: 14.7 ms against 2.9 ms for the same
-attention with each key/value head's query heads packed as its queries (64 rows, 300 cached
-tokens, SmolLM2-135M's 9 query / 3 key-value heads, 2-core EPYC with AVX512-BF16); a whole decode
-step of that batch took 525 ms, 248 ms packed (float32: no consistent gain, so float32 keeps
-transformers' path; benchmarks/decode_step.py). Batches with padding
-already take the packed form (transformers packs when there is a mask). The hf backend's model on
-a CPU therefore runs ``drift_sdpa``: :func:`packed_decode_attention` for a single unmasked
-half-precision query token, transformers' ``sdpa`` for everything else (prefill, training: unchanged). The setting stays
-on the model (drift rl's policy is the trainer's own model: its training forwards, several tokens
-each, take the ``sdpa`` branch) and is not saved with it (transformers does not serialise it).
+attention with each key/value head's query heads packed as its queries (64 rows, 300 cached tokens,
+SmolLM2-135M's 9 query / 3 key-value heads, 2-core EPYC with AVX512-BF16); a whole decode step of
+that batch took 525 ms, 248 ms packed (float32: no consistent gain, so float32 keeps transformers'
+path; benchmarks/decode_step.py). Batches with padding already take the packed form (transformers
+packs when there is a mask). The hf backend's model on a CPU therefore runs ``drift_sdpa``:
+:func:`packed_decode_attention` for a single unmasked half-precision query token, transformers'
+``sdpa`` for everything else (prefill, training: unchanged). The setting stays on the model (drift
+rl's policy is the trainer's own model: its training forwards, several tokens each, take the
+``sdpa`` branch) and is not saved with it (transformers does not serialise it).
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
+
+from drift.backends.hf_cache import base_model
 
 
 def packed_decode_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
@@ -69,7 +70,7 @@ def use_packed_decode_attention(model) -> None:
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft model's base
+    base = base_model(model)
     if getattr(base.config, "_attn_implementation", None) != "sdpa":
         return
     AttentionInterface.register("drift_sdpa", packed_decode_attention)
@@ -87,11 +88,6 @@ def _rows_can_leave(cache) -> bool:
     )
 
 
-def _forward_keywords(model) -> set:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft model's base
-    return set(inspect.signature(base.forward).parameters)
-
-
 def decode(
     model,
     name: str,
@@ -105,6 +101,7 @@ def decode(
     autocast,
     on_end: Callable,
     device: str,
+    last_logits_only: bool = False,
 ) -> list[list[int]]:
     """Each row's sampled ids, through its end token (or ``max_new_tokens`` of them).
 
@@ -113,7 +110,9 @@ def decode(
     ``choose(logits, rows)`` returns the next token of the batch rows ``rows`` (their logits, in
     that order). ``on_end(cache, at, rows, ids)``: rows ``rows`` of the batch, at rows ``at`` of
     ``cache``, have ended with ``ids``; the cache then holds their prompt and all their ids but the
-    last (never run through the model).
+    last (never run through the model). ``last_logits_only``: the model's ``forward`` takes
+    ``logits_to_keep`` (drift.backends.hf_cache.forward_keywords), so only the last column's logits
+    are computed.
     """
     import torch
 
@@ -125,7 +124,7 @@ def decode(
     mask = attention.to(device)
     next_position = positions[:, -1:].to(device) + 1
     feed, feed_positions = feed.to(device), feed_positions.to(device)
-    extra = {"logits_to_keep": 1} if "logits_to_keep" in _forward_keywords(model) else {}
+    extra = {"logits_to_keep": 1} if last_logits_only else {}
     rows = list(range(len(input_ids)))  # batch row of each row of the cache
     out: list[list[int]] = [[] for _ in rows]
     done = [False] * len(rows)
