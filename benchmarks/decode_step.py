@@ -11,7 +11,11 @@ measurements, each the median of repeats, for bfloat16 and float32:
   against the query heads packed per key/value head;
 - one decode step of SmolLM2-135M-Instruct in bfloat16 (``--rows`` rows, ``--cached`` tokens
   already in the KV cache, no padding) with ``sdpa`` and with ``drift_sdpa``, and the largest
-  logit difference (drift packs only in half precision: in float32 the kernels are as fast).
+  logit difference (drift packs only in half precision: in float32 the kernels are as fast);
+- ``--steps`` steps of drift's decode loop (drift.backends.hf_decode.decode, greedy, no row ending)
+  on top of a ``--cached``-token prompt cache, bfloat16, its cache layers writing each step in
+  place (drift.backends.hf_cache.GrowingLayer) against transformers' ``DynamicLayer`` (a
+  ``torch.cat`` copy of the whole cache per step), interleaved, and whether the tokens agree.
 
 Prints the machine (CPU model, ``torch.backends.cpu.get_cpu_capability()``).
 """
@@ -41,6 +45,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=64)
     parser.add_argument("--cached", type=int, nargs="+", default=[100, 300])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=24)
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     import torch
 
@@ -84,6 +90,44 @@ def main() -> None:
             f"decode step, bfloat16, {b} rows x {length} cached: sdpa {ms['sdpa']:.1f} ms, "
             f"drift_sdpa {ms['drift_sdpa']:.1f} ms; largest logit difference {diff:.2g}"
         )
+
+    for length in args.cached:
+        _loop(model, b, length, args.steps, args.repeats)
+
+
+def _loop(model, rows: int, length: int, steps: int, repeats: int) -> None:
+    """drift's decode loop, ``steps`` steps, cache layers growing in place against ``torch.cat``."""
+    import contextlib
+
+    import torch
+
+    import drift.backends.hf_decode as hf_decode
+
+    torch.manual_seed(0)
+    ids, mask = torch.randint(100, 1000, (rows, length + 1)), torch.ones(rows, length + 1, dtype=torch.long)
+    with torch.no_grad():
+        prompt = model(input_ids=ids[:, :-1], use_cache=True, logits_to_keep=1).cache
+    in_place = hf_decode.with_room
+    seconds: dict = {"in place": [], "torch.cat": []}
+    tokens = {}
+    for _ in range(repeats):
+        for how in seconds:
+            hf_decode.with_room = in_place if how == "in place" else (lambda cache, room: cache)
+            cache = type(prompt)([(layer.keys.clone(), layer.values.clone()) for layer in prompt.layers])
+            start = time.perf_counter()
+            tokens[how] = hf_decode.decode(
+                model, "cache", ids, mask, cache, max_new_tokens=steps, end_ids=[], device="cpu",
+                choose=lambda logits, live: logits.argmax(-1), autocast=contextlib.nullcontext(),
+                on_end=lambda *a: None, last_logits_only=True,
+            )  # fmt: skip
+            seconds[how].append(time.perf_counter() - start)
+    hf_decode.with_room = in_place
+    each = {how: 1000 * statistics.median(s) / steps for how, s in seconds.items()}
+    print(
+        f"decode loop, bfloat16, {rows} rows, {length} cached + {steps} steps: cache in place "
+        f"{each['in place']:.0f} ms/step, torch.cat {each['torch.cat']:.0f} ms/step; "
+        f"same tokens: {tokens['in place'] == tokens['torch.cat']}"
+    )
 
 
 def _step(model, cache, inputs):

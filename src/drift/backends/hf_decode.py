@@ -40,7 +40,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from drift.backends.hf_cache import base_model
+from drift.backends.hf_cache import GrowingLayer, base_model, with_room
 
 
 def packed_decode_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
@@ -84,7 +84,8 @@ def _rows_can_leave(cache) -> bool:
     layers (hybrid models) keep other state; their ended rows stay in the batch, ignored."""
     layers = getattr(cache, "layers", None) or []
     return bool(layers) and all(
-        type(layer).__name__ in ("DynamicLayer", "DynamicSlidingWindowLayer") for layer in layers
+        isinstance(layer, GrowingLayer) or type(layer).__name__ in ("DynamicLayer", "DynamicSlidingWindowLayer")
+        for layer in layers
     )
 
 
@@ -125,6 +126,8 @@ def decode(
     next_position = positions[:, -1:].to(device) + 1
     feed, feed_positions = feed.to(device), feed_positions.to(device)
     extra = {"logits_to_keep": 1} if last_logits_only else {}
+    if cache is not None:  # a prefilled cache: every step writes in place
+        cache = with_room(cache, max_new_tokens)
     rows = list(range(len(input_ids)))  # batch row of each row of the cache
     out: list[list[int]] = [[] for _ in rows]
     done = [False] * len(rows)
@@ -138,7 +141,9 @@ def decode(
                 **({name: cache} if cache is not None else {}),
                 **extra,
             )
-            cache = getattr(result, name)
+            fresh, cache = cache is None, getattr(result, name)
+            if fresh:  # the prompts' cache, made by the model: later steps write in place
+                cache = with_room(cache, max_new_tokens)
             active = [at for at, row in enumerate(rows) if not done[row]]
             logits = result.logits[:, -1].float()
             chosen = choose(logits[active] if len(active) < len(rows) else logits, [rows[at] for at in active])
