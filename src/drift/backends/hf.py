@@ -191,7 +191,7 @@ class HFGenerator:
             device = str(model_obj.device) if model_obj is not None else default_device()
         self.device = device
         if device.split(":")[0] == "cpu":
-            keep_freed_memory()  # the KV cache grows by torch.cat: a fresh buffer every step
+            keep_freed_memory()  # batches, caches kept and activations: freed and allocated again every call
         self.dtype = resolve_dtype(dtype, self.device)
         import torch
 

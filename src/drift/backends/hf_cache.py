@@ -38,26 +38,36 @@ Decoding in place. transformers' ``DynamicLayer`` appends a step's keys and valu
 ``torch.cat``: every decode step copies the whole cache of every layer into new tensors (64 rows x
 300 cached tokens of SmolLM2-135M in bf16: 440 MB a step, ~15% of the step on a 2-core EPYC). The
 decode loop swaps such layers for :class:`GrowingLayer`s, whose keys and values are views of
-buffers with room for the rest of the reply: a step writes its column in place.
+buffers with spare columns (the longest reply still to come, at most as many as the layer holds,
+doubled when spent): a step writes its column in place.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from transformers.cache_utils import DynamicLayer
+from transformers.cache_utils import DynamicLayer  # the hf backend's modules need transformers anyway
 
 
 class GrowingLayer(DynamicLayer):
     """A full-attention cache layer holding what a ``DynamicLayer`` holds, as views of buffers with
-    ``room`` spare columns: an update that fits writes in place; one that does not moves the layer
-    to new buffers with ``room`` spare columns again. ``crop`` and ``batch_select_indices`` keep the
-    buffers' spare columns (a crop's dropped columns are written over by the next update)."""
+    spare columns: an update that fits writes in place; one that does not moves the layer to new
+    buffers twice the size it then holds (doubling: O(length) copies in all, at most twice the
+    memory). States of another dtype or batch fall back to ``DynamicLayer``'s ``torch.cat``
+    (which promotes and checks them); the next update moves to new buffers again.
+
+    Limits, as used by the decode loop (no gradient, no crop): a crop's dropped columns are written
+    over by the next update, so a view of them handed out earlier changes; writing in place under
+    autograd would break a backward through the cache.
+    """
+
+    _layer_type = None  # never registered in transformers' layer mappings
+    _keys: Any = None  # the buffers; keys and values are views of their first columns
+    _values: Any = None
 
     def __init__(self, layer: DynamicLayer, room: int):
         super().__init__()
         self.__dict__.update(layer.__dict__)
-        self.room = room
         self._reserve(room)
 
     def _reserve(self, room: int) -> None:
@@ -70,30 +80,51 @@ class GrowingLayer(DynamicLayer):
         self.keys, self.values = self._keys[..., :length, :], self._values[..., :length, :]
 
     def update(self, key_states, value_states, *args, **kwargs):
-        if not self.is_initialized or self.keys is None or self.keys.dim() != 4:  # reset: begins as a DynamicLayer
+        keys, values = self.keys, self.values
+        if (
+            not self.is_initialized  # reset: begins as a DynamicLayer
+            or keys is None
+            or values is None
+            or keys.dim() != 4
+            or (key_states.dtype, value_states.dtype) != (keys.dtype, values.dtype)
+            or key_states.shape[:2] != keys.shape[:2]
+        ):
             return super().update(key_states, value_states, *args, **kwargs)
-        length, new = self.keys.shape[-2], key_states.shape[-2]
-        views = self.keys.data_ptr() == self._keys.data_ptr() and self.keys.shape[:2] == self._keys.shape[:2]
-        if not views or length + new > self._keys.shape[-2]:  # replaced (reorder_cache, ...) or full
-            self._reserve(new + self.room)
+        length, new = keys.shape[-2], key_states.shape[-2]
+        buffered = self._keys is not None and keys.data_ptr() == self._keys.data_ptr()
+        if not buffered or keys.shape[:2] != self._keys.shape[:2] or length + new > self._keys.shape[-2]:
+            self._reserve(length + 2 * new)  # replaced (reorder_cache, ...), reset or full: twice what it will hold
         self._keys[..., length : length + new, :] = key_states
         self._values[..., length : length + new, :] = value_states
         self.keys, self.values = self._keys[..., : length + new, :], self._values[..., : length + new, :]
         return self.keys, self.values
 
     def batch_select_indices(self, indices) -> None:
-        length = self.get_seq_length()
-        if length > 0:
-            self._keys, self._values = self._keys[indices, ...], self._values[indices, ...]
-            self.keys, self.values = self._keys[..., :length, :], self._values[..., :length, :]
+        """Keep rows ``indices``, and the buffers' spare columns (only the columns held are copied)."""
+        keys, values = self.keys, self.values
+        if keys is None or values is None or self.get_seq_length() == 0:
+            return
+        length = keys.shape[-2]
+        self._keys = self._keys.new_empty((len(indices), *self._keys.shape[1:]))
+        self._values = self._values.new_empty((len(indices), *self._values.shape[1:]))
+        self._keys[..., :length, :], self._values[..., :length, :] = keys[indices], values[indices]
+        self.keys, self.values = self._keys[..., :length, :], self._values[..., :length, :]
+
+    def reset(self) -> None:
+        super().reset()
+        self._keys = self._values = None
 
 
 def with_room(cache, room: int):
-    """``cache`` with its initialised plain ``DynamicLayer``s swapped for :class:`GrowingLayer`s."""
+    """``cache`` with its initialised plain ``DynamicLayer``s swapped for :class:`GrowingLayer`s with
+    ``min(room, max(64, length))`` spare columns each (``room``: the longest reply still to come);
+    an offloading cache is left as it is (its layers move between devices)."""
+    if getattr(cache, "offloading", False):
+        return cache
     layers = getattr(cache, "layers", None) or []
     for at, layer in enumerate(layers):
         if type(layer) is DynamicLayer and layer.is_initialized and layer.keys is not None and layer.keys.dim() == 4:
-            layers[at] = GrowingLayer(layer, room)
+            layers[at] = GrowingLayer(layer, min(room, max(64, layer.keys.shape[-2])))
     return cache
 
 

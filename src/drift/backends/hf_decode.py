@@ -43,7 +43,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from drift.backends.hf_cache import GrowingLayer, base_model, with_room
+from drift.backends.hf_cache import base_model, full_attention, with_room
 
 
 def packed_decode_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
@@ -87,8 +87,7 @@ def _rows_can_leave(cache) -> bool:
     layers (hybrid models) keep other state; their ended rows stay in the batch, ignored."""
     layers = getattr(cache, "layers", None) or []
     return bool(layers) and all(
-        isinstance(layer, GrowingLayer) or type(layer).__name__ in ("DynamicLayer", "DynamicSlidingWindowLayer")
-        for layer in layers
+        full_attention(layer) or type(layer).__name__ == "DynamicSlidingWindowLayer" for layer in layers
     )
 
 
