@@ -43,3 +43,27 @@ def test_plot_weights(tmp_path):
     assert_png(tmp_path / "weights.png")
     plot_weights([], [], tmp_path / "none.png")
     assert (tmp_path / "none.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_the_frontier_legend_hides_no_data(tmp_path, monkeypatch):
+    # eleven methods' legend drawn inside the axes covered the middle of the plot, where the
+    # curves run: it sits beside them
+    import drift.plots as plots
+
+    saved = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: saved.append(fig))
+    methods = ["base"] + [f"method-{i}" for i in range(10)]
+    rows = [{"method": "base", "seed": 0, "point": "final", "flops": 0, "multi_at_T": 0.2}]
+    for i, name in enumerate(methods[1:]):
+        for seed in (0, 1):
+            for k in range(3):
+                rows.append({"method": name, "seed": seed, "point": k, "round": k, "flops": 1e13 * (k + 1) * (i + 1),
+                             "multi_at_T": 0.1 * k + 0.02 * i + 0.01 * seed})  # fmt: skip
+    plots.plot_frontier(rows, methods, 5, tmp_path / "frontier.png")
+    (fig,) = saved
+    fig.canvas.draw()
+    (ax,) = fig.axes
+    legend = fig.legends[0] if fig.legends else ax.get_legend()
+    assert legend is not None and len(legend.get_texts()) == len(methods)
+    box, axes_box = legend.get_window_extent(), ax.get_window_extent()
+    assert not box.overlaps(axes_box), "the legend is drawn over the axes"

@@ -171,7 +171,7 @@ def plot_frontier(rows: Sequence[Mapping], methods: Sequence[str], max_turns: in
     seed is a marker with that range as an error bar; a method that spent nothing (base) is a
     dashed horizontal line. ``rows``: drift.study.results rows (``method``, ``point``: the round,
     or ``"final"`` at each run's end, ``flops``, ``multi_at_T``)."""
-    fig, ax = _figure(7.2, 4.6)
+    fig, ax = _figure(9.6, 4.6)
     top = 0.0
     for i, name in enumerate(methods):
         mine = [r for r in rows if r["method"] == name]
@@ -183,7 +183,7 @@ def plot_frontier(rows: Sequence[Mapping], methods: Sequence[str], max_turns: in
             continue
         by_round: dict = {}  # a point of every seed's run: a snapshot round, or the run's end
         for r in mine:
-            by_round.setdefault(r.get("point", r["round"]), []).append(r)
+            by_round.setdefault(r["point"] if "point" in r else r["round"], []).append(r)
         xs, ys, lo, hi = [], [], [], []
         for group in sorted(by_round.values(), key=lambda g: sum(r["flops"] for r in g)):
             acc = [r["multi_at_T"] for r in group]
@@ -206,8 +206,11 @@ def plot_frontier(rows: Sequence[Mapping], methods: Sequence[str], max_turns: in
     ax.set_ylabel(f"solved within {max_turns} turns (multi@{max_turns})")
     ax.set_title("Accuracy against compute")
     ax.grid(axis="x", which="both", alpha=0.2)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(
-            loc="best", fontsize="small", title="mean over seeds; band, bars: lowest to highest", title_fontsize="small"
+    if ax.get_legend_handles_labels()[0]:  # beside the axes: a study's many methods would cover its curves
+        fig.legend(
+            loc="outside right upper",
+            fontsize="small",
+            title="mean over seeds;\nband, bars: lowest to highest",
+            title_fontsize="small",
         )
     _save(fig, path)
