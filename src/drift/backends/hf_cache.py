@@ -71,8 +71,11 @@ class GrowingLayer(DynamicLayer):
         self._reserve(room)
 
     def _reserve(self, room: int) -> None:
-        keys, values = self.keys, self.values
-        assert keys is not None and values is not None
+        assert self.keys is not None and self.values is not None
+        self._hold(self.keys, self.values, room)
+
+    def _hold(self, keys, values, room: int) -> None:
+        """New buffers holding ``keys`` and ``values`` with ``room`` spare columns."""
         length = keys.shape[-2]
         shape = (*keys.shape[:-2], length + room, keys.shape[-1])
         self._keys, self._values = keys.new_empty(shape), values.new_empty(shape)
@@ -104,11 +107,7 @@ class GrowingLayer(DynamicLayer):
         keys, values = self.keys, self.values
         if keys is None or values is None or self.get_seq_length() == 0:
             return
-        length = keys.shape[-2]
-        self._keys = self._keys.new_empty((len(indices), *self._keys.shape[1:]))
-        self._values = self._values.new_empty((len(indices), *self._values.shape[1:]))
-        self._keys[..., :length, :], self._values[..., :length, :] = keys[indices], values[indices]
-        self.keys, self.values = self._keys[..., :length, :], self._values[..., :length, :]
+        self._hold(keys[indices], values[indices], self._keys.shape[-2] - keys.shape[-2])
 
     def reset(self) -> None:
         super().reset()

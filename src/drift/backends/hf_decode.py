@@ -18,8 +18,9 @@ are never reordered, so each row's random numbers (drift.backends.hf._RowSampler
 would draw in a full batch; the logits differ from a full batch's only by the rounding of another
 batch shape (~1e-6 in float32).
 
-The cache's plain layers become drift.backends.hf_cache.GrowingLayer at the first step: each
-later step writes its keys and values in place, where transformers' layers copy the whole cache.
+The cache's plain layers become drift.backends.hf_cache.GrowingLayer as decoding starts (a
+prefilled cache before the first step, one the model makes after it): each later step writes its
+keys and values in place, where transformers' layers copy the whole cache.
 
 Positions follow the mask: ``cumsum(mask) - 1`` over the prompt (left padding and the holes of a
 reused cache sit at masked positions), then one more per step: where transformers' ``generate``
