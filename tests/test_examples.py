@@ -113,5 +113,6 @@ def test_fillers_train_nothing():
 
     exs = [Example([5, 6, 7], 1, 1.0, i) for i in range(3)]
     mbs = split_micro_batches(exs, 1, 2, 1, group_by_length=False)
-    _, _, _, labels, weights, k, old = collate(mbs[1], 0)
-    assert mbs[1][0].index == -1 and k == 1 and (labels == -100).all() and weights.tolist() == [0.0] and old is None
+    _, _, _, labels, weights, k, old, packed = collate(mbs[1], 0, pair_cost=0.0)
+    assert packed is None and mbs[1][0].index == -1 and k == 1 and (labels == -100).all()
+    assert weights.tolist() == [0.0] and old is None

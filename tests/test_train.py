@@ -71,7 +71,7 @@ def test_labels_cover_the_completion_and_eos_only(tiny_model):
     assert tok.decode(ex.input_ids[: ex.n_prompt]).endswith(
         "Incorrect. Please think again.<|im_end|>\n<|im_start|>assistant\n"
     )
-    _ids, mask, pos, labels, weights, k, _old = collate(
+    _ids, mask, pos, labels, weights, k, _old, _packed = collate(
         [ex, build_examples(make_record("q", 0, ["9"], weight=2.0), tok)[0]], tok.pad_token_id
     )
     assert k == len(completion)

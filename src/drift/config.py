@@ -173,6 +173,12 @@ class OptimizationOptions:
     dtype: Dtype = option("auto", DTYPE_HELP)
     gradient_checkpointing: bool = option(False, "recompute activations in the backward pass (less memory)")
     group_by_length: bool = option(True, "sort each step's examples by length before cutting micro-batches")
+    share_prefixes: bool = option(
+        True,
+        "run the prefixes a micro-batch's examples share once, as a prefix tree with a 4D attention mask, where "
+        "that is estimated faster (drift.packing; full-attention sdpa/eager models); each step's examples are "
+        "then sorted by their tokens, not their length (the same gradient up to rounding)",
+    )
     lora_r: int = option(0, "LoRA rank (0: full fine-tuning)")
     lora_alpha: int = option(16, "LoRA alpha")
     lora_dropout: float = option(0.0, "LoRA dropout")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from drift import DriftError
 from drift.chat import end_of_turn_ids, render_prompt
@@ -192,42 +193,76 @@ def to_forward(examples: list[Example], share: float | None) -> tuple[list[Examp
 
 
 def split_micro_batches(
-    examples: list[Example], micro_batch_size: int, processes: int, rank: int, *, group_by_length: bool = True
+    examples: list[Example],
+    micro_batch_size: int,
+    processes: int,
+    rank: int,
+    *,
+    group_by_length: bool = True,
+    by_prefix: bool = False,
 ) -> list[list[Example]]:
     """Process ``rank``'s micro-batches of one global batch (drift.trainer, note 1).
 
-    The batch is sorted by length (``group_by_length``: less padding, same gradient) and cut into
-    A = ceil(len / (micro_batch_size x processes)) micro-batches; the process takes examples
-    rank, rank + processes, ... of each. Every process gets A micro-batches: where its slice is
-    empty, a filler keeps it in step with the others: two tokens, none of them trained, weight 0,
-    ``index -1``; every loss built on trained tokens is 0 on it.
+    The batch is sorted by length (``group_by_length``: less padding, same gradient), or by its
+    tokens (``by_prefix``: examples that share a prefix become neighbours, for drift.packing), and
+    cut into A = ceil(len / (micro_batch_size x processes)) micro-batches; the process takes examples
+    rank, rank + processes, ... of each (``by_prefix``: the rank-th run of ``micro_batch_size``
+    neighbours). Every process gets A micro-batches: where its slice is empty, a filler keeps it in
+    step with the others: two tokens, none of them trained, weight 0, ``index -1``; every loss built
+    on trained tokens is 0 on it.
 
     >>> exs = [Example([5, 6, 7], 1, 1.0, i) for i in range(3)]
     >>> [[(e.index, e.n_completion) for e in mb] for mb in split_micro_batches(exs, 1, 2, 1, group_by_length=False)]
     [[(1, 2)], [(-1, 0)]]
+    >>> exs = [Example(ids, 1, 1.0, i) for i, ids in enumerate([[1, 2], [3, 4, 5], [1, 2, 6], [3, 4]])]
+    >>> [[e.index for e in mb] for mb in split_micro_batches(exs, 2, 1, 0, by_prefix=True)]
+    [[0, 2], [3, 1]]
     """
     order = list(range(len(examples)))
-    if group_by_length:
+    if by_prefix:
+        order.sort(key=lambda i: examples[i].input_ids)
+    elif group_by_length:
         order.sort(key=lambda i: -len(examples[i].input_ids))
     per = micro_batch_size * processes
     cuts = [order[m : m + per] for m in range(0, len(order), per)]
     filler = Example(examples[order[0]].input_ids[:2], 2, 0.0, -1)
-    return [[examples[i] for i in cut[rank::processes]] or [filler] for cut in cuts]
+    take = [
+        c[rank * micro_batch_size : (rank + 1) * micro_batch_size] if by_prefix else c[rank::processes] for c in cuts
+    ]
+    return [[examples[i] for i in mine] or [filler] for mine in take]
 
 
-def collate(examples: list[Example], pad_id: int):
+class Batch(NamedTuple):
+    """A micro-batch as tensors (:func:`collate`); ``batch[i]`` works as for the plain tuple it was."""
+
+    input_ids: Any  # (b, s), left-padded
+    attention_mask: Any  # (b, s)
+    position_ids: Any  # (b, s)
+    labels: Any  # (b, k): labels[:, j] is the target of the logits at position s - k - 1 + j
+    weights: Any  # (b,)
+    k: int
+    old_logp: Any = None  # (b, k) aligned with the labels, or None
+    packed: Any = None  # drift.packing.PackedRows: the same rows as one prefix tree, or None
+
+    def to(self, device) -> Batch:
+        return Batch(*(t.to(device) if hasattr(t, "to") else t for t in self))
+
+
+def collate(examples: list[Example], pad_id: int, *, pair_cost: float | None = None) -> Batch:
     """Left-padded tensors for a micro-batch; only the last ``k`` positions need logits.
 
-    Returns ``input_ids, attention_mask, position_ids`` (b, s), ``labels`` (b, k) aligned with the
-    logits of the last k positions (position j predicts token j+1), ``weights`` (b,), ``k``, and
-    ``old_logp`` (b, k) aligned with the labels (0 off the completion) when the examples carry
-    :attr:`Example.old_logp`, else ``None``.
+    Returns a :class:`Batch`: ``input_ids, attention_mask, position_ids`` (b, s), ``labels`` (b, k)
+    aligned with the logits of the last k positions (position j predicts token j+1), ``weights`` (b,),
+    ``k``, and ``old_logp`` (b, k) aligned with the labels (0 off the completion) when the examples
+    carry :attr:`Example.old_logp`, else ``None``. With a ``pair_cost`` (drift.packing.pair_cost): also
+    the rows as one prefix tree (``packed``), where the tree is worth it (drift.packing.worth_packing).
     Left padding puts every completion at the end, so the LM head runs on k = longest completion
     positions instead of the whole sequence (k >= 1, so that a batch of fillers still has an output).
     """
     import torch
 
     from drift.losses import IGNORE
+    from drift.packing import pack_rows
 
     width = max(len(e.input_ids) for e in examples)
     k = max(1, max(e.n_completion for e in examples))
@@ -246,7 +281,9 @@ def collate(examples: list[Example], pad_id: int):
         old.append([0.0] * (k - e.n_completion) + list(e.old_logp or [0.0] * e.n_completion))
     attention = torch.tensor(mask)
     positions = (attention.cumsum(-1) - 1).clamp(min=0)
-    return (
+    rows = [e.input_ids for e in examples]
+    packed = pack_rows(rows, k, pair_cost=pair_cost) if pair_cost is not None and len(rows) > 1 else None
+    return Batch(
         torch.tensor(ids),
         attention,
         positions,
@@ -254,4 +291,5 @@ def collate(examples: list[Example], pad_id: int):
         torch.tensor([e.weight for e in examples], dtype=torch.float32),
         k,
         torch.tensor(old) if any(e.old_logp is not None for e in examples) else None,
+        packed,
     )

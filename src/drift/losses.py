@@ -56,7 +56,12 @@ def per_sample_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
 
 def completion_logits(model, batch) -> torch.Tensor:
     """The model's logits at the last k positions of a :func:`drift.examples.collate` batch, aligned
-    with its labels: shape (b, k, v), ``[:, j]`` predicts ``labels[:, j]``."""
+    with its labels: shape (b, k, v), ``[:, j]`` predicts ``labels[:, j]``. A batch with a prefix
+    tree (``packed``) runs as that tree: the same logits up to rounding, shared tokens run once."""
+    if getattr(batch, "packed", None) is not None:  # the rows as one prefix tree (drift.packing)
+        from drift.packing import packed_logits
+
+        return packed_logits(model, batch.packed)
     input_ids, attention, positions, k = batch[0], batch[1], batch[2], batch[5]
     out = model(input_ids=input_ids, attention_mask=attention, position_ids=positions, logits_to_keep=k + 1)
     return out.logits[:, :-1]

@@ -28,7 +28,8 @@ loop, on purpose:
    two-token stand-in of weight 0 (AdamW's moments and weight decay then move as they would
    have). The decision reads only the step's weights, the same list on every process. The log's
    ``nll`` is the mean over forwarded examples; ``tokens`` and ``trained_tokens`` count forwarded
-   examples only; the summary adds ``skipped_examples`` (summed over steps: an example skipped in
+   examples only (``forwarded_tokens``: the tokens actually run, fewer where micro-batches share
+   prefixes, drift.packing); the summary adds ``skipped_examples`` (summed over steps: an example skipped in
    two epochs counts twice) and ``skipped_weight_share`` (their weight over the steps' total).
 
 The optimizer step itself (accumulation, several processes, mixed precision, checkpoints) is
@@ -116,6 +117,7 @@ def run_train(cfg) -> dict:
     done = state.get("counts", {})
     t0, before = time.perf_counter(), done.get("seconds", 0.0)
     tokens, trained_tokens = done.get("tokens", 0.0), done.get("trained_tokens", 0.0)
+    forwarded = done.get("forwarded_tokens", tokens)  # a checkpoint from before the count: every token
     skipped_examples, skipped_weight, total_weight = (done.get(k, 0.0) for k in ("skipped", "skipped_weight", "weight"))
     step = start_step
     while step < total_steps:
@@ -135,6 +137,7 @@ def run_train(cfg) -> dict:
             step += 1
             tokens += stats["tokens"]
             trained_tokens += stats["trained_tokens"]
+            forwarded += stats["forwarded_tokens"]
             bar.update(1)
             elapsed = time.perf_counter() - t0
             entry = {
@@ -157,7 +160,8 @@ def run_train(cfg) -> dict:
                 if cfg.report_to != "none":
                     trainer.accelerator.log(entry, step=step)
             if cfg.save_steps and step % cfg.save_steps == 0 and step < total_steps:
-                counts = {"tokens": tokens, "trained_tokens": trained_tokens, "skipped": skipped_examples,
+                counts = {"tokens": tokens, "trained_tokens": trained_tokens, "forwarded_tokens": forwarded,
+                          "skipped": skipped_examples,
                           "skipped_weight": skipped_weight, "weight": total_weight,
                           "seconds": before + time.perf_counter() - t0}  # fmt: skip
                 trainer.save_checkpoint(out / "checkpoints", step, cfg.save_total_limit, extra={"counts": counts})
@@ -171,6 +175,7 @@ def run_train(cfg) -> dict:
         "wall_seconds": round(wall, 2),
         "tokens": int(tokens),
         "trained_tokens": int(trained_tokens),
+        "forwarded_tokens": int(forwarded),
         "skipped_examples": int(skipped_examples),
         "skipped_weight_share": skipped_weight / total_weight if total_weight > 0 else 0.0,
         "tokens_per_second": round(tokens / max(wall, 1e-9), 1),

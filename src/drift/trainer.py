@@ -18,7 +18,11 @@ a global batch of examples becomes exactly one optimizer step, the same on 1 or 
 4. The learning-rate scheduler steps once per optimizer step. (Prepared by accelerate with its
    default ``step_scheduler_with_optimizer=True``, it would step once per *process*, running the
    schedule P times too fast.)
-5. Checkpoints: accelerate's ``save_state`` into ``step-N.tmp``, renamed when every process has
+5. Shared prefixes (``share_prefixes``, drift.packing): a step's examples are sorted by their tokens
+   instead of their length, each process takes runs of neighbours, and a micro-batch whose
+   examples share enough runs as one prefix tree. The same terms, so the same gradient up to
+   rounding; ``completion_logprobs`` cuts and packs exactly as the step does.
+6. Checkpoints: accelerate's ``save_state`` into ``step-N.tmp``, renamed when every process has
    written its part. The final model: ``get_state_dict`` on every process (it gathers full weights
    under ZeRO-3 and FSDP), written by the main process.
 """
@@ -31,8 +35,9 @@ from pathlib import Path
 from typing import Any
 
 from drift import DriftError
-from drift.examples import Example, collate, split_micro_batches
+from drift.examples import Batch, Example, collate, split_micro_batches
 from drift.losses import weighted_nll_terms
+from drift.packing import pair_cost
 
 MIXED_PRECISION = {"float32": "no", "bfloat16": "bf16", "float16": "fp16"}
 """drift's dtype name -> accelerate's ``mixed_precision``."""
@@ -106,6 +111,7 @@ class Trainer:
         self.model: Any = None
         self.optimizer: Any = None
         self.scheduler: Any = None
+        self.pair_cost: float | None = None  # drift.packing: set by prepare when micro-batches share prefixes
 
     # -- who and where -----------------------------------------------------------------------
 
@@ -172,6 +178,19 @@ class Trainer:
         )
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
         self.model.train()
+        self.pair_cost = pair_cost(self.unwrapped()) if opts.share_prefixes else None
+
+    def _micro_batches(self, examples: list[Example]) -> list[tuple[list[Example], Batch]]:
+        """This process's micro-batches of a global batch, each with its tensors on the device (notes 1, 5)."""
+        cuts = split_micro_batches(
+            examples,
+            self.opts.micro_batch_size,
+            self.processes,
+            self.rank,
+            group_by_length=self.opts.group_by_length,
+            by_prefix=self.pair_cost is not None,
+        )
+        return [(mb, collate(mb, self.pad_token_id, pair_cost=self.pair_cost).to(self.device)) for mb in cuts]
 
     def _accumulation_divisor(self) -> int:
         """What accelerate (or DeepSpeed's engine) divides each micro-batch's loss by."""
@@ -186,17 +205,16 @@ class Trainer:
         """One optimizer step on the global batch ``examples`` (the same list on every process).
 
         ``denominator``: D of ``sum_i c_i / D`` (drift.losses). Returns the step's totals over every
-        process: ``loss`` (= sum_i c_i / D), ``examples``, ``tokens`` (forwarded, padding excluded),
+        process: ``loss`` (= sum_i c_i / D), ``examples``, ``tokens`` (the examples' tokens, padding
+        excluded), ``forwarded_tokens`` (those run: a prefix tree runs shared prefixes once),
         ``grad_norm``, ``lr`` (the one the step used), and the sums ``loss_fn`` reports.
         """
         import torch
 
         if not examples:
             raise DriftError("an optimizer step needs at least one example")
-        acc, pad = self.accelerator, self.pad_token_id
-        batches = split_micro_batches(
-            examples, self.opts.micro_batch_size, self.processes, self.rank, group_by_length=self.opts.group_by_length
-        )
+        acc = self.accelerator
+        batches = self._micro_batches(examples)
         # The number of micro-batches may differ from step to step (a short last batch, online RL):
         # tell accelerate, and restart its counter, so that gradients sync on the last one.
         acc.gradient_accumulation_steps = len(batches)
@@ -204,17 +222,18 @@ class Trainer:
         scale = self.processes * self._accumulation_divisor() / denominator
         lr = self.scheduler.get_last_lr()[0]
         totals: dict[str, torch.Tensor] = {}
-        for mb in batches:
-            batch = [t.to(self.device) if hasattr(t, "to") else t for t in collate(mb, pad)]
+        for mb, batch in batches:
             with acc.accumulate(self.model):
                 terms, stats = loss_fn(self.model, batch)
                 acc.backward(terms.sum() * scale)
             real = torch.tensor([e.index >= 0 for e in mb], device=terms.device)
+            tokens = batch[1][real].sum()
             stats = {
                 **stats,
                 "loss": terms.detach().sum() / denominator,
                 "examples": real.sum(),  # fillers: 0
-                "tokens": batch[1][real].sum(),
+                "tokens": tokens,
+                "forwarded_tokens": tokens if batch.packed is None else torch.tensor(batch.packed.n_nodes),
             }
             for key, value in stats.items():
                 totals[key] = totals.get(key, 0) + value.detach().float().to(self.device)
@@ -244,14 +263,10 @@ class Trainer:
         from drift.losses import completion_logits, token_logprobs
 
         position = {id(e): i for i, e in enumerate(examples)}
-        batches = split_micro_batches(
-            examples, self.opts.micro_batch_size, self.processes, self.rank, group_by_length=self.opts.group_by_length
-        )
         scored, tokens, model = [], 0, self.unwrapped()
         model.eval()  # no dropout (LoRA's included): the ratio's denominator is the policy itself
         with torch.no_grad(), self.accelerator.autocast():
-            for mb in batches:
-                batch = [t.to(self.device) if hasattr(t, "to") else t for t in collate(mb, self.pad_token_id)]
+            for mb, batch in self._micro_batches(examples):
                 logp, _ = token_logprobs(completion_logits(model, batch), batch[3])
                 for row, e in enumerate(mb):
                     if id(e) not in position:  # a filler of split_micro_batches: not one of the examples

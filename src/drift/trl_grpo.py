@@ -71,9 +71,9 @@ Compute, per round, from what TRL did (``rl_log.jsonl`` lines are cumulative, as
 FLOPs follow drift.compute.flops. ``rl_log.jsonl`` holds drift's per-round line; TRL's own log
 lines (loss, reward, kl, clip ratios, entropy, num_tokens) go to ``trl_log.jsonl``.
 ``save_steps`` is ignored and ``resume`` refused: there are no checkpoints to resume from. Also
-unused: target (one turn is its own last turn), max_length, group_by_length, batch_size, skip_weight_share,
-model_generation_config, and the weighting scheme options (only the return's gamma, lam and
-format_penalty matter; with one turn, only format_penalty).
+unused: target (one turn is its own last turn), max_length, group_by_length, share_prefixes, batch_size,
+skip_weight_share, model_generation_config, and the weighting scheme options (only the return's
+gamma, lam and format_penalty matter; with one turn, only format_penalty).
 """
 
 from __future__ import annotations
