@@ -128,8 +128,8 @@ def _run_train(tmp_path, name, data, model, *extra):
     from drift.cli import main
     from test_trainer import SGD
 
-    args = ["train", str(data), "--out", str(tmp_path / name), "--model", model, *SGD, "--batch-size", "12"]
-    assert main([*args, "--micro-batch-size", "6", *extra]) == 0
+    args = ["train", str(data), "--out", str(tmp_path / name), "--model", model, *SGD]
+    assert main([*args, "--batch-size", "12", "--micro-batch-size", "6", *extra]) == 0  # later options win
     return json.loads((tmp_path / name / "train_summary.json").read_text())
 
 
@@ -156,3 +156,14 @@ def test_training_on_prefix_trees_gives_the_padded_runs_weights_on_one_and_two_p
         b = load(tmp_path / other / "model")
         for k in a:
             assert torch.allclose(a[k], b[k], atol=1e-5), (other, k)
+
+
+def test_steps_of_whole_prompts_share_more_than_shuffled_examples(tmp_path, tiny_model):
+    torch.set_num_threads(1)
+    data = shared_file(tmp_path / "w.jsonl")
+    extra = ["--batch-size", "6", "--micro-batch-size", "6"]
+    mixed = _run_train(tmp_path, "mixed", data, tiny_model, *extra)
+    whole = _run_train(tmp_path, "whole", data, tiny_model, *extra, "--batch-by", "prompt")
+    assert whole["tokens"] == mixed["tokens"] and whole["steps"] == mixed["steps"] == 2
+    # each step holds one prompt's six trajectories: everything but their last turns is shared
+    assert whole["forwarded_tokens"] < mixed["forwarded_tokens"]

@@ -209,6 +209,11 @@ class TrainConfig(OptimizationOptions):
     model: str = option("smollm2-135m", "model folder, LoRA adapter folder, .gguf file, short name or hub id")
     reduction: Literal["mean", "weighted"] = option("mean", "divide the batch's sum of w*nll by its size or by sum w")
     batch_size: int = option(16, "examples per optimizer step (over all processes)")
+    batch_by: Literal["example", "prompt"] = option(
+        "example",
+        "what a step's batch is drawn by: shuffled examples, or shuffled prompts with all their examples "
+        "together (with --share-prefixes their common history then runs once: faster, a different data order)",
+    )
     epochs: float = option(1.0, "passes over the data")
     max_steps: int | None = option(None, "stop after this many optimizer steps (overrides epochs)")
     save_steps: int = option(0, "checkpoint every N steps (0: only the final model)")

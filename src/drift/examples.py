@@ -119,17 +119,29 @@ def completion_sources(records: list[dict], tokenizer, target: str = "last") -> 
     return counts
 
 
-def plan_batches(n_examples: int, batch_size: int, *, seed: int, epoch: int) -> list[list[int]]:
+def plan_batches(
+    n_examples: int, batch_size: int, *, seed: int, epoch: int, groups: list | None = None
+) -> list[list[int]]:
     """Split an epoch of ``n_examples`` into optimizer steps of ``batch_size`` example indices.
 
     The order is a function of ``(seed, epoch)`` only, so a resumed run sees the same batches,
-    whatever the number of processes. A final short step is kept.
+    whatever the number of processes. A final short step is kept. ``groups`` (a key per example,
+    e.g. its prompt): the same shuffle, then each group's examples gathered where its first one
+    fell, so that steps hold whole groups (a group larger than what is left of a step runs on into
+    the next).
 
     >>> plan_batches(5, 2, seed=0, epoch=0)
     [[2, 1], [0, 4], [3]]
+    >>> plan_batches(6, 4, seed=0, epoch=0, groups=["a", "a", "b", "b", "c", "c"])
+    [[4, 5, 2, 3], [1, 0]]
     """
     order = list(range(n_examples))
     random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    if groups is not None:
+        first: dict = {}
+        for position, i in enumerate(order):
+            first.setdefault(groups[i], position)
+        order.sort(key=lambda i: first[groups[i]])
     return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
 
 

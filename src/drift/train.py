@@ -95,6 +95,7 @@ def run_train(cfg) -> dict:
     records, examples = _load_examples(cfg, tokenizer)
     if not examples:
         raise DriftError(f"{cfg.input}: no training examples")
+    groups = [records[e.index].get("prompt_id") for e in examples] if cfg.batch_by == "prompt" else None
     steps_per_epoch = math.ceil(len(examples) / cfg.batch_size)
     total_steps = cfg.max_steps or math.ceil(steps_per_epoch * cfg.epochs)
     trainer.prepare(load_model(path), total_steps, cfg.batch_size)
@@ -122,7 +123,7 @@ def run_train(cfg) -> dict:
     step = start_step
     while step < total_steps:
         epoch = step // steps_per_epoch
-        plan = plan_batches(len(examples), cfg.batch_size, seed=cfg.seed, epoch=epoch)
+        plan = plan_batches(len(examples), cfg.batch_size, seed=cfg.seed, epoch=epoch, groups=groups)
         for indices in plan[step - epoch * steps_per_epoch :]:
             if step >= total_steps:
                 break
