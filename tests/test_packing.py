@@ -167,3 +167,40 @@ def test_steps_of_whole_prompts_share_more_than_shuffled_examples(tmp_path, tiny
     assert whole["tokens"] == mixed["tokens"] and whole["steps"] == mixed["steps"] == 2
     # each step holds one prompt's six trajectories: everything but their last turns is shared
     assert whole["forwarded_tokens"] < mixed["forwarded_tokens"]
+
+
+def test_a_wrapped_eager_model_gets_the_additive_mask(tiny_model, tmp_path):
+    """Behind DistributedDataParallel (what accelerate hands the training step) the model's config
+    is out of sight: the mask must still be eager's additive one, or eager adds True as +1 and
+    every node reads every other."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        tok = load_tokenizer(tiny_model)
+        model = load_model(tiny_model)
+        model.set_attn_implementation("eager")
+        wrapped = torch.nn.parallel.DistributedDataParallel(model)
+        examples = _examples(tok)
+        plain, shared = collate(examples, tok.pad_token_id), collate(examples, tok.pad_token_id, pair_cost=0.0)
+        trained = plain.labels != -100
+        with torch.no_grad():
+            a, b = completion_logits(wrapped, plain)[trained], completion_logits(wrapped, shared)[trained]
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize(
+    "model_type, extra",
+    [("mpt", {}), ("bloom", {}), ("gpt_neo", {}), ("falcon", {"alibi": True}), ("llama", {"alibi": True})],
+)
+def test_models_whose_positions_are_not_position_ids_keep_the_padded_batch(tiny_model, model_type, extra):
+    # ALiBi biases by the key's index in the sequence, local attention windows by distance in it:
+    # in a flattened tree neither is the row's own
+    model = load_model(tiny_model)
+    assert supports_packing(model)
+    model.config.model_type = model_type
+    for key, value in extra.items():
+        setattr(model.config, key, value)
+    assert not supports_packing(model)

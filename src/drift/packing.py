@@ -19,7 +19,8 @@ against ``rows x width^2`` for the padded batch. Counting a token's work (its li
 an attended pair costs ``pair_cost`` (:func:`pair_cost`), and a micro-batch is packed only where
 ``N + N^2 pair_cost`` is at most ``1 - MIN_GAIN`` of ``rows x (width + width^2 pair_cost)``
 (:func:`worth_packing`). Models whose attention is not plain full attention (sliding windows,
-flash-attention kernels that take no dense mask) keep the padded batch (:func:`supports_packing`).
+ALiBi, flash-attention kernels that take no dense mask), and model types not checked yet, keep the
+padded batch (:func:`supports_packing`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,14 @@ and 1.61x (benchmarks/packing.py)."""
 
 PACKABLE_ATTENTION = ("sdpa", "eager", "drift_sdpa")
 """transformers attention implementations that take an arbitrary 4D mask."""
+
+PACKABLE_MODEL_TYPES = frozenset(
+    {"llama", "mistral", "qwen2", "qwen3", "gemma", "phi3", "gpt2", "opt", "gpt_neox", "falcon"}
+)
+"""Model types whose packed logits equal the padded batch's (tiny random models of each, transformers
+5.24, 2026-12-02; falcon without ALiBi). Others keep the padded batch: MPT, Bloom and ALiBi Falcon
+bias attention by the key's index in the sequence, GPT-Neo's local layers by distance in it, so
+a flattened tree is wrong or fails there. Add a type after checking it as tests/test_packing.py does."""
 
 
 def prefix_tree(rows: list[list[int]]) -> tuple[list[int], list[int], list[list[int]]]:
@@ -157,19 +166,29 @@ def packed_logits(model, packed: PackedRows):
     return out.logits[0][packed.gather]
 
 
-def attention_implementation(model) -> str | None:
+def _config(model):
+    """The transformers config of ``model``, seen through DDP / DeepSpeed / FSDP and peft wrappers
+    (a DDP wrapper has no ``config``; DeepSpeed's engine has its own)."""
+    from accelerate.utils import extract_model_from_parallel
+
     from drift.backends.hf_cache import base_model
 
-    return getattr(getattr(base_model(model), "config", None), "_attn_implementation", None)
+    return getattr(base_model(extract_model_from_parallel(model)), "config", None)
+
+
+def attention_implementation(model) -> str | None:
+    return getattr(_config(model), "_attn_implementation", None)
 
 
 def supports_packing(model) -> bool:
-    """Whether ``model`` can run a :class:`PackedRows`: an attention implementation that takes a
-    dense 4D mask, and full attention in every layer (a sliding window would need its own mask)."""
-    from drift.backends.hf_cache import base_model
-
-    config = getattr(base_model(model), "config", None)
+    """Whether ``model`` can run a :class:`PackedRows`: a model type whose packed logits were checked
+    against the padded batch's (:data:`PACKABLE_MODEL_TYPES`), an attention implementation that
+    takes a dense 4D mask, and full attention in every layer (a sliding window would need its own
+    mask; ALiBi biases by the index in the sequence, not the position)."""
+    config = _config(model)
     if config is None or attention_implementation(model) not in PACKABLE_ATTENTION:
+        return False
+    if getattr(config, "model_type", None) not in PACKABLE_MODEL_TYPES or getattr(config, "alibi", False):
         return False
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     layer_types = getattr(text, "layer_types", None)
@@ -189,11 +208,10 @@ def pair_cost(model) -> float | None:
     """
     if not supports_packing(model):
         return None
-    from drift.backends.hf_cache import base_model
-
-    text = base_model(model).config.get_text_config()
+    text = _config(model).get_text_config()
     h, heads = text.hidden_size, text.num_attention_heads
     d = getattr(text, "head_dim", None) or h // heads
     kv = getattr(text, "num_key_value_heads", None) or heads
-    weights = h * heads * d * 2 + 2 * h * kv * d + 3 * h * getattr(text, "intermediate_size", 4 * h)
+    mlp = getattr(text, "intermediate_size", None) or 4 * h  # a mixture of experts: one expert's (an estimate)
+    weights = h * heads * d * 2 + 2 * h * kv * d + 3 * h * mlp
     return MASKED_ATTENTION_SLOWDOWN * 4 * heads * d / (2 * weights)
