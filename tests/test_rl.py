@@ -152,6 +152,8 @@ def test_drift_rl_moves_the_policy_counts_compute_and_resumes(tmp_path, tiny_mod
     # at most 2 rounds x 8 trajectories x 2 turns x 4 tokens
     assert 0 < summary["generated_tokens"] <= 2 * 8 * 2 * 4
     assert summary["trained_tokens"] > 0 and summary["generation_seconds"] > 0
+    # a round's samples share their prompts: the training forwards run them once (drift.packing)
+    assert 0 < summary["forwarded_tokens"] < summary["trained_tokens"]
     assert log[-1]["generated_tokens"] == summary["generated_tokens"]
     assert 0 < summary["prefilled_tokens"] == log[-1]["prefilled_tokens"]
     base = AutoModelForCausalLM.from_pretrained(tiny_model).state_dict()

@@ -38,9 +38,11 @@ Departures from textbook PPO / GRPO, on purpose:
 
 Compute is counted the same way for every method (``rl_summary.json``, and every line of
 ``rl_log.jsonl``): tokens prefilled and generated in sampling, scored (the old log-probs),
-forwarded through the reference model (KL), trained, wall seconds generating and training, and the
-FLOP estimate of drift.compute. ``max_flops`` stops a run on that estimate; ``snapshot_steps``
-saves the policy along the way, so a run is a curve of accuracy against compute, not a point.
+forwarded through the reference model (KL), trained (and of those, ``forwarded_tokens``: the ones
+actually run, fewer where a round's samples share prefixes, drift.packing; the FLOP estimate counts
+them all), wall seconds generating and training, and the FLOP estimate of drift.compute.
+``max_flops`` stops a run on that estimate; ``snapshot_steps`` saves the policy along the way, so a
+run is a curve of accuracy against compute, not a point.
 
 The update is drift.trainer's optimizer step, the one ``drift train`` takes: the same
 accumulation, mixed precision, devices and checkpoints. Under several processes (DDP through
@@ -204,11 +206,15 @@ def run_rl(cfg) -> dict:
         "scored_tokens": 0,  # forwarded to get the sampling policy's log-probs (PPO's ratio)
         "reference_tokens": 0,  # forwarded through the reference model (KL penalty)
         "trained_tokens": 0,
+        "forwarded_tokens": 0,  # of the trained ones, those actually run (prefix trees: drift.packing)
         "generation_seconds": 0.0,
         "training_seconds": 0.0,
     }
     state = trainer.start("rl", cfg, out, out / "rl_log.jsonl")
-    step, compute = state["step"], {**compute, **state.get("compute", {})}
+    saved = state.get("compute", {})
+    step, compute = state["step"], {**compute, **saved}
+    if "forwarded_tokens" not in saved:  # a checkpoint from before the count: every token was run
+        compute["forwarded_tokens"] = compute["trained_tokens"]
     bar = tqdm(
         total=cfg.steps,
         initial=step,
@@ -264,6 +270,7 @@ def run_rl(cfg) -> dict:
                 skipped += len(dropped)
         compute["training_seconds"] += time.perf_counter() - t0
         compute["trained_tokens"] += int(sum(s["tokens"] for s in stats))
+        compute["forwarded_tokens"] += int(sum(s["forwarded_tokens"] for s in stats))
         if ref_model is not None:
             compute["reference_tokens"] += int(sum(s["tokens"] for s in stats))
         step += 1
