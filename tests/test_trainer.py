@@ -114,6 +114,20 @@ def test_gradients_sync_once_per_optimizer_step(tmp_path, tiny_model, monkeypatc
     assert seen == [False, False, False, True] * 2 + [False, True]
 
 
+def test_a_micro_batchs_tensors_are_built_when_it_runs(tmp_path, tiny_model, monkeypatch):
+    # device memory holds one micro-batch's inputs (and its prefix tree's mask) at a time, not a step's
+    import drift.losses
+    import drift.trainer
+    from drift.cli import main
+
+    events, collate, logits = [], drift.trainer.collate, drift.losses.completion_logits
+    monkeypatch.setattr(drift.trainer, "collate", lambda *a, **kw: events.append("build") or collate(*a, **kw))
+    monkeypatch.setattr(drift.losses, "completion_logits", lambda *a: events.append("run") or logits(*a))
+    data = weighted_file(tmp_path / "w.jsonl", [1.0] * 6)
+    assert main(train_args(data, tmp_path / "run", tiny_model, "--batch-size", "3", "--micro-batch-size", "1")) == 0
+    assert events == ["build", "run"] * 6
+
+
 def test_optimizer_and_schedule_step_once_per_global_batch(tmp_path, tiny_model):
     from drift.config import TrainConfig
     from drift.examples import build_examples

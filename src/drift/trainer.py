@@ -180,9 +180,9 @@ class Trainer:
         self.model.train()
         self.pair_cost = pair_cost(self.unwrapped()) if opts.share_prefixes else None
 
-    def _micro_batches(self, examples: list[Example]) -> list[tuple[list[Example], Batch]]:
-        """This process's micro-batches of a global batch, each with its tensors on the device (notes 1, 5)."""
-        cuts = split_micro_batches(
+    def _micro_batches(self, examples: list[Example]) -> list[list[Example]]:
+        """This process's micro-batches of a global batch (notes 1 and 5)."""
+        return split_micro_batches(
             examples,
             self.opts.micro_batch_size,
             self.processes,
@@ -190,7 +190,10 @@ class Trainer:
             group_by_length=self.opts.group_by_length,
             by_prefix=self.pair_cost is not None,
         )
-        return [(mb, collate(mb, self.pad_token_id, pair_cost=self.pair_cost).to(self.device)) for mb in cuts]
+
+    def _tensors(self, micro_batch: list[Example]) -> Batch:
+        """A micro-batch's tensors on the device, built when it runs (one micro-batch's at a time)."""
+        return collate(micro_batch, self.pad_token_id, pair_cost=self.pair_cost).to(self.device)
 
     def _accumulation_divisor(self) -> int:
         """What accelerate (or DeepSpeed's engine) divides each micro-batch's loss by."""
@@ -222,7 +225,8 @@ class Trainer:
         scale = self.processes * self._accumulation_divisor() / denominator
         lr = self.scheduler.get_last_lr()[0]
         totals: dict[str, torch.Tensor] = {}
-        for mb, batch in batches:
+        for mb in batches:
+            batch = self._tensors(mb)
             with acc.accumulate(self.model):
                 terms, stats = loss_fn(self.model, batch)
                 acc.backward(terms.sum() * scale)
@@ -266,7 +270,8 @@ class Trainer:
         scored, tokens, model = [], 0, self.unwrapped()
         model.eval()  # no dropout (LoRA's included): the ratio's denominator is the policy itself
         with torch.no_grad(), self.accelerator.autocast():
-            for mb, batch in self._micro_batches(examples):
+            for mb in self._micro_batches(examples):
+                batch = self._tensors(mb)
                 logp, _ = token_logprobs(completion_logits(model, batch), batch[3])
                 for row, e in enumerate(mb):
                     if id(e) not in position:  # a filler of split_micro_batches: not one of the examples
