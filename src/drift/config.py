@@ -176,8 +176,8 @@ class OptimizationOptions:
     share_prefixes: bool = option(
         True,
         "run the prefixes a micro-batch's examples share once, as a prefix tree with a 4D attention mask, where "
-        "that is estimated faster (drift.packing; full-attention sdpa/eager models); each step's examples are "
-        "then sorted by their tokens, not their length (the same gradient up to rounding)",
+        "that is estimated faster (drift.packing: sdpa/eager, full attention, model types checked to match); "
+        "each step's examples are then sorted by their tokens, not their length (the same gradient up to rounding)",
     )
     lora_r: int = option(0, "LoRA rank (0: full fine-tuning)")
     lora_alpha: int = option(16, "LoRA alpha")

@@ -29,8 +29,9 @@ loop, on purpose:
    have). The decision reads only the step's weights, the same list on every process. The log's
    ``nll`` is the mean over forwarded examples; ``tokens`` and ``trained_tokens`` count forwarded
    examples only (``forwarded_tokens``: the tokens actually run, fewer where micro-batches share
-   prefixes, drift.packing); the summary adds ``skipped_examples`` (summed over steps: an example skipped in
-   two epochs counts twice) and ``skipped_weight_share`` (their weight over the steps' total).
+   prefixes, drift.packing); the summary adds ``skipped_examples`` (summed over steps: an example
+   skipped in two epochs counts twice) and ``skipped_weight_share`` (their weight over the steps'
+   total).
 
 The optimizer step itself (accumulation, several processes, mixed precision, checkpoints) is
 drift.trainer's, shared with ``drift rl``. Runs on one CPU/GPU as ``drift train``, on several GPUs
