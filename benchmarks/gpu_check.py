@@ -10,7 +10,9 @@ which device and dtype each command reported:
    the per-row CPU generators, so the same seeds give the same text in float32 on GPU and CPU
    (the share that agrees is printed; float differences between devices may flip a rare token).
 2. ``drift weight`` then ``drift train`` in bfloat16, full and LoRA (merged and not merged);
-   ``drift eval`` loads the unmerged adapter folder.
+   ``drift eval`` loads the unmerged adapter folder. A micro-batch as a prefix tree (drift.packing)
+   on the GPU gives the padded batch's logits in float32, and the full run says how many of its
+   tokens it forwarded.
 3. ``drift rl``, two rounds, on the GPU.
 4. ``drift eval`` of the trained model.
 5. With ``--launchers``: ``drift train`` under ``accelerate launch`` with the FSDP config and (if
@@ -40,6 +42,27 @@ def drift(*args: str) -> None:
     print(f"   drift {args[0]}: rc {rc}, {time.perf_counter() - t0:.1f} s", flush=True)
     if rc != 0:
         sys.exit(f"FAILED: drift {' '.join(args)}")
+
+
+def packing_check(model: str, weighted: Path, device: str) -> float:
+    """The largest difference, on trained positions, between the logits of 8 examples of
+    ``weighted`` as a padded batch and as a prefix tree, float32, on ``device``."""
+    import torch
+
+    from drift.examples import build_examples, collate
+    from drift.losses import completion_logits
+    from drift.models import load_model, load_tokenizer
+    from drift.packing import pack_rows
+
+    tokenizer, net = load_tokenizer(model), load_model(model).to(device).eval()
+    records = [json.loads(line) for line in weighted.read_text().splitlines()][:8]
+    examples = [build_examples(r, tokenizer, index=i)[0] for i, r in enumerate(records)]
+    plain = collate(examples, tokenizer.pad_token_id)
+    tree = plain._replace(packed=pack_rows([e.input_ids for e in examples], plain.k))
+    with torch.no_grad():
+        a, b = completion_logits(net, plain.to(device)), completion_logits(net, tree.to(device))
+    trained = (plain.labels != -100).to(device)
+    return (a[trained] - b[trained]).abs().max().item()
 
 
 def check(what: str, ok: bool) -> None:
@@ -104,6 +127,10 @@ def main() -> None:
             s["device"].startswith("cuda") and s["dtype"] == "bfloat16" and s["steps"] == 4,
         )
     check("--no-merge-lora wrote an adapter", (out / "adapter" / "model" / "adapter_config.json").exists())
+    diff = packing_check(model, out / "weighted.jsonl", "cuda")
+    check(f"a prefix tree's logits on the GPU: {diff:.2g} from the padded batch's (float32)", diff < 1e-3)
+    s = json.loads((out / "full" / "train_summary.json").read_text())
+    print(f"   train full: {s['forwarded_tokens']} of {s['tokens']} tokens forwarded (prefix trees)")
     drift(
         "eval",
         *common,
