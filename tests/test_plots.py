@@ -59,7 +59,9 @@ def test_the_frontier_legend_hides_no_data(tmp_path, monkeypatch):
             for k in range(3):
                 rows.append({"method": name, "seed": seed, "point": k, "round": k, "flops": 1e13 * (k + 1) * (i + 1),
                              "multi_at_T": 0.1 * k + 0.02 * i + 0.01 * seed})  # fmt: skip
-    plots.plot_frontier(rows, methods, 5, tmp_path / "frontier.png")
+    from drift.study.results import frontier_curves
+
+    plots.plot_frontier(frontier_curves(rows, methods), 5, tmp_path / "frontier.png")
     (fig,) = saved
     fig.canvas.draw()
     (ax,) = fig.axes

@@ -69,18 +69,25 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     return lo, hi
 
 
-# Student's t quantile t_{0.975, df}, df = 1..10 (beyond: 1.96 at df > 30, else the df=10 value)
+# Student's t quantile t_{0.975, df}, df = 1..10; beyond, the df=10 value up to df = 30 and the
+# df=30 value after (each at least the true quantile: the interval errs on the wide side)
 _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
+_T975_30 = 2.042
 
 
-def seed_interval(values: Sequence[float]) -> tuple[float, float, float] | None:
+def seed_interval(
+    values: Sequence[float], within: tuple[float, float] | None = (0.0, 1.0)
+) -> tuple[float, float, float] | None:
     """Mean and 95% t-interval of a quantity measured once per seed: ``mean ± t_{0.975, S-1} s / sqrt(S)``
-    (s the sample standard deviation over the S seeds). It is wider than a per-episode interval: it
-    holds the variation between runs (sampling of rollouts, training order), not only of test problems.
-    ``None`` for no value; for one seed the interval is the mean alone (nothing is known of the spread).
+    (s the sample standard deviation over the S seeds), cut to ``within`` (a rate's 0..1; ``None``:
+    uncut). It is wider than a per-episode interval: it holds the variation between runs (sampling
+    of rollouts, training order), not only of test problems. ``None`` for no value; for one seed the
+    interval is the mean alone (nothing is known of the spread).
 
     >>> seed_interval([0.4, 0.5, 0.6])     # s = 0.1, t_{0.975,2} = 4.303: 0.5 ± 0.2484
     (0.5, 0.2516, 0.7484)
+    >>> seed_interval([0.05, 0.7])         # 0.375 ± 12.706 * 0.4596 / sqrt(2), cut to 0..1
+    (0.375, 0.0, 1.0)
     """
     if not values:
         return None
@@ -89,9 +96,12 @@ def seed_interval(values: Sequence[float]) -> tuple[float, float, float] | None:
     if n == 1:
         return mean, mean, mean
     s = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    t = _T975[n - 2] if n - 1 <= len(_T975) else (1.96 if n - 1 > 30 else _T975[-1])
+    t = _T975[n - 2] if n - 1 <= len(_T975) else (_T975_30 if n - 1 > 30 else _T975[-1])
     half = t * s / math.sqrt(n)
-    return round(mean, 6), round(mean - half, 4), round(mean + half, 4)
+    lo, hi = mean - half, mean + half
+    if within is not None:
+        lo, hi = max(within[0], lo), min(within[1], hi)
+    return round(mean, 6), round(lo, 4), round(hi, 4)
 
 
 def unbiased_pass_at_k(n: int, c: int, k: int) -> float:

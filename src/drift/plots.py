@@ -164,36 +164,25 @@ def plot_weights(returns: Sequence[float], weights: Sequence[float], path: str |
     _save(fig, path)
 
 
-def plot_frontier(rows: Sequence[Mapping], methods: Sequence[str], max_turns: int, path: str | Path) -> None:
+def plot_frontier(curves: Mapping[str, Mapping], max_turns: int, path: str | Path) -> None:
     """Accuracy against compute (drift study): multi@T over estimated FLOPs (log x), one line per
-    method through the mean over seeds at each point of its runs (online runs: one point per
-    evaluated round), with a band from the lowest to the highest seed; a method with one point per
-    seed is a marker with that range as an error bar; a method that spent nothing (base) is a
-    dashed horizontal line. ``rows``: drift.study.results rows (``method``, ``point``: the round,
-    or ``"final"`` at each run's end, ``flops``, ``multi_at_T``)."""
+    method through the mean over seeds at each point all its seeds have (online runs: one point per
+    evaluated round), with a band from the lowest to the highest seed; a method with one point is a
+    marker with that range as an error bar; a method that spent nothing (base) is a dashed
+    horizontal line. ``curves``: method -> ``{"seeds": n, "points": [(mean FLOPs, mean multi@T,
+    lowest, highest), ...]}`` in order of FLOPs (drift.study.results.frontier_curves)."""
     fig, ax = _figure(9.6, 4.6)
     top = 0.0
-    for i, name in enumerate(methods):
-        mine = [r for r in rows if r["method"] == name]
-        color = f"C{i % 10}"
-        if all(r["flops"] == 0 for r in mine):
-            mean = sum(r["multi_at_T"] for r in mine) / len(mine)
-            ax.axhline(mean, color=color, linestyle="--", linewidth=1.5, label=f"{name} (no training)")
-            top = max(top, mean)
+    for i, (name, curve) in enumerate(curves.items()):
+        points, color = curve["points"], f"C{i % 10}"
+        if not points:  # seeds with no point in common yet
             continue
-        by_round: dict = {}  # a point of every seed's run: a snapshot round, or the run's end
-        for r in mine:
-            by_round.setdefault(r["point"] if "point" in r else r["round"], []).append(r)
-        xs, ys, lo, hi = [], [], [], []
-        for group in sorted(by_round.values(), key=lambda g: sum(r["flops"] for r in g)):
-            acc = [r["multi_at_T"] for r in group]
-            xs.append(sum(r["flops"] for r in group) / len(group))
-            ys.append(sum(acc) / len(acc))
-            lo.append(min(acc))
-            hi.append(max(acc))
+        xs, ys, lo, hi = (list(column) for column in zip(*points))
         top = max(top, *hi)
-        n = len({r["seed"] for r in mine})
-        seeds = f"{n} seed" + ("s" if n != 1 else "")
+        if all(x == 0 for x in xs):
+            ax.axhline(ys[0], color=color, linestyle="--", linewidth=1.5, label=f"{name} (no training)")
+            continue
+        seeds = f"{curve['seeds']} seed" + ("s" if curve["seeds"] != 1 else "")
         if len(xs) == 1:
             ax.errorbar(xs, ys, yerr=[[ys[0] - lo[0]], [hi[0] - ys[0]]], fmt="o", color=color, capsize=4,
                         markersize=7, label=f"{name} ({seeds})")  # fmt: skip

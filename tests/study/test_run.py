@@ -156,3 +156,16 @@ def test_a_tiny_study_end_to_end(tmp_path, study_file, monkeypatch, capsys):
     (out / "reports" / "drift" / "seed-1" / "final" / "report.json").unlink()
     assert main(["study", str(study_file), "--out", str(out)]) == 0
     assert (out / "reports" / "drift" / "seed-1" / "final" / "report.json").exists()
+    # ... and so is an online run with some of its points evaluated: every point of its curve comes
+    # from the new run (its old snapshots' reports are not mixed with the new run's), and at the
+    # tuning seed the validation score of the chosen run is the new run's too
+    monkeypatch.setitem(methods.KINDS, "online", real)
+    chosen = f"seed0-lr{tuning['grpo']['chosen_lr']:g}.json"
+    for seed in (1, 0):
+        old = {p: p.stat().st_mtime_ns for p in (out / "reports" / "grpo" / f"seed-{seed}").rglob("report.json")}
+        validation = (out / "tuning" / "grpo" / chosen).stat().st_mtime_ns
+        max(old).unlink()  # the run's end, its last round
+        assert main(["study", str(study_file), "--out", str(out)]) == 0
+        assert all(p.stat().st_mtime_ns != t for p, t in old.items()), "a report of the old run was kept"
+        assert ((out / "tuning" / "grpo" / chosen).stat().st_mtime_ns != validation) == (seed == 0)
+    assert json.loads((out / "tuning.json").read_text()) == tuning

@@ -52,22 +52,40 @@ def read_rows(out: Path, max_turns: int) -> list[dict]:
     return rows
 
 
-def mean_curve(rows: list[dict], seeds: list) -> list[tuple[float, float]]:
-    """One method's curve averaged over ``seeds``: ``(mean FLOPs, mean multi@T)`` at every point all
-    of them have: the snapshot rounds, and each run's end (``point = "final"``; each seed's run ends
-    at its own round, where its FLOP budget ran out).
+def seed_band(rows: list[dict], seeds: list) -> list[tuple[float, float, float, float]]:
+    """One method's curve over ``seeds``: ``(mean FLOPs, mean multi@T, lowest, highest multi@T)`` at
+    every point all of them have (the snapshot rounds, and each run's end, ``point = "final"``: each
+    seed's run ends at its own round, where its FLOP budget ran out), in order of mean FLOPs. A round
+    that only some seeds reached is left out: it is no mean over seeds.
 
     >>> rows = [{"seed": s, "point": p, "flops": f, "multi_at_T": a} for s, p, f, a in
-    ...         [(0, 1, 10.0, 0.1), (0, "final", 40.0, 0.3), (1, 1, 12.0, 0.3), (1, "final", 44.0, 0.5)]]
-    >>> mean_curve(rows, [0, 1])
-    [(11.0, 0.2), (42.0, 0.4)]
+    ...         [(0, 1, 10.0, 0.1), (0, 2, 30.0, 0.2), (0, "final", 40.0, 0.3), (1, 1, 12.0, 0.3),
+    ...          (1, "final", 44.0, 0.5)]]
+    >>> seed_band(rows, [0, 1])
+    [(11.0, 0.2, 0.1, 0.3), (42.0, 0.4, 0.3, 0.5)]
     """
     keys = set.intersection(*[{r["point"] for r in rows if r["seed"] == s} for s in seeds]) if seeds else set()
-    curve = []
+    band = []
     for key in keys:
         group = [r for r in rows if r["point"] == key and r["seed"] in seeds]
-        curve.append((sum(r["flops"] for r in group) / len(group), sum(r["multi_at_T"] for r in group) / len(group)))
-    return sorted(curve)
+        acc = [r["multi_at_T"] for r in group]
+        band.append((sum(r["flops"] for r in group) / len(group), sum(acc) / len(acc), min(acc), max(acc)))
+    return sorted(band)
+
+
+def mean_curve(rows: list[dict], seeds: list) -> list[tuple[float, float]]:
+    """:func:`seed_band` without the band: ``(mean FLOPs, mean multi@T)``."""
+    return [(flops, acc) for flops, acc, _, _ in seed_band(rows, seeds)]
+
+
+def frontier_curves(rows: list[dict], methods: list[str]) -> dict:
+    """What drift.plots.plot_frontier draws: per method, its :func:`seed_band` over the seeds it has."""
+    curves = {}
+    for name in methods:
+        mine = [r for r in rows if r["method"] == name]
+        seeds = sorted({r["seed"] for r in mine}, key=lambda s: -1 if s is None else s)
+        curves[name] = {"seeds": len(seeds), "points": seed_band(mine, seeds)}
+    return curves
 
 
 def final_rows(rows: list[dict], method: str) -> list[dict]:
@@ -159,6 +177,7 @@ def match_table(rows: list[dict], spec: StudySpec) -> list[dict]:
             per_seed[str(seed)] = {
                 **_bracket(curve, ref[seed]["multi_at_T"], ref[seed]["flops"]),
                 "budget_ratio": round(max(f for f, _ in curve) / ref[seed]["flops"], 3),
+                "ended": any(r["seed"] == seed and r["point"] == "final" for r in mine),  # else: still going
             }
         curve = mean_curve(mine, [int(s) for s in per_seed])
         target = _mean(ref[int(s)]["multi_at_T"] for s in per_seed) if per_seed else None
@@ -191,7 +210,7 @@ def _row(cells) -> str:
 def markdown(spec: StudySpec, summary: list[dict], match: list[dict], tuning: dict) -> str:
     T = spec.max_turns
     head = ["method", "lr (tries)", "seeds", *[f"multi@{t}" for t in range(1, T + 1)],
-            f"multi@{T} 95% CI (seeds)", f"multi@{T} 95% CI (pooled episodes)", "correction rate",
+            f"multi@{T} 95% CI (seeds)", f"multi@{T} 95% CI (pooled episodes, as if independent)", "correction rate",
             "unique ratio", "FLOPs", "sampling s", "training s"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in summary:
@@ -210,6 +229,10 @@ def markdown(spec: StudySpec, summary: list[dict], match: list[dict], tuning: di
         lines.append("| " + " | ".join(cells) + " |")
     text = (
         f"# Study {spec.name}: {spec.model} on {spec.task} {spec.task_options}, T = {T}\n\n" + "\n".join(lines) + "\n"
+        "\nmulti@k: means over seeds. CI (seeds): Student's t over the seeds' results, cut to 0..1: the "
+        "spread between runs. CI (pooled episodes): Wilson over all seeds' test episodes as if they were "
+        "independent; every seed answers the same test problems, so it shows evaluation noise only and is "
+        "too narrow for comparing methods.\n"
     )
     for m in match:
         text += f"\n## When does {m['method']} reach {m['against']}'s multi@{T}?\n\n"
@@ -217,11 +240,14 @@ def markdown(spec: StudySpec, summary: list[dict], match: list[dict], tuning: di
         head = ["seed", "target multi@T", "target FLOPs", "last point below (x target)",
                 "first point at or above (x target)", "run's FLOPs x target"]  # fmt: skip
         text += _row(head) + "|" + "---|" * len(head) + "\n"
-        for seed, v in [*m["per_seed"].items(), ("mean curve", {**m["mean"], "budget_ratio": None})]:
+        mean = {**m["mean"], "budget_ratio": None, "ended": all(v["ended"] for v in m["per_seed"].values())}
+        for seed, v in [*m["per_seed"].items(), ("mean curve", mean)]:
             below = f"{_fmt(v['flops_below'])} ({_fmt(v['ratio_below'], 2)}x)"
             if v["flops"] is None or v["flops_below"] is None:
                 below = "–" if v["flops"] is None else "none (the first point)"
-            reached = f"{_fmt(v['flops'])} ({_fmt(v['ratio'], 2)}x)" if v["flops"] is not None else "not reached"
+            reached = f"{_fmt(v['flops'])} ({_fmt(v['ratio'], 2)}x)"
+            if v["flops"] is None:
+                reached = "not reached" if v["ended"] else "not yet (the run is still going)"
             text += _row([seed, _fmt(v["target"]), _fmt(v["target_flops"]), below, reached, _fmt(v["budget_ratio"], 2)])
     return text
 
@@ -245,7 +271,7 @@ def write_results(out: Path, spec: StudySpec) -> dict:
     }
     write_json(out / "table.json", table)
     (out / "table.md").write_text(markdown(spec, summary, match, tuning))
-    plot_frontier(rows, methods, spec.max_turns, out / "frontier.png")
+    plot_frontier(frontier_curves(rows, methods), spec.max_turns, out / "frontier.png")
     by_turn = {s["method"]: {"cumulative_accuracy": s["multi_at"]} for s in summary}  # means over seeds
     plot_cumulative_accuracy(by_turn, out / "accuracy_by_turn.png")
     print((out / "table.md").read_text())

@@ -34,6 +34,7 @@ import yaml
 
 from drift import DriftError
 from drift import config as C
+from drift.outputs import write_json
 from drift.study.methods import KINDS, Point
 from drift.study.spec import WARMUP_SEED, MethodSpec, StudySpec, load_spec
 
@@ -129,8 +130,7 @@ class Study:
         log(f"{method.name}: seed {seed}, lr {lr}")
         folder.mkdir(parents=True, exist_ok=True)
         points = KINDS[method.kind].run(self, method, seed, lr, folder)
-        done.parent.mkdir(parents=True, exist_ok=True)
-        done.write_text(json.dumps([p.__dict__ for p in points], indent=1) + "\n")
+        write_json(done, [p.__dict__ for p in points])
         return points
 
     def points_file(self, method: MethodSpec, seed: int, lr: float | None) -> Path:
@@ -138,14 +138,26 @@ class Study:
 
     def with_models(self, method: MethodSpec, seed: int, lr: float | None, use: Callable[[list[Point]], Any]):
         """``use(points)`` of a run; if a model it needs went with an earlier ``work/`` (a fresh
-        clone holds the points but no models), the run is made again first."""
+        clone holds the points but no models), the run is made again first. What came from the old
+        run goes with it: its test reports (a curve holds one run's points) and, at the tuning seed,
+        its validation score, measured again on the new run."""
         try:
             return use(self.points(method, seed, lr))
         except ModelGone as gone:
             log(f"{gone}: running {method.name} (seed {seed}, lr {lr}) again")
             self.points_file(method, seed, lr).unlink()
             shutil.rmtree(self.folder(method, seed, lr), ignore_errors=True)
-            return use(self.points(method, seed, lr))
+            chosen = self.tuning.get(method.lr_from or method.name, {}).get("chosen_lr")
+            if KINDS[method.kind].per_seed and (lr == chosen or not KINDS[method.kind].tuned):  # its test reports
+                shutil.rmtree(self.out / "reports" / method.name / f"seed-{seed}", ignore_errors=True)
+            points = self.points(method, seed, lr)
+            if seed == self.spec.tuning_seed and self.validation_file(method, lr).exists():
+                self._validate_again(method, lr, points)
+            return use(points)
+
+    def validation_file(self, method: MethodSpec, lr: float | None) -> Path:
+        """The kept (committed) validation report of a tuning run."""
+        return self.out / "tuning" / method.name / f"{self.folder(method, self.spec.tuning_seed, lr).name}.json"
 
     def prune(self, method: MethodSpec, seed: int, lr: float | None) -> None:
         """Delete a finished run's models and checkpoints (its reports and logs stay)."""
@@ -188,14 +200,13 @@ class Study:
         seed, turns = self.spec.tuning_seed, str(self.spec.max_turns)
         scores = {}
         for lr in self.spec.lr_grid:
-            kept = self.out / "tuning" / method.name / f"{self.folder(method, seed, lr).name}.json"  # committed
+            kept = self.validation_file(method, lr)
             if not kept.exists():
                 where = self.folder(method, seed, lr) / "eval" / "validation"
                 report = self.with_models(method, seed, lr, partial(self._validate, where=where))
-                kept.parent.mkdir(parents=True, exist_ok=True)
-                kept.write_text(json.dumps(report, indent=2) + "\n")
+                write_json(kept, report)
             scores[f"{lr:g}"] = json.loads(kept.read_text())["cumulative_accuracy"][turns]
-        best = max(self.spec.lr_grid, key=lambda lr: (scores[f"{lr:g}"], -self.spec.lr_grid.index(lr)))
+        best = self._best(scores)
         self.tuning[method.name] = {
             "validation_multi_at_T": scores,
             "chosen_lr": best,
@@ -204,14 +215,34 @@ class Study:
             "split": "validation",
             "prompts": self.spec.validation_prompts,
         }
-        (self.out / "tuning.json").write_text(json.dumps(self.tuning, indent=2) + "\n")
+        write_json(self.out / "tuning.json", self.tuning)
         log(f"{method.name}: lr {best:g} chosen on validation ({scores})")
         for lr in self.spec.lr_grid:
             if lr != best:
                 self.prune(method, seed, lr)
 
+    def _best(self, scores: dict) -> float:
+        """The grid's learning rate with the best validation multi@T (ties: the earlier in the grid)."""
+        return max(self.spec.lr_grid, key=lambda lr: (scores[f"{lr:g}"], -self.spec.lr_grid.index(lr)))
+
     def _validate(self, points: list[Point], where: Path) -> dict:
         return self.evaluate(points[-1], "validation", where)
+
+    def _validate_again(self, method: MethodSpec, lr: float | None, points: list[Point]) -> None:
+        """A tuning run made again: its validation report and score are the new run's. Should its lr
+        no longer win, every seed's run would be of the wrong lr: that is an error, not a silent change."""
+        report = self._validate(points, self.folder(method, self.spec.tuning_seed, lr) / "eval" / "validation")
+        write_json(self.validation_file(method, lr), report)
+        entry = self.tuning[method.name]
+        entry["validation_multi_at_T"][f"{lr:g}"] = report["cumulative_accuracy"][str(self.spec.max_turns)]
+        best = self._best(entry["validation_multi_at_T"])
+        if best != entry["chosen_lr"]:
+            raise DriftError(
+                f"{method.name}: run again at lr {lr:g}, it scores {entry['validation_multi_at_T']} on validation, "
+                f"so lr {best:g} would now win over the chosen {entry['chosen_lr']:g}; the study's runs were chosen "
+                f"on the old scores: start it in a new --out"
+            )
+        write_json(self.out / "tuning.json", self.tuning)
 
     # -- the test points -------------------------------------------------------------------
 
@@ -246,8 +277,7 @@ class Study:
                     "compute": point.compute,
                     "parameters": self.parameters(),
                 }
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(json.dumps(report, indent=2) + "\n")
+                write_json(path, report)
             paths.append(path)
         return paths
 
