@@ -36,6 +36,14 @@ def test_demo_quick_runs_every_stage_and_reuses_them(tmp_path, tiny_model, monke
     assert summary["gain_multi_at_max_turns"] == pytest.approx(
         after["cumulative_accuracy"]["5"] - base["cumulative_accuracy"]["5"]
     )
+    # generation decodes full batches: a rollout chunk's K trajectories fill one, evaluation chunks are even
+    import yaml
+
+    rollouts = yaml.safe_load((out / "rollouts.config.yaml").read_text())
+    rows = demo.PRESETS["quick"]["generation_rows"]
+    assert rollouts["chunk_prompts"] * rollouts["n"] == rollouts["batch_size"] == rows
+    evaluation = yaml.safe_load((out / "base" / "records.config.yaml").read_text())
+    assert evaluation["chunk_prompts"] == evaluation["num_prompts"] <= evaluation["batch_size"]
     # a second run reuses every finished stage
     assert main(["demo", "--quick", "--out", str(out)]) == 0
     assert capsys.readouterr().out.count("already done, reusing it") == 6
