@@ -1,6 +1,7 @@
 """Online RL baseline: advantages and coefficients by hand, the loss on a hand-built group, a tiny run."""
 
 import json
+import os
 
 import pytest
 
@@ -358,3 +359,61 @@ def test_fewer_prompts_than_a_round_takes_are_refused(tmp_path, tiny_model):
                    group_size=2, max_new_tokens=4, max_turns=1, dtype="float32")  # fmt: skip
     with pytest.raises(DriftError, match="gave 3 prompts, fewer than --prompts-per-step 4"):
         run_rl(cfg)
+
+
+EVEN_CLI = """
+import sys
+from drift import verifiers
+from drift.cli import main
+verifiers.VERIFIERS["even"] = lambda prediction, gold: len(prediction) % 2 == 0
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_clipped_grpo_with_a_kl_term_on_two_processes_trains_as_one(tmp_path, tiny_model, even_length_is_right):
+    """torchrun, 2 processes, 2 passes x 2 clipped minibatches with a KL term, micro-batches of 8:
+    each step's few examples all go to process 0 and process 1 runs a filler, which once had no old
+    log-probs (a crash). The weights equal one process's: the same trajectories (per-trajectory
+    seeds), the same whole-batch gradient, nothing from the filler (no completion tokens)."""
+    import subprocess
+
+    import torch
+
+    from test_trainer import TORCHRUN, finish, free_port, load
+
+    flags = _rl_flags(tiny_model, "--algorithm", "grpo", "--steps", "2", "--epochs-per-round", "2", "--minibatches",
+                      "2", "--clip-ratio", "0.2", "--kl-coef", "0.05", "--micro-batch-size", "8", "--seed", "3",
+                      "--optimizer", "sgd", "--lr", "0.5", "--max-grad-norm", "0", "--dtype", "float32")  # fmt: skip
+    script = tmp_path / "even_cli.py"
+    script.write_text(EVEN_CLI)
+    cmd = [TORCHRUN, "--nproc-per-node", "2", "--master-port", str(free_port()), str(script)]
+    proc = subprocess.Popen([*cmd, *flags, "--out", str(tmp_path / "two")], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    log = finish(proc, timeout=400)
+    assert proc.returncode == 0, log[-3000:]
+    from drift.cli import main
+
+    assert main([*flags, "--out", str(tmp_path / "one")]) == 0
+    two, one = (json.loads((tmp_path / n / "rl_summary.json").read_text()) for n in ("two", "one"))
+    assert two["processes"] == 2 and one["processes"] == 1
+    assert two["generated_tokens"] == one["generated_tokens"] and two["trained_tokens"] == one["trained_tokens"] > 0
+    a, b, start = load(tmp_path / "one" / "model"), load(tmp_path / "two" / "model"), load(tiny_model)
+    assert any(not torch.allclose(a[k], start[k]) for k in a), "training did not move the weights"
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5), k
+
+
+@pytest.mark.parametrize("n, per", [(10, 8), (16, 8), (7, 3)])
+def test_rounds_take_prompts_pass_by_pass(n, per):
+    """Every n consecutive prompt slots of the round stream hold each prompt once (a pass), also when
+    n is not a multiple of the round's size (a round once wrapped into its own pass's start); the
+    same seed gives the same rounds."""
+    from types import SimpleNamespace
+
+    from drift.rl import _round_prompts
+
+    cfg = SimpleNamespace(prompts_per_step=per, seed=5)
+    stream = [p for step in range(3 * n) for p in _round_prompts(list(range(n)), step, cfg)]
+    for start in range(0, len(stream) - n + 1, n):
+        assert sorted(stream[start : start + n]) == list(range(n)), start
+    assert stream[:n] != list(range(n)) and _round_prompts(list(range(n)), 4, cfg) == stream[4 * per : 5 * per]

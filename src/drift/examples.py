@@ -237,7 +237,8 @@ def split_micro_batches(
         order.sort(key=lambda i: -len(examples[i].input_ids))
     per = micro_batch_size * processes
     cuts = [order[m : m + per] for m in range(0, len(order), per)]
-    filler = Example(examples[order[0]].input_ids[:2], 2, 0.0, -1)
+    first = examples[order[0]]  # a filler: nothing to train (no completion), so no old log-probs either
+    filler = Example(first.input_ids[:2], 2, 0.0, -1, old_logp=None if first.old_logp is None else [])
     take = [
         c[rank * micro_batch_size : (rank + 1) * micro_batch_size] if by_prefix else c[rank::processes] for c in cuts
     ]

@@ -80,6 +80,9 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Per-sample mean over trained tokens of the k3 estimator of KL(pi || pi_ref),
     ``exp(ref - logp) - (ref - logp) - 1`` (>= 0; Schulman, "Approximating KL divergence", 2020).
+    As a loss on the policy's own samples its value estimates KL(pi || pi_ref), but its gradient,
+    ``E_pi[(1 - pi_ref / pi) grad log pi]``, is that of KL(pi_ref || pi): the penalty of GRPO's paper
+    and of TRL's ``GRPOTrainer`` (``beta``), not a gradient of the KL its value reports.
 
     Shapes: ``logp``, ``ref_logp``, ``mask``: (b, k). Returns (b,).
 

@@ -24,7 +24,11 @@ Departures from textbook PPO / GRPO, on purpose:
    with more turns weigh more.
 3. The target is the last assistant turn (or all of them) with the whole history as context, as
    in drift train; earlier turns are context, not actions. Its log-probabilities are taken on the
-   ids that were sampled (the records' ``token_ids``), not on re-tokenised text.
+   ids that were sampled (the records' ``token_ids``), not on re-tokenised text. With ``last``
+   the trajectory's advantage lands on its final reply alone: the wrong turns that lowered R get
+   no gradient, and a correct answer given at turn 2 in a group mostly solved at turn 1 gets a
+   negative advantage (R = gamma < mean R), which pushes against correcting. Multi-turn GRPO as
+   usually run (one advantage on every assistant token of the trajectory) is ``target=all``.
 4. The optional KL penalty to the reference model is the k3 estimator
    exp(ref - logp) - (ref - logp) - 1, averaged over target tokens, added to the loss
    (drift.losses.kl_k3).
@@ -102,11 +106,17 @@ def round_coefficients(records: list[dict], cfg) -> tuple[list[float], list[floa
 
 
 def _round_prompts(prompts: list, step: int, cfg) -> list:
-    """The B prompts of round ``step``: a fixed shuffle per pass over the prompts (a function of the seed)."""
-    order = list(range(len(prompts)))
-    epoch, offset = divmod(step * cfg.prompts_per_step, len(prompts))
-    random.Random(cfg.seed * 7919 + epoch).shuffle(order)
-    return [prompts[order[(offset + j) % len(prompts)]] for j in range(cfg.prompts_per_step)]
+    """The B prompts of round ``step``: slots ``step * B .. step * B + B - 1`` of a stream of passes
+    over the prompts, each pass its own shuffle (a function of the seed and the pass), so that every
+    prompt comes once a pass even where a round straddles two."""
+    n, out, orders = len(prompts), [], {}
+    for slot in range(step * cfg.prompts_per_step, (step + 1) * cfg.prompts_per_step):
+        epoch, at = divmod(slot, n)
+        if epoch not in orders:
+            orders[epoch] = list(range(n))
+            random.Random(cfg.seed * 7919 + epoch).shuffle(orders[epoch])
+        out.append(prompts[orders[epoch][at]])
+    return out
 
 
 def _sample_round(
