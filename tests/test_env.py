@@ -91,6 +91,17 @@ def test_repetition_and_return_from_a_record():
     )
     assert env.answers == ["1000", "1000", "1000", "7"]
     assert repetition_penalty(env.answers, lam=0.5) == pytest.approx(0.25)
+    # ... also as the verifier reads it: the same choice, a fraction and its decimal
+    env = CorrectionEnv(Verifier("choice"), max_turns=3, instruction="choice")
+    run(
+        env,
+        ["<answer>B</answer>", "<answer>(b)</answer>", "<answer>The answer is B</answer>"],
+        Problem("p", "q", "A", "t"),
+    )
+    assert env.answers == ["B", "B", "B"] and repetition_penalty(env.answers, lam=0.5) == pytest.approx(0.5 * 2 / 3)
+    env = CorrectionEnv(Verifier("numeric"), max_turns=2)
+    run(env, ["<answer>1/2</answer>", "<answer>0.5</answer>"], Problem("p", "q", "3", "t"))
+    assert env.answers[0] == env.answers[1]
 
 
 def test_full_protocol_feedback():

@@ -38,6 +38,7 @@ MATH_CASES = [
     ("\\pi", "3.14159", False),
     ("3", "4", False),
     ("1000001", "1000000", False),
+    ("1234567.5", "1234567", False),  # an integer is matched exactly, also by a decimal
     ("12", "1,2", False),  # a list is not a number
     ("", "3", False),
     ("3", "", False),
@@ -92,6 +93,9 @@ NUMERIC_CASES = [
     ("0.30000001", "0.3", True),  # |diff| = 1e-8 <= 1e-6 * 0.3
     ("0.301", "0.3", False),
     ("1000001", "1000000", False),  # integers must match exactly
+    ("99980000.0", "99980001", False),  # ... also against a decimal: 1e-6 of 1e8 is 100
+    ("1234567.5", "1234567", False),
+    ("4.9999999", "5", False),
     ("-3", "3", False),
     ("1/0", "1", False),
     ("1,00", "100", False),  # commas only in groups of three

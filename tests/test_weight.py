@@ -216,3 +216,16 @@ def test_streaming_output_equals_the_api_on_every_option(tmp_path, flags):
     returns, weights = compute_weights(recs, params)
     expected = [{**r, "return": ret, "weight": w} for r, ret, w in zip(recs, returns, weights) if w is not None]
     assert [json.loads(line) for line in out.read_text().splitlines()] == expected
+
+
+def test_groups_of_unequal_size_are_reported(tmp_path, capsys):
+    """A file cut short in a prompt's group (a rollout killed mid-chunk, weighted before --resume)
+    normalises that group over fewer trajectories: the summary gives the sizes and a warning says so."""
+    records = read_records(REFERENCE)
+    ours = tmp_path / "ours.jsonl"
+    write_records(ours, records[:-1])  # one trajectory of the last prompt missing
+    sizes = [sum(r["prompt_id"] == p for r in records) for p in {r["prompt_id"] for r in records}]
+    assert main(["weight", str(ours), "--out", str(tmp_path / "w.jsonl")]) == 0
+    summary = json.loads((tmp_path / "w.summary.json").read_text())
+    assert summary["group_size_min"] == min(sizes) - 1 and summary["group_size_max"] == max(sizes)
+    assert "trajectories per prompt differ" in capsys.readouterr().out

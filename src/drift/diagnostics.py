@@ -56,6 +56,8 @@ def diagnostics(records: Sequence[dict] | Columns, returns: Sequence[float], wei
         "records": n,
         "kept": int(kept.sum()),
         "groups": n_groups,
+        "group_size_min": int(size.min()) if n_groups else 0,  # trajectories per prompt: K, unless a file was cut
+        "group_size_max": int(size.max()) if n_groups else 0,
         "all_fail_groups": all_fail / groups,
         "all_pass_groups": all_pass / groups,
         "mixed_groups": (n_groups - all_fail - all_pass) / groups,

@@ -103,6 +103,7 @@ class CorrectionEnv:
         if answer_mode not in MODES:
             raise DriftError(f"unknown answer mode {answer_mode!r}; known: {', '.join(MODES)}")
         self.verifier = verifier
+        self.answer_key: Callable[[str], str] = getattr(verifier, "key", normalize_answer)  # a plain function: text
         self.max_turns, self.answer_mode, self.instruction = max_turns, answer_mode, instruction
         self.render_feedback = get_protocol(protocol)
         self.system_prompt, self.feedback, self.format_feedback = system_prompt, feedback, format_feedback
@@ -153,10 +154,11 @@ class CorrectionEnv:
         text = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
         self.messages.append({"role": "assistant", "content": text})
         extracted = extract_answer(text, self.answer_mode)
-        # The record keeps the normalised answer (the repetition penalty compares these); the
-        # verifier sees it as written, since LaTeX case matters to math-verify. An answer that
-        # normalises to nothing ("<answer>.</answer>") is a format error.
-        answer = normalize_answer(extracted) if extracted is not None else None
+        # The record keeps the answer in the form the verifier counts as the same (Verifier.key: the
+        # choice letter, a number's value, else normalised text; the repetition penalty compares
+        # these); the verifier sees it as written. An answer that normalises to nothing
+        # ("<answer>.</answer>") is a format error.
+        answer = self.answer_key(extracted) if extracted is not None else None
         answer = answer or None
         correct = answer is not None and extracted is not None and bool(self.verifier(extracted, self.problem.gold))
         reward = 1.0 if correct else 0.0

@@ -9,10 +9,13 @@ Reproducibility: trajectory (prompt_id, traj_id) at turn t is sampled with the s
 ``trajectory_seed(seed, prompt_id, traj_id, turn)``, and chunks are a fixed partition of the
 prompt list. ``--resume`` keeps the complete chunks already on disk (dropping a torn last line
 and a partly written chunk) and regenerates the rest, so kill -9 and resume gives the same file as
-an uninterrupted run. The compute counters (tokens generated and prefilled, seconds) are saved
-after every chunk (``<out>.progress.json``), so a resumed run's summary counts the whole run; a
-kill in the instant between a chunk's records and its counters leaves that chunk uncounted, and
-the summary says so (``uncounted_chunks``).
+an uninterrupted run, up to rounding: the hf backend starts a chunk's first turn from the last
+call's kept caches of the start its prompts share (drift.backends.hf_cache), and after a resume
+that start is encoded afresh, in another batch; in bf16 that can flip a sampled token (in
+float32 the test of kill and resume finds the same file). The compute counters (tokens generated
+and prefilled, seconds) are saved after every chunk (``<out>.progress.json``), so a resumed run's
+summary counts the whole run; a kill in the instant between a chunk's records and its counters
+leaves that chunk uncounted, and the summary says so (``uncounted_chunks``).
 """
 
 from __future__ import annotations

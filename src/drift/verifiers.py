@@ -91,15 +91,19 @@ def parse_number(text: str) -> tuple[Decimal, bool] | None:
 
 
 def numbers_equal(a: tuple[Decimal, bool], b: tuple[Decimal, bool]) -> bool:
-    """Integers (as written) must match exactly; otherwise ``|a-b| <= max(1e-6 max(|a|,|b|), 1e-6)``.
+    """Where either is an integer as written, the values must be equal (``5.0`` is ``5``, ``4.9999999``
+    is not); otherwise ``|a-b| <= max(1e-6 max(|a|,|b|), 1e-6)``. A relative tolerance against an
+    integer would grow with it: 1e-6 of ``99980001`` accepted ``99980000.0``.
 
     >>> numbers_equal(parse_number("1000000"), parse_number("1000001"))
+    False
+    >>> numbers_equal(parse_number("99980000.0"), parse_number("99980001"))
     False
     >>> numbers_equal(parse_number("0.3333333"), parse_number("1/3"))
     True
     """
     (x, x_int), (y, y_int) = a, b
-    if x_int and y_int:
+    if x_int or y_int:
         return x == y
     with localcontext() as ctx:
         ctx.prec = 50
@@ -347,6 +351,35 @@ VERIFIERS: dict[str, Callable[[str, str], bool]] = {
 # -- the counted, never-raising wrapper ------------------------------------------------------
 
 
+def number_key(answer: str) -> str:
+    """A number's value as plain decimal text (``1,000``, ``1000.0``, ``1e3`` -> ``1000``; ``1/2`` ->
+    ``0.5``); anything else as :func:`~drift.answers.normalize_answer` has it.
+
+    >>> [number_key(a) for a in ["1,000", "1000.0", "1/2", "0.50", "x+1"]]
+    ['1000', '1000', '0.5', '0.5', 'x+1']
+    """
+    parsed = parse_number(answer)
+    if parsed is None or len(answer) > 100:
+        return normalize_answer(answer)
+    text = format(parsed[0].normalize(), "f")
+    return "0" if parsed[0] == 0 else text
+
+
+def choice_key(answer: str) -> str:
+    """The choice letter (:func:`parse_choice`) where there is one, else the normalised text.
+
+    >>> [choice_key(a) for a in ["B", "(b)", "The answer is B", "maybe"]]
+    ['B', 'B', 'B', 'maybe']
+    """
+    return parse_choice(answer) or normalize_answer(answer)
+
+
+# The form under which two answers count as the same (the repetition penalty, the unique-answer
+# ratio): as each verifier reads them, short of asking it about every pair (math-verify's sets and
+# expressions keep their normalised text).
+ANSWER_KEYS: dict[str, Callable[[str], str]] = {"choice": choice_key, "numeric": number_key, "math": number_key}
+
+
 @dataclass
 class VerifierStats:
     """How a verifier fared: ``calls``; ``timeouts`` and ``errors`` (both scored as wrong)."""
@@ -395,6 +428,10 @@ class Verifier:
             if outcome:
                 setattr(self.stats, outcome, getattr(self.stats, outcome) + 1)
         return result
+
+    def key(self, answer: str) -> str:
+        """``answer`` in the form two answers count as the same in (:data:`ANSWER_KEYS`)."""
+        return ANSWER_KEYS.get(self.name, normalize_answer)(answer)
 
     def __repr__(self) -> str:
         return f"Verifier({self.name!r}, timeout={self.timeout})"

@@ -100,4 +100,10 @@ def _run_weight(cfg: WeightConfig) -> dict:
     rows += [[f"solved by turn {t}", v] for t, v in diag["success_by_turn"].items()]
     print(format_table(rows, ["weights", cfg.scheme]))
     print(f"wrote {n_kept} records to {cfg.out}")
+    if diag["group_size_min"] != diag["group_size_max"]:
+        print(
+            f"drift weight: warning: trajectories per prompt differ ({diag['group_size_min']} to "
+            f"{diag['group_size_max']}); a smaller group's Z(x) averages fewer samples (a rollout file cut "
+            "short? drift rollout --resume completes it)"
+        )
     return diag

@@ -17,7 +17,8 @@ forward KL, which on samples y ~ pi_ref is weighted maximum likelihood with weig
    the same formula with the whole file as one group.
 2. The return composes three terms:
    ``R = sum_t gamma^(t-1) r_t - format_penalty * format_errors - lam * (1 - U/N)``
-   with U distinct normalised answers among the N parsable ones (no penalty when N = 0).
+   with U distinct answers (as the verifier reads them, drift.verifiers.ANSWER_KEYS) among the N
+   parsable ones (no penalty when N = 0).
 3. exp is computed after subtracting the group maximum, so |R/beta| up to 1e6 neither
    overflows nor turns into NaN; weights of hopeless trajectories underflow to exactly 0.
 4. Groups whose returns are all equal (``zero-variance``: every trajectory fails, or every one

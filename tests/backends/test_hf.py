@@ -287,3 +287,20 @@ def test_the_kept_entry_with_the_longest_common_prefix_is_found():
         assert length == best and (kv is None) == (best == 0)
         if kv is not None:
             assert common_prefix(prompt, dict((v, k) for k, v in store.entries)[kv]) >= length
+
+
+def test_a_reply_ends_at_the_templates_end_of_turn_marker(tiny_model):
+    """A model whose tokenizer EOS and generation config name another token than the one its chat
+    template writes after a reply (<|im_end|> here) stops there all the same: without it, a reply
+    ran on into turns it made up, and the last <answer> of those was scored."""
+    from types import SimpleNamespace
+
+    from drift.backends.hf import end_token_ids
+    from drift.chat import end_of_turn_ids
+    from drift.models import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_model)
+    marker = end_of_turn_ids(tokenizer)[-1]
+    tokenizer.eos_token = next(t for t in tokenizer.all_special_tokens if tokenizer.convert_tokens_to_ids(t) != marker)
+    assert tokenizer.eos_token_id != marker
+    assert marker in end_token_ids(tokenizer, SimpleNamespace(eos_token_id=tokenizer.eos_token_id))

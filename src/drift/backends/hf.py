@@ -110,15 +110,20 @@ def _left_pad(prompts: list[list[int]], width: int, pad: int):
 
 
 def end_token_ids(tokenizer, generation_config) -> list[int]:
-    """Every id that ends a reply: the tokenizer's EOS and the generation config's ``eos_token_id``
-    (an int, or a list of them).
+    """Every id that ends a reply: the tokenizer's EOS, the generation config's ``eos_token_id``
+    (an int, or a list of them), and the special token the chat template writes after a reply
+    (drift.chat.end_of_turn_ids), which some models' configs do not name.
 
     >>> from types import SimpleNamespace
-    >>> end_token_ids(SimpleNamespace(eos_token_id=2), SimpleNamespace(eos_token_id=[2, 107]))
+    >>> end_token_ids(SimpleNamespace(eos_token_id=2, chat_template=None), SimpleNamespace(eos_token_id=[2, 107]))
     [2, 107]
     """
+    from drift.chat import end_of_turn_ids
+
     declared = generation_config.eos_token_id
     ids = [tokenizer.eos_token_id] + (list(declared) if isinstance(declared, (list, tuple)) else [declared])
+    if getattr(tokenizer, "chat_template", None):
+        ids.append(end_of_turn_ids(tokenizer)[-1])
     return sorted({i for i in ids if isinstance(i, int)})
 
 

@@ -6,7 +6,8 @@ Turn ``t`` lives at index ``t-1`` of every per-turn list::
     prompt_id           str    groups trajectories of one prompt (the Z(x) of the weights)
     traj_id             int    0..K-1 within the prompt
     messages            list   [{"role": "system"|"user"|"assistant"|"tool", "content": str}]
-    answers             list   normalised answer per turn, null where none could be parsed
+    answers             list   answer per turn as the verifier compares them (a choice letter, a
+                               number's value, else normalised text), null where none was parsed
     correct             list   bool per turn
     rewards             list   r_t per turn (1.0 on the correct turn)
     format_errors       int    turns with no parsable answer (= answers.count(null))
