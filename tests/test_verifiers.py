@@ -251,9 +251,9 @@ FAKE_WORKERS = {
 
 @pytest.mark.parametrize("kind", FAKE_WORKERS)
 def test_math_worker_failures_count_as_errors(monkeypatch, kind):
-    import drift.verifiers
+    import drift.math_worker
 
-    monkeypatch.setattr(drift.verifiers, "_WORKER_SOURCE", FAKE_WORKERS[kind])
+    monkeypatch.setattr(drift.math_worker, "_WORKER_SOURCE", FAKE_WORKERS[kind])
     worker = MathWorker(startup_timeout=10)
     v = Verifier("math", timeout=5, worker=worker)
     assert v("\\frac{1}{2}", "0.5") is False and v("\\sqrt{4}", "2") is False
