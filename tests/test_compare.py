@@ -120,3 +120,19 @@ def test_bad_options_are_drift_errors(runs, tmp_path):
     (other / "report.json").write_text(json.dumps(SFT_REPORT))
     with pytest.raises(DriftError, match="named 'drift'"):
         run_compare(CompareConfig(reports=[str(runs / "drift"), str(other)]))
+
+
+def test_reports_of_different_problems_or_settings_are_flagged(tmp_path, capsys):
+    """Evaluated with another seed (other arithmetic problems) or another number of turns, two
+    reports are not on the same footing: compare says so, on screen and in comparison.json."""
+    for name, fingerprint, temperature in (("a", "f00d", 0.0), ("b", "beef", 0.0), ("c", "f00d", 1.0)):
+        report = {**DRIFT_REPORT, "dataset_fingerprint": fingerprint, "config": {"temperature": temperature}}
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "report.json").write_text(json.dumps(report))
+    result = run_compare(resolve(CompareConfig, reports=[str(tmp_path / n) for n in "abc"], out=str(tmp_path / "o")))
+    printed = capsys.readouterr().out
+    assert "dataset_fingerprint" in printed and "temperature" in printed
+    assert {w.split(":")[0] for w in result["warnings"]} == {"dataset_fingerprint", "temperature"}
+    # the same problems and settings: nothing to flag
+    result = run_compare(resolve(CompareConfig, reports=[str(tmp_path / "a"), str(tmp_path / "a")], names=["x", "y"]))
+    assert result["warnings"] == [] and "warning" not in capsys.readouterr().out

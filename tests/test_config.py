@@ -50,3 +50,23 @@ def test_weighting_defaults_live_in_one_place():
     for cls in (C.WeightConfig, C.RLConfig):
         assert {f.name: f.default for f in fields(cls) if f.name in base} == base
     assert C.RLConfig().weighting() == C.WeightConfig().weighting()
+
+
+@pytest.mark.parametrize("cls", [C.TrainConfig, C.RLConfig])
+def test_keeping_no_checkpoint_is_refused(cls):
+    """--save-total-limit 0 once deleted every checkpoint, the one just written included."""
+    with pytest.raises(DriftError, match="save_total_limit must be at least 1"):
+        resolve(cls, save_total_limit=0)
+    assert resolve(cls, save_total_limit=1).save_total_limit == 1
+
+
+def test_a_yaml_float_written_without_a_dot_is_a_float(tmp_path):
+    """YAML 1.1 reads 1e-5 as a string (1.0e-5 is a float); --lr 1e-5 works on the command line,
+    so it works in a file too."""
+    path = tmp_path / "c.yaml"
+    path.write_text("lr: 1e-5\nwarmup_ratio: 3E-2\n")
+    values = load_yaml(path, C.TrainConfig)
+    assert resolve(C.TrainConfig, **values).lr == 1e-5 and resolve(C.TrainConfig, **values).warmup_ratio == 0.03
+    path.write_text("lr: fast\n")
+    with pytest.raises(DriftError, match="'lr' must be float"):
+        load_yaml(path, C.TrainConfig)

@@ -1,6 +1,7 @@
 """`drift demo --quick`: the whole pipeline (warm-up, eval, rollout, weight, train, eval, compare) on a tiny model."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -64,3 +65,39 @@ def test_format_warmup_trains_the_rewritten_text_not_the_sampled_ids(tmp_path, t
     tok = load_tokenizer(tiny_model)
     (ex,) = build_examples(warm, tok)
     assert tok.decode(ex.input_ids[ex.n_prompt :]) == "<answer>5</answer><|im_end|>"
+
+
+def test_a_warm_up_killed_while_training_is_trained_on_the_rerun(tmp_path, monkeypatch):
+    """format.jsonl is written before the warm-up trains: a kill in training once left it there,
+    and the rerun took the stage as done and went on from the base model."""
+    import drift.evaluate
+    import drift.train
+    from drift import demo
+
+    calls = []
+
+    def train(cfg):
+        calls.append(cfg.out)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        (Path(cfg.out) / "model").mkdir(parents=True)
+        (Path(cfg.out) / "model" / "config.json").write_text("{}")
+
+    def rewrite(src, dst, records='{"a": 1}\n'):
+        Path(dst).parent.mkdir(parents=True, exist_ok=True)
+        Path(dst).write_text(records)
+        return len(records.splitlines())
+
+    monkeypatch.setattr(drift.evaluate, "run_eval", lambda cfg: None)
+    monkeypatch.setattr(drift.train, "run_train", train)
+    monkeypatch.setattr(demo, "build_format_warmup", rewrite)
+    shared = dict(model="base", task="arithmetic", task_options={}, max_turns=1, answer_mode="lenient",
+                  max_new_tokens=8, seed=0, dtype="float32")  # fmt: skip
+    with pytest.raises(KeyboardInterrupt):
+        demo.format_warmup(tmp_path, shared, demo.PRESETS["quick"], 0, {})
+    assert demo.format_warmup(tmp_path, shared, demo.PRESETS["quick"], 0, {}) == str(tmp_path / "warmup/train/model")
+    assert len(calls) == 2
+    # a warm-up with nothing to rewrite is done (and the base model goes on)
+    monkeypatch.setattr(demo, "build_format_warmup", lambda src, dst: rewrite(src, dst, records=""))
+    assert demo.format_warmup(tmp_path / "none", shared, demo.PRESETS["quick"], 0, {}) == "base"
+    assert demo.format_warmup(tmp_path / "none", shared, demo.PRESETS["quick"], 0, {}) == "base" and len(calls) == 2

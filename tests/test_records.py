@@ -263,3 +263,16 @@ def test_fast_path_agrees_with_validation_on_near_misses(name, rec):
         assert core == Trajectory.of(json.loads(line))
     else:
         assert core is None
+
+
+@pytest.mark.parametrize("field, value", [("weight", -2.0), ("weight", float("nan")), ("finish_reasons", "stop")])
+def test_reference_records_are_checked_like_ours(tmp_path, field, value):
+    """A bad field carried through from the reference layout (a negative or NaN weight) once reached
+    training unchecked; in drift's layout the same record is refused with file, line and field."""
+    lines = REFERENCE.read_text().splitlines()
+    bad = json.loads(lines[1])
+    bad[field] = value
+    path = tmp_path / "ref.jsonl"
+    path.write_text("\n".join([lines[0], json.dumps(bad), *lines[2:]]) + "\n")
+    with pytest.raises(RecordError, match=rf"{path}:2: .*{field}"):
+        read_records(path)

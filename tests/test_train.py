@@ -273,3 +273,39 @@ def test_cli_train_runs(tmp_path, tiny_model, capsys):
     assert summary["steps"] == 2 and summary["examples"] == 4 and summary["trained_tokens"] > 0
     assert len((out / "train_log.jsonl").read_text().splitlines()) == 2
     assert (out / "model" / "config.json").exists() and (out / "config.yaml").exists()
+
+
+def test_a_model_folder_is_there_whole_or_not_at_all(tmp_path, tiny_model, monkeypatch):
+    """model/config.json is what the demo and the study take for a finished training: a save that
+    fails half-way (here the tokenizer's) must not leave it behind."""
+    from transformers import PreTrainedTokenizerBase
+
+    data = weighted_file(tmp_path / "w.jsonl", [1.0, 1.0])
+    args = ["train", str(data), "--model", tiny_model, "--batch-size", "2", "--dtype", "float32"]
+
+    def broken(self, *a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(PreTrainedTokenizerBase, "save_pretrained", broken)
+    with pytest.raises(OSError, match="disk full"):
+        main([*args, "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out" / "model").exists()
+    monkeypatch.undo()
+    assert main([*args, "--out", str(tmp_path / "out"), "--resume"]) == 0
+    assert (tmp_path / "out" / "model" / "config.json").exists()
+    assert not list((tmp_path / "out").glob("model.*"))  # no partial folder left
+
+
+def test_resume_refuses_other_options_and_says_when_there_is_no_checkpoint(tmp_path, tiny_model, capsys):
+    """The checkpoint brings back the first run's optimizer and schedule (its lr), and its data
+    order: other options (another lr, another file) would silently mix two runs."""
+    data = weighted_file(tmp_path / "w.jsonl", [1.0] * 4)
+    args = ["train", str(data), "--model", tiny_model, "--batch-size", "2", "--dtype", "float32", "--out"]
+    assert main([*args, str(tmp_path / "a"), "--save-steps", "1"]) == 0
+    assert main([*args, str(tmp_path / "a"), "--save-steps", "1", "--resume", "--lr", "2e-5"]) == 2
+    assert "options differ from the first run (lr)" in capsys.readouterr().err
+    assert main([*args, str(tmp_path / "a"), "--save-steps", "1", "--resume"]) == 0  # the same options
+    assert main([*args, str(tmp_path / "b")]) == 0  # no checkpoints kept (save_steps 0)
+    capsys.readouterr()
+    assert main([*args, str(tmp_path / "b"), "--resume"]) == 0
+    assert "no checkpoint" in capsys.readouterr().out

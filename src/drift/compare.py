@@ -69,13 +69,34 @@ def _resolve_names(cfg: CompareConfig) -> list[str]:
     return names
 
 
+# What two reports must share to be compared: the problems (their fingerprint: the task, split,
+# seed and count decide them), the turns, and how replies were chosen.
+SAME = ("dataset_fingerprint", "max_turns", "temperature", "top_p", "n", "answer_mode", "protocol")
+
+
+def mismatches(reports: dict) -> list[str]:
+    """``"key: name=value, ..."`` for every :data:`SAME` key the reports give different values
+    (read from the report, else its ``config``; reports that do not say are left out).
+
+    >>> mismatches({"a": {"max_turns": 5}, "b": {"config": {"max_turns": 3}}, "c": {}})
+    ['max_turns: a=5, b=3']
+    """
+    found = []
+    for key in SAME:
+        values = {name: r.get(key, r.get("config", {}).get(key)) for name, r in reports.items()}
+        values = {name: v for name, v in values.items() if v is not None}
+        if len(set(map(str, values.values()))) > 1:
+            found.append(f"{key}: " + ", ".join(f"{name}={v}" for name, v in values.items()))
+    return found
+
+
 def run_compare(cfg: CompareConfig) -> dict:
     """Load the reports, print the tables, save plots and ``comparison.json`` in ``cfg.out``.
 
     Returns ``{"runs": [{"name", "report", **report_row}, ...]}`` (what comparison.json holds).
     """
     if not cfg.reports:
-        raise DriftError("no reports given (drift compare --reports runs/a,runs/b)")
+        raise DriftError("no reports given (drift compare runs/a runs/b)")
     names = _resolve_names(cfg)
     reports = {name: load_report(path) for name, path in zip(names, cfg.reports)}
     max_k = max(max((int(t) for t in r["cumulative_accuracy"]), default=0) for r in reports.values())
@@ -101,7 +122,13 @@ def run_compare(cfg: CompareConfig) -> dict:
             )
         )
 
-    result = {"runs": [{"name": name, "report": str(path), **rows[name]} for name, path in zip(names, cfg.reports)]}
+    warnings = mismatches(reports)
+    for warning in warnings:
+        print(f"drift compare: warning: the reports differ in {warning}: their numbers are not on the same footing")
+    result = {
+        "runs": [{"name": name, "report": str(path), **rows[name]} for name, path in zip(names, cfg.reports)],
+        "warnings": warnings,
+    }
     if cfg.out:
         from drift.plots import plot_cumulative_accuracy, plot_multi_at_k
 

@@ -192,6 +192,10 @@ class OptimizationOptions:
         "every example carries); none: forward every example",
     )
 
+    def __post_init__(self):
+        if self.save_total_limit < 1:  # 0 would delete the checkpoint just written
+            raise DriftError(f"save_total_limit must be at least 1, got {self.save_total_limit}")
+
 
 @dataclass
 class TrainConfig(OptimizationOptions):

@@ -132,16 +132,14 @@ def format_warmup(out: Path, shared: dict, preset: dict, seed: int, timings: dic
     model = folder / "train" / "model"
 
     def warm_up():
-        run_eval(
-            C.EvalConfig(
-                **{**shared, "max_turns": 1, "seed": warmup_problem_seed(seed)},
-                num_prompts=preset["warmup_prompts"],
-                chunk_prompts=balanced_chunk(preset["warmup_prompts"], preset["generation_rows"]),
-                split="train",
-                out=str(folder / "own-answers"),
-                resume=True,
-            )
-        )
+        answers = C.EvalConfig(
+            **{**shared, "max_turns": 1, "seed": warmup_problem_seed(seed)},
+            num_prompts=preset["warmup_prompts"],
+            split="train",
+            out=str(folder / "own-answers"),
+            resume=True,
+        )  # equal chunks of at most a generation batch (drift study's: 64 of 64, the defaults)
+        run_eval(replace(answers, chunk_prompts=balanced_chunk(preset["warmup_prompts"], answers.batch_size)))
         n = build_format_warmup(folder / "own-answers" / "records.jsonl", folder / "format.jsonl")
         print(f"{n} of the model's own answers, rewritten in the requested format")
         if n == 0:
@@ -163,9 +161,10 @@ def format_warmup(out: Path, shared: dict, preset: dict, seed: int, timings: dic
             )
         )
 
+    rewritten = folder / "format.jsonl"  # written before the warm-up trains: done only with no record in it
     _stage(
         "0/5 format warm-up (the model's own answers, wrapped in <answer> tags)",
-        (model / "config.json").exists() or (folder / "format.jsonl").exists(),
+        (model / "config.json").exists() or (rewritten.exists() and not rewritten.read_bytes().strip()),
         timings,
         warm_up,
     )

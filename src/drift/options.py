@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import field
@@ -25,6 +26,8 @@ import yaml
 
 from drift import DriftError
 from drift.outputs import atomic_write
+
+_FLOAT_TEXT = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 
 
 def option(
@@ -190,6 +193,8 @@ def _coerce(value, hint, where: str):
         return [_coerce(v, item, where) for v in value]
     if inner is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if inner is float and isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
+        value = float(value)  # YAML 1.1 reads 1e-5 (no dot) as a string; the command line takes it
     if inner is float and isinstance(value, float) and not math.isfinite(value):
         raise DriftError(f"{where} must be a finite number, got {value!r}")
     if (inner in (int, float) and isinstance(value, bool)) or not isinstance(value, inner):
@@ -254,6 +259,24 @@ def resolve(cls, args: argparse.Namespace | None = None, **overrides):
 
 def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
+
+
+def check_resume_config(cfg, path: str | Path, may_change: tuple[str, ...] = ()) -> None:
+    """Refuse to resume a run whose saved config (``path``) has other options than ``cfg``: what
+    the finished part holds, or a checkpoint restores, was made with those. ``resume``, ``out``
+    and ``may_change`` may differ."""
+    path = Path(path)
+    if not path.exists():
+        return
+    saved = yaml.safe_load(path.read_text()) or {}
+    now = to_dict(cfg)
+    free = ("resume", "out", *may_change)
+    differ = [k for k in now if k not in free and k in saved and saved[k] != now[k]]
+    if differ:
+        raise DriftError(
+            f"cannot resume {getattr(cfg, 'out', path.parent)}: options differ from the first run "
+            f"({', '.join(differ)}); see {path}, or choose another --out"
+        )
 
 
 def save_config(cfg, path: str | Path) -> None:

@@ -67,6 +67,7 @@ from pathlib import Path
 
 from drift import DriftError
 from drift.compute import count_parameters, flops_of
+from drift.outputs import write_json
 from drift.weighting import compute_returns, compute_weights, group_indices
 
 
@@ -335,6 +336,6 @@ def run_rl(cfg) -> dict:
         **{k: round(v, 2) if isinstance(v, float) else v for k, v in compute.items()},
     }
     if trainer.is_main:
-        (out / "rl_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_json(out / "rl_summary.json", summary)  # atomically: the study takes it for a finished run
         print(f"saved {out / 'model'}: {json.dumps(summary)}")
     return summary

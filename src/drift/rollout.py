@@ -115,23 +115,6 @@ def _completed(out: Path, chunks: list[list], n: int) -> int:
     return done
 
 
-def _check_resume_config(cfg, path: Path) -> None:
-    """Refuse to resume with options that would change what the finished part contains."""
-    import yaml
-
-    from drift.options import to_dict
-
-    if not path.exists():
-        return
-    saved = yaml.safe_load(path.read_text()) or {}
-    now = to_dict(cfg)
-    differ = [k for k in now if k not in ("resume", "out") and k in saved and saved[k] != now[k]]
-    if differ:
-        raise DriftError(
-            f"cannot resume {cfg.out}: options differ from the first run ({', '.join(differ)}); see {path}"
-        )
-
-
 COUNTERS = ("tokens_generated", "tokens_prefilled", "wall_seconds")
 
 
@@ -157,7 +140,7 @@ def sample_to_file(cfg, out: Path, *, desc: str = "rollout", generator=None) -> 
     from tqdm.auto import tqdm
 
     from drift.backends import backend_from_config
-    from drift.options import save_config
+    from drift.options import check_resume_config, save_config
     from drift.outputs import sidecar, write_json
     from drift.tasks import load_problems
 
@@ -173,7 +156,7 @@ def sample_to_file(cfg, out: Path, *, desc: str = "rollout", generator=None) -> 
     chunks = [problems[i : i + cfg.chunk_prompts] for i in range(0, len(problems), cfg.chunk_prompts)]
     config_path = sidecar(out, "config.yaml")
     if out.exists():
-        _check_resume_config(cfg, config_path)
+        check_resume_config(cfg, config_path)
     done_chunks = _completed(out, chunks, cfg.n) if out.exists() else 0
     progress = sidecar(out, "progress.json")
     before, uncounted = _counted(progress, done_chunks)

@@ -50,6 +50,7 @@ from pathlib import Path
 
 from drift import DriftError
 from drift.examples import build_examples, completion_sources, plan_batches, to_forward
+from drift.outputs import write_json
 
 
 def _load_examples(cfg, tokenizer):
@@ -185,7 +186,7 @@ def run_train(cfg) -> dict:
         **trainer.describe(),
     }
     if trainer.is_main:
-        (out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_json(out / "train_summary.json", summary)  # atomically: the study takes it for a finished run
         print(
             f"saved {out / 'model'}  ({step} steps on {trainer.processes} process(es), {trainer.dtype}, "
             f"{summary['tokens_per_second']:.0f} tokens/s, {wall:.0f} s)"

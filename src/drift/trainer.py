@@ -290,13 +290,20 @@ class Trainer:
         """Begin or resume a run in ``out``: with ``cfg.resume``, restore the newest checkpoint and trim
         ``log`` to its step; save the config. Returns the checkpoint's ``{"step": N, ...}`` (step 0 for none).
         Under several processes each one says what it saw."""
-        from drift.options import save_config
+        from drift.options import check_resume_config, save_config
         from drift.outputs import trim_log
 
         state = {"step": 0}
         if cfg.resume and (ckpt := latest_checkpoint(out / "checkpoints")) is not None:
+            # the checkpoint restores the first run's optimizer, schedule and data order; snapshots
+            # (drift rl) may be added, as drift study adds rounds
+            check_resume_config(cfg, out / "config.yaml", may_change=("snapshot_steps",))
             state = self.load_checkpoint(ckpt)
             self.accelerator.print(f"resumed from {ckpt} at step {state['step']}")
+        elif cfg.resume and out.exists():
+            self.accelerator.print(
+                f"no checkpoint in {out / 'checkpoints'}: starting from step 0 (--save-steps N keeps some)"
+            )
         if self.processes > 1:
             print(
                 f"drift {command}: process {self.rank} of {self.processes} ({self.strategy}, {self.device}, "
@@ -341,10 +348,14 @@ class Trainer:
 
     def save_model(self, folder: Path, tokenizer, base_model: str) -> None:
         """Write the trained model (full weights, or the LoRA adapter with ``--no-merge-lora``) and
-        its tokenizer into ``folder``. Every process must call it (the weights are gathered)."""
+        its tokenizer into ``folder``, whole or not at all: they go into ``<folder>.partial``, renamed
+        when complete (a ``config.json`` is what later stages take for a finished training). Every
+        process must call it (the weights are gathered)."""
         self.barrier()
         state = self.accelerator.get_state_dict(self.model)  # full weights on the main process
         if self.is_main:
+            partial = folder.with_name(folder.name + ".partial")
+            shutil.rmtree(partial, ignore_errors=True)
             final = self.unwrapped()
             if self.opts.lora_r > 0 and self.opts.merge_lora:
                 # Merge on a fresh CPU copy: under ZeRO-3 / FSDP the live modules hold shards only.
@@ -353,8 +364,10 @@ class Trainer:
                 fresh = wrap_lora(load_model(base_model), self.opts)
                 fresh.load_state_dict(state)
                 final, state = fresh.merge_and_unload(), None
-            final.save_pretrained(folder, state_dict=state, safe_serialization=True)
-            tokenizer.save_pretrained(folder)
+            final.save_pretrained(partial, state_dict=state, safe_serialization=True)
+            tokenizer.save_pretrained(partial)
+            shutil.rmtree(folder, ignore_errors=True)  # a model of an earlier run in the same folder
+            partial.rename(folder)
         self.barrier()
 
 

@@ -87,6 +87,7 @@ from typing import Any
 
 from drift import DriftError
 from drift.compute import TOKEN_FIELDS, count_parameters, flops_of
+from drift.outputs import write_json
 
 OPTIMIZERS = {"adamw": "adamw_torch", "sgd": "sgd"}
 """drift's optimizer names -> the transformers Trainer's."""
@@ -410,6 +411,6 @@ def run_trl_grpo(cfg) -> dict:
         **{k: round(v, 2) if isinstance(v, float) else v for k, v in rounds.compute.items()},
     }
     if trainer.accelerator.is_main_process:
-        (out / "rl_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_json(out / "rl_summary.json", summary)  # atomically: the study takes it for a finished run
         print(f"saved {out / 'model'}: {json.dumps(summary)}")
     return summary

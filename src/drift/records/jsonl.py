@@ -135,8 +135,7 @@ def iter_records(path: str | os.PathLike, *, typed: bool = False) -> Iterator[tu
                     k = group_sizes.get(pid, 0) if isinstance(pid, str) else 0  # a bad id fails in from_reference
                     rec = from_reference(rec, traj_id=k)
                     group_sizes[rec["prompt_id"]] = k + 1
-                else:
-                    validate_record(rec)
+                validate_record(rec)  # a reference record's carried-through fields too (weight, token_ids)
             except FieldError as e:
                 raise RecordError(path, line_no, str(e)) from None
             yield line_no, Trajectory.of(rec) if typed else rec
