@@ -48,6 +48,9 @@ def test_demo_quick_runs_every_stage_and_reuses_them(tmp_path, tiny_model, monke
     # a second run reuses every finished stage
     assert main(["demo", "--quick", "--out", str(out)]) == 0
     assert capsys.readouterr().out.count("already done, reusing it") == 6
+    # ... but not for other options: they once printed the first run's table
+    assert main(["demo", "--quick", "--out", str(out), "--seed", "3"]) == 2
+    assert "options differ from the first run (seed)" in capsys.readouterr().err
 
 
 def test_format_warmup_trains_the_rewritten_text_not_the_sampled_ids(tmp_path, tiny_model):

@@ -205,7 +205,11 @@ def test_export_trl_rows(tmp_path):
     ]
     msgs = RECORDS[2]["messages"]
     last = rows[-1]
-    assert set(last) == {"prompt", "completion", "weight", "prompt_id", "traj_id", "turn"}
+    assert set(last) == {"prompt", "completion", "weight", "prompt_id", "traj_id", "turn", "finish_reason"}
+    # a reply cut by the length limit says so: TRL would train an end-of-turn token after it
+    cut = {**RECORDS[0], "finish_reasons": ["length"] * len(RECORDS[0]["rewards"])}
+    (row,) = [json.loads(line) for line in export(tmp_path / "cut", [cut]).read_text().splitlines()]
+    assert row["finish_reason"] == "length"
     assert last["prompt"] == msgs[:-1] and last["completion"] == [msgs[-1]]
     assert rows[1]["prompt"] == msgs[:2]
     assert rows[1]["completion"] == [{"role": "assistant", "content": msgs[2]["content"]}]

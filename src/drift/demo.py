@@ -175,6 +175,7 @@ def run_demo(cfg) -> dict:
     """Run every stage; print the before/after table; return the comparison."""
     from drift.compare import run_compare
     from drift.evaluate import run_eval
+    from drift.options import check_resume_config, save_config
     from drift.rollout import run_rollout
     from drift.train import run_train
     from drift.weight import run_weight
@@ -183,7 +184,10 @@ def run_demo(cfg) -> dict:
     out = Path(cfg.out if cfg.out else ("runs/demo-quick" if cfg.quick else "runs/demo"))
     if cfg.fresh and out.exists():
         shutil.rmtree(out)
+    # finished stages are reused: only by a demo with the same options (else --fresh, or another --out)
+    check_resume_config(cfg, out / "demo.config.yaml", may_change=("fresh",))
     out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "demo.config.yaml")
     print(f"drift demo: {preset['model']} on arithmetic {preset['task_options']}, output in {out}/")
     print("answer parsing: lenient (tag, \\boxed{}, ####, last number), the same for every model evaluated")
     timings: dict = {}

@@ -13,11 +13,14 @@ trajectory, ``"all"`` one row per assistant turn, exactly the examples ``drift t
 schema. TRL's ``SFTTrainer`` ignores ``weight``: it is there for a weighted trainer (a subclass
 whose ``compute_loss`` multiplies each example's loss by it), and so that nothing is lost.
 
-Two differences from ``drift train`` remain when TRL trains on this file, both from TRL's side:
+Differences from ``drift train`` remain when TRL trains on this file, all from TRL's side:
 TRL tokenizes ``prompt + completion`` rendered by the chat template, so it also trains whatever
 the template writes after the end-of-turn token (ChatML's ``"\\n"`` after ``<|im_end|>``), which
-drift does not; and TRL averages the NLL over all completion tokens of a batch, drift per example
-first (see ``tests/test_trl_interop.py``).
+drift does not; TRL averages the NLL over all completion tokens of a batch, drift per example
+first (see ``tests/test_trl_interop.py``); a reply cut by the length limit (its ``finish_reason``,
+written in each row, is ``"length"``) gets the template's end-of-turn token in TRL, which teaches
+the model to stop where it did not, while drift trains no end token there; and TRL trains the
+rendered text, drift the sampled ids where the record has them, cut at ``max_length``.
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ def to_trl_rows(record: dict, target: str = "last", *, index: int = 0, source: s
                 "prompt_id": record["prompt_id"],
                 "traj_id": record.get("traj_id"),
                 "turn": t,
+                "finish_reason": (record.get("finish_reasons") or [None] * t)[t - 1],
             }
         )
     return rows
