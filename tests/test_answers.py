@@ -21,6 +21,8 @@ STRICT_CASES = [
     ("The answer is 391.", None),  # strict mode wants tags
     ("\\boxed{5}", None),
     ("", None),
+    ("<answer>\\boxed{42}</answer>", "42"),  # a box inside the tag: its content
+    ("<answer>**B**</answer>", "B"),  # Markdown emphasis around the answer
 ]
 
 LENIENT_CASES = [
@@ -31,6 +33,9 @@ LENIENT_CASES = [
     ("The answer is 391.", "391"),
     ("between -3 and 4.5 metres", "4.5"),
     ("no digits here", None),
+    ("#### Final Answer\nThe total is 42.", "42"),  # a Markdown heading is not GSM8K's marker
+    ("The answer is 18, since 9 + 9 = 18, right", "18"),
+    ("It is 18, I think", "18"),  # no trailing comma
 ]
 
 
@@ -101,6 +106,8 @@ NORMALIZE_CASES = [
     ("\\frac{1}{2}", "\\frac{1}{2}"),
     ("X = 3", "x=3"),
     ("", ""),
+    ("\\leftarrow", "\\leftarrow"),  # only \\left and \\right alone are sizing commands
+    ("\\rightarrow", "\\rightarrow"),
 ]
 
 

@@ -443,3 +443,28 @@ def test_benchmarks_default_to_their_hub_datasets(monkeypatch):
         ("TIGER-Lab/MMLU-Pro", None, "validation"),
         ("edinburgh-dawg/mmlu-redux-2.0", "anatomy", "test"),
     ]
+
+
+def test_mmlu_redux_uses_its_corrections_and_leaves_out_flawed_questions(tmp_path):
+    """MMLU-Redux exists for its annotations: a wrong_groundtruth row's right answer is its
+    correct_answer, and a question with no (or several) right answers cannot be scored."""
+    row = {"question": "Pick", "choices": ["w", "x", "y", "z"], "answer": 0, "subject": "s"}
+    src = write_jsonl(
+        tmp_path / "test.jsonl",
+        [
+            {**row, "error_type": "ok"},
+            {**row, "error_type": "wrong_groundtruth", "correct_answer": "C"},
+            {**row, "error_type": "no_correct_answer"},
+            {**row, "error_type": "multiple_correct_answers"},
+            {**row, "error_type": "ok", "answer": 3},
+        ],
+    )
+    problems = load_problems("mmlu_redux", src)
+    assert [p.gold for p in problems] == ["A", "C", "D"]
+    assert [p.prompt_id for p in problems] == ["mmlu_redux-000000", "mmlu_redux-000001", "mmlu_redux-000004"]
+
+
+def test_gpqa_has_no_training_split_of_its_own():
+    """GPQA's default source has one split, read as our test: a train split would be the same questions."""
+    with pytest.raises(DriftError, match=r"gpqa.*train.*test"):
+        load_problems("gpqa", split="train")

@@ -10,8 +10,9 @@ Extraction methods, tried in order by :func:`extract_answer`:
 name           matches                                   example
 =============  ========================================  ==========================
 ``tag``        the last ``<answer>...</answer>``          ``<answer> 42 </answer>``
+               (a ``\\boxed{}`` or ``**`` in it: unwrapped)
 ``boxed``      the last ``\\boxed{...}`` (nested braces)  ``\\boxed{\\frac{1}{2}}``
-``hash``       GSM8K's ``#### 42`` (rest of that line)    ``#### 1,234``
+``hash``       GSM8K's ``#### 42`` (rest of that line)    ``#### 1,234`` (not a heading)
 ``last_number``  the last number in the text               ``so it is 17.``
 =============  ========================================  ==========================
 
@@ -32,7 +33,7 @@ MODES: dict[str, tuple[str, ...]] = {
 MAX_ANSWER_CHARS = 1000
 """Longer extracted answers are cut: no real answer is this long, and verifiers stay cheap."""
 
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+_NUMBER = re.compile(r"-?\d(?:[\d,]*\d)?(?:\.\d+)?|-?\.\d+")  # never ends in a comma: "18, since"
 # Canonicalised by normalize_answer: commas only as thousands separators, so the list "1,2"
 # is not read as the number 12.
 _PLAIN_NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|-?\.\d+")
@@ -45,7 +46,11 @@ def _from_tag(text: str) -> str | None:
     start = text.rfind("<answer>", 0, end)
     if start < 0:
         return None
-    return text[start + len("<answer>") : end]
+    inside = text[start + len("<answer>") : end].strip()
+    if len(inside) > 2 and inside[0] == inside[-1] == "*":  # Markdown emphasis: **B**
+        inside = inside.strip("*")
+    boxed = _from_boxed(inside) if "\\boxed{" in inside else None
+    return boxed if boxed is not None else inside  # a box in the tag: its content
 
 
 def _from_boxed(text: str) -> str | None:
@@ -66,12 +71,15 @@ def _from_boxed(text: str) -> str | None:
     return None  # unbalanced braces: no answer
 
 
+_HASH_STARTS = set("0123456789-+.$\\")  # GSM8K's "#### 1,234" (or -5, .5, $5, \\frac...)
+
+
 def _from_hash(text: str) -> str | None:
     start = text.rfind("####")
     if start < 0:
         return None
     line = text[start + 4 :].split("\n", 1)[0]
-    return line
+    return line if line.strip()[:1] in _HASH_STARTS else None  # "#### Final Answer": a heading
 
 
 def _from_last_number(text: str) -> str | None:
@@ -106,6 +114,7 @@ def extract_answer(text: str, mode: str | tuple[str, ...] = "strict") -> str | N
     return None
 
 
+_SIZING = re.compile(r"\\(?:left|right)(?![A-Za-z])")
 _LATEX_WRAPPERS = re.compile(r"\\(?:text|mathrm|textbf|mathbf)\{([^{}]*)\}")
 
 
@@ -127,7 +136,8 @@ def normalize_answer(answer: str) -> str:
     """
     s = answer.strip()
     s = _LATEX_WRAPPERS.sub(r"\1", s)
-    for junk in ("$", "\\left", "\\right", "\\!", "\\,", "\\;", " ", "\t", "\n"):
+    s = _SIZING.sub("", s)  # \\left( and \\right), not \\leftarrow
+    for junk in ("$", "\\!", "\\,", "\\;", " ", "\t", "\n"):
         s = s.replace(junk, "")
     s = s.rstrip(".").lower()
     if len(s) <= 100 and _PLAIN_NUMBER.fullmatch(s):

@@ -15,20 +15,23 @@ task            rows                                       gold                 
 ``gpqa``        ``Question``, ``Correct Answer``,          the letter of the        choice
                 ``Incorrect Answer 1..3``                  correct answer after a
                                                            seeded shuffle
-``mmlu_redux``  ``question``, ``choices``, ``answer``      as ``mcq``               choice
+``mmlu_redux``  ``question``, ``choices``, ``answer``      as ``mcq``; a wrong       choice
+                (``error_type``, ``correct_answer``)       ground truth corrected,
+                                                           flawed questions left out
 ``mmlu_pro``    ``question``, ``options``,                 as ``mcq``               choice
                 ``answer_index``
 ==============  =========================================  =======================  ========
 
 Hub defaults of the benchmark tasks: ``TIGER-Lab/TheoremQA`` (split ``test``),
-``Idavidrein/gpqa:gpqa_diamond`` (a gated dataset whose only split, ``train``, serves as
-``test``), ``TIGER-Lab/MMLU-Pro`` (``test``, ``validation``); MMLU-Redux 2.0 comes one subject
-per config, so ``mmlu_redux`` takes ``--source edinburgh-dawg/mmlu-redux-2.0:<subject>`` or a
-local file. GPQA's four answers are shuffled by a hash of ``(seed, question)``: the order is
-the same in every run with that seed, whatever the row order or ``limit``.
+``Idavidrein/gpqa:gpqa_diamond`` (a gated dataset whose only split, ``train``, serves as ``test``;
+asking it for ``train`` is an error), ``TIGER-Lab/MMLU-Pro`` (``test``, ``validation``);
+MMLU-Redux 2.0 comes one subject per config, so ``mmlu_redux`` takes ``--source
+edinburgh-dawg/mmlu-redux-2.0:<subject>`` or a local file. GPQA's four answers are shuffled by a
+hash of ``(seed, question)``: the order is the same in every run with that seed, whatever the row
+order or ``limit``.
 
-A ``source`` is a local ``.jsonl``/``.json`` (``.parquet`` with pandas) file, a folder holding
-``{split}.jsonl``, or a Hugging Face hub dataset (``owner/name`` or ``owner/name:config``;
+A ``source`` (drift.task_sources) is a local ``.jsonl``/``.json`` (``.parquet`` with pandas)
+file, a folder holding ``{split}.jsonl``, or a Hugging Face hub dataset (``owner/name`` or ``owner/name:config``;
 needs ``datasets``, imported only then). Row tasks take the knobs ``question_field``,
 ``answer_field`` (``mcq`` also ``choices_field``) to rename columns and ``id_field`` to take
 ``prompt_id`` from a column; otherwise ``prompt_id`` is ``{task}-{row index:06d}``. Bad rows stop
@@ -39,109 +42,19 @@ the load with ``file:line: field '...' ...``.
 
 from __future__ import annotations
 
-import json
 import random
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
-
-import orjson
 
 from drift import DriftError
 from drift.answers import extract_answer
 from drift.arithmetic import load_arithmetic
 from drift.env import Problem
 from drift.records.schema import FieldError
+from drift.task_sources import read_rows
 from drift.verifiers import parse_choice
-
-# -- reading rows ----------------------------------------------------------------------------
-
-_LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
-
-
-def _rows_jsonl(path: Path) -> Iterator[tuple[str, dict]]:
-    with open(path, "rb") as f:
-        for line_no, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            try:
-                row = orjson.loads(raw)
-            except orjson.JSONDecodeError as e:
-                raise DriftError(f"{path}:{line_no}: invalid JSON ({e})") from None
-            yield f"{path}:{line_no}", row
-
-
-def _rows_json(path: Path) -> Iterator[tuple[str, dict]]:
-    try:
-        rows = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DriftError(f"{path}: invalid JSON ({e})") from None
-    if not isinstance(rows, list):
-        raise DriftError(f"{path}: expected a JSON list of objects, got {type(rows).__name__}")
-    for i, row in enumerate(rows):
-        yield f"{path}[{i}]", row
-
-
-def _rows_parquet(path: Path) -> Iterator[tuple[str, dict]]:
-    try:
-        import pandas
-    except ImportError:
-        raise DriftError(f"{path}: reading parquet needs pandas (pip install pandas pyarrow)") from None
-    for i, row in enumerate(pandas.read_parquet(path).to_dict(orient="records")):
-        yield f"{path}:row {i}", row
-
-
-_READERS = {".jsonl": _rows_jsonl, ".json": _rows_json, ".parquet": _rows_parquet}
-
-
-def _rows_hub(name: str, split: str) -> Iterator[tuple[str, dict]]:
-    repo, _, config = name.partition(":")
-    try:
-        import datasets
-    except ImportError:
-        raise DriftError(
-            f"{name!r} is no local file or folder, and loading it from the Hugging Face hub needs "
-            f"`pip install datasets`; or pass a local file (a .jsonl, or a folder with {split}.jsonl)"
-        ) from None
-    try:
-        rows = datasets.load_dataset(repo, config or None, split=split)
-    except Exception as e:
-        raise DriftError(
-            f"could not load {name!r} split {split!r} from the Hugging Face hub ({type(e).__name__}: {e}); "
-            f"pass a local file instead (a .jsonl, or a folder with {split}.jsonl)"
-        ) from None
-    for i, row in enumerate(rows):
-        yield f"{name}[{split}]#{i}", row
-
-
-def read_rows(source: str, split: str) -> Iterator[tuple[str, dict]]:
-    """Yield ``(where, row)`` from a file, a folder's ``{split}.jsonl``/``.json``, or the hub.
-
-    ``where`` (``file:line``) is the place to name in an error about the row.
-    """
-    path = Path(source).expanduser()
-    if path.is_dir():
-        for suffix in (".jsonl", ".json"):
-            if (path / f"{split}{suffix}").is_file():
-                return (
-                    _rows_jsonl(path / f"{split}{suffix}")
-                    if suffix == ".jsonl"
-                    else _rows_json(path / f"{split}{suffix}")
-                )
-        found = sorted(p.name for p in path.iterdir() if p.suffix in _LOCAL_SUFFIXES)
-        raise DriftError(
-            f"{path}: no {split}.jsonl or {split}.json in this folder (found: {', '.join(found) or 'nothing'})"
-        )
-    if path.is_file():
-        if path.suffix not in _READERS:
-            raise DriftError(f"{path}: unknown file type {path.suffix!r}; use .jsonl, .json or .parquet")
-        return _READERS[path.suffix](path)
-    if path.suffix in _LOCAL_SUFFIXES or source.startswith((".", "/", "~")) or source.count("/") > 1:
-        raise DriftError(f"{source}: no such file or folder")
-    return _rows_hub(source, split)
-
 
 # -- fields ----------------------------------------------------------------------------------
 
@@ -235,6 +148,30 @@ def _benchmark_mcq_row(meta_fields: tuple[str, ...]):
     return convert
 
 
+# MMLU-Redux's annotations of the original MMLU questions: a corrected answer, or a flaw no answer fixes
+_REDUX_FLAWED = (
+    "no_correct_answer",
+    "multiple_correct_answers",
+    "bad_question_clarity",
+    "bad_options_clarity",
+    "expert",
+)
+
+
+def _mmlu_redux_row(row: dict, question_field: str, answer_field: str, choices_field: str):
+    """MMLU-Redux as its authors score it: a ``wrong_groundtruth`` row's gold is its ``correct_answer``,
+    a row with a flaw no answer fixes (:data:`_REDUX_FLAWED`, or a correction missing) is left out
+    (``None``), every other row as given; ``subject`` and ``error_type`` go into meta."""
+    kind = row.get("error_type") if isinstance(row, dict) else None
+    if kind == "wrong_groundtruth":
+        if row.get("correct_answer") in (None, ""):
+            return None
+        row = {**row, answer_field: row["correct_answer"]}
+    elif kind in _REDUX_FLAWED:
+        return None
+    return _benchmark_mcq_row(("subject", "error_type"))(row, question_field, answer_field, choices_field)
+
+
 def _theoremqa_row(row: dict, question_field: str, answer_field: str) -> tuple[str, str, dict]:
     # TheoremQA answers are numbers, lists ("[1, 2]"), booleans or expressions; the math verifier
     # compares them. Questions with a picture cannot be solved from the text alone: marked in meta.
@@ -261,9 +198,10 @@ def _gpqa_row(row: dict, question_field: str, answer_field: str, seed: int) -> t
     return rendered, gold, {**meta, **{k: row[k] for k in meta_fields if k in row}}
 
 
-def _rows_loader(convert: Callable[..., tuple[str, str, dict]], seeded: bool = False):
+def _rows_loader(convert: Callable[..., tuple[str, str, dict] | None], seeded: bool = False):
     """A loader reading rows from ``source`` and turning each into an :class:`Problem` with ``convert``
-    (called as ``convert(row, **fields)``, plus ``seed=`` when ``seeded``)."""
+    (called as ``convert(row, **fields)``, plus ``seed=`` when ``seeded``; ``None``: the row is left
+    out, and the ids of the others stay those of their rows)."""
 
     def load(spec: TaskSpec, source: str, split: str, limit: int | None, seed: int, id_field=None, **fields):
         if source is None:
@@ -277,7 +215,10 @@ def _rows_loader(convert: Callable[..., tuple[str, str, dict]], seeded: bool = F
             if limit is not None and len(problems) >= limit:
                 break
             try:
-                question, gold, meta = convert(row, **fields, **({"seed": seed} if seeded else {}))
+                converted = convert(row, **fields, **({"seed": seed} if seeded else {}))
+                if converted is None:  # a row the benchmark itself leaves out (MMLU-Redux's flawed ones)
+                    continue
+                question, gold, meta = converted
                 prompt_id = _text(row, id_field) if id_field else f"{spec.name}-{index:06d}"
             except FieldError as e:
                 raise DriftError(f"{where}: {e}") from None
@@ -349,7 +290,7 @@ TASKS: dict[str, TaskSpec] = {
         ),
         TaskSpec(
             "mmlu_redux",
-            _rows_loader(_benchmark_mcq_row(("subject", "error_type"))),
+            _rows_loader(_mmlu_redux_row),
             "choice",
             "choice",
             knobs={**_QA, "choices_field": "choices"},
@@ -389,5 +330,11 @@ def load_problems(
     if limit is not None and (not isinstance(limit, int) or limit < 0):
         raise DriftError(f"limit must be a non-negative integer or None, got {limit!r}")
     if source is None:
+        if split in spec.source_splits.values() and split not in spec.source_splits:
+            ours = [k for k, v in spec.source_splits.items() if v == split]
+            raise DriftError(
+                f"task {task!r}: its default source has no {split!r} split of its own (its {split!r} is our "
+                f"{', '.join(ours)}): use split {ours[0]!r}, or give a source with a {split} split"
+            )
         source, split = spec.default_source, spec.source_splits.get(split, split)
     return spec.loader(spec, source, split, limit, seed, **{**spec.knobs, **knobs})
