@@ -240,7 +240,8 @@ def run_rl(cfg) -> dict:
 
     if trainer.is_main:  # snapshots of rounds after the checkpoint are redone, with their rounds
         for snapshot in (out / "snapshots").glob("round-*"):
-            if snapshot.name.endswith(".tmp") or int(snapshot.name.split("-")[1]) > step:
+            # half-written: Trainer.save_model's .partial (.tmp: an older drift's)
+            if snapshot.suffix in (".partial", ".tmp") or int(snapshot.name.split("-")[1]) > step:
                 shutil.rmtree(snapshot)
     trainer.barrier()
 
@@ -315,11 +316,7 @@ def run_rl(cfg) -> dict:
         bar.update(1)
         bar.set_postfix(R=f"{entry['mean_return']:.3f}", solved=f"{entry['solved']:.2f}")
         if step in cfg.snapshot_steps:  # (none of a later round exists: see the resume above)
-            snapshot = out / "snapshots" / f"round-{step:05d}"
-            trainer.save_model(snapshot.with_name(snapshot.name + ".tmp"), tokenizer, base_model=path)
-            if trainer.is_main:
-                snapshot.with_name(snapshot.name + ".tmp").rename(snapshot)
-            trainer.barrier()
+            trainer.save_model(out / "snapshots" / f"round-{step:05d}", tokenizer, base_model=path)
         if cfg.save_steps and step % cfg.save_steps == 0 and step < cfg.steps:
             trainer.save_checkpoint(out / "checkpoints", step, cfg.save_total_limit, extra={"compute": dict(compute)})
     bar.close()

@@ -24,6 +24,17 @@ def _report(out, method, kind, seed, rnd, acc, flops, n=10, final=True):
     (path / "report.json").write_text(json.dumps(report))
 
 
+def _drift_and_a_running_rl(out):
+    """One seed: DRIFT's run (0.5 at 100 FLOPs) and an online run evaluated at its round 1 only
+    (0.2 at 50 FLOPs, not its end); returns the study."""
+    _report(out, "drift", "offline", 0, None, (0.3, 0.5), 100.0)
+    _report(out, "rl", "online", 0, 1, (0.1, 0.2), 50.0, final=False)
+    return StudySpec(
+        methods=[{"name": "drift", "kind": "offline"}, {"name": "rl", "kind": "online"}],
+        max_turns=2, seeds=[0], budget_method="drift",
+    )  # fmt: skip
+
+
 def test_table_means_intervals_and_the_compute_at_which_rl_matches(tmp_path):
     spec = StudySpec(
         methods=[{"name": "base", "kind": "base"}, {"name": "drift", "kind": "offline"},
@@ -86,12 +97,7 @@ def test_a_run_still_going_has_no_final_point(tmp_path):
 def test_a_method_with_snapshots_and_no_final_point_yet(tmp_path):
     """Its first run is still going: no summary row (nothing to summarise), but its snapshots stay
     in the rows, the match and the figure."""
-    spec = StudySpec(
-        methods=[{"name": "drift", "kind": "offline"}, {"name": "rl", "kind": "online"}],
-        max_turns=2, seeds=[0], budget_method="drift",
-    )  # fmt: skip
-    _report(tmp_path, "drift", "offline", 0, None, (0.3, 0.5), 100.0)
-    _report(tmp_path, "rl", "online", 0, 1, (0.1, 0.2), 50.0, final=False)
+    spec = _drift_and_a_running_rl(tmp_path)
     _report(tmp_path, "rl", "online", 0, 2, (0.3, 0.6), 150.0, final=False)
     table = write_results(tmp_path, spec)
     assert [s["method"] for s in table["summary"]] == ["drift"]
@@ -123,12 +129,7 @@ def test_the_frontier_line_runs_left_to_right_over_points_every_seed_has(tmp_pat
 
 def test_a_partial_curve_is_not_yet_a_miss(tmp_path):
     """A run still going that has not reached the target is "not yet", not "not reached"."""
-    spec = StudySpec(
-        methods=[{"name": "drift", "kind": "offline"}, {"name": "rl", "kind": "online"}],
-        max_turns=2, seeds=[0], budget_method="drift",
-    )  # fmt: skip
-    _report(tmp_path, "drift", "offline", 0, None, (0.3, 0.5), 100.0)
-    _report(tmp_path, "rl", "online", 0, 1, (0.1, 0.2), 50.0, final=False)
+    spec = _drift_and_a_running_rl(tmp_path)
     (match,) = write_results(tmp_path, spec)["match"]
     assert match["per_seed"]["0"]["flops"] is None and match["per_seed"]["0"]["ended"] is False
     md = (tmp_path / "table.md").read_text()
