@@ -140,6 +140,18 @@ def test_resume_with_other_options_is_refused(tmp_path, capsys):
     assert out.read_bytes() == before
 
 
+def test_resume_may_reach_the_server_another_way(tmp_path):
+    """How a server is reached (its URL, how many requests at once, how long to wait) does not
+    change what it generates: a resume may change it (the server moved, or is slower now)."""
+    out = tmp_path / "r.jsonl"
+    assert rollout(out) == 0
+    whole = out.read_bytes()
+    out.write_bytes(b"".join(whole.splitlines(keepends=True)[:6]))  # a crash after the first chunk
+    flags = ("--base-url", "http://10.0.0.9:8000/v1", "--concurrency", "3", "--request-timeout", "900")
+    assert rollout(out, "--resume", *flags, "--max-retries", "0") == 0
+    assert out.read_bytes() == whole
+
+
 def _cut_points(data: bytes, rng: random.Random, count: int) -> list[int]:
     """Every line end (mid-chunk and chunk ends), empty, and ``count`` random offsets (mostly mid-line)."""
     line_ends = [i + 1 for i, b in enumerate(data) if b == ord("\n")]

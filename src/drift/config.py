@@ -92,6 +92,10 @@ class WeightConfig(WeightingOptions):
     plot: bool = option(False, "also save a histogram of weights and returns next to the output (PNG)")
 
 
+# How a server is reached, not what it generates: a resumed run may change these.
+TRANSPORT_OPTIONS = ("base_url", "concurrency", "request_timeout", "max_retries")
+
+
 @dataclass
 class GenerationOptions:
     """Options shared by every command that runs a policy in the correction environment."""
@@ -106,6 +110,14 @@ class GenerationOptions:
     )
     base_url: str = option("http://127.0.0.1:8000/v1", "server URL for --backend openai")
     concurrency: int = option(16, "parallel requests for --backend openai")
+    request_timeout: float = option(
+        600.0,
+        "seconds --backend openai waits for a connection or for a reply (replies are not streamed: "
+        "the server sends a reply when all of it is written, so a long reply on a busy server needs long)",
+    )
+    max_retries: int = option(
+        5, "extra tries of a request after a refused connection, a timeout, HTTP 408, 429 or 5xx (--backend openai)"
+    )
     batch_size: int = option(64, "sequences decoded together for --backend hf")
     model_generation_config: bool = option(
         False,

@@ -15,7 +15,8 @@ that start is encoded afresh, in another batch; in bf16 that can flip a sampled 
 float32 the test of kill and resume finds the same file). The compute counters (tokens generated
 and prefilled, seconds) are saved after every chunk (``<out>.progress.json``), so a resumed run's
 summary counts the whole run; a kill in the instant between a chunk's records and its counters
-leaves that chunk uncounted, and the summary says so (``uncounted_chunks``).
+leaves that chunk uncounted, and the summary says so (``uncounted_chunks``). A resume must use
+the first run's options, except for how a server is reached (``config.TRANSPORT_OPTIONS``).
 """
 
 from __future__ import annotations
@@ -140,6 +141,7 @@ def sample_to_file(cfg, out: Path, *, desc: str = "rollout", generator=None) -> 
     from tqdm.auto import tqdm
 
     from drift.backends import backend_from_config
+    from drift.config import TRANSPORT_OPTIONS
     from drift.options import check_resume_config, save_config
     from drift.outputs import sidecar, write_json
     from drift.tasks import load_problems
@@ -156,7 +158,7 @@ def sample_to_file(cfg, out: Path, *, desc: str = "rollout", generator=None) -> 
     chunks = [problems[i : i + cfg.chunk_prompts] for i in range(0, len(problems), cfg.chunk_prompts)]
     config_path = sidecar(out, "config.yaml")
     if out.exists():
-        check_resume_config(cfg, config_path)
+        check_resume_config(cfg, config_path, may_change=TRANSPORT_OPTIONS)
     done_chunks = _completed(out, chunks, cfg.n) if out.exists() else 0
     progress = sidecar(out, "progress.json")
     before, uncounted = _counted(progress, done_chunks)

@@ -172,6 +172,22 @@ def test_a_hanging_server_times_out_then_fails(stub):
     gen.close()
 
 
+def test_the_config_sets_the_timeout_and_the_retries(stub):
+    """--request-timeout and --max-retries reach the client: a reply that takes longer than the
+    timeout is retried max_retries times, then fails."""
+    from drift.config import RolloutConfig
+
+    stub.hang = True
+    cfg = RolloutConfig(backend="openai", base_url=stub.base_url, model="tiny", request_timeout=0.3, max_retries=2)
+    gen = OpenAIGenerator.from_config(cfg)
+    start = time.monotonic()
+    with pytest.raises(DriftError, match="ReadTimeout"):
+        gen.generate([user("a")], n=1, sampling=Sampling())
+    assert time.monotonic() - start < 8
+    assert len(stub.payloads) == 3
+    gen.close()
+
+
 def test_no_server_is_a_connection_error():
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))

@@ -67,7 +67,13 @@ class OpenAIGenerator:
 
     @classmethod
     def from_config(cls, cfg) -> OpenAIGenerator:
-        return cls(base_url=cfg.base_url, model=cfg.model, concurrency=cfg.concurrency)
+        return cls(
+            base_url=cfg.base_url,
+            model=cfg.model,
+            concurrency=cfg.concurrency,
+            timeout=cfg.request_timeout,
+            max_retries=cfg.max_retries,
+        )
 
     def __init__(
         self,
@@ -75,7 +81,7 @@ class OpenAIGenerator:
         model: str,
         api_key: str = "EMPTY",
         concurrency: int = 16,
-        timeout: float = 120.0,
+        timeout: float = 600.0,
         max_retries: int = 5,
         backoff: float = 1.0,
         max_backoff: float = 30.0,
