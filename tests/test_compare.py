@@ -99,6 +99,9 @@ def test_flags_parse_into_lists(runs):
         ('{"n": 2}', "field 'cumulative_accuracy'"),
         ('{"n": 2, "cumulative_accuracy": {"t1": 0.5}}', "turn keys"),
         ('{"n": 2, "cumulative_accuracy": {"1": "half"}}', "cumulative_accuracy.1"),
+        ('{"n": 2, "cumulative_accuracy": {"01": 0.5}}', "turn keys"),  # would show as multi@1 = -
+        ('{"n": 2, "cumulative_accuracy": {"1": 0.5}, "config": null}', "field 'config'"),
+        ('{"n": 2, "cumulative_accuracy": {"1": 0.5}, "cumulative_accuracy_ci": {"1": 0.5}}', "cumulative_accuracy_ci"),
     ],
 )
 def test_bad_report_is_a_drift_error(runs, content, message):
@@ -133,6 +136,18 @@ def test_reports_of_different_problems_or_settings_are_flagged(tmp_path, capsys)
     printed = capsys.readouterr().out
     assert "dataset_fingerprint" in printed and "temperature" in printed
     assert {w.split(":")[0] for w in result["warnings"]} == {"dataset_fingerprint", "temperature"}
+    # settings that change the numbers on the same problems: the reply length, the verifier, seeds
+    for key, a, b in (("max_new_tokens", 64, 1024), ("verifier", "exact", "math"), ("model_generation_config", 0, 1)):
+        for name, value in (("a", a), ("b", b)):
+            (tmp_path / name / "report.json").write_text(json.dumps({**DRIFT_REPORT, "config": {key: value}}))
+        result = run_compare(resolve(CompareConfig, reports=[str(tmp_path / "a"), str(tmp_path / "b")]))
+        assert [w.split(":")[0] for w in result["warnings"]] == [key]
+    sampled = {"temperature": 1.0}
+    for name, seed in (("a", 0), ("b", 1)):
+        (tmp_path / name / "report.json").write_text(json.dumps({**DRIFT_REPORT, "config": {**sampled, "seed": seed}}))
+    result = run_compare(resolve(CompareConfig, reports=[str(tmp_path / "a"), str(tmp_path / "b")]))
+    assert [w.split(":")[0] for w in result["warnings"]] == ["seed"]
+    capsys.readouterr()
     # the same problems and settings: nothing to flag
     result = run_compare(resolve(CompareConfig, reports=[str(tmp_path / "a"), str(tmp_path / "a")], names=["x", "y"]))
     assert result["warnings"] == [] and "warning" not in capsys.readouterr().out

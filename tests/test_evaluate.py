@@ -57,6 +57,34 @@ def test_eval_of_reference_records_counts_t_star(tmp_path):
     assert not (tmp_path / "ev" / "records.jsonl").exists()  # nothing was generated
 
 
+def test_a_report_of_existing_records_states_how_they_were_sampled(tmp_path):
+    """With --records the report's config says what the records say (their sampling, model, K),
+    not eval's own defaults (greedy): compare must see that a sampled rollout is not a greedy eval."""
+    assert main(["rollout", *SCRIPTED_ROLLOUT, "--top-p", "0.9", "-o", str(tmp_path / "r.jsonl")]) == 0
+    assert main(["eval", "--records", str(tmp_path / "r.jsonl"), "-o", str(tmp_path / "ev")]) == 0
+    config = load_report(tmp_path / "ev")["config"]
+    assert config["temperature"] == 1.0 and config["top_p"] == 0.9 and config["max_new_tokens"] == 256
+    assert config["n"] == 3 and config["model"] == "smollm2-135m" and config["max_turns"] == 3
+    assert config["protocol"] is None and config["answer_mode"] is None  # the records do not say
+    assert config["records"] == str(tmp_path / "r.jsonl")
+
+
+SCRIPTED_ROLLOUT = ["--backend", "scripted", "--num-prompts", "4", "--n", "3", "--max-turns", "3"]
+
+
+def test_records_of_different_turn_budgets_are_not_scored_together(tmp_path, capsys):
+    """Episodes allowed 3 turns would count as unsolved at turns 4 and 5 next to 5-turn ones."""
+    for turns in (3, 5):
+        flags = [*SCRIPTED_ROLLOUT[:-1], str(turns), "-o", str(tmp_path / f"r{turns}.jsonl")]
+        assert main(["rollout", *flags]) == 0
+    both = tmp_path / "both.jsonl"
+    five = [{**rec, "prompt_id": "five-" + rec["prompt_id"]} for rec in read_records(tmp_path / "r5.jsonl")]
+    both.write_text((tmp_path / "r3.jsonl").read_text() + "".join(json.dumps(rec) + "\n" for rec in five))
+    capsys.readouterr()
+    assert main(["eval", "--records", str(both), "-o", str(tmp_path / "ev")]) == 2
+    assert "turn budgets" in capsys.readouterr().err and not (tmp_path / "ev" / "report.json").exists()
+
+
 def eval_args(out: Path, *flags: str) -> list[str]:
     return [
         "eval",

@@ -14,6 +14,7 @@ from drift import DriftError
 from drift.metrics import (
     correction_rate,
     cumulative_accuracy,
+    cut_to,
     format_error_rate,
     mean_turns_to_solve,
     overall_correction_rate,
@@ -115,6 +116,31 @@ def test_horizon_comes_from_the_records_max_turns_field():
     assert summarize(recs, max_turns=2)["cumulative_accuracy"] == {"1": 0.5, "2": 0.5}
     with pytest.raises(DriftError, match="max_turns"):
         summarize(recs, max_turns=0)
+
+
+def test_a_smaller_budget_cuts_every_metric_alike():
+    """summarize(..., max_turns=2) of 3-turn episodes is the report of the same episodes given 2
+    turns: solved, the correction rate, unique answers and format errors count turns 1-2 only."""
+    recs = five_episodes()
+    cut = summarize(recs, max_turns=2)
+    by_hand = [
+        episode(["4"], [True], traj_id=0),
+        episode(["3", "4"], [False, True], traj_id=1),
+        episode([None, "5"], [False, False], traj_id=2),
+        episode(["3", "3"], [False, False], traj_id=3),
+        episode([None, None], [False, False], traj_id=4),
+    ]
+    assert cut == summarize(by_hand)
+    assert (cut["solved"], cut["correction_rate_overall"], cut["mean_turns_to_solve"]) == (2, 0.25, 1.5)
+    assert cut["format_error_rate"] == 3 / 9 and cut["unique_answer_ratio"] == (1 + 1 + 1 + 0.5) / 4
+    assert score_records(recs, max_turns=2)["pass_at_k"] == score_records(by_hand)["pass_at_k"]
+
+
+def test_episodes_of_different_turn_budgets_are_not_reported_together():
+    recs = [episode(["1", "2", "3"], [False] * 3, max_turns=3), episode(["4"], [True], traj_id=1, max_turns=5)]
+    with pytest.raises(DriftError, match="turn budgets 3 and 5"):
+        score_records(recs)
+    assert score_records(recs, max_turns=3)["max_turns"] == 3  # a stated budget is the same for all
 
 
 def test_correction_rate_is_not_per_turn_accuracy_when_episodes_go_on():
@@ -292,7 +318,8 @@ def test_summarize_agrees_with_the_metric_functions(corrects, max_turns):
     assert s["per_turn_accuracy"] == keyed(per_turn_accuracy(recs, max_turns))
     assert s["cumulative_accuracy"] == keyed(cumulative_accuracy(recs, max_turns))
     assert s["correction_rate"] == keyed(correction_rate(recs, max_turns))
-    assert s["correction_rate_overall"] == overall_correction_rate(recs)
+    within = cut_to(recs, max_turns) if max_turns else recs  # every metric counts the budget's turns
+    assert s["correction_rate_overall"] == overall_correction_rate(within)
 
 
 # -- the reference sample --------------------------------------------------------------------------

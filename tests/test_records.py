@@ -71,6 +71,9 @@ BAD = [
     (json.dumps(good(schema=2)), "field 'schema'"),
     (json.dumps(good(traj_id="0")), "field 'traj_id'"),
     (json.dumps(good(weight=-1.0)), "field 'weight' must be >= 0"),
+    (json.dumps(good(max_turns=3.0)), "field 'max_turns'"),
+    (json.dumps(good(max_turns="5")), "field 'max_turns'"),
+    (json.dumps(good(max_turns=1)), "field 'max_turns' must be an integer >= 2"),  # 2 turns taken
     (json.dumps([1, 2]), "must be a JSON object"),
     (b'{"prompt_id": "\xff\xfe"}\n', "not valid UTF-8"),
 ]

@@ -70,8 +70,20 @@ def _resolve_names(cfg: CompareConfig) -> list[str]:
 
 
 # What two reports must share to be compared: the problems (their fingerprint: the task, split,
-# seed and count decide them), the turns, and how replies were chosen.
-SAME = ("dataset_fingerprint", "max_turns", "temperature", "top_p", "n", "answer_mode", "protocol")
+# seed and count decide them), the turns, how replies were chosen and how they were checked; and
+# when replies were sampled (temperature > 0), the seed.
+SAME = (
+    "dataset_fingerprint",
+    "max_turns",
+    "temperature",
+    "top_p",
+    "max_new_tokens",
+    "model_generation_config",
+    "n",
+    "answer_mode",
+    "protocol",
+    "verifier",
+)
 
 
 def mismatches(reports: dict) -> list[str]:
@@ -82,7 +94,8 @@ def mismatches(reports: dict) -> list[str]:
     ['max_turns: a=5, b=3']
     """
     found = []
-    for key in SAME:
+    sampled = any((r.get("temperature", r.get("config", {}).get("temperature")) or 0) > 0 for r in reports.values())
+    for key in SAME + ("seed",) * sampled:
         values = {name: r.get(key, r.get("config", {}).get(key)) for name, r in reports.items()}
         values = {name: v for name, v in values.items() if v is not None}
         if len(set(map(str, values.values()))) > 1:

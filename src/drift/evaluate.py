@@ -25,16 +25,48 @@ def fingerprint(records: list[dict]) -> str:
     return hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]
 
 
+def agreed(values) -> object:
+    """The value every item gives, else ``None`` (they differ, or none is given).
+
+    >>> agreed([1.0, 1.0]), agreed([1.0, 0.0]), agreed([None, None]), agreed([])
+    (1.0, None, None, None)
+    """
+    distinct = {repr(v): v for v in values}
+    return next(iter(distinct.values())) if len(distinct) == 1 else None
+
+
+def recorded_config(records: list[dict], cfg) -> dict:
+    """What a report of existing records (``--records``) can say about how they were made: what
+    every record agrees on (its ``sampling``, ``model``, ``task``, K, turn budget); null for the
+    rest (the protocol, the answer mode, ...), never eval's own defaults (greedy), which
+    ``drift compare`` would take for the truth."""
+    config: dict = dict.fromkeys(to_dict(cfg))
+    config.update(records=cfg.records, out=cfg.out)
+    sampling: list[dict] = [rec["sampling"] if isinstance(rec.get("sampling"), dict) else {} for rec in records]
+    for key in ("temperature", "top_p", "max_new_tokens", "seed", "model_generation_config"):
+        config[key] = agreed(s.get(key) for s in sampling)
+    for key in ("model", "task"):
+        config[key] = agreed(rec.get(key) for rec in records)
+    sizes: dict[str, int] = {}
+    for rec in records:
+        sizes[rec["prompt_id"]] = sizes.get(rec["prompt_id"], 0) + 1
+    config["n"] = agreed(sizes.values())
+    return config
+
+
 def build_report(records: list[dict], cfg, *, wall_seconds: float, stats: dict | None = None) -> dict:
     from drift.report import score_records
 
     report = score_records(records, cfg.max_turns if not cfg.records else None)
+    config = recorded_config(records, cfg) if cfg.records else to_dict(cfg)
+    if cfg.records:
+        config["max_turns"] = report["max_turns"]
     report.update(
-        model=cfg.model if not cfg.records else None,
-        task=cfg.task if not cfg.records else records[0].get("task"),
+        model=config["model"] if not cfg.records else None,
+        task=config["task"],
         dataset_fingerprint=fingerprint(records),
         wall_seconds=round(wall_seconds, 2),
-        config=to_dict(cfg),
+        config=config,
     )
     if stats:
         report["generation"] = stats

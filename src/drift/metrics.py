@@ -166,6 +166,23 @@ def horizon(records: Sequence[dict], max_turns: int | None = None) -> int:
     return max((max(rec.get("max_turns") or 0, len(rec["correct"])) for rec in records), default=0)
 
 
+def cut_to(records: Sequence[dict], max_turns: int) -> list[dict]:
+    """The episodes as a budget of ``max_turns`` turns leaves them: a longer one keeps its first
+    ``max_turns`` of ``correct``, ``answers`` and ``format_errors`` (the others are returned as they are).
+
+    >>> cut_to([{"correct": [False, False, True], "answers": [None, "3", "4"], "format_errors": 1}], 2)
+    [{'correct': [False, False], 'answers': [None, '3'], 'format_errors': 1}]
+    """
+    cut = []
+    for rec in records:
+        if len(rec["correct"]) > max_turns:
+            answers = rec["answers"][:max_turns]
+            correct = rec["correct"][:max_turns]
+            rec = {**rec, "correct": correct, "answers": answers, "format_errors": answers.count(None)}
+        cut.append(rec)
+    return cut
+
+
 def _ratio(num: int, den: int) -> float | None:
     return num / den if den else None
 
@@ -319,7 +336,12 @@ def summarize(records: Sequence[dict], max_turns: int | None = None) -> dict:
     ({'1': 0.5, '2': 1.0}, {'2': 1.0}, 0.3333333333333333)
     >>> summarize([])["cumulative_accuracy"], summarize([], max_turns=1)["cumulative_accuracy"]
     ({}, {'1': None})
+
+    With ``max_turns`` below the turns some episodes took, every metric counts the first
+    ``max_turns`` turns only (:func:`cut_to`).
     """
+    if max_turns is not None:
+        records = cut_to(records, horizon(records, max_turns))
     n = len(records)
     counts = turn_counts(records, max_turns)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from drift import DriftError
-from drift.metrics import pass_at_k_values, summarize
+from drift.metrics import cut_to, pass_at_k_values, summarize
 
 REPORT_VERSION = 1
 REPORT_NAME = "report.json"
@@ -34,11 +34,24 @@ def score_records(records: Sequence[dict], max_turns: int | None = None) -> dict
     >>> report["n"], report["cumulative_accuracy"], report["pass_at_k"]
     (1, {'1': 0.0, '2': 1.0, '3': 1.0}, {'1': 1.0})
     """
+    if max_turns is None:
+        budgets = sorted({rec["max_turns"] for rec in records if rec.get("max_turns") is not None})
+        if len(budgets) > 1:
+            raise DriftError(
+                f"the episodes have turn budgets {' and '.join(map(str, budgets))} (field 'max_turns'): an "
+                "episode given fewer turns would count as unsolved at turns it never had; score them separately"
+            )
+    else:
+        records = cut_to(records, max_turns)
     report: dict[str, Any] = {"report_version": REPORT_VERSION}
     report.update(summarize(records, max_turns))
     report["prompts"] = len({rec["prompt_id"] for rec in records})
     report["pass_at_k"] = pass_at_k_values(records)
     return report
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _check_turn_table(path: Path, report: dict, key: str, required: bool) -> None:
@@ -48,10 +61,9 @@ def _check_turn_table(path: Path, report: dict, key: str, required: bool) -> Non
     if not isinstance(table, dict):
         raise DriftError(f"{path}: field '{key}' must be an object like {{\"1\": 0.5, ...}}")
     for t, value in table.items():
-        if not (t.isascii() and t.isdigit() and len(t) <= 6) or int(t) < 1:  # "²".isdigit() is True
+        if not (t.isascii() and t.isdigit() and len(t) <= 6) or str(int(t)) != t or int(t) < 1:  # "²".isdigit()
             raise DriftError(f"{path}: field '{key}' has key {t!r:.40}; turn keys are 1-based integers below 10^6")
-        ok = value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value))
-        if not ok:
+        if not (value is None or _finite(value)):
             raise DriftError(f"{path}: field '{key}.{t}' must be a number or null, got {value!r}")
 
 
@@ -75,6 +87,11 @@ def load_report(path: str | Path) -> dict:
     _check_turn_table(path, report, "cumulative_accuracy", required=True)
     for key in ("per_turn_accuracy", "correction_rate"):
         _check_turn_table(path, report, key, required=False)
-    if "compute" in report and not isinstance(report["compute"], dict):
-        raise DriftError(f"{path}: field 'compute' must be an object")
+    for key in ("compute", "config"):
+        if key in report and not isinstance(report[key], dict):
+            raise DriftError(f"{path}: field '{key}' must be an object")
+    intervals = report.get("cumulative_accuracy_ci") or {}
+    pairs = intervals.values() if isinstance(intervals, dict) else [None, "not an object"]
+    if not all(ci is None or (isinstance(ci, list) and len(ci) == 2 and all(map(_finite, ci))) for ci in pairs):
+        raise DriftError(f"{path}: field 'cumulative_accuracy_ci' must be an object like {{\"1\": [0.4, 0.6], ...}}")
     return report

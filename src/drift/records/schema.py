@@ -15,7 +15,8 @@ Turn ``t`` lives at index ``t-1`` of every per-turn list::
     optional: finish_reasons (list: "stop" | "length" | null per turn: why the reply ended, null
     = unknown, as in records of the reference layout), token_ids (list per turn of the ids the
     policy sampled, end token included, or null where unknown: what drift train trains), task,
-    question, gold, max_turns, sampling, model, ...; added by `drift weight`: return, weight
+    question, gold, max_turns (int >= turns taken: the episode's turn budget), sampling, model, ...;
+    added by `drift weight`: return, weight
 
 Stages only add fields; unknown fields are carried through untouched.
 
@@ -137,6 +138,7 @@ class Trajectory(msgspec.Struct):
     token_ids: list[list[Annotated[int, msgspec.Meta(ge=0)]] | None] | msgspec.UnsetType = msgspec.UNSET
     return_: float | msgspec.UnsetType = msgspec.field(name="return", default=msgspec.UNSET)
     weight: Annotated[float, msgspec.Meta(ge=0)] | msgspec.UnsetType = msgspec.UNSET
+    max_turns: int | msgspec.UnsetType | None = msgspec.UNSET
 
     @classmethod
     def of(cls, rec: dict) -> Trajectory:
@@ -155,6 +157,7 @@ class Trajectory(msgspec.Struct):
             rec.get("token_ids", msgspec.UNSET),
             float(rec["return"]) if "return" in rec else msgspec.UNSET,
             float(rec["weight"]) if "weight" in rec else msgspec.UNSET,
+            rec.get("max_turns", msgspec.UNSET),
         )
 
 
@@ -171,6 +174,7 @@ def _consistent(t: Trajectory) -> bool:
         and t.first_correct_turn == first_correct_turn(t.correct)
         and (t.finish_reasons is msgspec.UNSET or len(t.finish_reasons) == turns)
         and (t.token_ids is msgspec.UNSET or len(t.token_ids) == turns)
+        and (t.max_turns is msgspec.UNSET or t.max_turns is None or t.max_turns >= turns)
     )  # msgspec rejects numbers out of float range, so every float here is finite
 
 
@@ -242,6 +246,9 @@ def validate_record(rec) -> dict:
     first = first_correct_turn(correct)
     if rec.get("first_correct_turn", "missing") != first:
         raise FieldError(f"field 'first_correct_turn' must be {first} (the first true entry of 'correct')")
+    budget = rec.get("max_turns")
+    if budget is not None and (type(budget) is not int or budget < turns):
+        raise FieldError(f"field 'max_turns' must be an integer >= {turns} (the turns taken), or null")
     for name in ("return", "weight"):
         if name in rec and not is_number(rec[name]):
             raise FieldError(f"field '{name}' must be a finite number")
