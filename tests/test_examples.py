@@ -4,6 +4,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from drift import DriftError  # noqa: E402
 from drift.backends.base import Sampling  # noqa: E402
 from drift.chat import end_of_turn_ids  # noqa: E402
 from drift.examples import build_examples, split_micro_batches  # noqa: E402
@@ -116,3 +117,23 @@ def test_fillers_train_nothing():
     _, _, _, labels, weights, k, old, packed = collate(mbs[1], 0, pair_cost=0.0)
     assert packed is None and mbs[1][0].index == -1 and k == 1 and (labels == -100).all()
     assert weights.tolist() == [0.0] and old is None
+
+
+def test_a_long_reply_is_cut_only_when_the_example_does_not_fit(tiny_model):
+    """A reply longer than half of max_length is trained whole, end token included, when it fits
+    next to its prompt; when the example does not fit, the reply keeps at least half of max_length
+    and the prompt the most recent rest (at least one token)."""
+    tok = load_tokenizer(tiny_model)
+    rec = {**make_record("p", 0, ["4", "5"], weight=1.0), "token_ids": [None, list(range(10, 290))]}  # 280 ids
+    (ex,) = build_examples(rec, tok, max_length=400)
+    whole = build_examples(rec, tok, max_length=4096)[0]
+    assert ex.n_prompt + 280 <= 400 and ex.input_ids == whole.input_ids  # it fits: nothing is cut
+    (tight,) = build_examples(rec, tok, max_length=300)
+    assert len(tight.input_ids) == 300 and completion(tight) == list(range(10, 290))[: 300 - tight.n_prompt]
+    assert tight.input_ids[: tight.n_prompt] == whole.input_ids[whole.n_prompt - tight.n_prompt : whole.n_prompt]
+    (small,) = build_examples(rec, tok, max_length=100)
+    assert len(small.input_ids) == 100 and small.n_prompt == 50 and completion(small) == list(range(10, 60))
+    (two,) = build_examples(rec, tok, max_length=2)
+    assert two.n_prompt == 1 and completion(two) == [10]
+    with pytest.raises(DriftError, match="max_length"):
+        build_examples(rec, tok, max_length=1)

@@ -417,3 +417,26 @@ def test_rounds_take_prompts_pass_by_pass(n, per):
     for start in range(0, len(stream) - n + 1, n):
         assert sorted(stream[start : start + n]) == list(range(n)), start
     assert stream[:n] != list(range(n)) and _round_prompts(list(range(n)), 4, cfg) == stream[4 * per : 5 * per]
+
+
+def test_a_round_with_nothing_to_learn_still_advances_the_schedule(tmp_path, tiny_model, monkeypatch):
+    """The learning-rate schedule is laid out for epochs x minibatches updates a round. A round that
+    takes fewer (its every group dropped by the weighting, or fewer examples than minibatches)
+    moves the schedule on by the updates it did not take, so that later rounds learn at the rate
+    the schedule gives their round, and the run ends where the schedule does."""
+    import torch
+
+    from drift import verifiers
+    from drift.cli import main
+
+    monkeypatch.setitem(verifiers.VERIFIERS, "never", lambda prediction, gold: False)
+    flags = ["rl", "--model", tiny_model, "--algorithm", "drift", "--all-fail", "drop", "--steps", "3",
+             "--prompts-per-step", "2", "--group-size", "2", "--max-new-tokens", "4", "--max-turns", "1",
+             "--task-options", "digits=1", "--num-prompts", "4", "--verifier", "never", "--dtype", "float32",
+             "--epochs-per-round", "2", "--minibatches", "3", "--save-steps", "2"]  # fmt: skip
+    assert main([*flags, "--out", str(tmp_path / "rl")]) == 0
+    log = [json.loads(line) for line in (tmp_path / "rl" / "rl_log.jsonl").read_text().splitlines()]
+    assert [e["updates"] for e in log] == [0, 0, 0]  # every group failed, and was dropped
+    (checkpoint,) = (tmp_path / "rl" / "checkpoints").iterdir()
+    scheduler = torch.load(checkpoint / "scheduler.bin", weights_only=False)
+    assert scheduler["last_epoch"] == 2 * 2 * 3  # two rounds of 2 passes over 3 minibatches

@@ -174,7 +174,11 @@ class OptimizationOptions:
     """Options of the one optimizer step that drift train and drift rl share (drift.trainer)."""
 
     target: Literal["last", "all"] = option("last", "train the last assistant turn (the paper) or every one")
-    max_length: int = option(1024, "tokens per example; the history is cut from the left")
+    max_length: int = option(
+        1024,
+        "tokens per example; a longer one is cut: the history from the left, and the trained reply "
+        "(from its end) only where it is longer than what the history leaves and than half of this",
+    )
     micro_batch_size: int = option(8, "examples per forward pass and process (gradient accumulation fills the batch)")
     lr: float = option(1e-5, "peak learning rate")
     optimizer: Literal["adamw", "sgd"] = option("adamw", "adamw, or plain sgd (least memory)")

@@ -14,7 +14,9 @@ the policy produced:
   drift recorded it) counts as ``"stop"``, which is what those records' replies were.
 
 Prompt and completion are concatenated as *token ids* (the joined text is never re-tokenised),
-labels cover the completion only, and an over-long history is cut from the left.
+labels cover the completion only. An example longer than ``max_length`` is cut: the completion
+keeps at least half of ``max_length`` (its end, and the end token, go first), the history is cut
+from the left.
 """
 
 from __future__ import annotations
@@ -83,6 +85,8 @@ def build_examples(
 ) -> list[Example]:
     """The examples of one record: its last assistant turn (``target="last"``) or every one (``"all"``)."""
     where = f"record {index + 1} (prompt_id {record.get('prompt_id')!r})"
+    if max_length < 2:
+        raise DriftError(f"max_length must be >= 2 (a prompt token and a trained one), got {max_length}")
     w, turns = training_turns(record, target, where=where, weight=weight)
     messages = record["messages"]
     finish = record.get("finish_reasons") or [None] * len(record["correct"])
@@ -91,9 +95,12 @@ def build_examples(
     for t, i in turns:
         ids = sampled[t - 1]
         completion = list(ids) if ids is not None else completion_ids(tokenizer, messages[i]["content"], finish[t - 1])
-        completion = completion[: max(1, max_length // 2)] if len(completion) > max_length // 2 else completion
         prompt = render_prompt(tokenizer, messages[:i])
-        prompt = prompt[-(max_length - len(completion)) :]  # keep the most recent history
+        if len(prompt) + len(completion) > max_length:
+            # The completion keeps what the prompt leaves, and at least half of max_length; the
+            # prompt the most recent rest of the history (at least one token).
+            completion = completion[: max(max_length - len(prompt), max_length // 2)]
+            prompt = prompt[len(prompt) - (max_length - len(completion)) :]
         out.append(Example(prompt + completion, len(prompt), w, index))
     return out
 

@@ -280,6 +280,8 @@ def run_rl(cfg) -> dict:
                 kept, dropped = forward[j]
                 stats.append(trainer.step(kept, float(len(parts[j])), loss_fn))
                 skipped += len(dropped)
+        # a round with fewer updates (all dropped, or fewer examples than minibatches) keeps to the schedule
+        trainer.advance_schedule(cfg.epochs_per_round * cfg.minibatches - len(stats))
         compute["training_seconds"] += time.perf_counter() - t0
         compute["trained_tokens"] += int(sum(s["tokens"] for s in stats))
         compute["forwarded_tokens"] += int(sum(s["forwarded_tokens"] for s in stats))

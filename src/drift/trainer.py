@@ -17,7 +17,8 @@ a global batch of examples becomes exactly one optimizer step, the same on 1 or 
    DeepSpeed's engine, divides every loss by it): the gradient is that of the global batch in one piece.
 4. The learning-rate scheduler steps once per optimizer step. (Prepared by accelerate with its
    default ``step_scheduler_with_optimizer=True``, it would step once per *process*, running the
-   schedule P times too fast.)
+   schedule P times too fast.) drift rl lays it out for E x M updates a round; a round that takes
+   fewer moves it on by the rest (``advance_schedule``).
 5. Shared prefixes (``share_prefixes``, drift.packing): a step's examples are sorted by their tokens
    instead of their length, each process takes runs of neighbours, and a micro-batch whose
    examples share enough runs as one prefix tree. The same terms, so the same gradient up to
@@ -203,6 +204,16 @@ class Trainer:
         return self.accelerator.gradient_accumulation_steps
 
     # -- the step ----------------------------------------------------------------------------
+
+    def advance_schedule(self, steps: int) -> None:
+        """Move the learning-rate schedule on by ``steps`` updates not taken (drift rl: a round with
+        fewer updates than its share of the schedule)."""
+        import warnings
+
+        with warnings.catch_warnings():  # torch warns of a schedule step before any optimizer step
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(steps):
+                self.scheduler.step()
 
     def step(self, examples: list[Example], denominator: float, loss_fn: LossFn = weighted_nll_terms) -> dict:
         """One optimizer step on the global batch ``examples`` (the same list on every process).
