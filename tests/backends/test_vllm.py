@@ -23,16 +23,21 @@ class FakeSamplingParams:
     top_p: float = 1.0
     max_tokens: int = 16
     seed: int | None = None
+    stop_token_ids: list[int] | None = None
 
 
 class FakeLLM:
     """Records its construction and chat calls; replies ``"<seed>:<j>"`` as ``j + 1`` token ids."""
 
     instances: ClassVar[list] = []
+    tokenizer: ClassVar = types.SimpleNamespace(chat_template=None)  # what get_tokenizer gives
 
     def __init__(self, **kwargs):
         self.kwargs, self.calls = kwargs, []
         FakeLLM.instances.append(self)
+
+    def get_tokenizer(self):
+        return FakeLLM.tokenizer
 
     def chat(self, messages, sampling_params, use_tqdm=True):
         self.calls.append((messages, sampling_params))
@@ -65,9 +70,25 @@ def model_dir(tmp_path):
 @pytest.fixture
 def fake_vllm(monkeypatch):
     FakeLLM.instances = []
+    monkeypatch.setattr(FakeLLM, "tokenizer", types.SimpleNamespace(chat_template=None))
     monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=FakeLLM, SamplingParams=FakeSamplingParams))
     monkeypatch.setitem(sys.modules, "vllm.platforms", None)  # a vllm without the platforms module
     return FakeLLM
+
+
+def test_replies_also_stop_at_the_templates_end_of_turn_token(fake_vllm, model_dir, tiny_model):
+    """vLLM stops at the EOS of the tokenizer and of the generation config; a template whose
+    end-of-turn token is neither (Llama 3's <|eot_id|> in some configs) is stopped at as in hf."""
+    from drift.models import load_tokenizer
+
+    tok = load_tokenizer(tiny_model)
+    tok.add_special_tokens({"additional_special_tokens": ["<|eot_id|>"]})
+    tok.chat_template = "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '<|eot_id|>' }}{% endfor %}"
+    fake_vllm.tokenizer = tok
+    gen = load_backend("vllm", model=model_dir)
+    gen.generate([QUESTION], n=1, sampling=Sampling(seed=1))
+    (params,) = fake_vllm.instances[-1].calls[-1][1]
+    assert params.stop_token_ids == [tok.convert_tokens_to_ids("<|eot_id|>")] != [tok.eos_token_id]
 
 
 @pytest.mark.parametrize("cpu", [True, False])
@@ -103,7 +124,9 @@ def test_requests_carry_their_own_seed_and_sampling(fake_vllm, model_dir):
     assert replies[1][2].token_ids == (0, 1, 2)
     messages, params = llm.calls[-1]
     assert messages == [QUESTION, second]
-    assert params == [FakeSamplingParams(n=3, temperature=0.7, top_p=0.9, max_tokens=12, seed=s) for s in (11, 12)]
+    assert params == [
+        FakeSamplingParams(n=3, temperature=0.7, top_p=0.9, max_tokens=12, seed=s, stop_token_ids=[]) for s in (11, 12)
+    ]
     assert gen.tokens_generated == 2 * (1 + 2 + 3)
     assert gen.tokens_prefilled == 10 + (10 - 4)  # prompt ids less the cached ones, where vLLM says
     gen.generate([QUESTION], 1, sampling)  # no per-conversation seeds: sampling.seed

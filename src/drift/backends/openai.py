@@ -15,7 +15,11 @@ This is how rollouts scale past one machine: start servers anywhere, point ``bas
 - Replies are the server's text as sent (not stripped), with its ``finish_reason``.
 - ``tokens_generated`` adds up the server's ``usage.completion_tokens`` (whitespace-separated
   words when a server reports no usage); ``tokens_prefilled`` its ``usage.prompt_tokens`` minus
-  ``usage.prompt_tokens_details.cached_tokens`` (0 when a server reports no prompt tokens).
+  ``usage.prompt_tokens_details.cached_tokens`` (0 when a server reports no prompt tokens; vLLM
+  reports cached tokens only with ``--enable-prompt-tokens-details``). Both count what the server
+  spent, replies asked for again included (a server that ignored ``n``).
+- Only those sampling fields are sent: a vLLM server fills the others (top-k, repetition penalty)
+  from the model's generation config unless it runs with ``--generation-config vllm``.
 
 ``httpx`` is imported when the generator is built, so this module imports without it.
 """

@@ -108,6 +108,7 @@ class VLLMGenerator:
     ):
         from vllm import LLM
 
+        from drift.chat import end_of_turn_ids
         from drift.models import resolve_dtype, resolve_model
 
         self.llm: Any = None
@@ -132,6 +133,11 @@ class VLLMGenerator:
             seed=seed,
             **engine_kwargs,
         )
+        # vLLM stops at the EOS of the tokenizer and of the generation config; like the hf backend
+        # (hf.end_token_ids), also at the token the chat template ends a reply with, which some
+        # models' configs do not name.
+        tokenizer = self.llm.get_tokenizer()
+        self.stop_token_ids = list(end_of_turn_ids(tokenizer)[-1:]) if getattr(tokenizer, "chat_template", None) else []
         self.tokens_generated = 0
         self.tokens_prefilled = 0
 
@@ -148,6 +154,7 @@ class VLLMGenerator:
                 top_p=sampling.top_p,
                 max_tokens=sampling.max_new_tokens,
                 seed=seed,
+                stop_token_ids=self.stop_token_ids,
             )
             for seed in request_seeds
         ]
