@@ -93,7 +93,7 @@ class WeightConfig(WeightingOptions):
 
 
 # How a server is reached, not what it generates: a resumed run may change these.
-TRANSPORT_OPTIONS = ("base_url", "concurrency", "request_timeout", "max_retries")
+TRANSPORT_OPTIONS = ("base_url", "concurrency", "request_timeout", "max_retries", "api_key_file")
 
 
 @dataclass
@@ -117,6 +117,11 @@ class GenerationOptions:
     )
     max_retries: int = option(
         5, "extra tries of a request after a refused connection, a timeout, HTTP 408, 429 or 5xx (--backend openai)"
+    )
+    api_key_file: str | None = option(
+        None,
+        "file holding the API key a server needs, sent as a bearer token (--backend openai; a file, so "
+        "that the key stays out of the configs runs save)",
     )
     batch_size: int = option(64, "sequences decoded together for --backend hf")
     model_generation_config: bool = option(

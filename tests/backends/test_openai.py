@@ -25,6 +25,7 @@ class StubState:
     def __init__(self):
         self.lock = threading.Lock()
         self.payloads: list[dict] = []
+        self.auth: list[str | None] = []  # each request's Authorization header
         self.fail_first = 0  # fail this many requests with fail_status ...
         self.fail_status = 500
         self.hang = False  # ... or never answer (until the test ends) ...
@@ -40,6 +41,7 @@ class StubHandler(BaseHTTPRequestHandler):
         payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         with state.lock:
             state.payloads.append(payload)
+            state.auth.append(self.headers.get("Authorization"))
             failing = state.fail_first > 0
             state.fail_first -= failing
         n = payload.get("n", 1)
@@ -186,6 +188,29 @@ def test_the_config_sets_the_timeout_and_the_retries(stub):
     assert time.monotonic() - start < 8
     assert len(stub.payloads) == 3
     gen.close()
+
+
+def test_the_api_key_comes_from_a_file_and_stays_out_of_the_saved_config(stub, tmp_path):
+    """A server that needs a key gets it as a bearer token; the key is read from --api-key-file,
+    so the run's saved config.yaml names the file, not the key."""
+    from drift.cli import main
+    from drift.config import RolloutConfig
+
+    key = tmp_path / "key"
+    key.write_text("sk-test-123\n")
+    cfg = RolloutConfig(backend="openai", base_url=stub.base_url, model="tiny", api_key_file=str(key))
+    with OpenAIGenerator.from_config(cfg) as gen:
+        gen.generate([user("a")], n=1, sampling=Sampling())
+    assert stub.auth == ["Bearer sk-test-123"]
+    out = tmp_path / "r.jsonl"
+    flags = ["--backend", "openai", "--base-url", stub.base_url, "--model", "tiny", "--api-key-file", str(key)]
+    assert main(["rollout", *flags, "--num-prompts", "1", "--n", "1", "--max-turns", "1", "-o", str(out)]) == 0
+    assert set(stub.auth) == {"Bearer sk-test-123"} and len(stub.auth) == 2
+    assert "sk-test" not in (tmp_path / "r.config.yaml").read_text()
+    (tmp_path / "empty").write_text("\n")
+    for missing in (tmp_path / "nope", tmp_path / "empty"):
+        with pytest.raises(DriftError, match="api key file"):
+            OpenAIGenerator.from_config(RolloutConfig(backend="openai", api_key_file=str(missing)))
 
 
 def test_no_server_is_a_connection_error():

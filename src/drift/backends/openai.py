@@ -30,6 +30,7 @@ import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from drift import DriftError
 from drift.backends.base import Reply, Sampling, known_finish_reason, resolve_seeds
@@ -71,9 +72,18 @@ class OpenAIGenerator:
 
     @classmethod
     def from_config(cls, cfg) -> OpenAIGenerator:
+        api_key = "EMPTY"  # local servers ignore it
+        if cfg.api_key_file:
+            try:
+                api_key = Path(cfg.api_key_file).read_text().strip()
+            except OSError as e:
+                raise DriftError(f"cannot read the api key file {cfg.api_key_file}: {e.strerror}") from None
+            if not api_key:
+                raise DriftError(f"the api key file {cfg.api_key_file} is empty")
         return cls(
             base_url=cfg.base_url,
             model=cfg.model,
+            api_key=api_key,
             concurrency=cfg.concurrency,
             timeout=cfg.request_timeout,
             max_retries=cfg.max_retries,
