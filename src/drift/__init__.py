@@ -4,7 +4,7 @@ The pipeline is a chain of inspectable JSONL files::
 
     drift rollout  -> trajectories.jsonl   (K multi-turn trajectories per prompt, offline)
     drift weight   -> weighted.jsonl       (adds `return` and `weight`, pure math)
-    drift train    -> checkpoint/          (weight x NLL on the last assistant turn)
+    drift train    -> model/               (weight x NLL on the last assistant turn; checkpoints/, train_summary.json)
     drift eval     -> report.json          (multi@k, correction rate, ...)
 """
 

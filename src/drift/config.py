@@ -140,7 +140,7 @@ class GenerationOptions:
     task: str = option("arithmetic", "task name: arithmetic, gsm8k, math, math500, metamathqa, jsonl, mcq, ...")
     source: str | None = option(None, "dataset: local file/folder or hub name (default: the task's own)")
     split: str = option("train", "dataset split")
-    task_options: dict = option(dict, "task knobs as k=v,k=v (arithmetic: digits, ops, terms)")
+    task_options: dict = option(dict, "task knobs as k=v,k=v (arithmetic: digits, ops, terms, mix)")
     num_prompts: int | None = option(None, "use the first N prompts (none: all)")
     max_turns: int = option(5, "T: attempts per episode; stop at the first correct answer")
     protocol: Literal["simple", "full"] = option(
@@ -309,7 +309,9 @@ class EvalConfig(GenerationOptions):
     unique-answer ratio, format errors. With --records FILE no model runs: the file is scored.
     """
 
-    out: str = option("", "folder for records.jsonl, report.json, config.yaml", short="-o")
+    out: str = option(
+        "", "folder for records.jsonl, report.json, records.config.yaml and records.progress.json", short="-o"
+    )
     records: str | None = option(None, "score this trajectory file (ours or the reference layout) instead of a model")
     split: str = option("test", "dataset split (held out from the rollout prompts)")
     temperature: float = option(0.0, "0: greedy, as in the paper; > 0 with --n for sampled evaluation and pass@k")

@@ -13,7 +13,7 @@ an uninterrupted run, up to rounding: the hf backend starts a chunk's first turn
 call's kept caches of the start its prompts share (drift.backends.hf_cache), and after a resume
 that start is encoded afresh, in another batch; in bf16 that can flip a sampled token (in
 float32 the test of kill and resume finds the same file). The compute counters (tokens generated
-and prefilled, seconds) are saved after every chunk (``<out>.progress.json``), so a resumed run's
+and prefilled, seconds) are saved after every chunk (``<out stem>.progress.json``), so a resumed run's
 summary counts the whole run; a kill in the instant between a chunk's records and its counters
 leaves that chunk uncounted, and the summary says so (``uncounted_chunks``). A resume must use
 the first run's options, except for how a server is reached (``config.TRANSPORT_OPTIONS``).

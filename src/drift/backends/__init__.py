@@ -3,7 +3,7 @@
 =============  =====================================================  ==================
 name           what                                                   needs
 =============  =====================================================  ==================
-``hf``         ``transformers`` generate (CPU or one GPU)              ``drift-llm[hf]``
+``hf``         a ``transformers`` model, drift's decode loop (CPU, GPU)  ``drift-llm[hf]``
 ``vllm``       vLLM offline engine (tensor parallel)                  ``drift-llm[vllm]``
 ``openai``     any OpenAI-compatible server (vLLM, SGLang, llama.cpp)  ``drift-llm[openai]``
 ``scripted``   deterministic fake policy for tests and demos          nothing
