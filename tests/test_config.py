@@ -70,3 +70,38 @@ def test_a_yaml_float_written_without_a_dot_is_a_float(tmp_path):
     path.write_text("lr: fast\n")
     with pytest.raises(DriftError, match="'lr' must be float"):
         load_yaml(path, C.TrainConfig)
+
+
+def test_numbers_out_of_range_are_refused_before_anything_runs(tmp_path, capsys):
+    """--n 0 once crashed a rollout with ZeroDivisionError after writing its config, --chunk-prompts
+    -1 wrote an empty file and exited 0, --log-steps 0 crashed training after a step: every number
+    with a lower (or upper) bound is checked on the command line, in YAML (file:line) and in Python."""
+    from drift.cli import main
+
+    for flags, message in (
+        (["rollout", "--backend", "scripted", "--n", "0"], "n must be at least 1, got 0"),
+        (["rollout", "--backend", "scripted", "--chunk-prompts", "-1"], "chunk_prompts must be at least 1"),
+        (["eval", "--backend", "scripted", "--top-p", "0"], "top_p must be above 0"),
+        (["eval", "--backend", "scripted", "--top-p", "1.5"], "top_p must be at most 1"),
+        (["train", "x.jsonl", "--log-steps", "0"], "log_steps must be at least 1"),
+        (["train", "x.jsonl", "--epochs", "0"], "epochs must be above 0"),
+        (["rl", "--minibatches", "0"], "minibatches must be at least 1"),
+        (["weight", "x.jsonl", "--lam", "nan"], "finite"),
+        (["demo", "--beta", "0"], "beta must be above 0"),
+        (["demo", "--gamma", "2"], "gamma must be at most 1"),
+    ):
+        out = tmp_path / "o.jsonl"
+        try:
+            code = main([*flags, "-o", str(out)])
+        except SystemExit as e:  # argparse's own errors (a value that is not a number)
+            code = e.code
+        assert code == 2, flags
+        assert message in capsys.readouterr().err, flags
+        assert not list(tmp_path.iterdir()), flags  # nothing written
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("n: 4\nchunk_prompts: 0\n")
+    with pytest.raises(DriftError, match=r"bad.yaml:2: key 'chunk_prompts' must be at least 1, got 0"):
+        load_yaml(bad, C.RolloutConfig)
+    with pytest.raises(DriftError, match="max_turns must be at least 1"):
+        C.RLConfig(max_turns=0)
+    assert C.RolloutConfig(n=1, chunk_prompts=1, temperature=0.0).n == 1  # the bounds themselves are fine

@@ -265,3 +265,26 @@ def test_corpus_is_complete():
     named = set(RECORD_FILES) | set(UNWEIGHTED) | set(REPORT_FILES) | set(TASK_FILES) | set(CONFIG_FILES)
     committed = {p.name for p in BAD.iterdir()}
     assert committed == {n for n in named if not n.startswith("huge_line")}
+
+
+def test_outputs_never_clobber_what_they_did_not_make(tmp_path, capsys):
+    """--fresh deletes only a demo's own folder; a file output given an existing folder, and
+    eval --records given a folder that holds an evaluation, stop with a clear error."""
+    from factories import REFERENCE_SAMPLE
+
+    other = tmp_path / "results"
+    other.mkdir()
+    (other / "results.json").write_bytes(SENTINEL)
+    assert main(["demo", "--quick", "--fresh", "-o", str(other)]) == 2
+    assert "not a demo folder" in capsys.readouterr().err and (other / "results.json").read_bytes() == SENTINEL
+    weighted = tmp_path / "w.jsonl"
+    assert main(["weight", str(REFERENCE_SAMPLE), "-o", str(weighted)]) == 0
+    for cmd in ("weight", "export-trl", "view"):
+        assert main([cmd, str(weighted), "-o", str(other)]) == 2
+        assert "is a folder" in capsys.readouterr().err, cmd
+    assert sorted(p.name for p in other.iterdir()) == ["results.json"]
+    evaluated = tmp_path / "ev"
+    assert main(["eval", "--records", str(REFERENCE_SAMPLE), "-o", str(evaluated)]) == 0
+    report = (evaluated / "report.json").read_bytes()
+    assert main(["eval", "--records", str(REFERENCE_SAMPLE), "-o", str(evaluated)]) == 2
+    assert "report.json exists" in capsys.readouterr().err and (evaluated / "report.json").read_bytes() == report

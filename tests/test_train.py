@@ -309,3 +309,8 @@ def test_resume_refuses_other_options_and_says_when_there_is_no_checkpoint(tmp_p
     capsys.readouterr()
     assert main([*args, str(tmp_path / "b"), "--resume"]) == 0
     assert "no checkpoint" in capsys.readouterr().out
+    # starting over in a run's folder is a resume of that run too: with its options, not others
+    before = (tmp_path / "b" / "model" / "model.safetensors").read_bytes()
+    assert main([*args, str(tmp_path / "b"), "--resume", "--lr", "1e-3"]) == 2
+    assert "options differ from the first run (lr)" in capsys.readouterr().err
+    assert (tmp_path / "b" / "model" / "model.safetensors").read_bytes() == before

@@ -11,8 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Literal
 
-from drift import DriftError
-from drift.options import option
+from drift.options import Checked, option
 
 
 def _schemes():
@@ -38,12 +37,12 @@ DTYPE_HELP = (
 
 
 @dataclass
-class ReturnOptions:
+class ReturnOptions(Checked):
     """The return of a trajectory (drift.weighting.trajectory_return):
     R = sum_t gamma^(t-1) r_t - format_penalty * (unparsable turns) - lam * (1 - unique/answers)."""
 
-    gamma: float = option(0.9, "discount per turn: solving at turn t earns gamma^(t-1)")
-    lam: float = option(0.5, "repetition penalty lam * (1 - unique answers / answers)")
+    gamma: float = option(0.9, "discount per turn: solving at turn t earns gamma^(t-1)", at_least=0.0, at_most=1.0)
+    lam: float = option(0.5, "repetition penalty lam * (1 - unique answers / answers)", at_least=0.0)
     format_penalty: float = option(0.1, "subtracted from R for each turn with no parsable answer")
 
 
@@ -58,14 +57,23 @@ class WeightingOptions(ReturnOptions):
         "sft: every trajectory weight 1; rft: keep trajectories that end correct, weight 1",
         choices=_schemes,
     )
-    beta: float = option(0.1, "temperature of exp(R/beta): small beta puts the mass on the best trajectories")
+    beta: float = option(
+        0.1, "temperature of exp(R/beta): small beta puts the mass on the best trajectories", above=0.0
+    )
     zero_variance: Literal["keep", "drop"] = option(
         "keep", "groups whose returns are all equal: keep them at weight 1, or drop them"
     )
     all_fail: Literal["keep", "drop"] = option(
         "keep", "groups where no trajectory succeeds: keep them (weights then favour fewer repeats), or drop them"
     )
-    clip: float | None = option(None, "cap on weights after normalisation (none: no cap)")
+    clip: float | None = option(None, "cap on weights after normalisation (none: no cap)", above=0.0)
+
+    def check(self) -> None:
+        """The weighting's own checks, before a command writes anything (``all_fail`` None, drift
+        demo's "its recipe decides", is checked as keep)."""
+        from drift.weighting import WeightingParams
+
+        WeightingParams(**{**self.weighting_options(), "all_fail": self.all_fail or "keep"})
 
     def weighting_options(self) -> dict:
         """The values of this group's fields (``WeightingOptions`` and ``ReturnOptions``) by name."""
@@ -97,7 +105,7 @@ TRANSPORT_OPTIONS = ("base_url", "concurrency", "request_timeout", "max_retries"
 
 
 @dataclass
-class GenerationOptions:
+class GenerationOptions(Checked):
     """Options shared by every command that runs a policy in the correction environment."""
 
     model: str = option("smollm2-135m", "model folder, .gguf file, short name (smollm2-135m, tiny-random) or hub id")
@@ -109,40 +117,45 @@ class GenerationOptions:
         choices=_backends,
     )
     base_url: str = option("http://127.0.0.1:8000/v1", "server URL for --backend openai")
-    concurrency: int = option(16, "parallel requests for --backend openai")
+    concurrency: int = option(16, "parallel requests for --backend openai", at_least=1)
     request_timeout: float = option(
         600.0,
         "seconds --backend openai waits for a connection or for a reply (replies are not streamed: "
         "the server sends a reply when all of it is written, so a long reply on a busy server needs long)",
+        above=0.0,
     )
     max_retries: int = option(
-        5, "extra tries of a request after a refused connection, a timeout, HTTP 408, 429 or 5xx (--backend openai)"
+        5,
+        "extra tries of a request after a refused connection, a timeout, HTTP 408, 429 or 5xx (--backend openai)",
+        at_least=0,
     )
     api_key_file: str | None = option(
         None,
         "file holding the API key a server needs, sent as a bearer token (--backend openai; a file, so "
         "that the key stays out of the configs runs save)",
     )
-    batch_size: int = option(64, "sequences decoded together for --backend hf")
+    batch_size: int = option(64, "sequences decoded together for --backend hf", at_least=1)
     model_generation_config: bool = option(
         False,
         "--backend hf: also apply the model's own generation_config (repetition penalty, no-repeat "
         "n-grams, ...) through transformers' generate (slower: a batch's rows run until its last one ends); "
         "off: samples come from the model's distribution at --temperature / --top-p only",
     )
-    tensor_parallel_size: int = option(1, "GPUs one model is split across, for --backend vllm")
+    tensor_parallel_size: int = option(1, "GPUs one model is split across, for --backend vllm", at_least=1)
     gpu_memory_utilization: float | None = option(
         None,
         "share of memory vLLM may use (weights + KV cache), for --backend vllm (none: 0.9 on GPUs; "
         "on CPUs 80%% of the memory free at start, at most 0.5)",
+        above=0.0,
+        at_most=1.0,
     )
     dtype: Dtype = option("auto", DTYPE_HELP)
     task: str = option("arithmetic", "task name: arithmetic, gsm8k, math, math500, metamathqa, jsonl, mcq, ...")
     source: str | None = option(None, "dataset: local file/folder or hub name (default: the task's own)")
     split: str = option("train", "dataset split")
     task_options: dict = option(dict, "task knobs as k=v,k=v (arithmetic: digits, ops, terms, mix)")
-    num_prompts: int | None = option(None, "use the first N prompts (none: all)")
-    max_turns: int = option(5, "T: attempts per episode; stop at the first correct answer")
+    num_prompts: int | None = option(None, "use the first N prompts (none: all)", at_least=1)
+    max_turns: int = option(5, "T: attempts per episode; stop at the first correct answer", at_least=1)
     protocol: Literal["simple", "full"] = option(
         "simple", "feedback after a wrong answer: simple or full (reward/turn block)"
     )
@@ -150,10 +163,10 @@ class GenerationOptions:
         "strict", "strict: only <answer>...</answer>; lenient: also \\boxed{}, '#### x', last number"
     )
     verifier: str | None = option(None, "override the task's verifier: math, exact, numeric, choice")
-    verifier_timeout: float = option(5.0, "seconds per verification; a timeout counts as wrong")
-    temperature: float = option(1.0, "sampling temperature (0: greedy)")
-    top_p: float = option(1.0, "nucleus sampling mass")
-    max_new_tokens: int = option(256, "longest reply per turn, in tokens")
+    verifier_timeout: float = option(5.0, "seconds per verification; a timeout counts as wrong", above=0.0)
+    temperature: float = option(1.0, "sampling temperature (0: greedy)", at_least=0.0)
+    top_p: float = option(1.0, "nucleus sampling mass", above=0.0, at_most=1.0)
+    max_new_tokens: int = option(256, "longest reply per turn, in tokens", at_least=1)
     seed: int = option(0, "seed of the prompts (procedural tasks) and of every trajectory")
 
 
@@ -168,14 +181,16 @@ class RolloutConfig(GenerationOptions):
     """
 
     out: str = option("", "trajectory JSONL to write (appended chunk by chunk)", short="-o")
-    n: int = option(16, "K: trajectories per prompt")
-    chunk_prompts: int = option(8, "prompts rolled out together (one generate call per turn); the unit of resume")
+    n: int = option(16, "K: trajectories per prompt", at_least=1)
+    chunk_prompts: int = option(
+        8, "prompts rolled out together (one generate call per turn); the unit of resume", at_least=1
+    )
     resume: bool = option(False, "continue an interrupted run of the same command")
     shard: str | None = option(None, "i/N: only prompts i, i+N, i+2N, ... (merge the shards by prompt_id)")
 
 
 @dataclass
-class OptimizationOptions:
+class OptimizationOptions(Checked):
     """Options of the one optimizer step that drift train and drift rl share (drift.trainer)."""
 
     target: Literal["last", "all"] = option("last", "train the last assistant turn (the paper) or every one")
@@ -183,14 +198,17 @@ class OptimizationOptions:
         1024,
         "tokens per example; a longer one is cut: the history from the left, and the trained reply "
         "(from its end) only where it is longer than what the history leaves and than half of this",
+        at_least=2,
     )
-    micro_batch_size: int = option(8, "examples per forward pass and process (gradient accumulation fills the batch)")
-    lr: float = option(1e-5, "peak learning rate")
+    micro_batch_size: int = option(
+        8, "examples per forward pass and process (gradient accumulation fills the batch)", at_least=1
+    )
+    lr: float = option(1e-5, "peak learning rate", at_least=0.0)
     optimizer: Literal["adamw", "sgd"] = option("adamw", "adamw, or plain sgd (least memory)")
     lr_scheduler: str = option("cosine", "transformers scheduler name: cosine, linear, constant_with_warmup, ...")
-    warmup_ratio: float = option(0.03, "share of the optimizer steps spent warming up")
-    weight_decay: float = option(0.0, "AdamW weight decay")
-    max_grad_norm: float = option(1.0, "gradient clipping (0: off)")
+    warmup_ratio: float = option(0.03, "share of the optimizer steps spent warming up", at_least=0.0, at_most=1.0)
+    weight_decay: float = option(0.0, "AdamW weight decay", at_least=0.0)
+    max_grad_norm: float = option(1.0, "gradient clipping (0: off)", at_least=0.0)
     dtype: Dtype = option("auto", DTYPE_HELP)
     gradient_checkpointing: bool = option(False, "recompute activations in the backward pass (less memory)")
     group_by_length: bool = option(True, "sort each step's examples by length before cutting micro-batches")
@@ -200,22 +218,20 @@ class OptimizationOptions:
         "that is estimated faster (drift.packing: sdpa/eager, full attention, model types checked to match); "
         "each step's examples are then sorted by their tokens, not their length (the same gradient up to rounding)",
     )
-    lora_r: int = option(0, "LoRA rank (0: full fine-tuning)")
-    lora_alpha: int = option(16, "LoRA alpha")
-    lora_dropout: float = option(0.0, "LoRA dropout")
+    lora_r: int = option(0, "LoRA rank (0: full fine-tuning)", at_least=0)
+    lora_alpha: int = option(16, "LoRA alpha", at_least=1)
+    lora_dropout: float = option(0.0, "LoRA dropout", at_least=0.0, at_most=1.0)
     merge_lora: bool = option(True, "merge the LoRA adapter into the saved model")
-    save_total_limit: int = option(2, "checkpoints kept")
+    save_total_limit: int = option(2, "checkpoints kept", at_least=1)
     skip_weight_share: float | None = option(
         1e-4,
         "per step, do not forward the lightest examples while together they carry at most this share of the "
         "step's total |weight| (weight 0 always; D unchanged, so the gradient loses only their terms, "
         "<= share * sum |w| / D * max per-example gradient norm; drift rl: only without a KL penalty, which "
         "every example carries); none: forward every example",
+        at_least=0.0,
+        at_most=1.0,
     )
-
-    def __post_init__(self):
-        if self.save_total_limit < 1:  # 0 would delete the checkpoint just written
-            raise DriftError(f"save_total_limit must be at least 1, got {self.save_total_limit}")
 
 
 @dataclass
@@ -233,23 +249,23 @@ class TrainConfig(OptimizationOptions):
     out: str = option("", "run folder: model/, checkpoints/, train_log.jsonl, config.yaml", short="-o")
     model: str = option("smollm2-135m", "model folder, LoRA adapter folder, .gguf file, short name or hub id")
     reduction: Literal["mean", "weighted"] = option("mean", "divide the batch's sum of w*nll by its size or by sum w")
-    batch_size: int = option(16, "examples per optimizer step (over all processes)")
+    batch_size: int = option(16, "examples per optimizer step (over all processes)", at_least=1)
     batch_by: Literal["example", "prompt"] = option(
         "example",
         "what a step's batch is drawn by: shuffled examples, or shuffled prompts with all their examples "
         "together (with --share-prefixes their common history then runs once: faster, a different data order)",
     )
-    epochs: float = option(1.0, "passes over the data")
-    max_steps: int | None = option(None, "stop after this many optimizer steps (overrides epochs)")
-    save_steps: int = option(0, "checkpoint every N steps (0: only the final model)")
+    epochs: float = option(1.0, "passes over the data", above=0.0)
+    max_steps: int | None = option(None, "stop after this many optimizer steps (overrides epochs)", at_least=1)
+    save_steps: int = option(0, "checkpoint every N steps (0: only the final model)", at_least=0)
     resume: bool = option(False, "continue from the latest checkpoint in --out")
-    log_steps: int = option(1, "log every N steps to train_log.jsonl (and the tracker)")
+    log_steps: int = option(1, "log every N steps to train_log.jsonl (and the tracker)", at_least=1)
     report_to: Literal["none", "tensorboard", "wandb", "trackio"] = option("none", "experiment tracker")
     seed: int = option(0, "seed of data order and initialisation")
 
 
 @dataclass
-class CompareConfig:
+class CompareConfig(Checked):
     """drift compare: a table of multi@k, correction rate, unique-answer ratio, format errors and
     compute per run, and plots of accuracy by turn.
 
@@ -263,7 +279,7 @@ class CompareConfig:
 
 
 @dataclass
-class ViewConfig:
+class ViewConfig(Checked):
     """drift view: one self-contained HTML page (no server, no network) to look at runs.
 
     Inputs, in any mix: trajectory files (rollouts, weighted; ours or the reference layout), eval
@@ -278,15 +294,11 @@ class ViewConfig:
     compress: bool = option(
         True, "embed the data gzip+base64 (decoded in the browser by DecompressionStream); off: plain escaped JSON"
     )
-    page_size: int = option(50, "prompts per page in the trajectory list")
-
-    def __post_init__(self):
-        if self.page_size < 1:
-            raise DriftError(f"page_size must be at least 1, got {self.page_size}")
+    page_size: int = option(50, "prompts per page in the trajectory list", at_least=1)
 
 
 @dataclass
-class ExportTRLConfig:
+class ExportTRLConfig(Checked):
     """drift export-trl: write weighted trajectories as a TRL conversational prompt/completion JSONL.
 
     Each row: {"prompt": [messages before the turn], "completion": [{"role": "assistant", ...}],
@@ -314,9 +326,11 @@ class EvalConfig(GenerationOptions):
     )
     records: str | None = option(None, "score this trajectory file (ours or the reference layout) instead of a model")
     split: str = option("test", "dataset split (held out from the rollout prompts)")
-    temperature: float = option(0.0, "0: greedy, as in the paper; > 0 with --n for sampled evaluation and pass@k")
-    n: int = option(1, "episodes per prompt")
-    chunk_prompts: int = option(64, "prompts evaluated together; the unit of resume")
+    temperature: float = option(
+        0.0, "0: greedy, as in the paper; > 0 with --n for sampled evaluation and pass@k", at_least=0.0
+    )
+    n: int = option(1, "episodes per prompt", at_least=1)
+    chunk_prompts: int = option(64, "prompts evaluated together; the unit of resume", at_least=1)
     resume: bool = option(False, "continue an interrupted evaluation in --out")
     shard: str | None = option(None, "i/N: evaluate only every N-th prompt starting at i")
 
@@ -335,7 +349,7 @@ class DemoConfig(WeightingOptions):
     out: str = option("", "output folder (default: runs/demo, or runs/demo-quick with --quick)", short="-o")
     quick: bool = option(False, "tiny random model, a handful of problems: about a minute (a smoke test)")
     fresh: bool = option(False, "delete --out first and start over")
-    max_turns: int = option(5, "T: attempts per episode")
+    max_turns: int = option(5, "T: attempts per episode", at_least=1)
     dtype: Dtype = option("auto", DTYPE_HELP)
     all_fail: Literal["keep", "drop"] | None = option(  # type: ignore[assignment]
         None,
@@ -366,37 +380,44 @@ class RLConfig(OptimizationOptions, GenerationOptions, WeightingOptions):
         "grpo: group-relative policy gradient; drift: iterated DRIFT; trl-grpo: TRL's own GRPOTrainer on the "
         "same model, prompts and verifier (single-turn: --max-turns 1; drift.trl_grpo)",
     )
-    steps: int = option(20, "rounds of sample -> score -> update")
-    prompts_per_step: int = option(8, "B: prompts sampled per round")
-    group_size: int = option(8, "G: trajectories per prompt per round")
+    steps: int = option(20, "rounds of sample -> score -> update", at_least=1)
+    prompts_per_step: int = option(8, "B: prompts sampled per round", at_least=1)
+    group_size: int = option(8, "G: trajectories per prompt per round", at_least=1)
     epochs_per_round: int = option(
         1,
         "passes over each round's trajectories (PPO epochs); with more than one update a round, grpo uses PPO's "
         "clipped ratio from the first",
+        at_least=1,
     )
     minibatches: int = option(
         1,
         "optimizer steps per pass: the round's examples are shuffled once and cut into this many (each pass "
         "takes the same ones, in its own order)",
+        at_least=1,
     )
     clip_ratio: float = option(
-        0.2, "PPO's epsilon: pi/pi_old is clipped to [1 - eps, 1 + eps] (grpo with more than one update per round)"
+        0.2,
+        "PPO's epsilon: pi/pi_old is clipped to [1 - eps, 1 + eps] (grpo with more than one update per round)",
+        above=0.0,
     )
     max_flops: float | None = option(
         None,
         "stop after the round at which the estimated compute reaches this many FLOPs (drift.compute); none: --steps",
+        above=0.0,
     )
     snapshot_steps: list[int] = option(
-        list, "also save the model after these rounds (snapshots/round-N), to evaluate it along the way"
+        list, "also save the model after these rounds (snapshots/round-N), to evaluate it along the way", at_least=1
     )
     normalize_std: bool = option(True, "divide advantages by the group's standard deviation (GRPO)")
-    kl_coef: float = option(0.0, "weight of the k3 KL penalty to the reference model (0: no reference model)")
-    save_steps: int = option(5, "checkpoint every N rounds (0: only the final model)")
+    kl_coef: float = option(
+        0.0, "weight of the k3 KL penalty to the reference model (0: no reference model)", at_least=0.0
+    )
+    save_steps: int = option(5, "checkpoint every N rounds (0: only the final model)", at_least=0)
     resume: bool = option(False, "continue from the latest checkpoint in --out")
 
 
 @dataclass
-class StudyConfig:
+class StudyConfig(Checked):
     """drift study: compare DRIFT with its baselines over seeds, compute-matched, from one YAML file.
 
     The file (see configs/study/) declares the model, task, seeds, learning-rate grid and methods

@@ -183,6 +183,8 @@ def run_demo(cfg) -> dict:
     preset = PRESETS["quick" if cfg.quick else "full"]
     out = Path(cfg.out if cfg.out else ("runs/demo-quick" if cfg.quick else "runs/demo"))
     if cfg.fresh and out.exists():
+        if any(out.iterdir()) and not (out / "demo.config.yaml").exists():
+            raise DriftError(f"{out} is not a demo folder (it has no demo.config.yaml): --fresh deletes only a demo's")
         shutil.rmtree(out)
     # finished stages are reused: only by a demo with the same options (else --fresh, or another --out)
     check_resume_config(cfg, out / "demo.config.yaml", may_change=("fresh",))

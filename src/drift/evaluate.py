@@ -99,6 +99,8 @@ def run_eval(cfg, generator=None) -> dict:
     stats = None
     if cfg.records:
         records = read_records(cfg.records)
+        if (out / "report.json").exists():
+            raise DriftError(f"{out / 'report.json'} exists; choose another --out")
         out.mkdir(parents=True, exist_ok=True)
     else:
         path = out / "records.jsonl"

@@ -37,14 +37,55 @@ def option(
     positional: bool = False,
     short: str | None = None,
     choices: typing.Callable[[], typing.Iterable[str]] | None = None,
+    at_least: float | None = None,
+    above: float | None = None,
+    at_most: float | None = None,
 ):
     """A config field with its help text (and whether it is a positional CLI argument).
 
     ``choices`` returns the allowed names from the table that owns them (``lambda: SCHEMES``), so
     the table stays the only list and is read only when a command's flags are built or checked.
+    ``at_least`` / ``above`` / ``at_most`` bound a number (each item of a list; ``None`` passes):
+    checked in YAML files (file:line) and whenever a config is built (:class:`Checked`).
     """
     kwargs = {"default_factory": default} if callable(default) else {"default": default}
-    return field(metadata={"help": help, "positional": positional, "short": short, "choices": choices}, **kwargs)
+    bounds = {"at_least": at_least, "above": above, "at_most": at_most}
+    meta = {"help": help, "positional": positional, "short": short, "choices": choices, "bounds": bounds}
+    return field(metadata=meta, **kwargs)
+
+
+def out_of_range(f: dataclasses.Field, value) -> str | None:
+    """What is wrong with ``value`` for option ``f``'s bounds, or ``None``.
+
+    >>> f = dataclasses.field(metadata={"bounds": {"at_least": 1, "above": None, "at_most": None}})
+    >>> out_of_range(f, 0), out_of_range(f, [2, 0]), out_of_range(f, None), out_of_range(f, 3)
+    ('must be at least 1, got 0', 'must be at least 1, got 0', None, None)
+    """
+    bounds = f.metadata.get("bounds") or {}
+    for item in value if isinstance(value, list) else [value]:
+        if not isinstance(item, (int, float)) or isinstance(item, bool):
+            continue
+        if bounds.get("at_least") is not None and item < bounds["at_least"]:
+            return f"must be at least {bounds['at_least']:g}, got {item!r}"
+        if bounds.get("above") is not None and item <= bounds["above"]:
+            return f"must be above {bounds['above']:g}, got {item!r}"
+        if bounds.get("at_most") is not None and item > bounds["at_most"]:
+            return f"must be at most {bounds['at_most']:g}, got {item!r}"
+    return None
+
+
+class Checked:
+    """Base of every config: building one checks each option's bounds, then :meth:`check` (what
+    depends on several options); a ``DriftError`` names the option."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            if (problem := out_of_range(f, getattr(self, f.name))) is not None:
+                raise DriftError(f"{f.name} {problem}")
+        self.check()
+
+    def check(self) -> None:
+        """Checks across options; none by default."""
 
 
 # -- dataclass -> argparse -------------------------------------------------------------------
@@ -94,9 +135,12 @@ def _parse_scalar(text: str, hint):
             raise argparse.ArgumentTypeError(f"expected k=v,k=v, got {text!r}")
         return {k.strip(): _yaml_scalar(v) for k, v in pairs}
     try:
-        return inner(text)
+        value = inner(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected {inner.__name__}, got {text!r}") from None
+    if inner is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
@@ -170,9 +214,12 @@ def _check_choice(value, f: dataclasses.Field, error: type[Exception], where: st
 
 
 def check_value(f: dataclasses.Field, hint, value, where: str):
-    """A YAML value of option ``f`` (type ``hint``) checked and coerced: type, then choices;
+    """A YAML value of option ``f`` (type ``hint``) checked and coerced: type, choices, then bounds;
     ``DriftError`` naming ``where`` otherwise."""
-    return _check_choice(_coerce(value, hint, where), f, DriftError, where)
+    value = _check_choice(_coerce(value, hint, where), f, DriftError, where)
+    if (problem := out_of_range(f, value)) is not None:
+        raise DriftError(f"{where} {problem}")
+    return value
 
 
 def _coerce(value, hint, where: str):

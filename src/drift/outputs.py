@@ -4,7 +4,7 @@ A file output ``runs/w.jsonl`` gets its resolved config, summary and plots besid
 (``runs/w.config.yaml``, ``runs/w.summary.json``, :func:`sidecar`); a folder output holds them
 inside. Every whole-file write goes through :func:`atomic_write`, so an interrupted command never
 leaves a torn or clobbered file; per-step JSONL logs are cut back to a checkpoint with
-:func:`trim_log` when a run resumes. Depends on nothing else in drift.
+:func:`trim_log` when a run resumes. Depends on nothing else in drift but its error type.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
+from drift import DriftError
+
 
 @contextmanager
 def atomic_write(path: str | os.PathLike):
@@ -22,6 +24,8 @@ def atomic_write(path: str | os.PathLike):
     On any exception the temporary file is removed and an existing ``path`` is left untouched.
     """
     path = Path(path)
+    if path.is_dir():
+        raise DriftError(f"{path} is a folder; give the output a file name")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     try:

@@ -305,10 +305,12 @@ class Trainer:
         from drift.outputs import trim_log
 
         state = {"step": 0}
-        if cfg.resume and (ckpt := latest_checkpoint(out / "checkpoints")) is not None:
-            # the checkpoint restores the first run's optimizer, schedule and data order; snapshots
-            # (drift rl) may be added, as drift study adds rounds
+        if cfg.resume:
+            # a checkpoint restores the first run's optimizer, schedule and data order, and without
+            # one the run starts over in the first run's folder: either way with its options;
+            # snapshots (drift rl) may be added, as drift study adds rounds
             check_resume_config(cfg, out / "config.yaml", may_change=("snapshot_steps",))
+        if cfg.resume and (ckpt := latest_checkpoint(out / "checkpoints")) is not None:
             state = self.load_checkpoint(ckpt)
             self.accelerator.print(f"resumed from {ckpt} at step {state['step']}")
         elif cfg.resume and out.exists():
