@@ -105,3 +105,14 @@ def test_numbers_out_of_range_are_refused_before_anything_runs(tmp_path, capsys)
     with pytest.raises(DriftError, match="max_turns must be at least 1"):
         C.RLConfig(max_turns=0)
     assert C.RolloutConfig(n=1, chunk_prompts=1, temperature=0.0).n == 1  # the bounds themselves are fine
+
+
+def test_an_unknown_lr_scheduler_is_refused_with_the_known_ones():
+    """--lr-scheduler cosin failed with transformers' ValueError after the model had loaded."""
+    with pytest.raises(DriftError, match=r"lr_scheduler 'cosin' is not one of transformers' schedulers: .*cosine"):
+        C.TrainConfig(lr_scheduler="cosin")
+    with pytest.raises(DriftError, match="lr_scheduler"):
+        C.RLConfig(lr_scheduler="cosin")
+    with pytest.raises(DriftError, match="beta"):  # RLConfig still checks its weighting too
+        C.RLConfig(beta=-1.0)
+    assert C.RLConfig(lr_scheduler="constant_with_warmup").lr_scheduler == "constant_with_warmup"

@@ -468,3 +468,15 @@ def test_gpqa_has_no_training_split_of_its_own():
     """GPQA's default source has one split, read as our test: a train split would be the same questions."""
     with pytest.raises(DriftError, match=r"gpqa.*train.*test"):
         load_problems("gpqa", split="train")
+
+
+def test_field_names_from_the_command_line_stay_names(tmp_path):
+    """--task-options values are read as YAML scalars (digits=2 is a number), but a column named
+    "1" is a name, and id_field=null resets the knob to its default (none)."""
+    from drift.options import _parse_scalar
+
+    src = write_jsonl(tmp_path / "test.jsonl", [{"1": "What is 6*7?", "2": 42, "uid": "x1"}])
+    knobs = _parse_scalar("question_field=1,answer_field=2,id_field=null", dict)
+    assert knobs == {"question_field": 1, "answer_field": 2, "id_field": None}
+    (problem,) = load_problems("jsonl", src, **knobs)
+    assert (problem.prompt_id, problem.question, problem.gold) == ("jsonl-000000", "What is 6*7?", "42")

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Literal
 
+from drift import DriftError
 from drift.options import Checked, option
 
 
@@ -73,6 +74,7 @@ class WeightingOptions(ReturnOptions):
         demo's "its recipe decides", is checked as keep)."""
         from drift.weighting import WeightingParams
 
+        super().check()
         WeightingParams(**{**self.weighting_options(), "all_fail": self.all_fail or "keep"})
 
     def weighting_options(self) -> dict:
@@ -232,6 +234,18 @@ class OptimizationOptions(Checked):
         at_least=0.0,
         at_most=1.0,
     )
+
+    def check(self) -> None:
+        super().check()
+        try:  # a scheduler transformers does not know would fail only after the model is loaded
+            from transformers import SchedulerType
+        except ImportError:  # without the hf extra no command trains
+            return
+        known = [s.value for s in SchedulerType]
+        if self.lr_scheduler not in known:
+            raise DriftError(
+                f"lr_scheduler {self.lr_scheduler!r} is not one of transformers' schedulers: {', '.join(known)}"
+            )
 
 
 @dataclass

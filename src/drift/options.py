@@ -105,16 +105,17 @@ def _unwrap_optional(hint):
 
 
 def _yaml_scalar(text: str):
-    """``"3"`` -> 3, ``"true"`` -> True, anything YAML would not read as a scalar stays a string.
+    """``"3"`` -> 3, ``"true"`` -> True, ``"null"`` -> None; anything YAML would not read as a
+    scalar stays a string.
 
-    >>> _yaml_scalar("3"), _yaml_scalar("*"), _yaml_scalar("+-")
-    (3, '*', '+-')
+    >>> _yaml_scalar("3"), _yaml_scalar("*"), _yaml_scalar("+-"), _yaml_scalar("null")
+    (3, '*', '+-', None)
     """
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
-    return value if isinstance(value, (int, float, bool, str)) else text
+    return value if value is None or isinstance(value, (int, float, bool, str)) else text
 
 
 def _parse_scalar(text: str, hint):

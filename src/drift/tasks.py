@@ -327,6 +327,8 @@ def load_problems(
     unknown = sorted(set(knobs) - set(spec.knobs))
     if unknown:
         raise DriftError(f"task {task!r}: unknown knob(s) {unknown}; known: {', '.join(spec.knobs) or 'none'}")
+    # a column is named by text: question_field=1 (read as a number on the command line) is column "1"
+    knobs = {k: str(v) if k.endswith("_field") and v is not None else v for k, v in knobs.items()}
     if limit is not None and (not isinstance(limit, int) or limit < 0):
         raise DriftError(f"limit must be a non-negative integer or None, got {limit!r}")
     if source is None:
