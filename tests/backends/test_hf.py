@@ -249,8 +249,22 @@ def test_prefilled_tokens_count_what_the_model_reads(tiny_model, monkeypatch):
     assert (counts["plain"], counts["reuse"]) == (79 + 175, 79 + 78)
 
 
-def test_changed_weights_drop_the_kept_caches(tiny_model):
-    # drift rl trains the generator's model between rounds: a cache of the old weights is stale
+def _fused_adamw_step(model):
+    """One step of torch's fused AdamW (drift's trainer on a CPU), which leaves the parameters'
+    version counters as they were."""
+    model.train()
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    model(input_ids=ids, labels=ids).loss.backward()
+    versions = [p._version for p in model.parameters()]
+    torch.optim.AdamW(model.parameters(), lr=0.05, fused=True).step()
+    model.zero_grad()
+    return versions
+
+
+@pytest.mark.parametrize("change", ["in place", "fused optimizer"])
+def test_changed_weights_drop_the_kept_caches(tiny_model, change):
+    # drift rl trains the generator's model between rounds: a cache of the old weights is stale,
+    # however the weights were changed (torch's fused AdamW does not bump the version counters)
     sampling = Sampling(temperature=1.0, max_new_tokens=8)
     conversations = [list(q) for q in QUESTIONS]
     reused = HFGenerator(tiny_model, batch_size=4, dtype="float32")
@@ -258,10 +272,14 @@ def test_changed_weights_drop_the_kept_caches(tiny_model):
     replies = reused.generate(conversations, 1, sampling, [1, 2, 3])
     assert replies == plain.generate(conversations, 1, sampling, [1, 2, 3])
     follow = [c + [{"role": "assistant", "content": str(r)}, INCORRECT] for c, (r,) in zip(conversations, replies)]
-    with torch.no_grad():
-        for gen in (reused, plain):
-            for p in gen.model.parameters():
-                p.mul_(1.5)
+    for gen in (reused, plain):
+        if change == "in place":
+            with torch.no_grad():
+                for p in gen.model.parameters():
+                    p.mul_(1.5)
+        else:
+            versions = _fused_adamw_step(gen.model)
+            assert [p._version for p in gen.model.parameters()] == versions  # what made the bug
     before = reused.tokens_prefilled
     assert reused.generate(follow, 1, sampling, [4, 5, 6]) == plain.generate(follow, 1, sampling, [4, 5, 6])
     assert reused.tokens_prefilled - before == sum(

@@ -47,7 +47,8 @@ BACKENDS: dict[str, str] = {
 """Backend name -> ``"module:Class"``: the only list of backends (``--backend`` reads its choices
 here). The class takes its options as keywords and builds itself from a command's config with
 ``from_config(cfg)``; one that can sample from a policy being trained (``drift rl``) also has
-``for_policy(model, tokenizer, cfg, device=, dtype=)``. Adding a backend: write the module, add a line."""
+``for_policy(model, tokenizer, cfg, device=, dtype=)`` and ``forget()`` (drop whatever it kept from
+the weights it sampled with, before they change). Adding a backend: write the module, add a line."""
 
 
 def _build(name: str, make: Callable[[Any], T]) -> T:

@@ -180,7 +180,7 @@ class HFGenerator:
         reuse_cache: bool = True,
         reuse_cache_bytes: int = 2 * 2**30,
     ):
-        from drift.backends.hf_cache import PrefixStore, cache_keyword, forward_keywords
+        from drift.backends.hf_cache import PrefixStore, cache_keyword, count_optimizer_steps, forward_keywords
         from drift.models import (
             default_device,
             keep_freed_memory,
@@ -212,6 +212,7 @@ class HFGenerator:
         self.model_generation_config = model_generation_config
         self.reuse_cache = reuse_cache
         self._store = PrefixStore(reuse_cache_bytes)
+        count_optimizer_steps()  # the store's fingerprint counts optimizer steps from here on
         self._cache_keyword = cache_keyword(self.model)
         self._last_logits_only = "logits_to_keep" in forward_keywords(self.model)
         self.tokens_generated = 0
@@ -224,6 +225,11 @@ class HFGenerator:
         if not self._autocast_on:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.split(":")[0], dtype=getattr(torch, self.dtype))
+
+    def forget(self) -> None:
+        """Drop the KV caches kept for the next call (drift rl: after sampling a round, before the
+        weights they were computed with change, so that they hold no memory through training)."""
+        self._store.forget()
 
     def generate(self, conversations, n, sampling: Sampling, seeds=None):
         request_seeds = resolve_seeds(conversations, n, sampling, seeds)

@@ -29,8 +29,11 @@ bytes`` per token (46 KB for SmolLM2-135M in float32). Entries are kept row by r
 ``max_bytes`` (rows that do not fit are not kept); when a call returns, its entries replace the
 previous call's (episodes that ended free theirs), so at most ``2 * max_bytes`` is held during a
 call. Entries are valid for the weights they were computed with only: a fingerprint of the
-parameters (identity and in-place version counter, which optimizer steps bump) must match, else
-the store is emptied (drift rl trains the generator's model between rounds). Only caches of plain
+parameters (identity and in-place version counter) and of the optimizer steps taken in this
+process must match, else the store is emptied (drift rl trains the generator's model between
+rounds). The step count matters: torch's fused AdamW, drift's optimizer on a CPU, changes the
+weights without bumping their version counters, and once it let drift rl sample every round on
+the first round's keys and values of the prompts' shared start (their system prompt). Only caches of plain
 full-attention ``DynamicLayer``s are kept (sliding windows, linear attention, quantised or
 offloaded caches are not: reuse is then off, sharing still works).
 
@@ -148,9 +151,27 @@ def common_prefix(a: tuple, b: tuple) -> int:
     return lo
 
 
+_optimizer_steps = [0]  # optimizer steps taken in this process (any optimizer), once counted
+
+
+def count_optimizer_steps() -> None:
+    """Count every optimizer step of this process from now on (a global post-step hook of
+    torch.optim, registered once)."""
+    if not getattr(count_optimizer_steps, "registered", False):
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+
+        def counted(optimizer, args, kwargs) -> None:
+            _optimizer_steps[0] += 1
+
+        register_optimizer_step_post_hook(counted)
+        count_optimizer_steps.registered = True  # type: ignore[attr-defined]
+
+
 def weights_fingerprint(model) -> tuple:
-    """Each parameter's identity and in-place version counter: changes when the weights do."""
-    return tuple((id(p), p._version) for p in model.parameters())
+    """Changes when the weights do: the optimizer steps taken in this process (fused optimizers
+    change weights without bumping version counters), each parameter's identity and in-place
+    version counter (any other in-place change)."""
+    return (_optimizer_steps[0], *((id(p), p._version) for p in model.parameters()))
 
 
 def base_model(model):
@@ -227,6 +248,10 @@ class PrefixStore:
             kv = [(layer.keys[b].index_select(1, cols), layer.values[b].index_select(1, cols)) for layer in layers]
             self.pending.append((ids, kv))
             self.pending_bytes += len(ids) * per_token
+
+    def forget(self) -> None:
+        """Drop every kept entry."""
+        self.entries, self.pending, self.pending_bytes, self.fingerprint = [], [], 0, None
 
     def commit(self) -> None:
         """The entries kept during this call replace the previous call's."""
