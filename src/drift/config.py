@@ -139,8 +139,9 @@ class GenerationOptions(Checked):
     batch_size: int = option(64, "sequences decoded together for --backend hf", at_least=1)
     model_generation_config: bool = option(
         False,
-        "--backend hf: also apply the model's own generation_config (repetition penalty, no-repeat "
-        "n-grams, ...) through transformers' generate (slower: a batch's rows run until its last one ends); "
+        "--backend hf: also apply the logits processors of the model's own generation_config (repetition "
+        "penalty, no-repeat n-grams, ...; not its top-k / min-p / typical-p: drift samples at --temperature / "
+        "--top-p) through transformers' generate (slower: a batch's rows run until its last one ends); "
         "off: samples come from the model's distribution at --temperature / --top-p only",
     )
     tensor_parallel_size: int = option(1, "GPUs one model is split across, for --backend vllm", at_least=1)

@@ -16,8 +16,10 @@
   token included, ride along in :class:`~drift.backends.base.Reply`. The model's own
   ``generation_config`` (repetition penalty, top-k, no-repeat n-grams, ...) is not applied, so
   samples come from the model's distribution at the stated temperature / top-p
-  (``model_generation_config=True`` applies the model's own too, through transformers'
-  ``generate``, whose rows all run until the batch's last one ends).
+  (``model_generation_config=True`` applies the logits processors of the model's own too, through
+  transformers' ``generate``, whose rows all run until the batch's last one ends: repetition
+  penalty, no-repeat n-grams, bad words; not its top-k, min-p or typical-p, which transformers
+  applies only when it samples itself, and drift samples at the stated temperature / top-p).
 - Generation stops at every end token the model declares: the tokenizer's EOS and each id of
   ``generation_config.eos_token_id`` (a list for Llama 3, Gemma, Phi-3: their end-of-turn tokens).
 - ``n`` samples of one conversation are ``n`` rows, and so are the K trajectories of a prompt at
