@@ -26,6 +26,30 @@ def test_auto_dtype_on_gpus_asks_the_gpu(monkeypatch):
     assert resolve_dtype("auto", "cuda:0") == "bfloat16"
 
 
+def test_auto_dtype_on_gpus_that_only_emulate_bf16_is_float32(monkeypatch):
+    """torch's is_bf16_supported() says True on a T4 or V100, which emulate bf16 slowly."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    assert resolve_dtype("auto", "cuda") == "float32"
+
+
+def test_two_builds_of_one_model_never_share_a_folder(tmp_path, monkeypatch):
+    """Processes of two containers sharing a cache can have the same pid: a build must not delete
+    or reuse another's half-written folder."""
+    from drift.models import _build_once
+
+    folder = tmp_path / "cache" / "m"
+    others = folder.with_name(f"m.tmp-{__import__('os').getpid()}")  # the other process's build
+    others.mkdir(parents=True)
+    (others / "half.bin").write_bytes(b"x")
+
+    def build(tmp):
+        assert not (tmp / "half.bin").exists()
+        (tmp / "config.json").write_text("{}")
+
+    assert _build_once(folder, build) == folder and (folder / "config.json").exists()
+    assert (others / "half.bin").exists() and not (folder / "half.bin").exists()
+
+
 def test_this_machines_answer_is_torchs():
     units = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     assert resolve_dtype("auto", "cpu") == ("bfloat16" if units else "float32")

@@ -26,6 +26,7 @@ import hashlib
 import importlib.util
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from drift import DriftError
@@ -70,7 +71,7 @@ def _merge_adapter(adapter: Path, folder: Path) -> None:
     base_name = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
     if not base_name:
         raise DriftError(f"{adapter}/adapter_config.json names no base_model_name_or_path")
-    base = resolve_model(base_name)
+    base = resolve_model(base_name, folder.parent)  # the cache the merged model goes to
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     model.save_pretrained(folder)
@@ -86,9 +87,9 @@ def _build_once(folder: Path, build) -> Path:
     """Run ``build(tmp)`` and rename ``tmp`` to ``folder``; concurrent or killed builds never leave half a model."""
     if (folder / "config.json").exists():
         return folder
-    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    # a folder of its own (two containers sharing a cache may run builds with the same pid)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{folder.name}.tmp-", dir=folder.parent))
     try:
         build(tmp)
         try:
@@ -216,7 +217,8 @@ def resolve_dtype(dtype: str, device: str | None = None) -> str:
 
     device = (device or default_device()).split(":")[0]
     if device == "cuda":
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+        # not emulated bf16 (T4, V100: torch's default answer counts emulation, many times slower)
+        return "bfloat16" if torch.cuda.is_bf16_supported(including_emulation=False) else "float32"
     if device == "cpu":
         return "bfloat16" if cpu_has_bf16_units() else "float32"
     return "float32"

@@ -78,6 +78,19 @@ def test_rows_draw_by_inverse_transform_from_their_own_cpu_generator():
     assert _RowSampler(gens, 1.0, top_p=0.5)(None, scores.clone()).argmax(-1).tolist()[1] == 0
 
 
+def test_unseeded_rows_leave_torchs_global_generator_alone():
+    """Rows without a seed draw fresh ones without reseeding torch's global generator, which a
+    caller (a trainer) may rely on."""
+    from drift.backends.hf import _RowSampler
+
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    a = _RowSampler.for_rows([(0, 0), (0, 1)], [None], Sampling(temperature=1.0))
+    b = _RowSampler.for_rows([(0, 0)], [None], Sampling(temperature=1.0))
+    assert torch.equal(torch.get_rng_state(), state)
+    assert a.generators[0].initial_seed() != b.generators[0].initial_seed()  # fresh each call
+
+
 def test_sampled_frequencies_follow_the_distribution():
     from drift.backends.hf import _RowSampler
 

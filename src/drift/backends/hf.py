@@ -72,7 +72,7 @@ class _RowSampler:
         generators = []
         for i, j in rows:
             g = torch.Generator()
-            seed = seeds[i] if seeds[i] is not None else torch.seed()
+            seed = seeds[i] if seeds[i] is not None else torch.Generator().seed()  # not the global one
             g.manual_seed((seed * 1_000_003 + j) % 2**63)
             generators.append(g)
         return cls(generators, sampling.temperature, sampling.top_p)
