@@ -440,3 +440,48 @@ def test_a_round_with_nothing_to_learn_still_advances_the_schedule(tmp_path, tin
     (checkpoint,) = (tmp_path / "rl" / "checkpoints").iterdir()
     scheduler = torch.load(checkpoint / "scheduler.bin", weights_only=False)
     assert scheduler["last_epoch"] == 2 * 2 * 3  # two rounds of 2 passes over 3 minibatches
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "drift"])
+def test_each_round_samples_the_current_policy_and_is_kept(tmp_path, tiny_model, even_length_is_right, algorithm):
+    """rounds/round-N.jsonl holds what round N sampled, with its return and coefficient; round 2's
+    episodes are those a fresh generator draws from the policy after round 1 (saved as a snapshot),
+    with the round's seeds, token for token in float32: the sampler reads nothing computed with
+    older weights (a fused AdamW step once left the kept KV caches of round 1 in use)."""
+    from drift.backends.base import Sampling
+    from drift.backends.hf import HFGenerator
+    from drift.cli import main
+    from drift.config import RLConfig
+    from drift.options import resolve
+    from drift.records import read_records
+    from drift.rl import _round_prompts
+    from drift.rollout import env_factory, run_episodes
+    from drift.tasks import load_problems
+
+    flags = dict(model=tiny_model, algorithm=algorithm, steps=2, prompts_per_step=2, group_size=3, max_new_tokens=4,
+                 max_turns=2, task_options={"digits": 1}, num_prompts=8, answer_mode="lenient", verifier="even",
+                 dtype="float32", lr=5e-2, snapshot_steps=[1], out=str(tmp_path / "rl"))  # fmt: skip
+    argv = ["rl", *(x for k, v in flags.items() for x in (f"--{k.replace('_', '-')}", _flag(v)))]
+    assert main(argv) == 0
+    rounds = [read_records(tmp_path / "rl" / "rounds" / f"round-{r:05d}.jsonl") for r in (1, 2)]
+    assert [len(r) for r in rounds] == [6, 6]
+    coefficient = "weight" if algorithm == "drift" else "advantage"
+    assert all("return" in rec and coefficient in rec for rec in rounds[0] + rounds[1])
+    cfg = resolve(RLConfig, **flags)
+    prompts = load_problems("arithmetic", split="train", limit=8, seed=0, digits=1)
+    make_env, _ = env_factory(cfg)
+    fresh = HFGenerator(str(tmp_path / "rl" / "snapshots" / "round-00001"), dtype="float32", batch_size=64)
+    sampling = Sampling(temperature=1.0, max_new_tokens=4)
+    seed = cfg.seed * 1_000_003 + 1  # round 2's (drift.rl._sample_round)
+    again = run_episodes(
+        _round_prompts(prompts, 1, cfg), make_env, fresh, n=3, max_turns=2, sampling=sampling, seed=seed
+    )
+    assert [r["messages"] for r in again] == [r["messages"] for r in rounds[1]]
+
+
+def _flag(value) -> str:
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in value.items())
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return str(value)

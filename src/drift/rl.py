@@ -46,7 +46,8 @@ forwarded through the reference model (KL), trained (and of those, ``forwarded_t
 actually run, fewer where a round's samples share prefixes, drift.packing; the FLOP estimate counts
 them all), wall seconds generating and training, and the FLOP estimate of drift.compute.
 ``max_flops`` stops a run on that estimate; ``snapshot_steps`` saves the policy along the way, so a
-run is a curve of accuracy against compute, not a point.
+run is a curve of accuracy against compute, not a point. Each round's trajectories are kept in
+``rounds/round-N.jsonl`` with their return and coefficient (``write_round``).
 
 The update is drift.trainer's optimizer step, the one ``drift train`` takes: the same
 accumulation, mixed precision, devices and checkpoints. Under several processes (DDP through
@@ -153,6 +154,22 @@ def _sample_round(
     return [r for _, recs, _ in pieces for r in recs], (generated, prefilled)
 
 
+def write_round(path: Path, records: list[dict], returns: list[float], coef: list, algorithm: str) -> None:
+    """What a round sampled, as drift weight writes it (``return``, and the coefficient it trained
+    with: ``weight`` for iterated DRIFT, 0 where dropped; ``advantage`` for grpo, null where dropped),
+    for ``drift view`` and the like."""
+    from drift.records import write_records
+
+    name = "weight" if algorithm == "drift" else "advantage"
+    write_records(
+        path,
+        (
+            {**rec, "return": r, name: (c or 0.0) if name == "weight" else c}
+            for rec, r, c in zip(records, returns, coef)
+        ),
+    )
+
+
 def run_rl(cfg) -> dict:
     """``drift rl``: online rounds of sample -> score -> step; returns the summary with compute."""
     if cfg.algorithm == "trl-grpo":  # TRL's own trainer, not this loop (drift.trl_grpo)
@@ -251,7 +268,6 @@ def run_rl(cfg) -> dict:
         records, tokens = _sample_round(
             trainer, _round_prompts(prompts, step, cfg), make_env, generator, sampling, cfg, step
         )
-        generator.forget()  # its kept caches hold the weights the updates are about to change
         compute["generation_seconds"] += time.perf_counter() - t0
         compute["generated_tokens"] += tokens[0]
         compute["prefilled_tokens"] += tokens[1]
@@ -316,6 +332,7 @@ def run_rl(cfg) -> dict:
         if trainer.is_main:
             with open(out / "rl_log.jsonl", "a") as f:
                 f.write(json.dumps(entry) + "\n")
+            write_round(out / "rounds" / f"round-{step:05d}.jsonl", records, returns, coef, cfg.algorithm)
         bar.update(1)
         bar.set_postfix(R=f"{entry['mean_return']:.3f}", solved=f"{entry['solved']:.2f}")
         if step in cfg.snapshot_steps:  # (none of a later round exists: see the resume above)
