@@ -8,6 +8,7 @@ import shutil
 
 import pytest
 
+import drift
 from drift.cli import main
 
 TINY_STUDY = """
@@ -89,6 +90,10 @@ def test_a_tiny_study_end_to_end(tmp_path, study_file, monkeypatch, capsys):
             report["study"][k] for k in ("method", "seed", "round")
         )
         assert report["n"] == 4 and report["config"]["split"] == "test"
+        # which code made the run and its evaluation (the commit, in a git checkout such as this one)
+        for key in ("code", "eval_code"):
+            code = report["study"][key]
+            assert code["version"] == drift.__version__ and len(code.get("commit", "x" * 40)) == 40, key
         # a run's end is marked in its report: the last point of its seed, and only that one
         run = [r for r in rows if (r["method"], r["seed"]) == (row["method"], row["seed"])]
         last = max(run, key=lambda r: r["flops"])

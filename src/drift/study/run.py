@@ -22,6 +22,7 @@ them; and ``work/`` (rollouts, run folders, evaluation records: large, not for g
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -59,6 +60,7 @@ class Study:
         self._reference: str | None = None
         self._parameters: int | None = None
         self.tuning: dict = json.loads((out / "tuning.json").read_text()) if (out / "tuning.json").exists() else {}
+        self.code = code_version()
 
     # -- shared pieces ---------------------------------------------------------------------
 
@@ -129,7 +131,9 @@ class Study:
             return [Point(**p) for p in json.loads(done.read_text())]
         log(f"{method.name}: seed {seed}, lr {lr}")
         folder.mkdir(parents=True, exist_ok=True)
-        points = KINDS[method.kind].run(self, method, seed, lr, folder)
+        points = [
+            dataclasses.replace(p, code=self.code) for p in KINDS[method.kind].run(self, method, seed, lr, folder)
+        ]
         write_json(done, [p.__dict__ for p in points])
         return points
 
@@ -276,10 +280,36 @@ class Study:
                     "final": point is points[-1],  # the run's end (a run still going has none yet)
                     "compute": point.compute,
                     "parameters": self.parameters(),
+                    "code": point.code,  # the run's
+                    "eval_code": self.code,
                 }
                 write_json(path, report)
             paths.append(path)
         return paths
+
+
+def code_version() -> dict:
+    """The drift code this process runs: ``version`` and, in a git checkout, the ``commit`` checked
+    out when the study started and whether ``src/`` had uncommitted changes (``dirty``). A process
+    imports some modules only when it first needs them, so a study should run from a checkout that
+    nobody edits meanwhile (a ``git worktree`` of its own)."""
+    import subprocess
+
+    import drift
+
+    code: dict = {"version": drift.__version__}
+    root = Path(drift.__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=30, check=False
+        )
+        if head.returncode == 0:
+            status = ["git", "-C", str(root), "status", "--porcelain", "--", "src"]
+            changed = subprocess.run(status, capture_output=True, text=True, timeout=30, check=False).stdout.strip()
+            code.update(commit=head.stdout.strip(), dirty=bool(changed))
+    except (OSError, subprocess.SubprocessError):  # no git: the version is all there is
+        pass
+    return code
 
 
 def check_same_study(saved: Path, spec: StudySpec) -> None:
