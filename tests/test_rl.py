@@ -479,6 +479,35 @@ def test_each_round_samples_the_current_policy_and_is_kept(tmp_path, tiny_model,
     assert [r["messages"] for r in again] == [r["messages"] for r in rounds[1]]
 
 
+def test_the_generator_holds_no_caches_through_training(tmp_path, tiny_model, monkeypatch):
+    """After sampling a round, drift rl drops the KV caches the generator kept (computed with
+    weights the updates are about to change; up to reuse_cache_bytes of memory)."""
+    from drift.backends.hf import HFGenerator
+    from drift.cli import main
+    from drift.trainer import Trainer
+
+    held = []
+    step = Trainer.step
+
+    def spy(self, *args, **kwargs):
+        held.append(sum(len(ids) for ids, _ in HFGenerator.last._store.entries))
+        return step(self, *args, **kwargs)
+
+    real_init = HFGenerator.__init__
+
+    def remember(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        HFGenerator.last = self
+
+    monkeypatch.setattr(HFGenerator, "__init__", remember)
+    monkeypatch.setattr(Trainer, "step", spy)
+    flags = ["rl", "--model", tiny_model, "--steps", "2", "--prompts-per-step", "2", "--group-size", "2",
+             "--max-new-tokens", "4", "--max-turns", "2", "--task-options", "digits=1", "--num-prompts", "4",
+             "--dtype", "float32", "--skip-weight-share", "none", "--out", str(tmp_path / "rl")]  # fmt: skip
+    assert main(flags) == 0
+    assert held and held == [0] * len(held)
+
+
 def _flag(value) -> str:
     if isinstance(value, dict):
         return ",".join(f"{k}={v}" for k, v in value.items())

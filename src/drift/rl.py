@@ -268,6 +268,7 @@ def run_rl(cfg) -> dict:
         records, tokens = _sample_round(
             trainer, _round_prompts(prompts, step, cfg), make_env, generator, sampling, cfg, step
         )
+        generator.forget()  # its kept caches hold the weights the updates are about to change
         compute["generation_seconds"] += time.perf_counter() - t0
         compute["generated_tokens"] += tokens[0]
         compute["prefilled_tokens"] += tokens[1]

@@ -292,7 +292,8 @@ def code_version() -> dict:
     """The drift code this process runs: ``version`` and, in a git checkout, the ``commit`` checked
     out when the study started and whether ``src/`` had uncommitted changes (``dirty``). A process
     imports some modules only when it first needs them, so a study should run from a checkout that
-    nobody edits meanwhile (a ``git worktree`` of its own)."""
+    nobody edits meanwhile (a ``git worktree`` of its own). A run resumed from a checkpoint is
+    labelled with the code of the process that finished it."""
     import subprocess
 
     import drift
