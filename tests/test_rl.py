@@ -419,6 +419,22 @@ def test_rounds_take_prompts_pass_by_pass(n, per):
     assert stream[:n] != list(range(n)) and _round_prompts(list(range(n)), 4, cfg) == stream[4 * per : 5 * per]
 
 
+@pytest.mark.parametrize("n, per", [(10, 8), (7, 3), (9, 9), (5, 4)])
+def test_a_round_never_holds_a_prompt_twice(n, per):
+    """A round that straddles two passes took the end of one and the start of the next, which could
+    hold the same prompt: two groups with one prompt_id and the same seeds (identical trajectories),
+    merged into one group of 2G by the advantages."""
+    from types import SimpleNamespace
+
+    from drift.rl import _round_prompts
+
+    for seed in range(30):
+        cfg = SimpleNamespace(prompts_per_step=per, seed=seed)
+        for step in range(4 * n):
+            chosen = _round_prompts(list(range(n)), step, cfg)
+            assert len(set(chosen)) == per, (seed, step, chosen)
+
+
 def test_a_round_with_nothing_to_learn_still_advances_the_schedule(tmp_path, tiny_model, monkeypatch):
     """The learning-rate schedule is laid out for epochs x minibatches updates a round. A round that
     takes fewer (its every group dropped by the weighting, or fewer examples than minibatches)

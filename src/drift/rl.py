@@ -107,18 +107,31 @@ def round_coefficients(records: list[dict], cfg) -> tuple[list[float], list[floa
     return compute_weights(records, params)
 
 
+def _pass_orders(n: int, per: int, seed: int, passes: int) -> list[list[int]]:
+    """The order of each of the first ``passes`` passes over ``n`` prompts: its own shuffle (a
+    function of the seed and the pass), except that where a round of ``per`` straddles two passes,
+    the new pass starts with prompts the old one's part of that round does not hold."""
+    orders: list[list[int]] = []
+    for epoch in range(passes):
+        order = list(range(n))
+        random.Random(seed * 7919 + epoch).shuffle(order)
+        tail = (epoch * n) % per  # slots of the previous pass in the round this pass starts in
+        if epoch and tail:
+            held = set(orders[-1][n - tail :])
+            head = [p for p in order if p not in held][: per - tail]
+            order = head + [p for p in order if p not in head]
+        orders.append(order)
+    return orders
+
+
 def _round_prompts(prompts: list, step: int, cfg) -> list:
     """The B prompts of round ``step``: slots ``step * B .. step * B + B - 1`` of a stream of passes
-    over the prompts, each pass its own shuffle (a function of the seed and the pass), so that every
-    prompt comes once a pass even where a round straddles two."""
-    n, out, orders = len(prompts), [], {}
-    for slot in range(step * cfg.prompts_per_step, (step + 1) * cfg.prompts_per_step):
-        epoch, at = divmod(slot, n)
-        if epoch not in orders:
-            orders[epoch] = list(range(n))
-            random.Random(cfg.seed * 7919 + epoch).shuffle(orders[epoch])
-        out.append(prompts[orders[epoch][at]])
-    return out
+    over the prompts (:func:`_pass_orders`), so that every prompt comes once a pass, and once a
+    round, also where a round straddles two passes."""
+    n, per = len(prompts), cfg.prompts_per_step
+    slots = range(step * per, (step + 1) * per)
+    orders = _pass_orders(n, per, cfg.seed, slots[-1] // n + 1)
+    return [prompts[orders[slot // n][slot % n]] for slot in slots]
 
 
 def _sample_round(

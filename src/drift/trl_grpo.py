@@ -45,7 +45,8 @@ Left as TRL does it (the baseline is TRL's trainer, not drift's loop):
 7. TRL divides the logits by the temperature in every log-prob it takes (current, old,
    reference); drift rl's loss uses the model's logits as they are. The same at temperature 1.
 8. Each pass over the prompts drops the last ``num_prompts mod prompts_per_step`` of TRL's
-   shuffled order (drift rl wraps around); fewer prompts than ``prompts_per_step`` is refused.
+   shuffled order (drift rl carries them into the next round, which holds no prompt twice); fewer
+   prompts than ``prompts_per_step`` is refused.
 
 Multi-turn is refused (``max_turns`` must be 1). TRL 1.16 has two multi-turn mechanisms, and
 neither runs drift's correction environment (a wrong answer is followed by the user message
