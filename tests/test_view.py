@@ -219,6 +219,10 @@ def test_drift_view_on_a_rollout_file_and_an_eval_folder(tmp_path, capsys):
     assert [s["name"] for s in payload["sets"]] == ["rollouts"] and len(payload["sets"][0]["trajs"]) == 6
     assert [r[0] for r in table_rows(page)[1:]] == ["ev"]
     assert "http://" not in page.replace("http://www.w3.org", "") and "https://" not in page  # nothing to fetch
+    # options may come between the inputs, as with any command line
+    mixed = tmp_path / "mixed.html"
+    assert main(["view", str(tmp_path / "rollouts.jsonl"), "--out", str(mixed), str(tmp_path / "ev")]) == 0
+    assert decode_payload(mixed.read_text(encoding="utf-8"))["sets"] == payload["sets"]
     assert main(["view", str(tmp_path / "missing"), "--out", str(out)]) == 2
     (tmp_path / "empty").mkdir()
     assert main(["view", str(tmp_path / "empty"), "--out", str(out)]) == 2

@@ -44,10 +44,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"drift {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
     for name, (cls, _, summary) in COMMANDS.items():
-        doc = (cls.__doc__ or "").strip()
-        p = sub.add_parser(name, help=summary, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-        add_arguments(p, cls)
+        add_arguments(sub.add_parser(name, help=summary, **_command_parser_options(cls)), cls)
     return parser
+
+
+def _command_parser_options(cls) -> dict:
+    return {"description": (cls.__doc__ or "").strip(), "formatter_class": argparse.RawDescriptionHelpFormatter}
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The command and its options. A command's own parser reads its line, so that options may
+    come between positional arguments (``drift view a.jsonl -o page.html runs/eval``), which
+    argparse's sub-parsers do not allow."""
+    if argv and argv[0] in COMMANDS:
+        cls = COMMANDS[argv[0]][0]
+        parser = argparse.ArgumentParser(prog=f"drift {argv[0]}", **_command_parser_options(cls))
+        add_arguments(parser, cls)
+        args = parser.parse_intermixed_args(argv[1:])
+        args.command = argv[0]
+        return args
+    return build_parser().parse_args(argv)  # --help, --version, or an unknown command
 
 
 def _terminate(signum, frame):
@@ -55,8 +71,7 @@ def _terminate(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(sys.argv[1:] if argv is None else list(argv))
     cls, target, _ = COMMANDS[args.command]
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
