@@ -163,30 +163,28 @@ def test_exhausted_retries_name_the_url_and_the_last_error(stub):
     gen.close()
 
 
-def test_a_hanging_server_times_out_then_fails(stub):
-    stub.hang = True
-    gen = OpenAIGenerator(stub.base_url, "tiny", max_retries=1, backoff=0.01, timeout=0.3)
-    start = time.monotonic()
-    with pytest.raises(DriftError, match="ReadTimeout"):
-        gen.generate([user("a")], n=1, sampling=Sampling())
-    assert time.monotonic() - start < 3
-    assert len(stub.payloads) == 2
-    gen.close()
+def _direct(base_url):
+    return OpenAIGenerator(base_url, "tiny", max_retries=1, backoff=0.01, timeout=0.3), 2, 3
 
 
-def test_the_config_sets_the_timeout_and_the_retries(stub):
-    """--request-timeout and --max-retries reach the client: a reply that takes longer than the
-    timeout is retried max_retries times, then fails."""
+def _from_config(base_url):
+    """--request-timeout and --max-retries reach the client from a command's config."""
     from drift.config import RolloutConfig
 
+    cfg = RolloutConfig(backend="openai", base_url=base_url, model="tiny", request_timeout=0.3, max_retries=2)
+    return OpenAIGenerator.from_config(cfg), 3, 8  # the default backoff: 1 s, then 2 s
+
+
+@pytest.mark.parametrize("build", [_direct, _from_config])
+def test_a_hanging_server_times_out_then_fails(stub, build):
+    """A reply that takes longer than the timeout is retried max_retries times, then fails."""
     stub.hang = True
-    cfg = RolloutConfig(backend="openai", base_url=stub.base_url, model="tiny", request_timeout=0.3, max_retries=2)
-    gen = OpenAIGenerator.from_config(cfg)
+    gen, attempts, seconds = build(stub.base_url)
     start = time.monotonic()
     with pytest.raises(DriftError, match="ReadTimeout"):
         gen.generate([user("a")], n=1, sampling=Sampling())
-    assert time.monotonic() - start < 8
-    assert len(stub.payloads) == 3
+    assert time.monotonic() - start < seconds
+    assert len(stub.payloads) == attempts
     gen.close()
 
 
