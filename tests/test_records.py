@@ -268,7 +268,16 @@ def test_fast_path_agrees_with_validation_on_near_misses(name, rec):
         assert core is None
 
 
-@pytest.mark.parametrize("field, value", [("weight", -2.0), ("weight", float("nan")), ("finish_reasons", "stop")])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("weight", -2.0),
+        ("weight", float("nan")),
+        ("finish_reasons", "stop"),
+        ("answer_turns", [9]),
+        ("answer_turns", "1"),
+    ],
+)
 def test_reference_records_are_checked_like_ours(tmp_path, field, value):
     """A bad field carried through from the reference layout (a negative or NaN weight) once reached
     training unchecked; in drift's layout the same record is refused with file, line and field."""
@@ -279,3 +288,41 @@ def test_reference_records_are_checked_like_ours(tmp_path, field, value):
     path.write_text("\n".join([lines[0], json.dumps(bad), *lines[2:]]) + "\n")
     with pytest.raises(RecordError, match=rf"{path}:2: .*{field}"):
         read_records(path)
+
+
+def test_to_reference_accepts_a_null_max_turns():
+    rec = good(max_turns=None)
+    validate_record(rec)
+    ref = to_reference(rec, format_penalty=0.1)
+    assert ref["verifier"] == {"t1": 0, "t2": 1} and ref["turn_rewards"] == {"t1": 0.0, "t2": 1.0}
+
+
+@pytest.mark.parametrize(
+    "replies, answers",
+    [
+        # a tag whose answer normalises to nothing is a format error, though a tag is there
+        (["<answer>.</answer>", "<answer>70</answer>", "<answer>80</answer>"], [None, "70", "80"]),
+        # lenient parsing found an answer outside any tag
+        (["<answer>70</answer>", "it is 80"], ["70", "80"]),
+    ],
+)
+def test_drift_to_reference_and_back_keeps_which_turns_had_an_answer(replies, answers):
+    messages = [{"role": "user", "content": "q"}]
+    for i, reply in enumerate(replies):
+        if i:
+            messages.append({"role": "user", "content": "Incorrect. Please think again."})
+        messages.append({"role": "assistant", "content": reply})
+    correct = [False] * (len(replies) - 1) + [True]
+    rec = good(
+        messages=messages,
+        answers=answers,
+        correct=correct,
+        rewards=[float(c) for c in correct],
+        format_errors=answers.count(None),
+        first_correct_turn=len(replies),
+        max_turns=5,
+        gold="80",
+    )
+    validate_record(rec)
+    back = from_reference(to_reference(rec, format_penalty=0.1), traj_id=0)
+    assert back == rec

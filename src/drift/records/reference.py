@@ -5,6 +5,13 @@ The reference code writes ``turn_rewards: {"t1": 0.0, ...}``, ``verifier: {"t1":
 ``format_penalty`` (the negative penalty already applied). :func:`from_reference` turns such a
 record into schema 1 (drift.records.schema); :func:`to_reference` writes one back. Readers detect
 the layout per file (drift.records.jsonl).
+
+Both ways are exact for what each layout holds, with one addition to the reference layout: where
+the replies alone do not say which turns had a parsable answer (an answer that normalises to
+nothing, or one found by lenient parsing outside a tag), :func:`to_reference` writes
+``answer_turns`` (the 1-based turns whose answer is in ``answer_norms``), which the reference code
+ignores and :func:`from_reference` reads. ``traj_id`` is not kept: a reader numbers each prompt's
+trajectories in file order, which is what drift writes.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from drift.records.schema import (
 )
 
 FORMATS = ("drift", "reference")
-_REFERENCE_KEYS = ("turn_rewards", "verifier", "t_star", "answer_norms", "format_penalty")
+_REFERENCE_KEYS = ("turn_rewards", "verifier", "t_star", "answer_norms", "format_penalty", "answer_turns")
 
 
 def detect_format(rec) -> str:
@@ -56,17 +63,12 @@ def _check_reference(rec: dict) -> int:
 def from_reference(rec: dict, traj_id: int) -> dict:
     """Convert one reference-format record to schema 1 (``traj_id`` is its index in its group).
 
-    ``answer_norms`` holds only the parsable answers; they are put back on the turns whose
-    reply has an ``<answer>`` tag. Where the reference parser disagreed with ours they fill the
-    first turns in order: the return only depends on how many answers there are and which are
-    distinct, so the weights are the same either way.
+    ``answer_norms`` holds only the parsable answers; they are put back on the turns
+    :func:`_parsed_turns` names.
     """
     turns = _check_reference(rec)
     norms = rec["answer_norms"]
-    replies = [m["content"] for m in rec["messages"] if m["role"] == "assistant"]
-    parsed = [extract_answer(r) is not None for r in replies]
-    if sum(parsed) != len(norms):
-        parsed = [t < len(norms) for t in range(turns)]
+    parsed = _parsed_turns(rec, len(norms), turns)
     it = iter(norms)
     answers = [next(it) if ok else None for ok in parsed]
     correct = [bool(rec["verifier"][f"t{t}"]) for t in range(1, turns + 1)]
@@ -75,6 +77,8 @@ def from_reference(rec: dict, traj_id: int) -> dict:
         raise FieldError(f"field 't_star' is {rec.get('t_star')!r} but 'verifier' first passes at turn {first}")
     out = {"schema": SCHEMA_VERSION, "prompt_id": rec["prompt_id"], "traj_id": traj_id}
     extra = {k: v for k, v in rec.items() if k not in _REFERENCE_KEYS and k not in out}
+    if extra.get("reward_details") == {}:
+        del extra["reward_details"]  # the reference layout's empty default; to_reference writes it back
     if "gold" in extra and isinstance(extra["gold"], (int, float)):
         extra["gold"] = str(extra["gold"])
     out.update(extra)
@@ -102,7 +106,7 @@ def to_reference(rec: dict, format_penalty: float) -> dict:
     ({'t1': 1, 't2': 0}, {'t1': 1.0, 't2': 0.0}, 1)
     """
     turns = len(rec["correct"])
-    horizon = max(rec.get("max_turns", turns), turns)
+    horizon = max(rec.get("max_turns") or turns, turns)
     out = {"prompt_id": rec["prompt_id"]}
     skip = {"schema", "traj_id", "answers", "correct", "rewards", "format_errors", "first_correct_turn", "max_turns"}
     out.update({k: v for k, v in rec.items() if k not in skip and k not in out})
@@ -112,4 +116,29 @@ def to_reference(rec: dict, format_penalty: float) -> dict:
     out["t_star"] = rec["first_correct_turn"]
     out["answer_norms"] = [a for a in rec["answers"] if a is not None]
     out["format_penalty"] = round(-format_penalty * rec["format_errors"], 10)
+    parsed = [a is not None for a in rec["answers"]]
+    if _parsed_turns(out, len(out["answer_norms"]), turns) != parsed:
+        out["answer_turns"] = [t for t, ok in enumerate(parsed, 1) if ok]
     return out
+
+
+def _parsed_turns(rec: dict, answers: int, turns: int) -> list[bool]:
+    """Which of a reference record's turns had a parsable answer: ``answer_turns`` when written,
+    else the replies with an ``<answer>`` tag; where those are not ``answers`` many, the first
+    turns (the return only depends on how many answers there are and which are distinct, so the
+    weights are the same either way)."""
+    written = rec.get("answer_turns")
+    if written is not None:
+        if (
+            not isinstance(written, list)
+            or len(written) != answers
+            or not all(isinstance(t, int) and not isinstance(t, bool) and 1 <= t <= turns for t in written)
+            or written != sorted(set(written))
+        ):
+            raise FieldError(f"field 'answer_turns' must list {answers} distinct turns in 1..{turns}, in order")
+        return [t in written for t in range(1, turns + 1)]
+    replies = [m["content"] for m in rec["messages"] if m["role"] == "assistant"]
+    parsed = [extract_answer(r) is not None for r in replies]
+    if sum(parsed) != answers:
+        parsed = [t < answers for t in range(turns)]
+    return parsed
