@@ -144,3 +144,10 @@ def test_fuzz_never_raises(text):
 )
 def test_fuzz_tag_round_trip(prefix, answer):
     assert extract_answer(f"{prefix}<answer>{answer}</answer>") == answer.strip()
+
+
+def test_long_numbers_keep_every_digit():
+    """Decimal's default 28-digit context once rounded 29-digit answers together."""
+    a, b = "1" + "0" * 27 + "1", "1" + "0" * 27 + "2"
+    assert normalize_answer(a) == a and normalize_answer(b) == b
+    assert normalize_answer("1" * 100) == "1" * 100

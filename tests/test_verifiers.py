@@ -13,6 +13,7 @@ from drift.verifiers import (
     Verifier,
     VerifierStats,
     get_verifier,
+    number_key,
     parse_choice,
     parse_number,
     verify_math,
@@ -259,3 +260,10 @@ def test_math_worker_failures_count_as_errors(monkeypatch, kind):
     assert v("\\frac{1}{2}", "0.5") is False and v("\\sqrt{4}", "2") is False
     assert v.stats == VerifierStats(calls=2, timeouts=0, errors=2)
     worker.close()
+
+
+@pytest.mark.parametrize("verifier", ["exact", "math", "numeric"])
+def test_long_numbers_that_differ_in_the_last_digit_differ(verifier):
+    a, b = "1" + "0" * 27 + "1", "1" + "0" * 27 + "2"
+    assert not get_verifier(verifier)(a, b) and get_verifier(verifier)(a, a)
+    assert number_key(a) != number_key(b)

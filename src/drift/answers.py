@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal, InvalidOperation, localcontext
 
 MODES: dict[str, tuple[str, ...]] = {
     "strict": ("tag",),
@@ -147,6 +147,7 @@ def normalize_answer(answer: str) -> str:
             return s
         if number == 0:
             return "0"
-        text = format(number.normalize(), "f")
-        return text
+        with localcontext() as ctx:
+            ctx.prec = 101  # every digit of a 100-character number (the default context keeps 28)
+            return format(number.normalize(), "f")
     return s

@@ -214,8 +214,11 @@ def number_key(answer: str) -> str:
     parsed = parse_number(answer)
     if parsed is None or len(answer) > 100:
         return normalize_answer(answer)
-    text = format(parsed[0].normalize(), "f")
-    return "0" if parsed[0] == 0 else text
+    if parsed[0] == 0:
+        return "0"
+    with localcontext() as ctx:
+        ctx.prec = 101  # every digit of a 100-character number (the default context keeps 28)
+        return format(parsed[0].normalize(), "f")
 
 
 def choice_key(answer: str) -> str:
