@@ -94,6 +94,21 @@ def test_bad_beta_is_an_error(beta):
         weighting(beta=beta)
 
 
+@pytest.mark.parametrize("field", ["format_penalty", "lam"])
+@pytest.mark.parametrize("value", [-1.0, float("nan"), float("inf")])
+def test_negative_or_non_finite_penalties_are_refused(field, value):
+    """A negative format penalty ranked a trajectory with an unparsable turn above one solved at
+    turn 1 (weights 3.0 against 0.0004); the options check it, and so do the math's parameters."""
+    from dataclasses import replace
+
+    from drift.config import WeightingOptions
+
+    with pytest.raises(DriftError, match=field):
+        WeightingOptions(**{field: value}).check()
+    with pytest.raises(DriftError, match=field):
+        replace(weighting(), **{field: value})
+
+
 # -- invariants -------------------------------------------------------------------------------
 
 returns_lists = st.lists(st.floats(min_value=-50, max_value=50, allow_nan=False), min_size=1, max_size=32)

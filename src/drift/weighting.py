@@ -167,6 +167,10 @@ class WeightingParams:
             raise DriftError(f"beta must be a positive finite number, got {self.beta!r}")
         if not 0 <= self.gamma <= 1:
             raise DriftError(f"gamma must be in [0, 1], got {self.gamma!r}")
+        for name in ("lam", "format_penalty"):  # a negative penalty would reward what it penalises
+            value = getattr(self, name)
+            if not (value >= 0 and math.isfinite(value)):
+                raise DriftError(f"{name} must be a finite number >= 0, got {value!r}")
         if self.zero_variance not in ("keep", "drop"):
             raise DriftError(f"zero_variance must be 'keep' or 'drop', got {self.zero_variance!r}")
         if self.all_fail not in ("keep", "drop"):

@@ -40,7 +40,7 @@ class ReturnOptions(Checked):
 
     gamma: float = option(0.9, "discount per turn: solving at turn t earns gamma^(t-1)", at_least=0.0, at_most=1.0)
     lam: float = option(0.5, "repetition penalty lam * (1 - unique answers / answers)", at_least=0.0)
-    format_penalty: float = option(0.1, "subtracted from R for each turn with no parsable answer")
+    format_penalty: float = option(0.1, "subtracted from R for each turn with no parsable answer", at_least=0.0)
 
 
 @dataclass
@@ -58,7 +58,9 @@ class WeightingOptions(ReturnOptions):
         0.1, "temperature of exp(R/beta): small beta puts the mass on the best trajectories", above=0.0
     )
     zero_variance: Literal["keep", "drop"] = option(
-        "keep", "groups whose returns are all equal: keep them at weight 1, or drop them"
+        "keep",
+        "groups whose returns are all equal (a group of one trajectory among them): keep them at weight 1, "
+        "or drop them",
     )
     all_fail: Literal["keep", "drop"] = option(
         "keep", "groups where no trajectory succeeds: keep them (weights then favour fewer repeats), or drop them"
