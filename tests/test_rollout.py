@@ -282,3 +282,26 @@ def test_sigkill_of_a_real_rollout_then_resume(tmp_path, tiny_model):
         assert resumed["tokens_generated"] == whole["tokens_generated"] > 0
         # prefill: what the backend ran; a restart starts with an empty prefix cache, so never less
         assert resumed["tokens_prefilled"] >= whole["tokens_prefilled"]
+
+
+@pytest.mark.parametrize("drop", ["a conversation", "a reply"])
+def test_a_backend_that_answers_too_few_is_an_error(drop):
+    """A backend returning fewer reply lists than conversations (or an empty list) once ended the
+    unanswered episodes silently, as if they had stopped unsolved."""
+    from drift import DriftError
+    from drift.backends.base import Sampling
+    from drift.backends.scripted import ScriptedGenerator
+    from drift.config import RolloutConfig
+    from drift.options import resolve
+    from drift.rollout import env_factory, run_episodes
+    from drift.tasks import load_problems
+
+    class Short(ScriptedGenerator):
+        def generate(self, conversations, n, sampling, seeds=None):
+            replies = super().generate(conversations, n, sampling, seeds)
+            return replies[:-1] if drop == "a conversation" else [*replies[:-1], []]
+
+    make_env, _ = env_factory(resolve(RolloutConfig, task="arithmetic", max_turns=2))
+    problems = load_problems("arithmetic", split="train", limit=3, seed=0)
+    with pytest.raises(DriftError, match="Short returned"):
+        run_episodes(problems, make_env, Short(), n=2, max_turns=2, sampling=Sampling(max_new_tokens=8), seed=0)

@@ -85,8 +85,14 @@ def run_episodes(
         conversations = [env.messages for _, _, env in active]
         seeds = [trajectory_seed(seed, ex.prompt_id, k, turn) for ex, k, _ in active]
         replies = generator.generate(conversations, 1, sampling, seeds)
+        if len(replies) != len(conversations) or any(len(r) != 1 for r in replies):
+            raise DriftError(
+                f"{type(generator).__name__} returned {len(replies)} reply lists, "
+                f"{sum(len(r) != 1 for r in replies)} of them not holding 1 reply, for {len(conversations)} "
+                f"conversations at turn {turn}; a backend returns a list of n replies per conversation"
+            )
         still = []
-        for (ex, k, env), (reply,) in zip(active, replies):
+        for (ex, k, env), (reply,) in zip(active, replies, strict=True):
             if not env.step(reply, getattr(reply, "finish_reason", None), getattr(reply, "token_ids", None)).done:
                 still.append((ex, k, env))
         active = still
