@@ -230,7 +230,7 @@ def test_bad_input_fails_before_training(tmp_path, tiny_model, capsys, edit, mes
     path.write_text(json.dumps(rec) + "\n")
     out = tmp_path / "run"
     assert main(["train", str(path), "--out", str(out), "--model", tiny_model]) == 2
-    assert message in capsys.readouterr().err
+    assert f"{path}:1: " in (err := capsys.readouterr().err) and message in err  # file, line, field
     assert not (out / "model").exists()
 
 

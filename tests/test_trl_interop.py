@@ -224,6 +224,6 @@ def test_export_trl_needs_weights(tmp_path):
     src = tmp_path / "t.jsonl"
     write_records(src, [RECORDS[0], unweighted])
     (tmp_path / "trl.jsonl").write_text("keep\n")
-    with pytest.raises(DriftError, match=r"t\.jsonl: record 2 \(prompt_id 'b'.*no field 'weight'"):
+    with pytest.raises(DriftError, match=r"t\.jsonl:2: .*no field 'weight'; run drift weight first"):
         run_export_trl(ExportTRLConfig(input=str(src), out=str(tmp_path / "trl.jsonl")))
     assert (tmp_path / "trl.jsonl").read_text() == "keep\n"  # atomic: the old output is untouched

@@ -56,11 +56,9 @@ from drift.outputs import write_json
 def _load_examples(cfg, tokenizer):
     from drift.records import read_records
 
-    records = read_records(cfg.input)
+    records = read_records(cfg.input, weighted=True)
     examples = []
     for i, rec in enumerate(records):
-        if "weight" not in rec:
-            raise DriftError(f"{cfg.input}: record {i + 1} has no field 'weight'; run drift weight first")
         examples += build_examples(rec, tokenizer, index=i, target=cfg.target, max_length=cfg.max_length)
     return records, examples
 

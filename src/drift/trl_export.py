@@ -79,7 +79,7 @@ def run_export_trl(cfg: ExportTRLConfig) -> dict:
         raise DriftError("no input file given (drift export-trl weighted.jsonl --out trl.jsonl)")
     if not cfg.out:
         raise DriftError("no output given (--out OUT)")
-    records = read_records(cfg.input)
+    records = read_records(cfg.input, weighted=True)
     rows = [row for i, rec in enumerate(records) for row in to_trl_rows(rec, cfg.target, index=i, source=cfg.input)]
     with atomic_write(cfg.out) as f:
         for row in rows:

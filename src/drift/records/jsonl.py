@@ -154,15 +154,18 @@ def paused_gc():
             gc.enable()
 
 
-def read_records(path: str | os.PathLike, *, allow_empty: bool = False) -> list[dict]:
-    """Read and validate a whole file; reject duplicate ``(prompt_id, traj_id)`` and empty files."""
+def read_records(path: str | os.PathLike, *, allow_empty: bool = False, weighted: bool = False) -> list[dict]:
+    """Read and validate a whole file; reject duplicate ``(prompt_id, traj_id)`` and empty files,
+    and with ``weighted`` a record with no ``weight`` field (``null``, dropped, is a weight)."""
     with paused_gc():
-        return _read_records(path, allow_empty)
+        return _read_records(path, allow_empty, weighted)
 
 
-def _read_records(path, allow_empty: bool) -> list[dict]:
+def _read_records(path, allow_empty: bool, weighted: bool) -> list[dict]:
     records, line_nos = [], []
     for line_no, rec in iter_records(path):
+        if weighted and "weight" not in rec:
+            raise RecordError(path, line_no, "no field 'weight'; run drift weight first")
         records.append(rec)
         line_nos.append(line_no)
     if not records and not allow_empty:
