@@ -225,3 +225,29 @@ def test_kill_one_process_then_resume_gives_the_uninterrupted_weights(tmp_path, 
     a, b = load(tmp_path / "full" / "model"), load(tmp_path / "killed" / "model")
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-6), k
+
+
+@pytest.mark.parametrize("max_grad_norm, written, expected", [(0.3, "auto", 0.3), (0.0, "auto", 0.0), (1.0, None, 1.0)])
+def test_deepspeed_clips_at_max_grad_norm(max_grad_norm, written, expected):
+    """Under DeepSpeed, accelerate's clip_grad_norm_ only measures; the engine clips at the config's
+    gradient_clipping, which accelerate fills with 1.0 where it says auto. --max-grad-norm 0.3 (or 0,
+    off) once clipped at 1.0 there."""
+    from drift.config import TrainConfig
+    from drift.trainer import fill_deepspeed_config
+
+    opts = TrainConfig(max_grad_norm=max_grad_norm, micro_batch_size=4)
+    ds = {} if written is None else {"gradient_clipping": written}
+    accumulation = fill_deepspeed_config(ds, opts, processes=2, batch_size=16)
+    assert ds["gradient_clipping"] == expected and ds["train_micro_batch_size_per_gpu"] == 4 and accumulation == 2
+
+
+def test_deepspeed_config_that_clips_elsewhere_is_refused():
+    from drift import DriftError
+    from drift.config import TrainConfig
+    from drift.trainer import fill_deepspeed_config
+
+    with pytest.raises(DriftError, match=r"gradient_clipping 1\.0 but --max-grad-norm is 0\.3"):
+        fill_deepspeed_config({"gradient_clipping": 1.0}, TrainConfig(max_grad_norm=0.3), processes=1, batch_size=8)
+    ds = {"gradient_clipping": 1.0}  # agreeing values are fine
+    fill_deepspeed_config(ds, TrainConfig(max_grad_norm=1.0), processes=1, batch_size=8)
+    assert ds["gradient_clipping"] == 1.0

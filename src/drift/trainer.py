@@ -73,6 +73,28 @@ def _has_accelerator() -> bool:
     return bool(accel.is_available()) if accel is not None else torch.cuda.is_available()
 
 
+def fill_deepspeed_config(ds: dict, opts, processes: int, batch_size: int | None) -> int:
+    """Fill what DeepSpeed would take from a DataLoader (drift feeds accelerate none) and from the
+    run's options; return the nominal accumulation steps.
+
+    Under DeepSpeed, accelerate's ``clip_grad_norm_`` only measures the norm: the engine clips at
+    the config's ``gradient_clipping`` (accelerate fills ``auto`` with 1.0), so drift writes
+    ``max_grad_norm`` there (0: off) and refuses a config that clips at another value.
+    """
+    if ds.get("train_micro_batch_size_per_gpu", "auto") == "auto":
+        ds["train_micro_batch_size_per_gpu"] = opts.micro_batch_size
+    written = ds.get("gradient_clipping", "auto")
+    if written == "auto":
+        ds["gradient_clipping"] = float(opts.max_grad_norm)
+    elif float(written) != float(opts.max_grad_norm):
+        raise DriftError(
+            f"the DeepSpeed config clips gradients at gradient_clipping {written} but --max-grad-norm is "
+            f"{opts.max_grad_norm:g}: leave gradient_clipping out of the config (drift fills it) or make them agree"
+        )
+    per_step = opts.micro_batch_size * processes
+    return max(1, (batch_size or per_step) // per_step)
+
+
 class Trainer:
     """Model, optimizer, scheduler and ``accelerate.Accelerator`` for one run.
 
@@ -156,12 +178,10 @@ class Trainer:
 
         opts = self.opts
         plugin = self.accelerator.state.deepspeed_plugin
-        if plugin is not None:  # drift feeds no DataLoader to accelerate: fill what DeepSpeed would take from one
-            ds = plugin.deepspeed_config
-            if ds.get("train_micro_batch_size_per_gpu", "auto") == "auto":
-                ds["train_micro_batch_size_per_gpu"] = opts.micro_batch_size
-            per_step = opts.micro_batch_size * self.processes
-            self.accelerator.gradient_accumulation_steps = max(1, (batch_size or per_step) // per_step)
+        if plugin is not None:
+            self.accelerator.gradient_accumulation_steps = fill_deepspeed_config(
+                plugin.deepspeed_config, opts, self.processes, batch_size
+            )
         if opts.gradient_checkpointing:
             model.gradient_checkpointing_enable()
             model.config.use_cache = False
