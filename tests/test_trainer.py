@@ -251,3 +251,15 @@ def test_deepspeed_config_that_clips_elsewhere_is_refused():
     ds = {"gradient_clipping": 1.0}  # agreeing values are fine
     fill_deepspeed_config(ds, TrainConfig(max_grad_norm=1.0), processes=1, batch_size=8)
     assert ds["gradient_clipping"] == 1.0
+
+
+@pytest.mark.skipif(_has_accelerator(), reason="float16 autocast is a GPU's; this checks a CPU-only machine")
+def test_float16_training_on_a_cpu_is_refused(tmp_path):
+    """accelerate runs no fp16 autocast on a CPU: the run trained in float32 and its summary said float16."""
+    from drift import DriftError
+    from drift.config import TrainConfig
+    from drift.trainer import Trainer
+
+    with pytest.raises(DriftError, match="float16.*bfloat16 or float32"):
+        Trainer(TrainConfig(), dtype="float16", out=tmp_path, pad_token_id=0)
+    assert Trainer(TrainConfig(), dtype="bfloat16", out=tmp_path, pad_token_id=0).accelerator.mixed_precision == "bf16"

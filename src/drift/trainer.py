@@ -117,6 +117,11 @@ class Trainer:
         # PartialState, is kept.
         AcceleratorState._reset_state(reset_partial_state=False)
         GradientState._reset_state()
+        if dtype == "float16" and not _has_accelerator():
+            raise DriftError(
+                "--dtype float16 trains only on a GPU (accelerate runs no float16 autocast on a CPU: the run "
+                "would be float32); use bfloat16 or float32, or auto"
+            )
         self.opts, self.dtype, self.pad_token_id = opts, dtype, pad_token_id
         # cpu=True on a machine without an accelerator: several processes started by torchrun then
         # form a gloo group (MULTI_CPU); without it accelerate treats each as a world of one.

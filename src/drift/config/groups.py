@@ -29,7 +29,7 @@ Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 DTYPE_HELP = (
     "compute precision: auto = bfloat16 on GPUs that support it and on CPUs with bf16 units "
     "(AVX512-BF16, AMX), float32 otherwise (bf16 without such units is many times slower); "
-    "bfloat16/float16 run the model in autocast with float32 weights for training"
+    "bfloat16/float16 run the model in autocast with float32 weights for training (float16 training: GPUs only)"
 )
 
 
