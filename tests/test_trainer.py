@@ -260,6 +260,6 @@ def test_float16_training_on_a_cpu_is_refused(tmp_path):
     from drift.config import TrainConfig
     from drift.trainer import Trainer
 
-    with pytest.raises(DriftError, match="float16.*bfloat16 or float32"):
+    with pytest.raises(DriftError, match=r"float16.*bfloat16 or float32"):
         Trainer(TrainConfig(), dtype="float16", out=tmp_path, pad_token_id=0)
     assert Trainer(TrainConfig(), dtype="bfloat16", out=tmp_path, pad_token_id=0).accelerator.mixed_precision == "bf16"
