@@ -303,12 +303,22 @@ def test_a_kl_penalty_runs_on_every_micro_batch(tmp_path, tiny_model, even_lengt
     assert summary["reference_tokens"] == summary["trained_tokens"] > 0
 
 
-def test_old_log_probs_are_scored_as_the_updates_see_them(tmp_path, tiny_model, even_length_is_right):
+@pytest.mark.parametrize("dropout", [0.0, 0.5])
+def test_old_log_probs_are_scored_as_the_updates_see_them(tmp_path, tiny_model, even_length_is_right, dropout):
     """In bf16 a batch's shape changes the rounding: the old log-probs are taken in the very
     micro-batches the updates use, so a policy that has not moved (lr 1e-30) has a ratio of exactly
-    1 at every update, and a clip of 1e-6 never acts."""
+    1 at every update, and a clip of 1e-6 never acts. The same with a model that has dropout: the
+    old log-probs are scored without it, and drift rl trains without it (as TRL's GRPO)."""
+    import shutil
+
     from drift.cli import main
 
+    if dropout:
+        model = tmp_path / "dropout-model"
+        shutil.copytree(tiny_model, model)
+        config = json.loads((model / "config.json").read_text())
+        (model / "config.json").write_text(json.dumps({**config, "attention_dropout": dropout}))
+        tiny_model = str(model)
     out = tmp_path / "bf16"
     flags = _rl_flags(tiny_model, "--steps", "3", "--dtype", "bfloat16", "--lr", "1e-30", "--clip-ratio", "1e-6",
                       "--epochs-per-round", "2", "--minibatches", "2", "--micro-batch-size", "2", "--max-turns",

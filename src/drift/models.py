@@ -160,6 +160,24 @@ def load_model(path: str, dtype: str = "float32"):
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's <malloc.h>
 
 
+def disable_dropout(model) -> int:
+    """Turn off ``model``'s dropout (its ``nn.Dropout`` modules, LoRA's included, and attention
+    dropout kept as a rate, as Llama's ``attention_dropout``); return how many were on. drift rl
+    trains so (as TRL's GRPO does by default): the ratio's old log-probs and the KL's reference are
+    scored without dropout, so an update with it would see a ratio away from 1 for an unmoved policy.
+    """
+    import torch
+
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout) and module.p > 0:
+            module.p, changed = 0.0, changed + 1
+        rate = getattr(module, "attention_dropout", None)
+        if isinstance(rate, float) and rate > 0:
+            module.attention_dropout, changed = 0.0, changed + 1
+    return changed
+
+
 def keep_freed_memory() -> bool:
     """Make glibc's malloc keep the memory torch frees, for the next tensor, instead of handing it
     back to the kernel; returns whether it could (glibc only; elsewhere nothing changes). Called

@@ -39,6 +39,9 @@ Departures from textbook PPO / GRPO, on purpose:
    a step's summed |coefficient| are not forwarded (drift.train, note 4): iterated DRIFT's
    near-zero weights, grpo's zero advantages (exact: they add nothing to the loss). D is unchanged.
    Not with a KL penalty, which every example carries. The log counts them (``skipped_examples``).
+7. The policy trains without dropout (drift.models.disable_dropout; TRL's GRPO does the same by
+   default): the old log-probs and the reference's are scored without it, so with it a policy that
+   has not moved would see a ratio and a KL away from 1 and 0. ``lora_dropout`` is unused here.
 
 Compute is counted the same way for every method (``rl_summary.json``, and every line of
 ``rl_log.jsonl``): tokens prefilled and generated in sampling, scored (the old log-probs),
@@ -196,7 +199,7 @@ def run_rl(cfg) -> dict:
     from drift.backends.base import Sampling
     from drift.examples import build_examples, plan_minibatches, to_forward
     from drift.losses import clipped_pg_terms, weighted_nll_terms
-    from drift.models import load_model, load_tokenizer, resolve_dtype, resolve_model
+    from drift.models import disable_dropout, load_model, load_tokenizer, resolve_dtype, resolve_model
     from drift.rollout import env_factory
     from drift.tasks import load_problems
     from drift.trainer import Trainer
@@ -228,6 +231,7 @@ def run_rl(cfg) -> dict:
         )
     parameters = count_parameters(path)
     trainer.prepare(load_model(path), cfg.steps * cfg.epochs_per_round * cfg.minibatches)  # rl refuses DeepSpeed
+    disable_dropout(trainer.unwrapped())  # note 7
     ref_model = load_model(path).to(trainer.device).eval() if cfg.kl_coef > 0 else None
     reference = dict(ref_model=ref_model, kl_coef=cfg.kl_coef, ref_autocast=trainer.accelerator.autocast)
     # advantages (or DRIFT weights) as the examples' weights: see drift.losses

@@ -187,7 +187,9 @@ class OptimizationOptions(Checked):
     )
     lora_r: int = option(0, "LoRA rank (0: full fine-tuning)", at_least=0)
     lora_alpha: int = option(16, "LoRA alpha", at_least=1)
-    lora_dropout: float = option(0.0, "LoRA dropout", at_least=0.0, at_most=1.0)
+    lora_dropout: float = option(
+        0.0, "LoRA dropout (drift train; drift rl trains without dropout)", at_least=0.0, at_most=1.0
+    )
     merge_lora: bool = option(True, "merge the LoRA adapter into the saved model")
     save_total_limit: int = option(2, "checkpoints kept", at_least=1)
     skip_weight_share: float | None = option(
