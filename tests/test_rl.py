@@ -371,6 +371,26 @@ def test_fewer_prompts_than_a_round_takes_are_refused(tmp_path, tiny_model):
         run_rl(cfg)
 
 
+@pytest.mark.parametrize("sampling", [{"temperature": 0.7}, {"top_p": 0.9}, {"temperature": 0.0}])
+def test_grpo_samples_from_the_policy_it_trains(tmp_path, tiny_model, sampling):
+    """grpo's gradient, ratio and KL take the policy's log-probs as they are (temperature 1, no top-p):
+    samples drawn otherwise would train a policy other than the one that drew them. Iterated DRIFT
+    (weighted SFT on the samples) may sample as it likes."""
+    import dataclasses
+
+    from drift import DriftError
+    from drift.config import RLConfig
+    from drift.rl import run_rl
+
+    cfg = RLConfig(model=tiny_model, out=str(tmp_path / "rl"), steps=1, prompts_per_step=2, group_size=2,
+                   max_new_tokens=4, max_turns=1, dtype="float32", **sampling)  # fmt: skip
+    with pytest.raises(DriftError, match="temperature 1 and top_p 1"):
+        run_rl(cfg)
+    assert not (tmp_path / "rl").exists()
+    run_rl(dataclasses.replace(cfg, algorithm="drift"))
+    assert (tmp_path / "rl" / "rl_summary.json").exists()
+
+
 EVEN_CLI = """
 import sys
 from drift import verifiers

@@ -209,6 +209,12 @@ def run_rl(cfg) -> dict:
     backend_cls = policy_backend_class(cfg.backend)  # before any model loads: fail fast
     if cfg.epochs_per_round < 1 or cfg.minibatches < 1:
         raise DriftError("epochs_per_round and minibatches must be at least 1")
+    if cfg.algorithm == "grpo" and (cfg.temperature != 1 or cfg.top_p != 1):
+        raise DriftError(
+            f"--algorithm grpo samples at temperature 1 and top_p 1 (got {cfg.temperature:g} and {cfg.top_p:g}): "
+            "its gradient, ratio and KL take the policy's log-probs as they are, so other samples would "
+            "train a policy other than the one that drew them"
+        )
     clipped = cfg.algorithm == "grpo" and cfg.epochs_per_round * cfg.minibatches > 1
     out = Path(cfg.out)
     if out.exists() and any(out.iterdir()) and not cfg.resume:
