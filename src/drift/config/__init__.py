@@ -244,7 +244,9 @@ class RLConfig(OptimizationOptions, GenerationOptions, WeightingOptions):
     )
     max_flops: float | None = option(
         None,
-        "stop after the round at which the estimated compute reaches this many FLOPs (drift.compute); none: --steps",
+        "stop after the round at which the estimated compute reaches this many FLOPs (drift.compute); none: --steps. "
+        "The learning-rate schedule is laid out over --steps, so a run stopped earlier ends partway through it "
+        "(a constant schedule, as drift study's, has nothing to finish)",
         above=0.0,
     )
     snapshot_steps: list[int] = option(
