@@ -102,6 +102,15 @@ def test_flags_parse_into_lists(runs):
         ('{"n": 2, "cumulative_accuracy": {"01": 0.5}}', "turn keys"),  # would show as multi@1 = -
         ('{"n": 2, "cumulative_accuracy": {"1": 0.5}, "config": null}', "field 'config'"),
         ('{"n": 2, "cumulative_accuracy": {"1": 0.5}, "cumulative_accuracy_ci": {"1": 0.5}}', "cumulative_accuracy_ci"),
+        # an interval that leaves out its own value once crashed the plot (matplotlib: negative yerr)
+        (
+            '{"n": 2, "cumulative_accuracy": {"1": 0.5}, "cumulative_accuracy_ci": {"1": [0.7, 0.9]}}',
+            "cumulative_accuracy_ci.1",
+        ),
+        # the viewer shows these: text there would become markup
+        ('{"n": 2, "cumulative_accuracy": {"1": 0.5}, "unique_answer_ratio": "<img src=x>"}', "unique_answer_ratio"),
+        ('{"n": 2, "cumulative_accuracy": {"1": 0.5}, "format_error_rate": [1]}', "format_error_rate"),
+        ('{"n": 2, "cumulative_accuracy": {"1": 0.5}, "correction_rate_overall": "x"}', "correction_rate_overall"),
     ],
 )
 def test_bad_report_is_a_drift_error(runs, content, message):
@@ -151,3 +160,12 @@ def test_reports_of_different_problems_or_settings_are_flagged(tmp_path, capsys)
     # the same problems and settings: nothing to flag
     result = run_compare(resolve(CompareConfig, reports=[str(tmp_path / "a"), str(tmp_path / "a")], names=["x", "y"]))
     assert result["warnings"] == [] and "warning" not in capsys.readouterr().out
+
+
+def test_equal_numbers_written_differently_are_not_a_mismatch():
+    """1 and 1.0 (another tool's top_p) once differed as text."""
+    from drift.compare import mismatches
+
+    assert mismatches({"a": {"top_p": 1, "max_turns": 5}, "b": {"config": {"top_p": 1.0, "max_turns": 5}}}) == []
+    assert mismatches({"a": {"top_p": 1}, "b": {"top_p": 0.9}}) == ["top_p: a=1, b=0.9"]
+    assert mismatches({"a": {"verifier": "1"}, "b": {"verifier": 1}}) == ["verifier: a=1, b=1"]  # text is not a number

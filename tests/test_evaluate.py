@@ -82,7 +82,22 @@ def test_records_of_different_turn_budgets_are_not_scored_together(tmp_path, cap
     both.write_text((tmp_path / "r3.jsonl").read_text() + "".join(json.dumps(rec) + "\n" for rec in five))
     capsys.readouterr()
     assert main(["eval", "--records", str(both), "-o", str(tmp_path / "ev")]) == 2
-    assert "turn budgets" in capsys.readouterr().err and not (tmp_path / "ev" / "report.json").exists()
+    assert "turn budgets" in (err := capsys.readouterr().err) and "--max-turns" in err
+    assert not (tmp_path / "ev" / "report.json").exists()
+    # --max-turns 3 scores every episode's first 3 turns: both files, as a 3-turn budget leaves them
+    assert main(["eval", "--records", str(both), "--max-turns", "3", "-o", str(tmp_path / "ev")]) == 0
+    report = load_report(tmp_path / "ev")
+    assert report["max_turns"] == report["config"]["max_turns"] == 3 and list(report["cumulative_accuracy"]) == [
+        "1",
+        "2",
+        "3",
+    ]
+    records = read_records(both)
+    solved = sum(rec["first_correct_turn"] is not None and rec["first_correct_turn"] <= 3 for rec in records)
+    assert report["n"] == len(records) and report["cumulative_accuracy"]["3"] == pytest.approx(solved / len(records))
+    # more turns than an episode had would count it unsolved at turns it never took
+    assert main(["eval", "--records", str(tmp_path / "r3.jsonl"), "--max-turns", "5", "-o", str(tmp_path / "e5")]) == 2
+    assert "budget of 3" in capsys.readouterr().err
 
 
 def eval_args(out: Path, *flags: str) -> list[str]:
@@ -167,3 +182,12 @@ def test_eval_with_the_tiny_model_is_deterministic(tmp_path, tiny_model):
     assert main(eval_args(b, *flags)) == 0  # greedy: the same replies again
     assert (a / "records.jsonl").read_bytes() == (b / "records.jsonl").read_bytes()
     assert comparable(load_report(b)) == comparable(report)
+
+
+def test_greedy_evaluation_of_several_episodes_per_prompt_is_refused(tmp_path, capsys):
+    """At temperature 0 every episode of a prompt is the same one: --n 3 tripled n and narrowed every
+    interval by sqrt(3) for nothing."""
+    assert main(eval_args(tmp_path / "ev", "--backend", "scripted", "--n", "3")) == 2
+    assert "--n 3 at temperature 0" in capsys.readouterr().err and not (tmp_path / "ev").exists()
+    assert main(eval_args(tmp_path / "ev", "--backend", "scripted", "--n", "3", "--temperature", "1")) == 0
+    assert load_report(tmp_path / "ev")["n"] == 18

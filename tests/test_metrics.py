@@ -335,3 +335,21 @@ def test_score_records_matches_t_star_counts_of_the_reference_file():
         assert report["cumulative_accuracy"][str(t)] == solved_by_t / len(raw), t
     assert report["solved"] == sum(r["t_star"] is not None for r in raw)
     assert report["prompts"] == len({r["prompt_id"] for r in raw})
+
+
+@given(st.lists(st.floats(min_value=0, max_value=1), min_size=1, max_size=6))
+@settings(max_examples=300, deadline=None)
+def test_a_seed_interval_holds_its_mean(values):
+    """Rounded bounds once fell on the wrong side of the mean: [0.123456] * 2 gave lo 0.1235 > 0.123456."""
+    from drift.metrics import seed_interval
+
+    mean, lo, hi = seed_interval(values)
+    assert 0.0 <= lo <= mean <= hi <= 1.0
+    assert mean == pytest.approx(sum(values) / len(values), abs=1e-6)
+
+
+def test_a_seed_interval_of_equal_values_is_that_value():
+    from drift.metrics import seed_interval
+
+    assert seed_interval([0.123456, 0.123456]) == (0.123456, 0.123456, 0.1235)  # 0.1235 rounds 0.123456 up
+    assert seed_interval([1 / 3]) == (0.333333, 0.333333, 0.333333)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from drift import DriftError
 from drift.cli import main
 from drift.config import ViewConfig, WeightingOptions
 from drift.diagnostics import kish_ess
@@ -196,6 +197,22 @@ def test_hostile_model_text_cannot_become_markup(tmp_path, compress):
     assert "<img src=x" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page  # the run name, escaped
 
 
+def test_a_hostile_comparison_cannot_become_markup(tmp_path):
+    """A comparison.json row whose report is not found is shown as written: every cell is escaped,
+    and a row key that is not multi@<turn> is refused with the file's name."""
+    folder = tmp_path / "cmp"
+    folder.mkdir()
+    row = {"name": "x", "report": "nowhere", "n": "<svg onload=alert(1)>", "multi@1": "<b>bold</b>",
+           "unique_answer_ratio": "<img src=x onerror=alert(1)>", "compute": {"flops": "<i>f</i>"}}  # fmt: skip
+    (folder / "comparison.json").write_text(json.dumps({"runs": [row]}))
+    page, _ = page_of(tmp_path, folder)
+    assert not [t for t, _ in parse(page).tags if t in ("img", "svg", "b", "i")]
+    assert "&lt;svg onload=alert(1)&gt;" in page and "&lt;img src=x" in page
+    (folder / "comparison.json").write_text(json.dumps({"runs": [{"name": "x", "multi@x": 0.5}]}))
+    with pytest.raises(DriftError, match=r"comparison\.json.*multi@x"):
+        page_of(tmp_path, folder)
+
+
 def test_assets_cannot_close_their_own_blocks():
     from drift.view import asset
 
@@ -299,3 +316,24 @@ def test_in_a_browser_the_page_renders_filters_and_keeps_hostile_text_inert(tmp_
 
     compare = dom(out, "#tab=compare&a=0&b=1&cfilter=all&copen=p0")
     assert "3 shared prompts" in compare and "&lt;svg onload=" in compare
+
+    # a link with values the page does not offer keeps the defaults (an unknown filter once threw)
+    odd = dom(out, "#tab=compare&a=0&b=1&cfilter=zzz&tsort=zzz&toString=1")
+    assert "3 shared prompts" in odd
+
+
+def test_the_choices_a_link_may_give_are_the_pages_own():
+    """view.js accepts from a URL only the values its selects and tabs offer."""
+    from drift.view import asset
+
+    page, js = asset("page.html"), asset("view.js")
+    choices = json.loads(
+        re.sub(r"(\w+):", r'"\1":', re.search(r"const CHOICES = (\{.*?\});", js, re.S).group(1).replace("\n", " "))
+    )
+    bound = dict(re.findall(r'bind\("([\w-]+)", "(\w+)"', js))
+    for select, key in bound.items():
+        options = re.search(rf'<select id="{select}">(.*?)</select>', page, re.S)
+        if options and key in choices:
+            assert choices[key] == re.findall(r'<option value="(\w+)"', options.group(1)), key
+    assert choices["tab"] == re.findall(r'data-tab="(\w+)"', page)
+    assert set(choices) == {"tab", "sort", "tsort", "cfilter"}

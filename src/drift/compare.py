@@ -86,6 +86,15 @@ SAME = (
 )
 
 
+def _same_form(value) -> str:
+    """``value`` as text in which equal numbers read the same (``1`` and ``1.0``), text stays text."""
+    import json
+
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return repr(float(value))
+    return json.dumps(value, sort_keys=True, default=str)
+
+
 def mismatches(reports: dict) -> list[str]:
     """``"key: name=value, ..."`` for every :data:`SAME` key the reports give different values
     (read from the report, else its ``config``; reports that do not say are left out).
@@ -98,7 +107,7 @@ def mismatches(reports: dict) -> list[str]:
     for key in SAME + ("seed",) * sampled:
         values = {name: r.get(key, r.get("config", {}).get(key)) for name, r in reports.items()}
         values = {name: v for name, v in values.items() if v is not None}
-        if len(set(map(str, values.values()))) > 1:
+        if len({_same_form(v) for v in values.values()}) > 1:
             found.append(f"{key}: " + ", ".join(f"{name}={v}" for name, v in values.items()))
     return found
 

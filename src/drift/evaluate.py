@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from drift import DriftError
+from drift.config.groups import MAX_TURNS
 from drift.options import to_dict
 from drift.records import read_records
 
@@ -57,7 +59,7 @@ def recorded_config(records: list[dict], cfg) -> dict:
 def build_report(records: list[dict], cfg, *, wall_seconds: float, stats: dict | None = None) -> dict:
     from drift.report import score_records
 
-    report = score_records(records, cfg.max_turns if not cfg.records else None)
+    report = score_records(records, cfg.max_turns)
     config = recorded_config(records, cfg) if cfg.records else to_dict(cfg)
     if cfg.records:
         config["max_turns"] = report["max_turns"]
@@ -97,6 +99,13 @@ def run_eval(cfg, generator=None) -> dict:
     out = Path(cfg.out)
     start = time.perf_counter()
     stats = None
+    if not cfg.records and cfg.max_turns is None:
+        cfg = replace(cfg, max_turns=MAX_TURNS)
+    if not cfg.records and cfg.n > 1 and cfg.temperature == 0:
+        raise DriftError(
+            f"--n {cfg.n} at temperature 0 would sample the same episode {cfg.n} times per prompt (and narrow "
+            "every interval for nothing); sample with --temperature above 0, or leave --n at 1"
+        )
     if cfg.records:
         records = read_records(cfg.records)
         if (out / "report.json").exists():

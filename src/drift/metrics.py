@@ -93,15 +93,16 @@ def seed_interval(
         return None
     n = len(values)
     mean = sum(values) / n
+    shown = round(mean, 6)
     if n == 1:
-        return mean, mean, mean
+        return shown, shown, shown
     s = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
     t = _T975[n - 2] if n - 1 <= len(_T975) else (_T975_30 if n - 1 > 30 else _T975[-1])
     half = t * s / math.sqrt(n)
     lo, hi = mean - half, mean + half
     if within is not None:
         lo, hi = max(within[0], lo), min(within[1], hi)
-    return round(mean, 6), round(lo, 4), round(hi, 4)
+    return shown, min(round(lo, 4), shown), max(round(hi, 4), shown)  # rounding never puts the mean outside
 
 
 def unbiased_pass_at_k(n: int, c: int, k: int) -> float:

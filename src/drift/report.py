@@ -34,14 +34,19 @@ def score_records(records: Sequence[dict], max_turns: int | None = None) -> dict
     >>> report["n"], report["cumulative_accuracy"], report["pass_at_k"]
     (1, {'1': 0.0, '2': 1.0, '3': 1.0}, {'1': 1.0})
     """
-    if max_turns is None:
-        budgets = sorted({rec["max_turns"] for rec in records if rec.get("max_turns") is not None})
-        if len(budgets) > 1:
+    budgets = sorted({rec["max_turns"] for rec in records if rec.get("max_turns") is not None})
+    if max_turns is None and len(budgets) > 1:
+        raise DriftError(
+            f"the episodes have turn budgets {' and '.join(map(str, budgets))} (field 'max_turns'): an "
+            "episode given fewer turns would count as unsolved at turns it never had; score them separately, "
+            f"or score every episode's first {budgets[0]} turns (--max-turns {budgets[0]})"
+        )
+    if max_turns is not None:
+        if budgets and budgets[0] < max_turns:
             raise DriftError(
-                f"the episodes have turn budgets {' and '.join(map(str, budgets))} (field 'max_turns'): an "
-                "episode given fewer turns would count as unsolved at turns it never had; score them separately"
+                f"some episodes had a turn budget of {budgets[0]} (field 'max_turns'): scored over {max_turns} "
+                f"turns they would count as unsolved at turns they never had; score at most {budgets[0]}"
             )
-    else:
         records = cut_to(records, max_turns)
     report: dict[str, Any] = {"report_version": REPORT_VERSION}
     report.update(summarize(records, max_turns))
@@ -90,8 +95,15 @@ def load_report(path: str | Path) -> dict:
     for key in ("compute", "config"):
         if key in report and not isinstance(report[key], dict):
             raise DriftError(f"{path}: field '{key}' must be an object")
+    for key in ("correction_rate_overall", "unique_answer_ratio", "format_error_rate"):
+        if not (report.get(key) is None or _finite(report[key])):
+            raise DriftError(f"{path}: field '{key}' must be a number or null, got {report[key]!r:.60}")
     intervals = report.get("cumulative_accuracy_ci") or {}
     pairs = intervals.values() if isinstance(intervals, dict) else [None, "not an object"]
     if not all(ci is None or (isinstance(ci, list) and len(ci) == 2 and all(map(_finite, ci))) for ci in pairs):
         raise DriftError(f"{path}: field 'cumulative_accuracy_ci' must be an object like {{\"1\": [0.4, 0.6], ...}}")
+    for t, ci in intervals.items():
+        value = report["cumulative_accuracy"].get(t)
+        if ci is not None and value is not None and not ci[0] - 1e-9 <= value <= ci[1] + 1e-9:
+            raise DriftError(f"{path}: field 'cumulative_accuracy_ci.{t}' is {ci}, which leaves out the value {value}")
     return report

@@ -217,6 +217,12 @@ def _comparison_runs(path: Path) -> list[dict]:
     runs = data.get("runs") if isinstance(data, dict) else None
     if not isinstance(runs, list) or not all(isinstance(r, dict) and isinstance(r.get("name"), str) for r in runs):
         raise DriftError(f'{path}: a comparison holds {{"runs": [{{"name": ..., ...}}, ...]}}')
+    for i, run in enumerate(runs):
+        bad = [k for k in run if k.startswith("multi@") and not (k[6:].isascii() and k[6:].isdigit())]
+        if bad:
+            raise DriftError(f"{path}: run {i + 1} has key {bad[0]!r:.40}; multi@ keys end in a turn number")
+        if not isinstance(run.get("compute", {}), dict):
+            raise DriftError(f"{path}: run {i + 1}: field 'compute' must be an object")
     return runs
 
 
@@ -247,7 +253,8 @@ def _input_of(path: Path) -> str | None:
 
 
 def _fmt(x) -> str:
-    return "–" if x is None else f"{x:.3f}" if isinstance(x, float) else str(x)
+    """A table cell's text, escaped (a comparison row may hold anything)."""
+    return "–" if x is None else f"{x:.3f}" if isinstance(x, float) else html.escape(str(x))
 
 
 def results_table(runs: list[dict]) -> str:
@@ -266,11 +273,11 @@ def results_table(runs: list[dict]) -> str:
             value, ci = run.get(f"multi@{k}"), (run.get("ci") or {}).get(str(k))
             text = _fmt(value)
             if ci and value is not None:
-                text += f" <span class='ci'>[{ci[0]:.3f}, {ci[1]:.3f}]</span>"
+                text += f" <span class='ci'>[{_fmt(ci[0])}, {_fmt(ci[1])}]</span>"
             cells.append(text)
         cells += [_fmt(run.get(key)) for key in ("correction@2", "correction_overall", "unique_answer_ratio")]
         cells.append(_fmt(run.get("format_error_rate")))
-        cells += [html.escape(_fmt((run.get("compute") or {}).get(k))) for k in extra]
+        cells += [_fmt((run.get("compute") or {}).get(k)) for k in extra]
         out.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     out.append("</tbody></table><p class='muted'>multi@k: share solved by turn k, [95% Wilson interval].</p>")
     return "".join(out)

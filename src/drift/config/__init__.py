@@ -12,6 +12,7 @@ from typing import Literal
 
 from drift.config.groups import (
     DTYPE_HELP,
+    MAX_TURNS,
     TRANSPORT_OPTIONS,
     Dtype,
     GenerationOptions,
@@ -168,6 +169,12 @@ class EvalConfig(GenerationOptions):
     )
     records: str | None = option(None, "score this trajectory file (ours or the reference layout) instead of a model")
     split: str = option("test", "dataset split (held out from the rollout prompts)")
+    max_turns: int | None = option(  # type: ignore[assignment]
+        None,
+        f"T: attempts per episode (none: {MAX_TURNS}); with --records, score each episode's first T turns "
+        "(none: the records' own turn budget)",
+        at_least=1,
+    )
     temperature: float = option(
         0.0, "0: greedy, as in the paper; > 0 with --n for sampled evaluation and pass@k", at_least=0.0
     )

@@ -25,6 +25,10 @@ def _backends():
     return BACKENDS
 
 
+MAX_TURNS = 5
+"""T, the attempts an episode gets, unless a command is told otherwise."""
+
+
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 DTYPE_HELP = (
     "compute precision: auto = bfloat16 on GPUs that support it and on CPUs with bf16 units "
@@ -141,7 +145,7 @@ class GenerationOptions(Checked):
     split: str = option("train", "dataset split")
     task_options: dict = option(dict, "task knobs as k=v,k=v (arithmetic: digits, ops, terms, mix)")
     num_prompts: int | None = option(None, "use the first N prompts (none: all)", at_least=1)
-    max_turns: int = option(5, "T: attempts per episode; stop at the first correct answer", at_least=1)
+    max_turns: int = option(MAX_TURNS, "T: attempts per episode; stop at the first correct answer", at_least=1)
     protocol: Literal["simple", "full"] = option(
         "simple", "feedback after a wrong answer: simple or full (reward/turn block)"
     )

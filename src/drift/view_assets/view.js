@@ -35,10 +35,14 @@
   }
 
   // -- state <-> URL hash (so a view can be linked, and tested with --dump-dom) --------------------
+  // the values a link may give the state's choices (anything else keeps the default)
+  const CHOICES = { tab: ["results", "trajectories", "weights", "compare"],
+    sort: ["order", "maxw", "ess", "bestR", "worstR", "first", "fmt"], tsort: ["w", "R", "first", "id"],
+    cfilter: ["diff", "a", "b", "all"] };
   function readHash() {
     const h = new URLSearchParams(location.hash.slice(1));
     for (const [k, v] of h) {
-      if (!(k in state)) continue;
+      if (!Object.hasOwn(state, k) || (Object.hasOwn(CHOICES, k) && !CHOICES[k].includes(v))) continue;
       const cur = state[k];
       state[k] = typeof cur === "boolean" ? v === "1" : typeof cur === "number" ? Number(v) || 0 : v;
     }
