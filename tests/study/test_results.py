@@ -144,3 +144,21 @@ def test_intervals_stay_within_zero_and_one_and_say_what_they_assume(tmp_path):
     assert drift["multi_at_T_seed_ci"][1] == 0.0 and drift["multi_at_T_seed_ci"][2] == 1.0
     md = (tmp_path / "table.md").read_text()
     assert "as if independent" in md
+
+
+def test_a_mean_curve_that_equals_the_target_reaches_it(tmp_path):
+    """Means in floating point: DRIFT's seeds 0.300 and 0.330 give the target 0.315, and a round
+    at 0.345 and 0.285 averages 0.31499999999999995; equal to the target, it reaches it."""
+    spec = StudySpec(
+        methods=[{"name": "drift", "kind": "offline"}, {"name": "rl", "kind": "online"}],
+        max_turns=2, seeds=[0, 1], budget_method="drift",
+    )  # fmt: skip
+    _report(tmp_path, "drift", "offline", 0, None, (0.1, 0.300), 100.0)
+    _report(tmp_path, "drift", "offline", 1, None, (0.1, 0.330), 100.0)
+    for seed, curve in ((0, [(1, 0.100, 50.0), (2, 0.345, 150.0), (3, 0.400, 400.0)]),
+                        (1, [(1, 0.100, 50.0), (2, 0.285, 150.0), (3, 0.400, 400.0)])):  # fmt: skip
+        for rnd, acc, flops in curve:
+            _report(tmp_path, "rl", "online", seed, rnd, (0.0, acc), flops, final=rnd == 3)
+    (match,) = write_results(tmp_path, spec)["match"]
+    assert match["mean"]["target"] == 0.315
+    assert match["mean"]["flops_below"] == 50.0 and match["mean"]["flops"] == 150.0

@@ -120,10 +120,23 @@ def summarize_method(rows: list[dict], method: str, max_turns: int) -> dict:
     }
 
 
+TIE = 1e-9  # accuracies closer than this are equal: means over seeds differ in the last bits
+
+
+def reaches(accuracy: float, target: float) -> bool:
+    """``accuracy >= target``, up to :data:`TIE` (a mean over seeds, or a target that is one, is
+    not exact: (0.345 + 0.285) / 2 is 0.31499999999999995, (0.300 + 0.330) / 2 is 0.315).
+
+    >>> reaches((0.345 + 0.285) / 2, (0.300 + 0.330) / 2)
+    True
+    """
+    return accuracy >= target - TIE
+
+
 def crossing(curve: list, target: float) -> tuple[float | None, float | None]:
-    """Where a curve of ``(flops, accuracy)`` first reaches ``target``: the last point below it
-    before that and the first point at or above it (the crossing lies between the two; the
-    first is ``None`` if the curve starts at or above, the second if it never gets there).
+    """Where a curve of ``(flops, accuracy)`` first reaches ``target`` (:func:`reaches`): the last
+    point below it before that and the first point at or above it (the crossing lies between the
+    two; the first is ``None`` if the curve starts at or above, the second if it never gets there).
 
     >>> crossing([(1.0, 0.2), (2.0, 0.5), (4.0, 0.4)], 0.45)
     (1.0, 2.0)
@@ -132,7 +145,7 @@ def crossing(curve: list, target: float) -> tuple[float | None, float | None]:
     """
     below = None
     for flops, acc in sorted(curve):
-        if acc >= target:
+        if reaches(acc, target):
             return below, flops
         below = flops
     return below, None
