@@ -122,3 +122,20 @@ def test_the_shipped_study_files_load(name):
     spec = load_spec(Path(__file__).parents[2] / "configs" / "study" / f"{name}.yaml")
     kinds = {m.kind for m in spec.method_specs()}
     assert {"base", "offline", "online"} <= kinds and spec.budget_method in [m.name for m in spec.method_specs()]
+
+
+@pytest.mark.parametrize("flag", ["--table-only", "--dry-run"])
+def test_a_changed_study_file_does_not_rebuild_or_plan_another_study(tmp_path, capsys, flag):
+    """``--table-only`` and ``--dry-run`` check the study folder like a run: a table built with the
+    edited file's budget method or seeds would not be the study that made the reports."""
+    from drift.cli import main
+    from drift.study.run import write_study
+
+    path, out = tmp_path / "s.yaml", tmp_path / "out"
+    path.write_text(GOOD)
+    (out / "reports").mkdir(parents=True)
+    write_study(out / "study.yaml", load_spec(path))
+    path.write_text(GOOD.replace("seeds: [0, 2]", "seeds: [0, 2, 3]"))
+    assert main(["study", str(path), "--out", str(out), flag]) == 2
+    assert "differs in seeds" in capsys.readouterr().err
+    assert not (out / "table.json").exists()

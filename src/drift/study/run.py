@@ -359,6 +359,7 @@ def run_study(cfg) -> dict:
         raise DriftError("no study file given (drift study CONFIG.yaml --out DIR)")
     spec = load_spec(cfg.study)
     out = Path(cfg.out or Path("runs") / "study" / spec.name)
+    check_same_study(out / "study.yaml", spec)  # a plan or a table of another study would be wrong too
     if cfg.dry_run:
         return print_plan(spec, out)
     if cfg.table_only:
@@ -366,7 +367,6 @@ def run_study(cfg) -> dict:
             raise DriftError(f"{out} has no reports yet")
         return write_results(out, spec)
     out.mkdir(parents=True, exist_ok=True)
-    check_same_study(out / "study.yaml", spec)
     write_study(out / "study.yaml", spec)
     study = Study(spec, out)
     start = time.perf_counter()
