@@ -93,7 +93,7 @@ class Study:
 
     def rollouts(self, seed: int, turns: int) -> tuple[Path, dict]:
         """K trajectories per training problem from the reference policy (shared by every offline
-        method with these turns and seed), and their summary."""
+        method with these turns and seed), and their summary (refused if its token counts are short)."""
         from drift.rollout import run_rollout
 
         path = self.work / "rollouts" / f"seed{seed}-turns{turns}.jsonl"
@@ -112,7 +112,14 @@ class Study:
                     resume=True,
                 )
             )
-        return path, json.loads(summary.read_text())
+        rolled = json.loads(summary.read_text())
+        if rolled.get("uncounted_chunks", 0):  # a kill between a chunk's records and its counters
+            raise DriftError(
+                f"{summary}: {rolled['uncounted_chunks']} chunk(s) of these rollouts were sampled but their tokens "
+                f"not counted, so the FLOPs of the runs on them (and the online budgets they set) would be low; "
+                f"delete {path.parent / (path.stem + '.*')} to roll them out again"
+            )
+        return path, rolled
 
     def budget(self, seed: int) -> float:
         """The FLOPs of the budget method's run at ``seed`` (at its chosen learning rate)."""
