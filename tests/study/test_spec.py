@@ -60,7 +60,7 @@ def test_errors_name_the_file_line_and_field(tmp_path, change, message):
 
 
 def test_a_study_folder_takes_new_methods_but_not_changes(tmp_path):
-    from drift.study.run import check_same_study
+    from drift.study.resume import check_same_study
 
     path = tmp_path / "s.yaml"
     path.write_text(GOOD)
@@ -80,7 +80,7 @@ def test_a_study_folder_takes_new_methods_but_not_changes(tmp_path):
 
 def test_snapshot_rounds_may_be_added_but_not_removed(tmp_path):
     """More snapshots only add points to runs still to come; fewer would orphan evaluated ones."""
-    from drift.study.run import check_same_study
+    from drift.study.resume import check_same_study
 
     path, saved = tmp_path / "s.yaml", tmp_path / "study.yaml"
     path.write_text(GOOD + "snapshot_rounds: [1, 2, 4]\n")
@@ -102,7 +102,7 @@ def test_without_a_warm_up_every_seed_is_allowed(tmp_path):
 
 def test_a_method_left_out_and_brought_back_changed_is_refused(tmp_path):
     """The saved study keeps a method the file stopped listing, so it cannot return changed."""
-    from drift.study.run import check_same_study, write_study
+    from drift.study.resume import check_same_study, write_study
 
     path, saved = tmp_path / "s.yaml", tmp_path / "study.yaml"
     path.write_text(GOOD)
@@ -129,7 +129,7 @@ def test_a_changed_study_file_does_not_rebuild_or_plan_another_study(tmp_path, c
     """``--table-only`` and ``--dry-run`` check the study folder like a run: a table built with the
     edited file's budget method or seeds would not be the study that made the reports."""
     from drift.cli import main
-    from drift.study.run import write_study
+    from drift.study.resume import write_study
 
     path, out = tmp_path / "s.yaml", tmp_path / "out"
     path.write_text(GOOD)

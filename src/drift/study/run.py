@@ -31,12 +31,11 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from drift import DriftError
 from drift import config as C
 from drift.outputs import write_json
 from drift.study.methods import KINDS, Point
+from drift.study.resume import check_same_study, write_study
 from drift.study.spec import WARMUP_SEED, MethodSpec, StudySpec, load_spec
 
 
@@ -318,35 +317,6 @@ def code_version() -> dict:
     except (OSError, subprocess.SubprocessError):  # no git: the version is all there is
         pass
     return code
-
-
-def check_same_study(saved: Path, spec: StudySpec) -> None:
-    """A study folder continues only the same study: the shared setting unchanged, and every method
-    it already has defined as before. Methods may be added (or left out) between runs, and snapshot
-    rounds added (runs still to come get them; finished ones keep the points they have)."""
-    if not saved.exists():
-        return
-    before = yaml.safe_load(saved.read_text())
-    now = dict(spec.__dict__)
-    grown = set(before.get("snapshot_rounds", [])) <= set(now["snapshot_rounds"])
-    changed = [k for k in now if k != "methods" and before.get(k) != now[k] and not (k == "snapshot_rounds" and grown)]
-    old = {m["name"]: m for m in before["methods"]}
-    changed += [f"method {m['name']}" for m in now["methods"] if m["name"] in old and old[m["name"]] != m]
-    if changed:
-        raise DriftError(
-            f"{saved.parent} holds a study that differs in {', '.join(changed)}; use another --out "
-            "(methods and snapshot rounds may be added to a study, but not changed)"
-        )
-
-
-def write_study(saved: Path, spec: StudySpec) -> None:
-    """Save the resolved study; a method the file no longer lists keeps its last definition, so
-    that it cannot come back changed over its old results."""
-    methods = list(spec.methods)
-    if saved.exists():
-        names = {m["name"] for m in methods}
-        methods += [m for m in yaml.safe_load(saved.read_text())["methods"] if m["name"] not in names]
-    saved.write_text(yaml.safe_dump({**spec.__dict__, "methods": methods}, sort_keys=False))
 
 
 def ordered(spec: StudySpec) -> list[MethodSpec]:
