@@ -162,3 +162,17 @@ def test_a_mean_curve_that_equals_the_target_reaches_it(tmp_path):
     (match,) = write_results(tmp_path, spec)["match"]
     assert match["mean"]["target"] == 0.315
     assert match["mean"]["flops_below"] == 50.0 and match["mean"]["flops"] == 150.0
+
+
+def test_two_ends_of_one_seed_s_run_are_refused(tmp_path):
+    """Two reports marked ``final`` for one method and seed come from two runs (an offline run's
+    end and an online run's last round, say): no mean over seeds may count that seed twice."""
+    from drift import DriftError
+
+    spec = StudySpec(methods=[{"name": "rl", "kind": "online"}], max_turns=2, seeds=[0], budget_method="rl")
+    _report(tmp_path, "rl", "online", 0, None, (0.1, 0.3), 20.0, final=True)
+    _report(tmp_path, "rl", "online", 0, 3, (0.1, 0.4), 30.0, final=True)
+    with pytest.raises(DriftError, match="two runs") as err:
+        write_results(tmp_path, spec)
+    for tag in ("final", "round-00003"):
+        assert f"reports/rl/seed-0/{tag}/report.json" in str(err.value)

@@ -18,13 +18,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from drift import DriftError
 from drift.metrics import seed_interval, wilson_interval
 from drift.outputs import write_json
 from drift.study.spec import StudySpec
 
 
 def read_rows(out: Path, max_turns: int) -> list[dict]:
-    """One row per report under ``out/reports``, in a stable order (method, seed, flops)."""
+    """One row per report under ``out/reports``, in a stable order (method, seed, flops); two
+    reports that both end one method's run at one seed are refused."""
     rows = []
     for path in sorted((out / "reports").rglob("report.json")):
         report = json.loads(path.read_text())
@@ -49,6 +51,14 @@ def read_rows(out: Path, max_turns: int) -> list[dict]:
             }
         )
     rows.sort(key=lambda r: (r["method"], -1 if r["seed"] is None else r["seed"], r["flops"]))
+    ends: dict[tuple, str] = {}
+    for r in rows:
+        if r["point"] == "final" and ends.setdefault((r["method"], r["seed"]), r["report"]) != r["report"]:
+            raise DriftError(
+                f"{out}: {ends[r['method'], r['seed']]} and {r['report']} both end {r['method']}'s run at seed "
+                f"{r['seed']}: they come from two runs; delete the one that is not of the run in "
+                f"points/{r['method']}/ (or the seed's whole folder, to evaluate its run again)"
+            )
     return rows
 
 

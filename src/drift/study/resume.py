@@ -1,11 +1,16 @@
-"""What lets ``drift study`` continue in the same folder: the saved study it must still be.
+"""What lets ``drift study`` continue in the same folder, and the checks that what it reuses is
+still the study's.
 
-``study.yaml`` in a study folder is the resolved study that made what the folder holds; a rerun
-may add methods and snapshot rounds to it, never change them (:func:`check_same_study`).
+- ``study.yaml``: the resolved study that made what the folder holds; a rerun may add methods and
+  snapshot rounds to it, never change them (:func:`check_same_study`).
+- ``reports/``: a point's report is reused when its file exists, and its path names no learning
+  rate and no run: every kept report of a run must be one the run's own points made
+  (:func:`check_kept_reports`), else a curve would mix two runs.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import yaml
@@ -41,3 +46,25 @@ def write_study(saved: Path, spec: StudySpec) -> None:
         names = {m["name"] for m in methods}
         methods += [m for m in yaml.safe_load(saved.read_text())["methods"] if m["name"] not in names]
     saved.write_text(yaml.safe_dump({**spec.__dict__, "methods": methods}, sort_keys=False))
+
+
+def check_kept_reports(folder: Path, expected: dict[Path, dict], run: str) -> None:
+    """Every ``report.json`` under ``folder`` (a run's reports) is one of ``expected`` (path: the
+    ``method``, ``seed``, ``lr``, ``round`` and ``compute`` its ``study`` block must record, those
+    of the run's point) and records them; ``run`` names the run in the error."""
+    for path in sorted(folder.rglob("report.json")) if folder.exists() else []:
+        meta = json.loads(path.read_text())["study"]
+        if path not in expected:
+            why = f"its round {meta['round']} is not one of its points"
+        else:
+            differ = [k for k, v in expected[path].items() if meta.get(k) != v]
+            if not differ:
+                continue
+            why = ", ".join(
+                f"{k} {meta.get(k)}, not {expected[path][k]}" if k != "compute" else "compute" for k in differ
+            )
+            why = f"it records another {why}"
+        raise DriftError(
+            f"{path} is not a report of {run}: {why}; it was left by another run: delete {folder} to evaluate "
+            "this run's points again (the run is made again if its models are gone)"
+        )

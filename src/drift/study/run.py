@@ -35,7 +35,7 @@ from drift import DriftError
 from drift import config as C
 from drift.outputs import write_json
 from drift.study.methods import KINDS, Point
-from drift.study.resume import check_same_study, write_study
+from drift.study.resume import check_kept_reports, check_same_study, write_study
 from drift.study.spec import WARMUP_SEED, MethodSpec, StudySpec, load_spec
 
 
@@ -159,7 +159,7 @@ class Study:
             shutil.rmtree(self.folder(method, seed, lr), ignore_errors=True)
             chosen = self.tuning.get(method.lr_from or method.name, {}).get("chosen_lr")
             if KINDS[method.kind].per_seed and (lr == chosen or not KINDS[method.kind].tuned):  # its test reports
-                shutil.rmtree(self.out / "reports" / method.name / f"seed-{seed}", ignore_errors=True)
+                shutil.rmtree(self.report_folder(method, seed), ignore_errors=True)
             points = self.points(method, seed, lr)
             if seed == self.spec.tuning_seed and self.validation_file(method, lr).exists():
                 self._validate_again(method, lr, points)
@@ -256,10 +256,16 @@ class Study:
 
     # -- the test points -------------------------------------------------------------------
 
+    def report_folder(self, method: MethodSpec, seed: int | None) -> Path:
+        """The test reports of ``method``'s run at ``seed`` (of its one run, if not run per seed)."""
+        if not KINDS[method.kind].per_seed:
+            return self.out / "reports" / method.name
+        return self.out / "reports" / method.name / f"seed-{seed}"
+
     def report_path(self, method: MethodSpec, seed: int | None, point: Point) -> Path:
         if not KINDS[method.kind].per_seed:
-            return self.out / "reports" / method.name / "report.json"
-        return self.out / "reports" / method.name / f"seed-{seed}" / _tag(point) / "report.json"
+            return self.report_folder(method, seed) / "report.json"
+        return self.report_folder(method, seed) / _tag(point) / "report.json"
 
     def test_points(self, method: MethodSpec, seed: int) -> list[Path]:
         """Every point of ``method`` at ``seed`` evaluated on the test split; the reports' paths."""
@@ -270,6 +276,12 @@ class Study:
         return paths
 
     def _test_reports(self, method: MethodSpec, seed: int, lr: float | None, points: list[Point]) -> list[Path]:
+        owner = {"method": method.name, "seed": seed if KINDS[method.kind].per_seed else None, "lr": lr}
+        expected = {
+            self.report_path(method, seed, p): {**owner, "round": p.round, "compute": p.compute} for p in points
+        }
+        run = f"{method.name}'s run at seed {seed}, lr {lr} ({self.points_file(method, seed, lr)})"
+        check_kept_reports(self.report_folder(method, seed), expected, run)
         paths = []
         for point in points:
             path = self.report_path(method, seed, point)
