@@ -124,3 +124,88 @@ def test_a_report_of_another_run_is_refused(fake, capsys, leftover, message):
     assert study(path, out) == 2
     err = capsys.readouterr().err
     assert str(report) in err and message in err and f"delete {report.parents[1]}" in err
+
+
+def _lose_models_and_the_end_of(out, run: str):
+    """A fresh clone (no ``work/``) whose ``run`` (``method/seed-s``) lacks the report of its end:
+    the run must be made again."""
+    import shutil
+
+    shutil.rmtree(out / "work")
+    reports = sorted((out / "reports" / run).rglob("report.json"))
+    reports[-1].unlink()
+    return reports
+
+
+def _of_its_points(out, method: str, seed: int, lr: str) -> bool:
+    points = json.loads((out / "points" / method / f"seed{seed}-lr{lr}.json").read_text())
+    reports = sorted((out / "reports" / method / f"seed-{seed}").rglob("report.json"))
+    computes = [json.loads(p.read_text())["study"]["compute"] for p in reports]
+    return computes == [p["compute"] for p in points]
+
+
+def test_a_run_made_again_is_resumed_after_a_kill_mid_way(fake, monkeypatch):
+    """Killed while the old run's files are deleted, the rerun finishes deleting them (no report of
+    the old run is left beside the new run's points), and nothing of the remaking is left over."""
+    import shutil
+
+    path, out, _ = fake
+    assert study(path, out) == 0
+    _lose_models_and_the_end_of(out, "rl/seed-2")
+    real = shutil.rmtree
+
+    def killed(where, *args, **kwargs):
+        if "/work/runs/rl/seed2" in str(where):
+            raise KeyboardInterrupt
+        return real(where, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", killed)
+    assert study(path, out) == 130
+    monkeypatch.setattr(shutil, "rmtree", real)
+    assert study(path, out) == 0
+    assert _of_its_points(out, "rl", 2, "0.001") and len(list((out / "reports" / "rl" / "seed-2").iterdir())) == 3
+    assert not (out / "remaking").exists() or not list((out / "remaking").rglob("*.json"))
+
+
+def test_a_tuning_run_made_again_is_validated_again_even_after_a_kill(fake):
+    """The new run of the chosen learning rate scores 0.55 on validation (the old one 0.6): killed
+    during that evaluation, the rerun still measures it, and tuning.json says 0.55."""
+    path, out, stand_ins = fake
+    assert study(path, out) == 0
+    _lose_models_and_the_end_of(out, "rl/seed-0")
+    stand_ins.scores["seed0-lr0.001"] = 0.55
+    stand_ins.kill_at = "validation"
+    assert study(path, out) == 130
+    assert study(path, out) == 0
+    kept = json.loads((out / "tuning" / "rl" / "seed0-lr0.001.json").read_text())
+    tuning = json.loads((out / "tuning.json").read_text())["rl"]
+    assert kept["cumulative_accuracy"]["2"] == 0.55 == tuning["validation_multi_at_T"]["0.001"]
+    assert tuning["chosen_lr"] == 1e-3 and _of_its_points(out, "rl", 0, "0.001")
+
+
+def test_a_chosen_lr_that_no_longer_wins_is_refused_until_resolved(fake, capsys):
+    """Made again, the chosen run scores 0.3 on validation, below lr 1e-2's 0.4: every rerun
+    refuses (not only the first), and doing what the message says resolves it."""
+    import shutil
+
+    path, out, stand_ins = fake
+    assert study(path, out) == 0
+    before = (out / "tuning.json").read_text()
+    _lose_models_and_the_end_of(out, "rl/seed-0")
+    stand_ins.scores["seed0-lr0.001"] = 0.3
+    for _ in range(2):
+        capsys.readouterr()
+        assert study(path, out) == 2
+        err = capsys.readouterr().err
+        assert "lr 0.01 would now win over the chosen 0.001" in err
+        assert (out / "tuning.json").read_text() == before
+    # what the message says: delete the method's tuning entry, remaking marker and reports
+    for name in ("remaking/rl", "reports/rl"):
+        assert f"{out / name}" in err
+        shutil.rmtree(out / name)
+    tuning = json.loads(before)
+    del tuning["rl"]
+    (out / "tuning.json").write_text(json.dumps(tuning))
+    assert study(path, out) == 0
+    assert json.loads((out / "tuning.json").read_text())["rl"]["chosen_lr"] == 1e-2
+    assert all(_of_its_points(out, "rl", seed, "0.01") for seed in (0, 2))

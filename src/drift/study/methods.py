@@ -43,7 +43,7 @@ class Point:
     model: str
     round: int | None
     compute: dict
-    code: dict | None = None  # the code that made it (drift.study.run.code_version); none in older files
+    code: dict | None = None  # the code that made it (drift.study.resume.code_version); none in older files
 
 
 def with_flops(parameters: int, compute: dict) -> dict:

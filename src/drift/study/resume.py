@@ -6,6 +6,8 @@ still the study's.
 - ``reports/``: a point's report is reused when its file exists, and its path names no learning
   rate and no run: every kept report of a run must be one the run's own points made
   (:func:`check_kept_reports`), else a curve would mix two runs.
+- the code: a study may be continued by other code than started it, so every point records the
+  code that made its run and evaluation (:func:`code_version`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,31 @@ import yaml
 
 from drift import DriftError
 from drift.study.spec import StudySpec
+
+
+def code_version() -> dict:
+    """The drift code this process runs: ``version`` and, in a git checkout, the ``commit`` checked
+    out when the study started and whether ``src/`` had uncommitted changes (``dirty``). A process
+    imports some modules only when it first needs them, so a study should run from a checkout that
+    nobody edits meanwhile (a ``git worktree`` of its own). A run resumed from a checkpoint is
+    labelled with the code of the process that finished it."""
+    import subprocess
+
+    import drift
+
+    code: dict = {"version": drift.__version__}
+    root = Path(drift.__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=30, check=False
+        )
+        if head.returncode == 0:
+            status = ["git", "-C", str(root), "status", "--porcelain", "--", "src"]
+            changed = subprocess.run(status, capture_output=True, text=True, timeout=30, check=False).stdout.strip()
+            code.update(commit=head.stdout.strip(), dirty=bool(changed))
+    except (OSError, subprocess.SubprocessError):  # no git: the version is all there is
+        pass
+    return code
 
 
 def check_same_study(saved: Path, spec: StudySpec) -> None:

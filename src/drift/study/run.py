@@ -14,10 +14,10 @@ kill continues; models are deleted once every evaluation that needs them is writ
 4. ``table.json``, ``table.md`` and the figures (drift.study.results), after every pass.
 
 Folders in ``--out``: ``study.yaml`` (the resolved study), ``tuning.json`` and ``tuning/`` (the
-validation reports), ``points/`` (each finished run's points and compute), ``reports/``, the
-table and figures: small, and all a rerun
-needs to skip what is done, so a study continues from a fresh clone of a repository that holds
-them; and ``work/`` (rollouts, run folders, evaluation records: large, not for git).
+validation reports), ``points/`` (each finished run's points and compute), ``reports/``,
+``remaking/`` (a run being made again: see ``Study._remake``), the table and figures: small, and
+all a rerun needs to skip what is done, so a study continues from a fresh clone of a repository
+that holds them; and ``work/`` (rollouts, run folders, evaluation records: large, not for git).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from drift import DriftError
 from drift import config as C
 from drift.outputs import write_json
 from drift.study.methods import KINDS, Point
-from drift.study.resume import check_kept_reports, check_same_study, write_study
+from drift.study.resume import check_kept_reports, check_same_study, code_version, write_study
 from drift.study.spec import WARMUP_SEED, MethodSpec, StudySpec, load_spec
 
 
@@ -148,22 +148,43 @@ class Study:
 
     def with_models(self, method: MethodSpec, seed: int, lr: float | None, use: Callable[[list[Point]], Any]):
         """``use(points)`` of a run; if a model it needs went with an earlier ``work/`` (a fresh
-        clone holds the points but no models), the run is made again first. What came from the old
-        run goes with it: its test reports (a curve holds one run's points) and, at the tuning seed,
-        its validation score, measured again on the new run."""
-        try:
-            return use(self.points(method, seed, lr))
-        except ModelGone as gone:
-            log(f"{gone}: running {method.name} (seed {seed}, lr {lr}) again")
-            self.points_file(method, seed, lr).unlink()
-            shutil.rmtree(self.folder(method, seed, lr), ignore_errors=True)
+        clone holds the points but no models), the run is made again first (:meth:`_remake`)."""
+        marker = self.remaking_file(method, seed, lr)
+        if not marker.exists():
+            try:
+                return use(self.points(method, seed, lr))
+            except ModelGone as gone:
+                log(f"{gone}: running {method.name} (seed {seed}, lr {lr}) again")
+                write_json(marker, {"stage": "clearing", "why": str(gone)})
+        return use(self._remake(method, seed, lr, marker))
+
+    def remaking_file(self, method: MethodSpec, seed: int, lr: float | None) -> Path:
+        return self.out / "remaking" / method.name / f"{self.folder(method, seed, lr).name}.json"
+
+    def _remake(self, method: MethodSpec, seed: int, lr: float | None, marker: Path) -> list[Point]:
+        """Make a run again. What came from the old run goes first: its test reports (a curve holds
+        one run's points), its folder, and last its points file; then the run is made, and at the
+        tuning seed its validation score measured again (:meth:`_validate_again`). ``marker``
+        (``remaking/``) says how far it got (``stage``: ``clearing`` until the old points file is
+        gone, then ``running``) and goes only when all is done: a kill at any step continues there,
+        and a refusal of the new score repeats at every rerun."""
+        stage = json.loads(marker.read_text())["stage"]
+        if stage == "running" and self.points_file(method, seed, lr).exists():
+            made = self.points(method, seed, lr)
+            if any(p.model != self.spec.model and not Path(p.model).exists() for p in made):
+                stage = "clearing"  # the new run's models went too (work/ deleted before the rerun)
+        if stage == "clearing":
             chosen = self.tuning.get(method.lr_from or method.name, {}).get("chosen_lr")
             if KINDS[method.kind].per_seed and (lr == chosen or not KINDS[method.kind].tuned):  # its test reports
                 shutil.rmtree(self.report_folder(method, seed), ignore_errors=True)
-            points = self.points(method, seed, lr)
-            if seed == self.spec.tuning_seed and self.validation_file(method, lr).exists():
-                self._validate_again(method, lr, points)
-            return use(points)
+            shutil.rmtree(self.folder(method, seed, lr), ignore_errors=True)
+            self.points_file(method, seed, lr).unlink(missing_ok=True)
+            write_json(marker, {**json.loads(marker.read_text()), "stage": "running"})
+        points = self.points(method, seed, lr)
+        if seed == self.spec.tuning_seed and self.validation_file(method, lr).exists():
+            self._validate_again(method, lr, points)
+        marker.unlink()
+        return points
 
     def validation_file(self, method: MethodSpec, lr: float | None) -> Path:
         """The kept (committed) validation report of a tuning run."""
@@ -203,6 +224,7 @@ class Study:
         source = self.spec.method(method.lr_from) if method.lr_from else method
         if source.name not in self.tuning:
             self.tune(source)
+        self._check_choice(source.name)
         return self.tuning[source.name]["chosen_lr"]
 
     def tune(self, method: MethodSpec) -> None:
@@ -239,20 +261,35 @@ class Study:
         return self.evaluate(points[-1], "validation", where)
 
     def _validate_again(self, method: MethodSpec, lr: float | None, points: list[Point]) -> None:
-        """A tuning run made again: its validation report and score are the new run's. Should its lr
-        no longer win, every seed's run would be of the wrong lr: that is an error, not a silent change."""
+        """A tuning run made again: its validation report and score are the new run's."""
         report = self._validate(points, self.folder(method, self.spec.tuning_seed, lr) / "eval" / "validation")
         write_json(self.validation_file(method, lr), report)
         entry = self.tuning[method.name]
         entry["validation_multi_at_T"][f"{lr:g}"] = report["cumulative_accuracy"][str(self.spec.max_turns)]
-        best = self._best(entry["validation_multi_at_T"])
-        if best != entry["chosen_lr"]:
-            raise DriftError(
-                f"{method.name}: run again at lr {lr:g}, it scores {entry['validation_multi_at_T']} on validation, "
-                f"so lr {best:g} would now win over the chosen {entry['chosen_lr']:g}; the study's runs were chosen "
-                f"on the old scores: start it in a new --out"
-            )
+        self._check_choice(method.name)
         write_json(self.out / "tuning.json", self.tuning)
+
+    def _check_choice(self, name: str) -> None:
+        """The chosen lr still wins on the kept validation reports (a tuning run made again may score
+        otherwise). Should it not, every seed's run would be of the wrong lr: an error, not a silent
+        change, at every rerun until it is resolved."""
+        entry, method = self.tuning[name], self.spec.method(name)
+        scores = dict(entry["validation_multi_at_T"])
+        for lr in self.spec.lr_grid:
+            if (kept := self.validation_file(method, lr)).exists():
+                scores[f"{lr:g}"] = json.loads(kept.read_text())["cumulative_accuracy"][str(self.spec.max_turns)]
+        best = self._best(scores)
+        if best != entry["chosen_lr"]:
+            names = [name] + [m.name for m in self.spec.method_specs() if m.lr_from == name]
+            reports = ", ".join(str(self.out / "reports" / n) for n in names)
+            raise DriftError(
+                f"{name}: the kept validation scores ({self.out / 'tuning' / name}) are now {scores} (a tuning run "
+                f"was made again, its models gone, and scored otherwise), so lr {best:g} would now win over the "
+                f"chosen {entry['chosen_lr']:g}, at which the runs of {', '.join(names)} were made. Start the study "
+                "in a new --out, or choose again here: "
+                f"delete {self.out / 'remaking' / name}, {reports} and the {name!r} entry of "
+                f"{self.out / 'tuning.json'}, then run the same command"
+            )
 
     # -- the test points -------------------------------------------------------------------
 
@@ -304,31 +341,6 @@ class Study:
                 write_json(path, report)
             paths.append(path)
         return paths
-
-
-def code_version() -> dict:
-    """The drift code this process runs: ``version`` and, in a git checkout, the ``commit`` checked
-    out when the study started and whether ``src/`` had uncommitted changes (``dirty``). A process
-    imports some modules only when it first needs them, so a study should run from a checkout that
-    nobody edits meanwhile (a ``git worktree`` of its own). A run resumed from a checkpoint is
-    labelled with the code of the process that finished it."""
-    import subprocess
-
-    import drift
-
-    code: dict = {"version": drift.__version__}
-    root = Path(drift.__file__).resolve().parents[2]
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=30, check=False
-        )
-        if head.returncode == 0:
-            status = ["git", "-C", str(root), "status", "--porcelain", "--", "src"]
-            changed = subprocess.run(status, capture_output=True, text=True, timeout=30, check=False).stdout.strip()
-            code.update(commit=head.stdout.strip(), dirty=bool(changed))
-    except (OSError, subprocess.SubprocessError):  # no git: the version is all there is
-        pass
-    return code
 
 
 def ordered(spec: StudySpec) -> list[MethodSpec]:
