@@ -95,16 +95,30 @@ def plan(spec: StudySpec, out: Path) -> list[tuple[str, int, int]]:
         validation_evals += len(spec.lr_grid) if m in tuned else 0
         per_run = 1 if m.kind != "online" else snapshots_per_run(spec, out) + 1  # + the run's end
         test_evals += len(spec.seeds) * per_run
-    rollouts = {(s, m.turns or spec.max_turns) for m in methods if m.kind == "offline" for s in spec.seeds}
     work = out / "work"
+
+    def runs_left(m, seed: int) -> bool:
+        made = len(list((out / "points" / m.name).glob(f"seed{seed}-*.json")))
+        return made < (len(spec.lr_grid) if m in tuned and seed == spec.tuning_seed else 1)
+
+    rollouts = {(s, m.turns or spec.max_turns) for m in methods if m.kind == "offline" for s in spec.seeds}
+    rolled = [  # sampled, or no longer needed: every run on them is done
+        (work / "rollouts" / f"seed{s}-turns{t}.summary.json").exists()
+        or not any(runs_left(m, s) for m in methods if m.kind == "offline" and (m.turns or spec.max_turns) == t)
+        for s, t in rollouts
+    ]
     done_runs = {
         kind: sum(len(list((out / "points" / m.name).glob("*.json"))) for m in methods if m.kind == kind)
         for kind in runs
     }
     reports = len(list((out / "reports").rglob("report.json"))) if (out / "reports").exists() else 0
+    warmup = work / "reference" / "warmup"  # done as drift.demo.format_warmup sees it: a model, or nothing to train
+    warmed = (warmup / "train" / "model" / "config.json").exists() or (
+        (warmup / "format.jsonl").exists() and not (warmup / "format.jsonl").read_bytes().strip()
+    )
     return [
-        ("warm-up", 1 if spec.warmup_prompts else 0, int((work / "reference" / "warmup" / "train").exists())),
-        ("rollouts", len(rollouts), len(list((work / "rollouts").glob("*.summary.json"))) if work.exists() else 0),
+        ("warm-up", 1 if spec.warmup_prompts else 0, int(warmed)),
+        ("rollouts", len(rollouts), sum(rolled)),
         ("sft run", runs["sft"], done_runs["sft"]),
         ("offline run", runs["offline"], done_runs["offline"]),
         ("online run", runs["online"], done_runs["online"]),
