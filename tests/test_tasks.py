@@ -231,6 +231,20 @@ def test_math_and_metamathqa_rows(tmp_path):
         load_problems("metamathqa", meta)
 
 
+def test_metamathqa_keeps_the_types_asked_for(tmp_path):
+    """The paper trains on MetaMathQA's MATH-derived rows: type_prefix=MATH_ leaves the others out
+    (with their row numbers as ids, so the ids do not depend on the filter)."""
+    rows = [{"query": f"Q{i}", "response": f"The answer is: {i}", "type": t}
+            for i, t in enumerate(["GSM_AnsAug", "MATH_AnsAug", "GSM_FOBAR", "MATH_Rephrased", "MATH_SV"])]  # fmt: skip
+    src = write_jsonl(tmp_path / "train.jsonl", rows)
+    kept = load_problems("metamathqa", src, limit=2, type_prefix="MATH_")
+    assert [(p.prompt_id, p.gold, p.meta["type"]) for p in kept] == [
+        ("metamathqa-000001", "1", "MATH_AnsAug"),
+        ("metamathqa-000003", "3", "MATH_Rephrased"),
+    ]
+    assert len(load_problems("metamathqa", src)) == 5
+
+
 # -- sources ---------------------------------------------------------------------------------
 
 

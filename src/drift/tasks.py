@@ -34,7 +34,8 @@ A ``source`` (drift.task_sources) is a local ``.jsonl``/``.json`` (``.parquet`` 
 file, a folder holding ``{split}.jsonl``, or a Hugging Face hub dataset (``owner/name`` or ``owner/name:config``;
 needs ``datasets``, imported only then). Row tasks take the knobs ``question_field``,
 ``answer_field`` (``mcq`` also ``choices_field``) to rename columns and ``id_field`` to take
-``prompt_id`` from a column; otherwise ``prompt_id`` is ``{task}-{row index:06d}``. Bad rows stop
+``prompt_id`` from a column; otherwise ``prompt_id`` is ``{task}-{row index:06d}``. ``metamathqa``
+also takes ``type_prefix`` (``MATH_``: only the MATH-derived rows, as the paper). Bad rows stop
 the load with ``file:line: field '...' ...``.
 
 ``arithmetic`` is generated (drift.arithmetic).
@@ -98,7 +99,13 @@ def _math_row(row: dict, question_field: str, answer_field: str, solution_field:
 _METAMATH_ANSWER = re.compile(r"The answer is:?\s*")
 
 
-def _metamathqa_row(row: dict, question_field: str, answer_field: str) -> tuple[str, str, dict]:
+def _metamathqa_row(
+    row: dict, question_field: str, answer_field: str, type_prefix: str | None = None
+) -> tuple[str, str, dict] | None:
+    """``type_prefix``: keep only rows whose ``type`` starts with it (``MATH_``: the MATH-derived
+    rows the paper trains on); the others are left out."""
+    if type_prefix and not (isinstance(row, dict) and str(row.get("type", "")).startswith(type_prefix)):
+        return None
     response = _text(row, answer_field)
     start = response.rfind("The answer is")
     gold = _METAMATH_ANSWER.sub("", response[start:], count=1).strip() if start >= 0 else ""
@@ -268,7 +275,7 @@ TASKS: dict[str, TaskSpec] = {
             _rows_loader(_metamathqa_row),
             "math",
             default_source="meta-math/MetaMathQA",
-            knobs={"question_field": "query", "answer_field": "response", "id_field": None},
+            knobs={"question_field": "query", "answer_field": "response", "id_field": None, "type_prefix": None},
         ),
         TaskSpec("jsonl", _rows_loader(_qa_row), "math", knobs=_QA),
         TaskSpec("mcq", _rows_loader(_mcq_row), "choice", "choice", knobs={**_QA, "choices_field": "choices"}),
