@@ -66,6 +66,15 @@ def test_recorded_ids_are_trained_as_they_are(tiny_model):
     assert completion(exs[1]) == [7, 8, 9] and completion(exs[0])[-1] == tok.eos_token_id
 
 
+def test_recorded_ids_beyond_the_models_vocabulary_are_refused(tiny_model):
+    """token_ids are trained as they are: records sampled by a model with a larger vocabulary than
+    --model's once crashed in the embedding lookup (or, smaller, trained meaningless ids)."""
+    tok = load_tokenizer(tiny_model)
+    rec = {**make_record("p", 0, ["4", "5"], weight=1.0), "model": "big-model", "token_ids": [None, [7, len(tok)]]}
+    with pytest.raises(DriftError, match=rf"record 4.*token_ids.*id {len(tok)}.*{len(tok)} tokens.*'big-model'"):
+        build_examples(rec, tok, index=3)
+
+
 def test_round_trip_of_the_tiny_models_own_rollouts(tiny_model):
     """drift rollout -> drift train's tokenisation gives back the ids the model sampled, for replies
     that stopped and replies cut by max_new_tokens (the share that differs must be 0). The random

@@ -92,8 +92,15 @@ def build_examples(
     finish = record.get("finish_reasons") or [None] * len(record["correct"])
     sampled = record.get("token_ids") or [None] * len(record["correct"])
     out = []
+    vocabulary = len(tokenizer) if any(ids for ids in sampled) else 0
     for t, i in turns:
         ids = sampled[t - 1]
+        if ids and max(ids) >= vocabulary:  # sampled by a model with another tokenizer
+            raise DriftError(
+                f"{where}: field 'token_ids' (turn {t}) holds id {max(ids)}, but the model's tokenizer has "
+                f"{vocabulary} tokens: train the model family that sampled them (field 'model': "
+                f"{record.get('model')!r}), whose tokenizer the ids are in"
+            )
         completion = list(ids) if ids is not None else completion_ids(tokenizer, messages[i]["content"], finish[t - 1])
         prompt = render_prompt(tokenizer, messages[:i])
         if len(prompt) + len(completion) > max_length:
