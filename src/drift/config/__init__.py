@@ -100,8 +100,10 @@ class TrainConfig(OptimizationOptions):
     )
     epochs: float = option(1.0, "passes over the data", above=0.0)
     max_steps: int | None = option(None, "stop after this many optimizer steps (overrides epochs)", at_least=1)
-    save_steps: int = option(0, "checkpoint every N steps (0: only the final model)", at_least=0)
-    resume: bool = option(False, "continue from the latest checkpoint in --out")
+    save_steps: int = option(
+        0, "checkpoint every N steps (0: only the final model, so --resume starts over)", at_least=0
+    )
+    resume: bool = option(False, "continue from the latest checkpoint in --out (written every --save-steps)")
     log_steps: int = option(1, "log every N steps to train_log.jsonl (and the tracker)", at_least=1)
     report_to: Literal["none", "tensorboard", "wandb", "trackio"] = option("none", "experiment tracker")
     seed: int = option(0, "seed of data order and initialisation")
@@ -145,8 +147,10 @@ class ExportTRLConfig(Checked):
     """drift export-trl: write weighted trajectories as a TRL conversational prompt/completion JSONL.
 
     Each row: {"prompt": [messages before the turn], "completion": [{"role": "assistant", ...}],
-    "weight": w, "prompt_id": ..., "traj_id": ..., "turn": t}; load it with
-    datasets.load_dataset("json", data_files=OUT) and pass it to trl.SFTTrainer.
+    "weight": w, "prompt_id": ..., "traj_id": ..., "turn": t, "finish_reason": ...}; load it with
+    datasets.load_dataset("json", data_files=OUT). trl.SFTTrainer ignores "weight" (it would train
+    every row at weight 1, DRIFT's near-zero ones too): use it in a trainer that weighs each row's
+    loss, or drop the rows of small weight first.
     """
 
     input: str = option("", "weighted trajectories (JSONL with a 'weight' field, from drift weight)", positional=True)
@@ -214,13 +218,17 @@ class RLConfig(OptimizationOptions, GenerationOptions, WeightingOptions):
 
     Every round: B prompts x G trajectories from the current policy, returns as in drift weight,
     group-relative advantages A = (R - mean_group R) / std_group R, then --epochs-per-round passes of
-    --minibatches optimizer steps on the last assistant turn (the same target, reduction and
-    optimizer step as drift train); with more than one update per round, PPO's clipped ratio to the
-    sampling policy. --algorithm
-    drift uses DRIFT weights on the fresh samples instead (iterated DRIFT); --algorithm trl-grpo runs
-    TRL's GRPOTrainer instead of this loop (single-turn, the external baseline). Compute is counted in
-    rl_summary.json. Several processes (DDP): torchrun / accelerate launch -m drift.cli rl ...; each
-    process samples its share of the round's prompts.
+    --minibatches optimizer steps on the last assistant turn (the same target and optimizer step as
+    drift train, with its default reduction, mean); with more than one update per round, PPO's
+    clipped ratio to the sampling policy. --algorithm drift uses DRIFT weights on the fresh samples
+    instead (iterated DRIFT); --algorithm trl-grpo runs TRL's GRPOTrainer instead of this loop
+    (single-turn, the external baseline). Compute is counted in rl_summary.json. Several processes
+    (DDP): torchrun / accelerate launch -m drift.cli rl ...; each process samples its share of the
+    round's prompts. Sampling runs on --backend hf (the backend that samples from a policy while it
+    trains), --batch-size rows at a time; the optimizer batch is a round's examples cut into
+    --minibatches. --scheme, --beta, --zero-variance, --all-fail and --clip
+    shape iterated DRIFT's weights (per round); grpo takes only the return's --gamma, --lam and
+    --format-penalty.
     """
 
     out: str = option("", "run folder: model/, checkpoints/, rl_log.jsonl, rl_summary.json", short="-o")

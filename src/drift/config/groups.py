@@ -97,7 +97,10 @@ TRANSPORT_OPTIONS = ("base_url", "concurrency", "request_timeout", "max_retries"
 class GenerationOptions(Checked):
     """Options shared by every command that runs a policy in the correction environment."""
 
-    model: str = option("smollm2-135m", "model folder, .gguf file, short name (smollm2-135m, tiny-random) or hub id")
+    model: str = option(
+        "smollm2-135m",
+        "model folder, LoRA adapter folder, .gguf file, short name (smollm2-135m, tiny-random) or hub id",
+    )
     backend: str = option(
         "hf",
         "hf: a transformers model (drift's decode loop, KV caches reused across turns); vllm: offline engine; "
