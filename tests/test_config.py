@@ -116,3 +116,16 @@ def test_an_unknown_lr_scheduler_is_refused_with_the_known_ones():
     with pytest.raises(DriftError, match="beta"):  # RLConfig still checks its weighting too
         C.RLConfig(beta=-1.0)
     assert C.RLConfig(lr_scheduler="constant_with_warmup").lr_scheduler == "constant_with_warmup"
+
+
+def test_the_accelerate_configs_are_what_drift_expects():
+    """configs/accelerate/*.yaml parse; the DeepSpeed one leaves accumulation at 1 and clipping to
+    drift (drift.trainer.fill_deepspeed_config refuses a value that disagrees with --max-grad-norm)."""
+    import yaml
+
+    folder = PAPER.parent / "accelerate"
+    configs = {p.stem: yaml.safe_load(p.read_text()) for p in folder.glob("*.yaml")}
+    assert set(configs) == {"ddp", "deepspeed_zero3", "fsdp"}
+    assert {c["distributed_type"] for c in configs.values()} == {"MULTI_GPU", "DEEPSPEED", "FSDP"}
+    ds = configs["deepspeed_zero3"]["deepspeed_config"]
+    assert ds["gradient_accumulation_steps"] == 1 and "gradient_clipping" not in ds and ds["zero_stage"] == 3

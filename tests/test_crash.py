@@ -158,9 +158,11 @@ def train_setup(tmp_path_factory, tiny_model):
 def test_train_killed_and_resumed_equals_uninterrupted(tmp_path, train_setup, seed):
     args, full = train_setup
     out = tmp_path / "run"
-    kill_at_random_point(args(out), lambda: newest_checkpoint(out), TRAIN_STEPS, seed)
+    k, _ = kill_at_random_point(args(out), lambda: newest_checkpoint(out), TRAIN_STEPS, seed)
     assert not (out / "train_summary.json").exists()
-    drift(*args(out), "--resume")
+    j = newest_checkpoint(out)
+    resumed = drift(*args(out), "--resume")
+    assert j >= k and f"at step {j}" in resumed.stdout and f"step-{j:07d}" in resumed.stdout, resumed.stdout[-500:]
     assert_same_params(full, model_params(out / "model"))
     assert log_steps(out / "train_log.jsonl") == list(range(1, TRAIN_STEPS + 1))  # no step logged twice
 
@@ -211,9 +213,11 @@ def rl_setup(tmp_path_factory, tiny_model):
 def test_rl_killed_and_resumed_equals_uninterrupted(tmp_path, rl_setup, seed):
     args, full = rl_setup
     out = tmp_path / "run"
-    kill_at_random_point(args(out), lambda: newest_checkpoint(out), RL_STEPS, seed)
+    k, _ = kill_at_random_point(args(out), lambda: newest_checkpoint(out), RL_STEPS, seed)
     assert not (out / "rl_summary.json").exists()
-    drift(*args(out), "--resume")
+    j = newest_checkpoint(out)
+    resumed = drift(*args(out), "--resume")
+    assert j >= k and f"at step {j}" in resumed.stdout and f"step-{j:07d}" in resumed.stdout, resumed.stdout[-500:]
     assert_same_params(full, model_params(out / "model"))
     assert log_steps(out / "rl_log.jsonl") == list(range(1, RL_STEPS + 1))
 

@@ -97,7 +97,7 @@ def even_length_is_right(monkeypatch):
     monkeypatch.setitem(verifiers.VERIFIERS, "even", lambda prediction, gold: len(prediction) % 2 == 0)
 
 
-def test_drift_rl_moves_the_policy_counts_compute_and_resumes(tmp_path, tiny_model, even_length_is_right):
+def test_drift_rl_moves_the_policy_counts_compute_and_resumes(tmp_path, tiny_model, even_length_is_right, capsys):
     import shutil
 
     import torch
@@ -168,7 +168,9 @@ def test_drift_rl_moves_the_policy_counts_compute_and_resumes(tmp_path, tiny_mod
     (crashed / "rl_summary.json").unlink()
     (crashed / "snapshots" / "round-00002" / "stale").write_text("from the run that died")  # round 2 is redone
     args[args.index(str(out))] = str(crashed)
+    capsys.readouterr()
     assert main(args + ["--resume"]) == 0
+    assert f"resumed from {crashed / 'checkpoints' / 'step-0000001'} at step 1" in capsys.readouterr().out
     assert not (crashed / "snapshots" / "round-00002" / "stale").exists()
     assert [json.loads(line)["step"] for line in (crashed / "rl_log.jsonl").read_text().splitlines()] == [1, 2]
     b = AutoModelForCausalLM.from_pretrained(crashed / "model").state_dict()
@@ -268,8 +270,11 @@ def test_two_processes_sample_their_shares_and_count_every_token(tmp_path, tiny_
     flags = ["--model", tiny_model, "--steps", "1", "--prompts-per-step", "3", "--group-size", "2",
              "--max-new-tokens", "4", "--max-turns", "2", "--task-options", "digits=1", "--num-prompts", "6",
              "--dtype", "float32", "--seed", "3"]  # fmt: skip
-    out = finish(torchrun(["rl", "--out", str(tmp_path / "two"), *flags]))
-    assert "process 1 of 2" in out, out[-2000:]
+    proc = torchrun(["rl", "--out", str(tmp_path / "two"), *flags])
+    out = finish(proc)
+    assert proc.returncode == 0, out[-3000:]
+    for rank in (0, 1):
+        assert f"process {rank} of 2 (MULTI_CPU, cpu:0, float32)" in out, out[-2000:]
     two = json.loads((tmp_path / "two" / "rl_summary.json").read_text())
     assert main(["rl", "--out", str(tmp_path / "one"), *flags]) == 0
     one = json.loads((tmp_path / "one" / "rl_summary.json").read_text())

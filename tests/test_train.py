@@ -176,7 +176,7 @@ def test_gradient_accumulation_1x8_equals_8x1(tmp_path, tiny_model):
             assert torch.allclose(one[k], eight[k], atol=1e-6), (reduction, k)
 
 
-def test_resume_continues_bit_for_bit(tmp_path, tiny_model):
+def test_resume_continues_bit_for_bit(tmp_path, tiny_model, capsys):
     data = weighted_file(tmp_path / "w.jsonl", [1.0, 0.5, 2.0, 1.0] * 4)
     options = dict(batch_size=4, micro_batch_size=2, max_steps=6, save_steps=3, save_total_limit=5, optimizer="adamw")
     full = params(train(tmp_path, "full", data, tiny_model, **options))
@@ -185,7 +185,9 @@ def test_resume_continues_bit_for_bit(tmp_path, tiny_model):
     shutil.copytree(tmp_path / "full", crashed)
     shutil.rmtree(crashed / "model")
     assert [p.name for p in (crashed / "checkpoints").iterdir()] == ["step-0000003"]
+    capsys.readouterr()
     resumed = params(train(tmp_path, "crashed", data, tiny_model, resume=True, **options))
+    assert f"resumed from {crashed / 'checkpoints' / 'step-0000003'} at step 3" in capsys.readouterr().out
     for k in full:
         assert torch.equal(full[k], resumed[k]), k
     # and its summary counts the whole run's tokens, the 3 steps before the crash included

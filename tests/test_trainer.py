@@ -8,6 +8,7 @@ and at the end (weights, SGD).
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -219,7 +220,12 @@ def test_kill_one_process_then_resume_gives_the_uninterrupted_weights(tmp_path, 
     resumed = torchrun(train_args(data, tmp_path / "killed", tiny_model, *args, "--resume"))
     log = finish(resumed)
     assert resumed.returncode == 0, log[-3000:]
-    assert "resumed from" in log
+    resumed_at = re.search(r"resumed from \S+step-(\d{7}) at step (\d+)\n", log)
+    assert resumed_at and int(resumed_at[1]) == int(resumed_at[2]) >= 10, log[-2000:]  # not started over
+    for rank in (0, 1):
+        assert f"process {rank} of 2 (MULTI_CPU, cpu:0, float32)" in log
+    summary = json.loads((tmp_path / "killed" / "train_summary.json").read_text())
+    assert summary["processes"] == 2 and summary["strategy"] == "MULTI_CPU"
     steps = [e["step"] for e in read_log(tmp_path / "killed")]
     assert steps == list(range(1, 271))  # 18 examples / batch 2 x 30 epochs, each step logged once
     a, b = load(tmp_path / "full" / "model"), load(tmp_path / "killed" / "model")

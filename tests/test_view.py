@@ -240,15 +240,22 @@ def test_drift_view_on_a_rollout_file_and_an_eval_folder(tmp_path, capsys):
     mixed = tmp_path / "mixed.html"
     assert main(["view", str(tmp_path / "rollouts.jsonl"), "--out", str(mixed), str(tmp_path / "ev")]) == 0
     assert decode_payload(mixed.read_text(encoding="utf-8"))["sets"] == payload["sets"]
+    before = out.read_bytes()
+    capsys.readouterr()
     assert main(["view", str(tmp_path / "missing"), "--out", str(out)]) == 2
+    assert f"{tmp_path / 'missing'}: no such file or folder" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     assert main(["view", str(tmp_path / "empty"), "--out", str(out)]) == 2
+    assert f"{tmp_path / 'empty'}: no report.json" in capsys.readouterr().err
+    assert out.read_bytes() == before  # a failed run leaves the page as it was
     write_records(tmp_path / "unscored" / "records.jsonl", [make_record("q", 0, ["5"], 1)])  # an eval cut short
     assert main(["view", str(tmp_path / "unscored"), "--out", str(out)]) == 0
     assert [s["name"] for s in decode_payload(out.read_text())["sets"]] == ["unscored"]
     (tmp_path / "cmp").mkdir()
     (tmp_path / "cmp" / "comparison.json").write_text('{"runs": [{"n": 3}]}')
+    capsys.readouterr()
     assert main(["view", str(tmp_path / "cmp"), "--out", str(out)]) == 2
+    assert 'a comparison holds {"runs": [{"name"' in capsys.readouterr().err
     (tmp_path / "cmp" / "comparison.json").write_text('{"runs": [')
     assert main(["view", str(tmp_path / "cmp"), "--out", str(out)]) == 2
     assert "not a readable comparison" in capsys.readouterr().err

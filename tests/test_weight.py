@@ -109,15 +109,28 @@ def bad_inputs(tmp_path):
     return paths
 
 
+BAD_INPUT_MESSAGES = {
+    "truncated.jsonl": ":1: invalid JSON (",  # with the column
+    "wrong_type.jsonl": ":1: field 'answer_norms' must be a list",
+    "nan.jsonl": ":1: field 'turn_rewards.t1' must be a finite number",
+    "inf.jsonl": ":1: field 'turn_rewards.t1' must be a finite number",
+    "role.jsonl": ":1: field 'messages[11].role' must be one of",
+    "empty.jsonl": ": no records (empty file)",
+    "no_prompt_id.jsonl": ":1: field 'prompt_id'",
+    "latin1.jsonl": ":1: line is not valid UTF-8",
+}
+
+
 def test_every_bad_input_exits_2_with_location_and_writes_nothing(tmp_path, capsys):
-    for name, path in bad_inputs(tmp_path).items():
+    cases = bad_inputs(tmp_path)
+    assert set(cases) == set(BAD_INPUT_MESSAGES)
+    for name, path in cases.items():
         out = tmp_path / "out" / f"{name}.weighted.jsonl"
         assert main(["weight", str(path), "--out", str(out)]) == 2, name
         err = capsys.readouterr().err
-        assert f"{path}" in err, (name, err)
-        if name != "empty.jsonl":
-            assert f"{path}:1: " in err, (name, err)
-            assert "field" in err or "JSON" in err or "UTF-8" in err, (name, err)
+        assert f"{path}{BAD_INPUT_MESSAGES[name]}" in err, (name, err)
+        if name == "truncated.jsonl":
+            assert "column" in err, err
         assert not out.exists()
         assert not out.parent.exists() or not any(out.parent.iterdir())
 
@@ -229,3 +242,32 @@ def test_groups_of_unequal_size_are_reported(tmp_path, capsys):
     summary = json.loads((tmp_path / "w.summary.json").read_text())
     assert summary["group_size_min"] == min(sizes) - 1 and summary["group_size_max"] == max(sizes)
     assert "trajectories per prompt differ" in capsys.readouterr().out
+
+
+def test_export_trl_end_to_end_from_a_weighted_file(tmp_path):
+    """drift weight, then drift export-trl as a user runs it: one row per trained turn, the weights
+    carried over (dropped records leave no row), and the sidecars written."""
+    weighted, out = tmp_path / "w.jsonl", tmp_path / "trl" / "rows.jsonl"
+    assert main(["weight", str(REFERENCE), "--out", str(weighted), "--all-fail", "drop"]) == 0
+    proc = subprocess.run(
+        [sys.executable, "-m", "drift.cli", "export-trl", str(weighted), "-o", str(out), "--target", "all"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    records = [r for r in read_records(weighted) if r["weight"] is not None]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == sum(len(r["correct"]) for r in records) > 0  # every assistant turn of a kept record
+    assert math.fsum(r["weight"] for r in rows) == pytest.approx(
+        math.fsum(r["weight"] * len(r["correct"]) for r in records)
+    )
+    first = records[0]
+    replies = [m["content"] for m in first["messages"] if m["role"] == "assistant"]
+    mine = [r for r in rows if (r["prompt_id"], r["traj_id"]) == (first["prompt_id"], first["traj_id"])]
+    assert [r["completion"][0]["content"] for r in mine] == replies and [r["turn"] for r in mine] == list(
+        range(1, len(replies) + 1)
+    )
+    summary = json.loads((tmp_path / "trl" / "rows.summary.json").read_text())
+    assert summary["rows"] == len(rows) and summary["records"] == len(read_records(weighted))
+    assert yaml.safe_load((tmp_path / "trl" / "rows.config.yaml").read_text())["target"] == "all"
