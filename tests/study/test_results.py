@@ -75,7 +75,7 @@ def test_table_means_intervals_and_the_compute_at_which_rl_matches(tmp_path):
         410 / 105, abs=1e-3
     )
     md = (tmp_path / "table.md").read_text()
-    assert "| drift | 1e-05 (3) | 2 | 0.300 | 0.600 |" in md and "not reached" in md
+    assert "| drift | 1e-05 (3) | 2 (0,1) | 0.300 | 0.600 |" in md and "not reached" in md
     assert "| 0 | 0.500 | 100.000 | 50.000 (0.50x) | 200.000 (2.00x) | 4.00 |" in md
     # one model, one run: no interval across seeds, and no training compute
     assert "| base | – | 1 | 0.100 | 0.200 | – | " in md and "| 0.900 | 0 | " in md
@@ -176,3 +176,20 @@ def test_two_ends_of_one_seed_s_run_are_refused(tmp_path):
         write_results(tmp_path, spec)
     for tag in ("final", "round-00003"):
         assert f"reports/rl/seed-0/{tag}/report.json" in str(err.value)
+
+
+def test_the_table_names_each_method_s_seeds(tmp_path):
+    """Means over different seed sets are not alike: a method over seeds 0, 2 and 3 and a variant
+    over 0 and 2 say which seeds they are, in table.md as in the summary of table.json."""
+    spec = StudySpec(
+        methods=[{"name": "drift", "kind": "offline"}, {"name": "variant", "kind": "offline"}],
+        max_turns=2, seeds=[0, 2, 3], budget_method="drift",
+    )  # fmt: skip
+    for seed in (0, 2, 3):
+        _report(tmp_path, "drift", "offline", seed, None, (0.3, 0.5), 100.0)
+    for seed in (0, 2):
+        _report(tmp_path, "variant", "offline", seed, None, (0.3, 0.5), 100.0)
+    table = write_results(tmp_path, spec)
+    assert [s["seeds"] for s in table["summary"]] == [[0, 2, 3], [0, 2]]
+    md = (tmp_path / "table.md").read_text()
+    assert "| drift | 1e-05 (?) | 3 (0,2,3) |" in md and "| variant | 1e-05 (?) | 2 (0,2) |" in md

@@ -9,7 +9,7 @@ so the table always equals what the reports say and can be rebuilt at any time.
   ``report``: the report's path relative to the study folder), the per-method ``summary`` of
   final points, and ``match``: between which evaluated points each online method first reaches the
   budget method's multi@T (``flops_below``, ``flops``), per seed and on the mean over seeds.
-- ``table.md``: the summary as a table, and the match.
+- ``table.md``: the summary as a table (with the seeds each mean is over), and the match.
 - ``frontier.png`` (multi@T against FLOPs, log x, a band over seeds), ``accuracy_by_turn.png``.
 """
 
@@ -226,6 +226,13 @@ def _fmt(x, digits: int = 3) -> str:
     return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
 
 
+def _seeds(seeds: list) -> str:
+    """How many seeds, and which (a mean over seeds 0,2,3 is not one over 0,2): ``3 (0,2,3)``;
+    ``1`` for a method not run per seed (base)."""
+    which = [str(s) for s in seeds if s is not None]
+    return f"{len(seeds)} ({','.join(which)})" if which else str(len(seeds))
+
+
 def _row(cells) -> str:
     return "| " + " | ".join(map(str, cells)) + " |\n"
 
@@ -244,7 +251,7 @@ def markdown(spec: StudySpec, summary: list[dict], match: list[dict], tuning: di
             lr = f"{s['lr']:g} (from {s['lr_from']})"
         else:
             lr = f"{s['lr']:g} ({tuning.get(s['method'], {}).get('tries', '?')})"
-        cells = [s["method"], lr, str(len(s["seeds"])), *[_fmt(s["multi_at"][str(t)]) for t in range(1, T + 1)],
+        cells = [s["method"], lr, _seeds(s["seeds"]), *[_fmt(s["multi_at"][str(t)]) for t in range(1, T + 1)],
                  f"[{ci[1]:.3f}, {ci[2]:.3f}]" if ci and len(s["seeds"]) > 1 else "–",
                  "[{:.3f}, {:.3f}]".format(*s["multi_at_T_pooled_ci"]),
                  _fmt(s["correction_rate"]), _fmt(s["unique_answer_ratio"]), _fmt(s["flops"]),
