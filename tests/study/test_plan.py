@@ -2,7 +2,7 @@
 
 import json
 
-from drift.study.plan import plan
+from drift.study.plan import measured_seconds, plan
 from drift.study.spec import StudySpec
 
 
@@ -36,3 +36,13 @@ def test_a_warm_up_killed_while_training_is_not_done(tmp_path):
     (train / "model" / "config.json").write_text("{}")
     units = {unit: (count, done) for unit, count, done in plan(_spec(), tmp_path)}
     assert units["warm-up"] == (1, 1)
+
+
+def test_a_run_s_resolved_configs_are_not_a_run(tmp_path):
+    """``points/<method>/<run>.configs.json`` lies beside the run's points file: one run, not two."""
+    for name in ("seed0-lr0.001", "seed0-lr0.01"):
+        _done(tmp_path, name)
+        (tmp_path / "points" / "drift" / f"{name}.configs.json").write_text(json.dumps({"train": {"lr": 0.001}}))
+    units = {unit: (count, done) for unit, count, done in plan(_spec(warmup_prompts=0), tmp_path)}
+    assert units["rollouts"] == (2, 1) and units["offline run"] == (3, 2)
+    assert measured_seconds(_spec(warmup_prompts=0), tmp_path)["offline run"] == 1.0

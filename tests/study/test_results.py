@@ -193,3 +193,45 @@ def test_the_table_names_each_method_s_seeds(tmp_path):
     assert [s["seeds"] for s in table["summary"]] == [[0, 2, 3], [0, 2]]
     md = (tmp_path / "table.md").read_text()
     assert "| drift | 1e-05 (?) | 3 (0,2,3) |" in md and "| variant | 1e-05 (?) | 2 (0,2) |" in md
+
+
+def _configs(out, method, seed, lr, configs):
+    path = out / "points" / method / f"seed{seed}-lr{lr:g}.configs.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(configs))
+
+
+def test_the_table_notes_resolved_options_that_differ_between_a_method_s_seeds(tmp_path):
+    """From the runs that record their resolved configs (points/<method>/<run>.configs.json), at the
+    learning rate in the table: an option whose value differs between a method's seeds is named;
+    seeds, paths and an online run's FLOP budget (a multiple of that seed's budget run) differ by
+    design. Runs made before the file was written have none: they are left out, not an error."""
+    spec = StudySpec(
+        methods=[{"name": "drift", "kind": "offline"}, {"name": "rl", "kind": "online"},
+                 {"name": "older", "kind": "offline"}],
+        max_turns=2, seeds=[0, 1, 2], budget_method="drift",
+    )  # fmt: skip
+    for seed in (0, 1, 2):
+        _report(tmp_path, "drift", "offline", seed, None, (0.3, 0.5), 100.0)
+    for seed in (0, 1):
+        _report(tmp_path, "rl", "online", seed, 1, (0.3, 0.5), 100.0)
+        _report(tmp_path, "older", "offline", seed, None, (0.3, 0.5), 100.0)
+        paths = {"input": f"work/rollouts/seed{seed}.jsonl", "out": f"work/runs/drift/seed{seed}", "model": "m"}
+        drift = {"weight": {"beta": 0.1, **paths}, "train": {"lr": 1e-5, "seed": seed, "target": "last", **paths}}
+        _configs(tmp_path, "drift", seed, 1e-5, drift)
+        rl = {"lr": 1e-5, "seed": seed, "kl_coef": [0.0, 0.05][seed], "max_flops": 400.0 + seed, **paths}
+        _configs(tmp_path, "rl", seed, 1e-5, {"rl": rl})
+    _configs(tmp_path, "drift", 0, 1e-3, {"train": {"lr": 1e-3}})  # a tuning run at another lr: not in the table
+    summary = {s["method"]: s for s in write_results(tmp_path, spec)["summary"]}
+    assert summary["drift"]["resolved_options"] == {"seeds": [0, 1], "differ": {}}  # seed 2 records none
+    assert summary["rl"]["resolved_options"] == {"seeds": [0, 1], "differ": {"rl.kl_coef": {"0": 0.0, "1": 0.05}}}
+    assert summary["older"]["resolved_options"] == {"seeds": [], "differ": {}}
+    md = (tmp_path / "table.md").read_text()
+    assert "- drift (seeds 0,1): resolved options agree across seeds\n" in md
+    assert "- rl (seeds 0,1): rl.kl_coef 0.0 (seed 0), 0.05 (seed 1)\n" in md
+    assert "- older" not in md
+    # a table of runs none of which records them says so
+    for path in (tmp_path / "points").rglob("*.configs.json"):
+        path.unlink()
+    write_results(tmp_path, spec)
+    assert "no method has two seeds whose runs record them" in (tmp_path / "table.md").read_text()

@@ -140,6 +140,24 @@ def test_a_tiny_study_end_to_end(tmp_path, study_file, monkeypatch, capsys):
         assert "max_turns: 1\n" in (path.parent / "config.yaml").read_text()
     assert next(r for r in rows if r["method"] == "trl-grpo")["n"] == 4
     assert (out / "frontier.png").stat().st_size > 0 and (out / "accuracy_by_turn.png").stat().st_size > 0
+    # beside its points, every run keeps the resolved configs of the commands it ran (work/ is not kept)
+    drift_lr = tuning["drift"]["chosen_lr"]
+    for seed in (0, 1):
+        configs = json.loads((out / "points" / "drift" / f"seed{seed}-lr{drift_lr:g}.configs.json").read_text())
+        assert set(configs) == {"rollout", "weight", "train"}
+        assert configs["weight"]["all_fail"] == "keep" and configs["weight"]["beta"] == 0.1  # (beta: the default)
+        assert configs["train"]["lr"] == drift_lr and configs["train"]["seed"] == seed
+        assert configs["rollout"]["n"] == 2 and configs["rollout"]["seed"] == seed
+    beta1 = json.loads((out / "points" / "drift-beta1" / f"seed1-lr{drift_lr:g}.configs.json").read_text())
+    assert beta1["weight"]["beta"] == 1.0 and beta1["weight"]["gamma"] == 0.9
+    grpo = json.loads((out / "points" / "grpo" / f"seed1-lr{tuning['grpo']['chosen_lr']:g}.configs.json").read_text())
+    assert set(grpo) == {"rl"} and grpo["rl"]["epochs_per_round"] == 2 and "kl_coef" in grpo["rl"]
+    assert json.loads((out / "points" / "base" / "seed0.configs.json").read_text()) == {}
+    # ... and the table compares them between seeds: the same options (paths, seeds, budgets aside)
+    compared = {s["method"]: s["resolved_options"] for s in table["summary"]}
+    assert compared.pop("base") == {"seeds": [], "differ": {}}
+    assert all(c == {"seeds": [0, 1], "differ": {}} for c in compared.values()) and len(compared) == 6
+    assert "- grpo (seeds 0,1): resolved options agree across seeds\n" in (out / "table.md").read_text()
     assert "| drift |" in (out / "table.md").read_text()
     # models are deleted once evaluated; rerunning rebuilds the same table from the reports
     assert not list((out / "work" / "runs").rglob("model.safetensors"))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from drift.study.provenance import is_points_file
 from drift.study.spec import StudySpec
 
 DEFAULT_RATES = {"generated_per_second": 140.0, "trained_per_second": 400.0}
@@ -26,11 +27,16 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def _points_files(folder: Path, pattern: str) -> list[Path]:
+    """The runs' points files under ``folder`` (not the resolved configs beside them)."""
+    return [p for p in folder.glob(pattern) if is_points_file(p)] if folder.exists() else []
+
+
 def measured_seconds(spec: StudySpec, out: Path) -> dict[str, float]:
     """Mean wall seconds of every kind of unit the study has finished."""
     work, kinds = out / "work", {m.name: m.kind for m in spec.method_specs()}
     runs: dict[str, list[float]] = {"sft run": [], "offline run": [], "online run": []}
-    for path in (out / "points").glob("*/*.json") if (out / "points").exists() else []:
+    for path in _points_files(out / "points", "*/*.json"):
         kind = kinds.get(path.parent.name)
         if kind in ("sft", "offline", "online"):
             c = json.loads(path.read_text())[-1]["compute"]  # an offline run's sampling is its rollouts' unit
@@ -71,7 +77,7 @@ def snapshots_per_run(spec: StudySpec, out: Path) -> float:
     """Snapshot rounds an online run passes before its budget ends it: as many as the finished
     online runs passed (of today's ``snapshot_rounds``), else a guess."""
     online = {m.name for m in spec.method_specs() if m.kind == "online"}
-    files = [p for p in (out / "points").glob("*/*.json") if p.parent.name in online]
+    files = [p for p in _points_files(out / "points", "*/*.json") if p.parent.name in online]
     ends = [json.loads(p.read_text())[-1]["round"] for p in files]
     rounds = [r for r in spec.snapshot_rounds if r < spec.max_rounds]
     if not ends:
@@ -98,7 +104,7 @@ def plan(spec: StudySpec, out: Path) -> list[tuple[str, int, int]]:
     work = out / "work"
 
     def runs_left(m, seed: int) -> bool:
-        made = len(list((out / "points" / m.name).glob(f"seed{seed}-*.json")))
+        made = len(_points_files(out / "points" / m.name, f"seed{seed}-*.json"))
         return made < (len(spec.lr_grid) if m in tuned and seed == spec.tuning_seed else 1)
 
     rollouts = {(s, m.turns or spec.max_turns) for m in methods if m.kind == "offline" for s in spec.seeds}
@@ -108,7 +114,7 @@ def plan(spec: StudySpec, out: Path) -> list[tuple[str, int, int]]:
         for s, t in rollouts
     ]
     done_runs = {
-        kind: sum(len(list((out / "points" / m.name).glob("*.json"))) for m in methods if m.kind == kind)
+        kind: sum(len(_points_files(out / "points" / m.name, "*.json")) for m in methods if m.kind == kind)
         for kind in runs
     }
     reports = len(list((out / "reports").rglob("report.json"))) if (out / "reports").exists() else 0

@@ -7,9 +7,11 @@ so the table always equals what the reports say and can be rebuilt at any time.
 - ``table.json``: one row per evaluated point (``method``, ``seed``, ``round``, ``multi_at_T``,
   ``multi_at`` (1..T), ``correction_rate``, ``unique_answer_ratio``, ``flops``, the compute,
   ``report``: the report's path relative to the study folder), the per-method ``summary`` of
-  final points, and ``match``: between which evaluated points each online method first reaches the
-  budget method's multi@T (``flops_below``, ``flops``), per seed and on the mean over seeds.
-- ``table.md``: the summary as a table (with the seeds each mean is over), and the match.
+  final points (and :func:`resolved_options`), and ``match``: between which evaluated points each
+  online method first reaches the budget method's multi@T (``flops_below``, ``flops``), per seed
+  and on the mean over seeds.
+- ``table.md``: the summary as a table (with the seeds each mean is over), a note on the resolved
+  options that differ between a method's seeds, and the match.
 - ``frontier.png`` (multi@T against FLOPs, log x, a band over seeds), ``accuracy_by_turn.png``.
 """
 
@@ -21,6 +23,7 @@ from pathlib import Path
 from drift import DriftError
 from drift.metrics import seed_interval, wilson_interval
 from drift.outputs import write_json
+from drift.study.provenance import differing_options, run_name
 from drift.study.spec import StudySpec
 
 
@@ -128,6 +131,36 @@ def summarize_method(rows: list[dict], method: str, max_turns: int) -> dict:
         "sampling_seconds": _mean(r["compute"]["sampling_seconds"] for r in finals),
         "training_seconds": _mean(r["compute"]["training_seconds"] for r in finals),
     }
+
+
+def resolved_options(out: Path, rows: list[dict], method: str) -> dict:
+    """Which seeds of ``method``'s ended runs (at the learning rate in the table) record their
+    resolved configs (``points/<method>/<run>.configs.json``; older runs have none), and the
+    options that differ between them (drift.study.provenance.differing_options)."""
+    by_seed = {}
+    for r in final_rows(rows, method):
+        path = out / "points" / method / f"{run_name(r['seed'], r['lr'])}.configs.json"
+        if r["seed"] is not None and path.exists():
+            by_seed[r["seed"]] = json.loads(path.read_text())
+    return {"seeds": sorted(by_seed), "differ": differing_options(by_seed)}
+
+
+def options_note(summary: list[dict]) -> str:
+    """table.md's note on :func:`resolved_options`: per method with two seeds or more that record
+    them, the options that differ (each seed's value), or that they agree."""
+    lines = []
+    for s in summary:
+        seeds, differ = s["resolved_options"]["seeds"], s["resolved_options"]["differ"]
+        if len(seeds) > 1:
+            values = [f"{k} " + ", ".join(f"{v} (seed {seed})" for seed, v in by.items()) for k, by in differ.items()]
+            said = "; ".join(values) or "resolved options agree across seeds"
+            lines.append(f"- {s['method']} (seeds {','.join(map(str, seeds))}): {said}\n")
+    where = "`points/<method>/<run>.configs.json`"
+    if not lines:
+        return (f"\nResolved options: no method has two seeds whose runs record them ({where}; runs made "
+                "before drift study wrote it have none), so none are compared across seeds.\n")  # fmt: skip
+    return (f"\nResolved options across seeds (from each run's {where}; seeds, paths and online FLOP budgets "
+            "differ by design and are not compared):\n\n" + "".join(lines))  # fmt: skip
 
 
 TIE = 1e-9  # accuracies closer than this are equal: means over seeds differ in the last bits
@@ -263,7 +296,7 @@ def markdown(spec: StudySpec, summary: list[dict], match: list[dict], tuning: di
         "spread between runs. CI (pooled episodes): Wilson over all seeds' test episodes as if they were "
         "independent; every seed answers the same test problems, so it shows evaluation noise only and is "
         "too narrow for comparing methods.\n"
-    )
+    ) + options_note(summary)
     for m in match:
         text += f"\n## When does {m['method']} reach {m['against']}'s multi@{T}?\n\n"
         text += "Between its last evaluated point below the target and its first at or above it.\n\n"
@@ -289,6 +322,8 @@ def write_results(out: Path, spec: StudySpec) -> dict:
     rows = read_rows(out, spec.max_turns)
     methods = [m.name for m in spec.method_specs() if any(r["method"] == m.name for r in rows)]
     summary = [summarize_method(rows, m, spec.max_turns) for m in methods if final_rows(rows, m)]  # ended runs only
+    for s in summary:
+        s["resolved_options"] = resolved_options(out, rows, s["method"])
     match = match_table(rows, spec)
     tuning = json.loads((out / "tuning.json").read_text()) if (out / "tuning.json").exists() else {}
     table = {

@@ -14,7 +14,8 @@ kill continues; models are deleted once every evaluation that needs them is writ
 4. ``table.json``, ``table.md`` and the figures (drift.study.results), after every pass.
 
 Folders in ``--out``: ``study.yaml`` (the resolved study), ``tuning.json`` and ``tuning/`` (the
-validation reports), ``points/`` (each finished run's points and compute), ``reports/``,
+validation reports), ``points/`` (each finished run's points and compute, and beside them the
+resolved configs of its commands: drift.study.provenance), ``reports/``,
 ``remaking/`` (a run being made again: see ``Study._remake``), the table and figures: small, and
 all a rerun needs to skip what is done, so a study continues from a fresh clone of a repository
 that holds them; and ``work/`` (rollouts, run folders, evaluation records: large, not for git).
@@ -35,6 +36,7 @@ from drift import DriftError
 from drift import config as C
 from drift.outputs import write_json
 from drift.study.methods import KINDS, Point
+from drift.study.provenance import collect_configs, configs_file, run_name
 from drift.study.resume import check_kept_reports, check_same_study, code_version, write_study
 from drift.study.spec import WARMUP_SEED, MethodSpec, StudySpec, load_spec
 
@@ -128,10 +130,11 @@ class Study:
     # -- runs ------------------------------------------------------------------------------
 
     def folder(self, method: MethodSpec, seed: int, lr: float | None) -> Path:
-        return self.work / "runs" / method.name / (f"seed{seed}" + (f"-lr{lr:g}" if lr is not None else ""))
+        return self.work / "runs" / method.name / run_name(seed, lr)
 
     def points(self, method: MethodSpec, seed: int, lr: float | None) -> list[Point]:
-        """Run ``method`` at ``seed`` and ``lr`` (or read ``points/<method>/<run>.json``): its points."""
+        """Run ``method`` at ``seed`` and ``lr`` (or read ``points/<method>/<run>.json``): its points.
+        The resolved configs of its commands go beside them first (the points file marks it done)."""
         folder, done = self.folder(method, seed, lr), self.points_file(method, seed, lr)
         if done.exists():
             return [Point(**p) for p in json.loads(done.read_text())]
@@ -140,6 +143,7 @@ class Study:
         points = [
             dataclasses.replace(p, code=self.code) for p in KINDS[method.kind].run(self, method, seed, lr, folder)
         ]
+        write_json(configs_file(done), collect_configs(folder))
         write_json(done, [p.__dict__ for p in points])
         return points
 
@@ -178,6 +182,7 @@ class Study:
             if KINDS[method.kind].per_seed and (lr == chosen or not KINDS[method.kind].tuned):  # its test reports
                 shutil.rmtree(self.report_folder(method, seed), ignore_errors=True)
             shutil.rmtree(self.folder(method, seed, lr), ignore_errors=True)
+            configs_file(self.points_file(method, seed, lr)).unlink(missing_ok=True)
             self.points_file(method, seed, lr).unlink(missing_ok=True)
             write_json(marker, {**json.loads(marker.read_text()), "stage": "running"})
         points = self.points(method, seed, lr)
