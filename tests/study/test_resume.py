@@ -209,3 +209,98 @@ def test_a_chosen_lr_that_no_longer_wins_is_refused_until_resolved(fake, capsys)
     assert study(path, out) == 0
     assert json.loads((out / "tuning.json").read_text())["rl"]["chosen_lr"] == 1e-2
     assert all(_of_its_points(out, "rl", seed, "0.01") for seed in (0, 2))
+
+
+def _save_weights(folder, tensors: dict, metadata=None):
+    from safetensors.numpy import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text("{}")
+    save_file(tensors, str(folder / "model.safetensors"), metadata=metadata)
+
+
+def test_the_fingerprint_of_a_model_is_its_tensors(tmp_path):
+    """The same tensors give the same fingerprint whatever order and metadata the file was written
+    with; one changed value changes it; a hub name (no local folder) has none."""
+    import numpy as np
+
+    from drift.study.resume import fingerprint
+
+    a, b = np.arange(6, dtype=np.float32).reshape(2, 3), np.ones(4, dtype=np.float16)
+    _save_weights(tmp_path / "one", {"a": a, "b": b})
+    _save_weights(tmp_path / "two", {"b": b, "a": a}, metadata={"format": "pt"})
+    changed = a.copy()
+    changed[1, 2] = 5.5
+    _save_weights(tmp_path / "three", {"a": changed, "b": b})
+    one = fingerprint(str(tmp_path / "one"))
+    assert one is not None and len(one) == 64
+    assert fingerprint(str(tmp_path / "two")) == one != fingerprint(str(tmp_path / "three"))
+    assert fingerprint("org/some-hub-model") is None
+
+
+WARMED = STUDY.replace("warmup_prompts: 0", "warmup_prompts: 8")
+
+
+@pytest.fixture
+def warmed(fake, monkeypatch):
+    """The fake study with a stand-in format warm-up whose weights are ``weights[0]`` (a value)."""
+    import numpy as np
+
+    path, out, _ = fake
+    path.write_text(WARMED)
+    weights = [1.0]
+
+    def format_warmup(folder, shared, preset, seed, timings):
+        model = folder / "warmup" / "train" / "model"
+        _save_weights(model, {"w": np.full(3, weights[0], dtype=np.float32)})
+        return str(model)
+
+    monkeypatch.setattr("drift.demo.format_warmup", format_warmup)
+    return path, out, weights
+
+
+def _remake_the_reference(out):
+    """A fresh clone (no work/) that lacks the base row's report: the reference is made again."""
+    import shutil
+
+    shutil.rmtree(out / "work")
+    (out / "reports" / "base" / "report.json").unlink()
+
+
+def test_a_reference_made_again_otherwise_is_refused(warmed, capsys):
+    """The study folder pins the reference policy's weights (reference.json); made again (a fresh
+    clone) with other weights, new runs would start from another reference than the kept ones:
+    refused, at every rerun, until the folder is changed as the message says."""
+    from drift.study.resume import fingerprint
+
+    path, out, weights = warmed
+    assert study(path, out) == 0
+    model = out / "work" / "reference" / "warmup" / "train" / "model"
+    pinned = json.loads((out / "reference.json").read_text())
+    assert pinned["sha256"] == fingerprint(str(model)) and pinned["code"]["version"]
+    # made again with the same weights: nothing to say
+    _remake_the_reference(out)
+    assert study(path, out) == 0 and json.loads((out / "reference.json").read_text()) == pinned
+    # made again otherwise: refused, and the base row is not evaluated on it
+    _remake_the_reference(out)
+    weights[0] = 2.0
+    for _ in range(2):
+        capsys.readouterr()
+        assert study(path, out) == 2
+        err = capsys.readouterr().err
+        assert "different reference" in err and "new --out" in err and f"delete {out / 'reference.json'}" in err
+        assert not (out / "reports" / "base" / "report.json").exists()
+    # accepted, as the message says
+    (out / "reference.json").unlink()
+    assert study(path, out) == 0
+    assert json.loads((out / "reference.json").read_text())["sha256"] == fingerprint(str(model)) != pinned["sha256"]
+
+
+def test_a_study_made_before_reference_json_records_it_and_says_so(warmed, capsys):
+    path, out, _ = warmed
+    assert study(path, out) == 0
+    (out / "reference.json").unlink()
+    _remake_the_reference(out)
+    capsys.readouterr()
+    assert study(path, out) == 0
+    assert "reference.json" in capsys.readouterr().out and (out / "reference.json").exists()

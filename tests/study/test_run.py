@@ -50,7 +50,7 @@ def study_file(tmp_path, tiny_model):
     return path
 
 
-def test_a_tiny_study_end_to_end(tmp_path, study_file, monkeypatch, capsys):
+def test_a_tiny_study_end_to_end(tmp_path, study_file, tiny_model, monkeypatch, capsys):
     from drift.study import methods
 
     out = tmp_path / "study"
@@ -153,6 +153,11 @@ def test_a_tiny_study_end_to_end(tmp_path, study_file, monkeypatch, capsys):
     grpo = json.loads((out / "points" / "grpo" / f"seed1-lr{tuning['grpo']['chosen_lr']:g}.configs.json").read_text())
     assert set(grpo) == {"rl"} and grpo["rl"]["epochs_per_round"] == 2 and "kl_coef" in grpo["rl"]
     assert json.loads((out / "points" / "base" / "seed0.configs.json").read_text()) == {}
+    # the reference policy (here the tiny model itself: warmup_prompts 0) is pinned by its weights
+    from drift.study.resume import fingerprint
+
+    pinned = json.loads((out / "reference.json").read_text())
+    assert pinned["sha256"] == fingerprint(tiny_model) and len(pinned["sha256"]) == 64
     # ... and the table compares them between seeds: the same options (paths, seeds, budgets aside)
     compared = {s["method"]: s["resolved_options"] for s in table["summary"]}
     assert compared.pop("base") == {"seeds": [], "differ": {}}

@@ -6,18 +6,27 @@ still the study's.
 - ``reports/``: a point's report is reused when its file exists, and its path names no learning
   rate and no run: every kept report of a run must be one the run's own points made
   (:func:`check_kept_reports`), else a curve would mix two runs.
+- ``reference.json``: the fingerprint of the reference policy's weights, recorded when the study
+  first uses it. A fresh clone has no ``work/``, so the format warm-up is made again when a run
+  needs it, and need not come out the same (another machine, other library versions): new runs
+  would then start from another model than the kept ones (:func:`check_reference`).
 - the code: a study may be continued by other code than started it, so every point records the
   code that made its run and evaluation (:func:`code_version`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import mmap
+from contextlib import ExitStack
 from pathlib import Path
 
 import yaml
 
 from drift import DriftError
+from drift.outputs import write_json
+from drift.study.provenance import is_points_file
 from drift.study.spec import StudySpec
 
 
@@ -95,3 +104,58 @@ def check_kept_reports(folder: Path, expected: dict[Path, dict], run: str) -> No
             f"{path} is not a report of {run}: {why}; it was left by another run: delete {folder} to evaluate "
             "this run's points again (the run is made again if its models are gone)"
         )
+
+
+def fingerprint(model: str) -> str | None:
+    """sha256 over a local model folder's weights: every tensor of its ``*.safetensors`` files, in
+    name order, as its name, dtype, shape and bytes (not the files' bytes: the same weights give the
+    same fingerprint whatever order, sharding or metadata they were saved with). ``None`` for a
+    model that is no such folder (a hub name). Reads every byte once: about a second for SmolLM2-135M."""
+    files = sorted(Path(model).glob("*.safetensors")) if Path(model).is_dir() else []
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    with ExitStack() as stack:
+        tensors = []
+        for path in files:  # the format: an 8-byte little-endian header length, a JSON header, the data
+            data = stack.enter_context(
+                mmap.mmap(stack.enter_context(open(path, "rb")).fileno(), 0, access=mmap.ACCESS_READ)
+            )
+            size = int.from_bytes(data[:8], "little")
+            header = json.loads(data[8 : 8 + size])
+            tensors += [(name, info, data, 8 + size) for name, info in header.items() if name != "__metadata__"]
+        for name, info, data, start in sorted(tensors, key=lambda t: t[0]):
+            begin, end = info["data_offsets"]
+            digest.update(json.dumps([name, info["dtype"], info["shape"]]).encode())
+            digest.update(memoryview(data)[start + begin : start + end])
+    return digest.hexdigest()
+
+
+def check_reference(out: Path, model: str, code: dict) -> str | None:
+    """The reference policy ``model`` is the one ``out/reference.json`` records (its
+    :func:`fingerprint`), else refused while runs made from the recorded one are kept in ``out``.
+    Recorded (with ``code``, this process's) when there is no record, or no run yet; returns a line
+    to log when that happens beside existing runs, else ``None``."""
+    from drift.models import resolve_model
+
+    saved = out / "reference.json"
+    now = {"model": model, "sha256": fingerprint(resolve_model(model))}
+    made = any(map(is_points_file, (out / "points").glob("*/*.json")))
+    note = None
+    if saved.exists():
+        before = json.loads(saved.read_text())
+        if before["sha256"] == now["sha256"]:
+            return None
+        if made:
+            raise DriftError(
+                f"the reference policy {model} (weights sha256 {now['sha256']}) was made again (no work/ "
+                f"here: a fresh clone, or work/ deleted) and is not the one {saved} records (sha256 "
+                f"{before['sha256']}): new runs would start from a different reference than the runs kept in "
+                f"{out / 'points'}. Start the study in a new --out; or, to accept the new reference (the kept "
+                f"runs then stay those of the old one: delete their points/ and reports/ to make them again), "
+                f"delete {saved} and run the same command"
+            )
+    elif made:
+        note = f"{saved}: recorded now; the runs already in {out / 'points'} were made before, unchecked"
+    write_json(saved, {**now, "code": code})
+    return note

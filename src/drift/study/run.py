@@ -13,7 +13,8 @@ kill continues; models are deleted once every evaluation that needs them is writ
    table holds one more seed of every method;
 4. ``table.json``, ``table.md`` and the figures (drift.study.results), after every pass.
 
-Folders in ``--out``: ``study.yaml`` (the resolved study), ``tuning.json`` and ``tuning/`` (the
+Folders in ``--out``: ``study.yaml`` (the resolved study), ``reference.json`` (the reference
+policy's fingerprint: drift.study.resume.check_reference), ``tuning.json and ``tuning/`` (the
 validation reports), ``points/`` (each finished run's points and compute, and beside them the
 resolved configs of its commands: drift.study.provenance), ``reports/``,
 ``remaking/`` (a run being made again: see ``Study._remake``), the table and figures: small, and
@@ -37,7 +38,7 @@ from drift import config as C
 from drift.outputs import write_json
 from drift.study.methods import KINDS, Point
 from drift.study.provenance import collect_configs, configs_file, run_name
-from drift.study.resume import check_kept_reports, check_same_study, code_version, write_study
+from drift.study.resume import check_kept_reports, check_reference, check_same_study, code_version, write_study
 from drift.study.spec import WARMUP_SEED, MethodSpec, StudySpec, load_spec
 
 
@@ -67,21 +68,22 @@ class Study:
 
     def reference(self) -> str:
         """The model every method starts from: drift demo's format warm-up of ``model`` (or the
-        model itself with ``warmup_prompts: 0``)."""
+        model itself with ``warmup_prompts: 0``), the one ``reference.json`` records."""
         if self._reference is None:
             from drift.demo import format_warmup
 
-            spec = self.spec
-            if spec.warmup_prompts == 0:
-                self._reference = spec.model
-            else:
+            spec, reference = self.spec, self.spec.model
+            if spec.warmup_prompts:
                 preset = {"warmup_prompts": spec.warmup_prompts, "warmup_lr": spec.warmup_lr}
                 preset.update(
                     batch_size=spec.train.get("batch_size", 16), micro_batch_size=spec.train.get("micro_batch_size", 8)
                 )
-                self._reference = format_warmup(
+                reference = format_warmup(
                     self.work / "reference", {**spec.shared(), "seed": WARMUP_SEED}, preset, WARMUP_SEED, {}
                 )
+            if note := check_reference(self.out, reference, self.code):
+                log(note)
+            self._reference = reference
         return self._reference
 
     def parameters(self) -> int:
