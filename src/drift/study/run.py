@@ -14,7 +14,7 @@ kill continues; models are deleted once every evaluation that needs them is writ
 4. ``table.json``, ``table.md`` and the figures (drift.study.results), after every pass.
 
 Folders in ``--out``: ``study.yaml`` (the resolved study), ``reference.json`` (the reference
-policy's fingerprint: drift.study.resume.check_reference), ``tuning.json and ``tuning/`` (the
+policy's fingerprint: drift.study.resume.check_reference), ``tuning.json`` and ``tuning/`` (the
 validation reports), ``points/`` (each finished run's points and compute, and beside them the
 resolved configs of its commands: drift.study.provenance), ``reports/``,
 ``remaking/`` (a run being made again: see ``Study._remake``), the table and figures: small, and
