@@ -89,6 +89,8 @@ def test_numbers_out_of_range_are_refused_before_anything_runs(tmp_path, capsys)
         (["weight", "x.jsonl", "--lam", "nan"], "finite"),
         (["demo", "--beta", "0"], "beta must be above 0"),
         (["demo", "--gamma", "2"], "gamma must be at most 1"),
+        (["train", "x.jsonl", "--skip-weight-share", "1"], "skip_weight_share must be below 1"),
+        (["rl", "--skip-weight-share", "1"], "skip_weight_share must be below 1"),  # would skip every example
     ):
         out = tmp_path / "o.jsonl"
         try:

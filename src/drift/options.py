@@ -40,16 +40,17 @@ def option(
     at_least: float | None = None,
     above: float | None = None,
     at_most: float | None = None,
+    below: float | None = None,
 ):
     """A config field with its help text (and whether it is a positional CLI argument).
 
     ``choices`` returns the allowed names from the table that owns them (``lambda: SCHEMES``), so
     the table stays the only list and is read only when a command's flags are built or checked.
-    ``at_least`` / ``above`` / ``at_most`` bound a number (each item of a list; ``None`` passes):
+    ``at_least`` / ``above`` / ``at_most`` / ``below`` bound a number (each item of a list; ``None`` passes):
     checked in YAML files (file:line) and whenever a config is built (:class:`Checked`).
     """
     kwargs = {"default_factory": default} if callable(default) else {"default": default}
-    bounds = {"at_least": at_least, "above": above, "at_most": at_most}
+    bounds = {"at_least": at_least, "above": above, "at_most": at_most, "below": below}
     meta = {"help": help, "positional": positional, "short": short, "choices": choices, "bounds": bounds}
     return field(metadata=meta, **kwargs)
 
@@ -71,6 +72,8 @@ def out_of_range(f: dataclasses.Field, value) -> str | None:
             return f"must be above {bounds['above']:g}, got {item!r}"
         if bounds.get("at_most") is not None and item > bounds["at_most"]:
             return f"must be at most {bounds['at_most']:g}, got {item!r}"
+        if bounds.get("below") is not None and item >= bounds["below"]:
+            return f"must be below {bounds['below']:g}, got {item!r}"
     return None
 
 

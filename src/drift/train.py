@@ -81,8 +81,6 @@ def run_train(cfg) -> dict:
         raise DriftError("need an input file and --out (drift train weighted.jsonl --out runs/x)")
     if cfg.batch_size < 1 or cfg.micro_batch_size < 1:
         raise DriftError("batch_size and micro_batch_size must be >= 1")
-    if cfg.skip_weight_share is not None and not 0.0 <= cfg.skip_weight_share < 1.0:
-        raise DriftError(f"skip_weight_share must be in [0, 1) or none, got {cfg.skip_weight_share}")
     out = Path(cfg.out)
     if out.exists() and any(out.iterdir()) and not cfg.resume:  # checked before any process writes there
         raise DriftError(f"{out} is not empty; pass --resume to continue that run, or choose another --out")

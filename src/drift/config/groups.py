@@ -206,7 +206,7 @@ class OptimizationOptions(Checked):
         "<= share * sum |w| / D * max per-example gradient norm; drift rl: only without a KL penalty, which "
         "every example carries); none: forward every example",
         at_least=0.0,
-        at_most=1.0,
+        below=1.0,
     )
 
     def check(self) -> None:
