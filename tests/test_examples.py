@@ -1,5 +1,10 @@
 """Training examples train exactly what the policy generated, ending the way it ended."""
 
+import os
+import random
+import subprocess
+import sys
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -7,7 +12,7 @@ torch = pytest.importorskip("torch")
 from drift import DriftError  # noqa: E402
 from drift.backends.base import Sampling  # noqa: E402
 from drift.chat import end_of_turn_ids  # noqa: E402
-from drift.examples import build_examples, split_micro_batches  # noqa: E402
+from drift.examples import build_examples, plan_batches, plan_minibatches, split_micro_batches  # noqa: E402
 from drift.models import load_tokenizer  # noqa: E402
 from factories import make_record  # noqa: E402
 
@@ -146,3 +151,102 @@ def test_a_long_reply_is_cut_only_when_the_example_does_not_fit(tiny_model):
     assert two.n_prompt == 1 and completion(two) == [10]
     with pytest.raises(DriftError, match="max_length"):
         build_examples(rec, tok, max_length=1)
+
+
+# -- the order of an epoch (plan_batches) and of an online round's updates (plan_minibatches) ----
+
+
+def flat(plan):
+    return [i for step in plan for i in step]
+
+
+@pytest.mark.parametrize(
+    "n, size, sizes",
+    [(10, 3, [3, 3, 3, 1]), (12, 4, [4, 4, 4]), (1, 5, [1]), (7, 7, [7]), (0, 3, [])],
+)
+def test_an_epoch_takes_every_example_once_in_steps_of_batch_size(n, size, sizes):
+    for seed, epoch in ((0, 0), (3, 5), (11, 1)):
+        plan = plan_batches(n, size, seed=seed, epoch=epoch)
+        assert sorted(flat(plan)) == list(range(n))  # each example exactly once
+        assert [len(step) for step in plan] == sizes  # the final short step is kept
+
+
+def test_an_epochs_order_is_a_function_of_seed_and_epoch_only():
+    """The same (seed, epoch) gives the same order (a resumed run sees the same steps), whatever the
+    batch size; any other seed or epoch another one."""
+    n = 40
+    assert plan_batches(n, 4, seed=7, epoch=2) == plan_batches(n, 4, seed=7, epoch=2)
+    assert flat(plan_batches(n, 3, seed=7, epoch=2)) == flat(plan_batches(n, 8, seed=7, epoch=2))
+    orders = {
+        (seed, epoch): tuple(flat(plan_batches(n, 4, seed=seed, epoch=epoch)))
+        for seed in range(4)
+        for epoch in range(4)
+    }
+    assert len(set(orders.values())) == len(orders)  # 16 (seed, epoch) pairs, 16 orders
+    assert tuple(range(n)) not in orders.values()  # shuffled
+
+
+def scattered_groups(sizes: list[int]) -> list[str]:
+    """A prompt key per example: group g has sizes[g] examples, at positions scattered over the file."""
+    groups = [f"prompt-{g}" for g, k in enumerate(sizes) for _ in range(k)]
+    random.Random(1).shuffle(groups)
+    return groups
+
+
+@pytest.mark.parametrize("sizes, size", [([2] * 6, 4), ([4] * 5, 4), ([3, 1, 4, 2, 5, 1], 4), ([6, 1, 1], 3)])
+def test_steps_by_prompt_keep_a_groups_examples_together(sizes, size):
+    """batch_by prompt: the same shuffle as without groups, then each group's examples gathered where
+    its first one fell; a group longer than what is left of a step runs on into the next."""
+    groups = scattered_groups(sizes)
+    n = len(groups)
+    for seed, epoch in ((0, 0), (5, 3)):
+        plan = plan_batches(n, size, seed=seed, epoch=epoch, groups=groups)
+        order, plain = flat(plan), flat(plan_batches(n, size, seed=seed, epoch=epoch))
+        assert sorted(order) == list(range(n)) and all(len(step) == size for step in plan[:-1])
+        for g in set(groups):
+            where = [p for p, i in enumerate(order) if groups[i] == g]
+            assert where == list(range(where[0], where[0] + len(where))), (g, order)  # contiguous
+            # each group keeps its examples in the shuffle's order ...
+            assert [order[p] for p in where] == [i for i in plain if groups[i] == g]
+        # ... and the groups come in the order their first examples fell in the shuffle
+        assert list(dict.fromkeys(groups[i] for i in order)) == list(dict.fromkeys(groups[i] for i in plain))
+        if all(k == sizes[0] for k in sizes) and size % sizes[0] == 0:  # groups that tile the steps
+            for step in plan:
+                members = [{j for j in range(n) if groups[j] == groups[i]} for i in step]
+                assert all(m <= set(step) for m in members), (step, groups)  # whole groups only
+    other = [flat(plan_batches(n, size, seed=0, epoch=e, groups=groups)) for e in range(4)]
+    assert len({tuple(o) for o in other}) == 4  # every epoch its own order of the groups
+
+
+def test_the_order_is_the_same_in_another_process():
+    """What makes a resumed run (or another process) see the same steps: nothing in the order depends
+    on the interpreter's state, string hashing included (the prompt keys are strings)."""
+    groups = scattered_groups([3, 1, 4, 2, 5, 1, 2, 2])
+    code = "import sys\n"
+    code += "from drift.examples import plan_batches as p\n"
+    code += "print(p(20, 4, seed=3, epoch=1, groups=sys.argv[1:]))"
+    outputs = {
+        subprocess.run(
+            [sys.executable, "-c", code, *groups],
+            env={**os.environ, "PYTHONHASHSEED": str(hash_seed)},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        for hash_seed in (1, 2, 3)
+    }
+    assert outputs == {str(plan_batches(20, 4, seed=3, epoch=1, groups=groups))}
+
+
+def test_a_rounds_minibatches_are_a_function_of_seed():
+    """An online round's parts and pass orders: the same seed gives the same ones (every process cuts
+    the round alike), another seed other ones; a pass's order does not depend on how many passes follow."""
+    parts, orders = plan_minibatches(30, 4, seed=9, epochs=3)
+    assert sorted(i for p in parts for i in p) == list(range(30)) and sorted(len(p) for p in parts) == [7, 7, 8, 8]
+    assert all(sorted(o) == [0, 1, 2, 3] for o in orders)  # each pass takes every part once
+    assert plan_minibatches(30, 4, seed=9, epochs=3) == (parts, orders)
+    assert plan_minibatches(30, 4, seed=9, epochs=1) == (parts, orders[:1])
+    others = [plan_minibatches(30, 4, seed=s, epochs=1)[0] for s in range(10, 14)]
+    assert all(o != parts for o in others) and len({str(o) for o in others}) == len(others)
+    passes = plan_minibatches(30, 4, seed=9, epochs=12)[1]
+    assert len({tuple(o) for o in passes}) > 1  # the passes take the parts in other orders

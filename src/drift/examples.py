@@ -144,10 +144,14 @@ def plan_batches(
     fell, so that steps hold whole groups (a group larger than what is left of a step runs on into
     the next).
 
-    >>> plan_batches(5, 2, seed=0, epoch=0)
-    [[2, 1], [0, 4], [3]]
-    >>> plan_batches(6, 4, seed=0, epoch=0, groups=["a", "a", "b", "b", "c", "c"])
-    [[4, 5, 2, 3], [1, 0]]
+    >>> plan = plan_batches(5, 2, seed=0, epoch=0)  # every example once; the short last step kept
+    >>> [len(step) for step in plan], sorted(i for step in plan for i in step)
+    ([2, 2, 1], [0, 1, 2, 3, 4])
+    >>> plan = plan_batches(6, 4, seed=0, epoch=0, groups=["a", "a", "b", "b", "c", "c"])
+    >>> [len({i // 2 for i in step}) for step in plan]  # groups of 2 in steps of 4: two whole ones, then one
+    [2, 1]
+
+    (tests/test_examples.py: the orders themselves, across seeds, epochs and processes.)
     """
     order = list(range(n_examples))
     random.Random(seed * 1_000_003 + epoch).shuffle(order)
@@ -168,8 +172,9 @@ def plan_minibatches(
     Each part keeps its examples, so it is forwarded in the same micro-batches every time (what makes
     PPO's ratio exact: drift.rl).
 
-    >>> plan_minibatches(5, 2, seed=0, epochs=2)
-    ([[2, 1], [0, 4, 3]], [[0, 1], [1, 0]])
+    >>> parts, orders = plan_minibatches(5, 2, seed=0, epochs=2)
+    >>> sorted(len(p) for p in parts), sorted(i for p in parts for i in p), [sorted(o) for o in orders]
+    ([2, 3], [0, 1, 2, 3, 4], [[0, 1], [0, 1]])
     """
     order = list(range(n_examples))
     random.Random(seed).shuffle(order)
