@@ -223,9 +223,10 @@ def test_wilson_interval_known_values(successes, n, expected):
 
 
 def test_wilson_interval_rejects_impossible_counts():
-    with pytest.raises(ValueError):
+    # the check's own message, not a ValueError the maths would raise further on (sqrt of p(1-p) < 0)
+    with pytest.raises(ValueError, match=r"^need integers 0 <= successes <= n, got successes=3, n=2$"):
         wilson_interval(3, 2)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^need integers 0 <= successes <= n, got successes=-1, n=2$"):
         wilson_interval(-1, 2)
 
 
