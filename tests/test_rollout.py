@@ -10,6 +10,7 @@ every crash point deterministically; one real SIGKILL of a running process check
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -24,6 +25,7 @@ import pytest
 
 from drift.cli import main
 from drift.records import read_records
+from drift.rollout import trajectory_seed
 
 SCRIPTED = ["--backend", "scripted", "--task", "arithmetic", "--max-turns", "3"]
 
@@ -55,6 +57,35 @@ def by_prompt(records: list[dict]) -> dict[str, list[dict]]:
 
 
 # -- a full run ------------------------------------------------------------------------------
+
+
+def test_a_trajectorys_seed_is_the_documented_hash():
+    """sha256 of "seed NUL prompt_id NUL traj_id NUL turn", its first 8 bytes little-endian, >> 1:
+    the value is pinned, so that a change of the formula (which would sample other trajectories
+    from the same options than earlier runs did) is seen."""
+    digest = hashlib.sha256(b"0\x00arith-000001\x003\x001").digest()
+    assert int.from_bytes(digest[:8], "little") >> 1 == 3690904702229881263
+    assert trajectory_seed(0, "arith-000001", 3, 1) == 3690904702229881263
+    digest = hashlib.sha256("7\x00über-2\x000\x0012".encode()).digest()  # UTF-8, two-digit turn
+    assert trajectory_seed(7, "über-2", 0, 12) == int.from_bytes(digest[:8], "little") >> 1
+
+
+def test_trajectory_seeds_differ_across_fields_and_use_63_bits():
+    """Every (seed, prompt, trajectory, turn) its own seed; the NUL separators keep fields from
+    running into each other ("a1", 2 is not "a", 12); the seed fills 63 bits, no more."""
+    grid = [
+        (s, p, k, t)
+        for s in (0, 1, 10)
+        for p in ("a", "a1", "arith-000001")
+        for k in (0, 1, 2, 12)
+        for t in (1, 2, 3, 23)
+    ]
+    seeds = [trajectory_seed(*key) for key in grid]
+    assert len(set(seeds)) == len(grid) == 144
+    assert trajectory_seed(0, "a1", 2, 3) != trajectory_seed(0, "a", 12, 3)
+    assert trajectory_seed(0, "p", 1, 23) != trajectory_seed(0, "p", 12, 3)
+    assert trajectory_seed(1, "0x", 0, 1) != trajectory_seed(10, "x", 0, 1)
+    assert all(0 <= s < 2**63 for s in seeds) and max(seeds) >= 2**62  # P(all 144 below 2**62) = 2**-144
 
 
 def test_scripted_rollout_writes_valid_records_and_sidecars(tmp_path):

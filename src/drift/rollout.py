@@ -36,12 +36,17 @@ from drift.records import dumps, iter_records
 
 
 def trajectory_seed(seed: int, prompt_id: str, traj_id: int, turn: int) -> int:
-    """A 63-bit seed determined by the run seed, the trajectory and the 1-based turn.
+    """A 63-bit seed determined by the run seed, the trajectory and the 1-based turn: the first 8
+    bytes of the SHA-256 of ``f"{seed}\\0{prompt_id}\\0{traj_id}\\0{turn}"`` (UTF-8; NUL between the
+    fields), read little-endian and shifted right by one bit.
 
-    >>> trajectory_seed(0, "arith-000001", 3, 1) == trajectory_seed(0, "arith-000001", 3, 1)
-    True
-    >>> trajectory_seed(0, "arith-000001", 3, 1) != trajectory_seed(0, "arith-000001", 3, 2)
-    True
+    >>> trajectory_seed(0, "arith-000001", 3, 1)  # sha256(b"0\\x00arith-000001\\x003\\x001"): tests/test_rollout.py
+    3690904702229881263
+    >>> seeds = [trajectory_seed(0, "arith-000001", 3, 1), trajectory_seed(0, "arith-000001", 3, 2),
+    ...          trajectory_seed(0, "arith-000001", 4, 1), trajectory_seed(0, "arith-000002", 3, 1),
+    ...          trajectory_seed(1, "arith-000001", 3, 1)]  # another turn, trajectory, prompt, run seed
+    >>> len(set(seeds)), all(0 <= s < 2**63 for s in seeds)
+    (5, True)
     """
     digest = hashlib.sha256(f"{seed}\x00{prompt_id}\x00{traj_id}\x00{turn}".encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
