@@ -193,20 +193,24 @@ def test_console_script_runs(tmp_path):
     assert "--beta" in help_text and "exp(R/beta)" in help_text
 
 
+# drift weight's defaults (drift.config.groups.WeightingOptions), as the help documents them
+WEIGHT_DEFAULTS = {"scheme": "drift", "beta": 0.1, "clip": None, "zero_variance": "keep", "all_fail": "keep"}
+
+
 @pytest.mark.parametrize(
-    "flags",
+    "flags, changed",
     [
-        [],
-        ["--scheme", "rwr"],
-        ["--scheme", "sft"],
-        ["--scheme", "rft"],
-        ["--zero-variance", "drop"],
-        ["--all-fail", "drop"],
-        ["--clip", "1.5"],
-        ["--scheme", "rwr", "--beta", "0.5"],
+        ([], {}),
+        (["--scheme", "rwr"], {"scheme": "rwr"}),
+        (["--scheme", "sft"], {"scheme": "sft"}),
+        (["--scheme", "rft"], {"scheme": "rft"}),
+        (["--zero-variance", "drop"], {"zero_variance": "drop"}),
+        (["--all-fail", "drop"], {"all_fail": "drop"}),
+        (["--clip", "1.5"], {"clip": 1.5}),
+        (["--scheme", "rwr", "--beta", "0.5"], {"scheme": "rwr", "beta": 0.5}),
     ],
 )
-def test_streaming_output_equals_the_api_on_every_option(tmp_path, flags):
+def test_streaming_output_equals_the_api_on_every_option(tmp_path, flags, changed):
     from drift.weighting import WeightingParams, compute_weights
     from factories import make_record
 
@@ -225,6 +229,9 @@ def test_streaming_output_equals_the_api_on_every_option(tmp_path, flags):
     write_records(src, recs)
     assert main(["weight", str(src), "--out", str(out), *flags]) == 0
     saved = yaml.safe_load((tmp_path / "out.config.yaml").read_text())  # the resolved config of the run
+    # the run took the flags as passed (a flag the parser dropped would leave its default here, and
+    # the API below, given the same saved config, would agree with the file all the same)
+    assert {k: saved[k] for k in WEIGHT_DEFAULTS} == {**WEIGHT_DEFAULTS, **changed}
     params = WeightingParams(**{k: saved[k] for k in WeightingParams.__dataclass_fields__})
     returns, weights = compute_weights(recs, params)
     expected = [{**r, "return": ret, "weight": w} for r, ret, w in zip(recs, returns, weights) if w is not None]
