@@ -1,4 +1,6 @@
-"""Every figure is written as a non-empty PNG, also for odd inputs (no CI, no data)."""
+"""Every figure is written as a non-empty PNG, also for odd inputs (no CI, no data), and draws the
+numbers it is given: the figures are caught before saving (``drift.plots._save``) and their lines,
+bars, bands and labels read back."""
 
 from __future__ import annotations
 
@@ -43,6 +45,76 @@ def test_plot_weights(tmp_path):
     assert_png(tmp_path / "weights.png")
     plot_weights([], [], tmp_path / "none.png")
     assert (tmp_path / "none.png").read_bytes().startswith(PNG_MAGIC)
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    """The figures the plot functions would save, in order (nothing is written)."""
+    import drift.plots as plots
+
+    saved = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: saved.append(fig))
+    return saved
+
+
+def points(xs, ys):
+    return [(round(float(x), 9), round(float(y), 9)) for x, y in zip(xs, ys)]
+
+
+def test_cumulative_accuracy_draws_each_reports_numbers(figures):
+    plot_cumulative_accuracy(REPORTS, "unused.png")
+    (fig,) = figures
+    (ax,) = fig.axes
+    lines = {line.get_label(): points(line.get_xdata(), line.get_ydata()) for line in ax.get_lines()}
+    # turn k against multi@k, one line per run with data ("empty" has none)
+    assert lines == {"drift (n=10)": [(1, 0.3), (2, 0.5), (3, 0.6)], "sft (n=10)": [(1, 0.2), (2, 0.3)]}
+    (band,) = ax.collections  # drift's Wilson interval; sft has none
+    corners = set(points(*band.get_paths()[0].vertices.T))
+    assert {(1, 0.1), (2, 0.24), (3, 0.31), (1, 0.6), (2, 0.76), (3, 0.83)} <= corners
+    assert {y for _, y in corners} == {0.1, 0.24, 0.31, 0.6, 0.76, 0.83}  # nothing else in the band
+    assert "turn" in ax.get_xlabel() and "solved within k turns" in ax.get_ylabel()
+    assert ax.yaxis.get_major_formatter()(0.3, 0) == "30%"  # shares shown as percentages
+    assert ax.get_legend().get_title().get_text() == "shaded: 95% Wilson interval"
+
+
+def test_multi_at_k_draws_each_reports_bars_and_intervals(figures):
+    from matplotlib.container import BarContainer
+
+    plot_multi_at_k(REPORTS, "unused.png")
+    (fig,) = figures
+    (ax,) = fig.axes
+    bars = {c.get_label(): c for c in ax.containers if isinstance(c, BarContainer)}
+    assert sorted(bars) == ["drift (n=10)", "sft (n=10)"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "2", "3"]
+    for label, heights in (("drift (n=10)", [0.3, 0.5, 0.6]), ("sft (n=10)", [0.2, 0.3])):
+        patches = bars[label].patches
+        assert [round(p.get_height(), 9) for p in patches] == heights
+        assert [round(p.get_x() + p.get_width() / 2) for p in patches] == list(range(len(heights)))  # k's slot
+    # within a slot, the runs side by side in the reports' order
+    assert all(d.get_x() < s.get_x() for d, s in zip(bars["drift (n=10)"].patches, bars["sft (n=10)"].patches))
+    segments = bars["drift (n=10)"].errorbar.lines[2][0].get_segments()  # error bars from lower to upper bound
+    assert [(round(a[1], 9), round(b[1], 9)) for a, b in segments] == [(0.1, 0.6), (0.24, 0.76), (0.31, 0.83)]
+    assert bars["sft (n=10)"].errorbar is None  # no interval in its report
+    assert [t.get_text() for t in ax.texts] == ["30%", "50%", "60%", "20%", "30%"]  # the values on the bars
+    assert "k" in ax.get_xlabel() and "turns" in ax.get_xlabel() and "solved within k turns" in ax.get_ylabel()
+    assert ax.yaxis.get_major_formatter()(0.3, 0) == "30%"
+    assert "95% Wilson interval" in ax.get_title()
+
+
+def test_weight_histograms_count_every_value_and_mark_the_mean(figures):
+    returns, weights = [0.9, 0.81, -0.1, 0.0], [1.8, 1.6, 0.3, 0.3]
+    plot_weights(returns, weights, "unused.png")
+    (fig,) = figures
+    ax_r, ax_w = fig.axes
+    for ax, values, mean, xlabel in ((ax_r, returns, 0.4025, "return R"), (ax_w, weights, 1.0, "weight w")):
+        bins = [(p.get_x(), p.get_x() + p.get_width(), p.get_height()) for p in ax.patches]
+        assert sum(h for _, _, h in bins) == len(values) == 4
+        for lo, hi, h in bins:  # each bin counts the values in it (the last one includes its right edge)
+            inside = [v for v in values if lo - 1e-12 <= v < hi - 1e-12 or (hi == bins[-1][1] and v == hi)]
+            assert h == len(inside), (xlabel, lo, hi)
+        (line,) = ax.get_lines()  # the mean: 1.61 / 4 for the returns, 4.0 / 4 for the weights
+        assert [round(x, 9) for x in line.get_xdata()] == [mean, mean]
+        assert ax.get_xlabel() == xlabel and ax.get_ylabel() == "trajectories" and "(n=4)" in ax.get_title()
 
 
 def test_the_frontier_legend_hides_no_data(tmp_path, monkeypatch):
