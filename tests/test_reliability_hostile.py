@@ -146,6 +146,15 @@ def hostile_policy(conversation):
     return [TOWER, HOSTILE["python injection"], "4\x00\ud800" + "x" * (1 << 20), "</answer><answer>"][turn - 1]
 
 
+def made_verifiers(monkeypatch) -> list:
+    """The verifiers a command builds (drift.verifiers.get_verifier), to compare its summary with."""
+    from drift import verifiers
+
+    made, real = [], verifiers.get_verifier
+    monkeypatch.setattr(verifiers, "get_verifier", lambda *a, **kw: made.append(real(*a, **kw)) or made[-1])
+    return made
+
+
 def test_rollout_summary_counts_timeouts_and_format_errors(tmp_path, monkeypatch):
     pytest.importorskip("math_verify")
     from drift.backends.scripted import ScriptedGenerator
@@ -156,6 +165,7 @@ def test_rollout_summary_counts_timeouts_and_format_errors(tmp_path, monkeypatch
         return cls(p_correct=1.0, p_format_error=0.0, answer_fn=hostile_policy, seed=cfg.seed)
 
     monkeypatch.setattr(ScriptedGenerator, "from_config", classmethod(from_config))
+    made = made_verifiers(monkeypatch)
     out = tmp_path / "hostile.jsonl"
     start = time.perf_counter()
     assert (
@@ -191,8 +201,49 @@ def test_rollout_summary_counts_timeouts_and_format_errors(tmp_path, monkeypatch
     assert all(len(r["correct"]) == 4 for r in records)
     assert [r["answers"][3] for r in records] == [None, None]  # turn 4: "<answer></answer><answer></answer>"
     assert summary["format_errors"] == sum(r["format_errors"] for r in records) >= 2
-    assert summary["verifier_timeouts"] >= 1  # the tower, at turn 1 of each trajectory
-    assert summary["verifier_calls"] == sum(4 - r["format_errors"] for r in records)
-    assert isinstance(summary["verifier_errors"], int)
+    # the summary gives the rollout's verifier's own counts. Per trajectory: the tower times out
+    # (turn 1); the injection reaches math-verify, which parses it and finds it wrong (turn 2, no
+    # error); the 1 MB answer is longer than MAX_MATH_CHARS, wrong without the worker (turn 3);
+    # turn 4 has no answer (a format error, no call). So 3 calls and no error per trajectory.
+    (verifier,) = made
+    assert summary["verifier_calls"] == verifier.stats.calls == sum(4 - r["format_errors"] for r in records) == 6
+    assert summary["verifier_timeouts"] == verifier.stats.timeouts >= 2  # (a loaded machine may time out more)
+    assert summary["verifier_errors"] == verifier.stats.errors == 0
     assert records[0]["messages"][2]["content"] == f"<answer>{TOWER}</answer>"
     assert records[0]["messages"][6]["content"].startswith("<answer>4\x00\ufffd")  # a lone surrogate, replaced
+
+
+def test_rollout_summary_counts_verifier_errors(tmp_path, monkeypatch):
+    """A verifier that raises (math-verify failing on some text) scores the answer wrong and is
+    counted: 3 prompts x 2 trajectories, each answering two raising replies and then the right one,
+    are 12 errors in 18 calls."""
+    from drift import verifiers
+    from drift.backends.scripted import ScriptedGenerator, solve_arithmetic
+    from drift.cli import main
+
+    def exact_but_raising(prediction, gold):
+        if prediction in ("boom", "oops"):
+            raise {"boom": RuntimeError, "oops": ValueError}[prediction](prediction)
+        return verifiers.verify_exact(prediction, gold)
+
+    def policy(conversation):
+        turn = 1 + sum(m["role"] == "assistant" for m in conversation)
+        return ["boom", "oops"][turn - 1] if turn <= 2 else solve_arithmetic(conversation)
+
+    def from_config(cls, cfg):
+        return cls(p_correct=1.0, p_repeat=0.0, p_format_error=0.0, answer_fn=policy, seed=cfg.seed)
+
+    monkeypatch.setattr(ScriptedGenerator, "from_config", classmethod(from_config))
+    monkeypatch.setitem(verifiers.VERIFIERS, "exact", exact_but_raising)
+    made = made_verifiers(monkeypatch)
+    out = tmp_path / "raising.jsonl"
+    flags = ["rollout", "--backend", "scripted", "--task", "arithmetic", "--num-prompts", "3", "--n", "2",
+             "--max-turns", "4", "--verifier", "exact", "--out", str(out)]  # fmt: skip
+    assert main(flags) == 0
+    records = read_records(out)
+    summary = json.loads((tmp_path / "raising.summary.json").read_text())
+    assert len(records) == 6 and all(r["correct"] == [False, False, True] for r in records)
+    (verifier,) = made
+    assert summary["verifier_errors"] == verifier.stats.errors == 6 * 2
+    assert summary["verifier_calls"] == verifier.stats.calls == 6 * 3
+    assert summary["verifier_timeouts"] == verifier.stats.timeouts == 0
