@@ -409,20 +409,24 @@ def test_clipped_grpo_with_a_kl_term_on_two_processes_trains_as_one(tmp_path, ti
     """torchrun, 2 processes, 2 passes x 2 clipped minibatches with a KL term, micro-batches of 8:
     each step's few examples all go to process 0 and process 1 runs a filler, which once had no old
     log-probs (a crash). The weights equal one process's: the same trajectories (per-trajectory
-    seeds), the same whole-batch gradient, nothing from the filler (no completion tokens)."""
+    seeds), the same whole-batch gradient, nothing from the filler (no completion tokens). What each
+    process cut and forwarded is recorded (rank_spy), so that the filler path is seen to run."""
     import subprocess
 
     import torch
 
+    from rank_spy import SPY, read_spy
     from test_trainer import TORCHRUN, finish, free_port, load
 
     flags = _rl_flags(tiny_model, "--algorithm", "grpo", "--steps", "2", "--epochs-per-round", "2", "--minibatches",
                       "2", "--clip-ratio", "0.2", "--kl-coef", "0.05", "--micro-batch-size", "8", "--seed", "3",
                       "--optimizer", "sgd", "--lr", "0.5", "--max-grad-norm", "0", "--dtype", "float32")  # fmt: skip
-    script = tmp_path / "even_cli.py"
-    script.write_text(EVEN_CLI)
+    script, spy = tmp_path / "even_cli.py", tmp_path / "spy"
+    script.write_text(SPY + EVEN_CLI)
+    spy.mkdir()
     cmd = [TORCHRUN, "--nproc-per-node", "2", "--master-port", str(free_port()), str(script)]
-    proc = subprocess.Popen([*cmd, *flags, "--out", str(tmp_path / "two")], env={**os.environ, "OMP_NUM_THREADS": "1"},
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DRIFT_TEST_SPY": str(spy)}
+    proc = subprocess.Popen([*cmd, *flags, "--out", str(tmp_path / "two")], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
     log = finish(proc, timeout=400)
     assert proc.returncode == 0, log[-3000:]
@@ -436,6 +440,26 @@ def test_clipped_grpo_with_a_kl_term_on_two_processes_trains_as_one(tmp_path, ti
     assert any(not torch.allclose(a[k], start[k]) for k in a), "training did not move the weights"
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-5), k
+    # what each process saw: 2 rounds of 2 minibatches, each scored once (the ratio's denominator)
+    # and updated twice; every minibatch (8 trajectories / 2) fits in one micro-batch of 8, so
+    # process 0 takes all of it and process 1, whose run of 8 neighbours is empty, a filler
+    seen = read_spy(tmp_path / "spy")
+    assert sorted(seen) == [0, 1]
+    splits = {rank: [c for c in calls if c["call"] == "split"] for rank, calls in seen.items()}
+    updates = sum(e["updates"] for e in map(json.loads, (tmp_path / "two" / "rl_log.jsonl").read_text().splitlines()))
+    assert updates == 2 * 2 * 2
+    for rank in (0, 1):
+        assert [c["by"] for c in splits[rank]].count("completion_logprobs") == 2 * 2
+        assert [c["by"] for c in splits[rank]].count("step") == updates
+    for on_0, on_1 in zip(splits[0], splits[1], strict=True):
+        assert on_0["batch"] == on_1["batch"] and on_0["by"] == on_1["by"]  # the same global batch on both
+        assert 0 < len(on_0["batch"]) <= 8
+        assert sorted(i for mb in on_0["mine"] for i in mb) == sorted(on_0["batch"])  # process 0: all of it
+        assert on_1["mine"] == [[-1]]  # process 1: one filler
+    forwarded = [c for c in seen[1] if c["call"] == "collate"]
+    assert len(forwarded) == 2 * 2 + updates and all(c["indices"] == [-1] and c["tokens"] == 0 for c in forwarded)
+    # in the clipped updates the filler carries (empty) old log-probs: the path that once crashed
+    assert [c["old_logp"] for c in forwarded if c["by"] == "step"] == [True] * updates
 
 
 @pytest.mark.parametrize("n, per", [(10, 8), (16, 8), (7, 3)])
