@@ -134,7 +134,11 @@ def _run_train(tmp_path, name, data, model, *extra):
 
 
 def test_training_on_prefix_trees_gives_the_padded_runs_weights_on_one_and_two_processes(tmp_path, tiny_model):
-    from test_trainer import SGD, finish, load, torchrun
+    import os
+    import subprocess
+
+    from rank_spy import CLI, SPY, read_spy
+    from test_trainer import SGD, TORCHRUN, finish, free_port, load
 
     torch.set_num_threads(1)
     data = shared_file(tmp_path / "w.jsonl")
@@ -143,7 +147,13 @@ def test_training_on_prefix_trees_gives_the_padded_runs_weights_on_one_and_two_p
     assert plain["forwarded_tokens"] == plain["tokens"]
     assert shared["tokens"] == plain["tokens"] and shared["forwarded_tokens"] < 0.6 * shared["tokens"]
     args = ["train", str(data), "--out", str(tmp_path / "two"), "--model", tiny_model, *SGD, "--batch-size", "12"]
-    proc = torchrun([*args, "--micro-batch-size", "3"])
+    script, spy = tmp_path / "spy_cli.py", tmp_path / "spy"  # drift.cli, each process noting what it ran
+    script.write_text(SPY + CLI)
+    spy.mkdir()
+    cmd = [TORCHRUN, "--nproc-per-node", "2", "--master-port", str(free_port()), str(script), *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DRIFT_TEST_SPY": str(spy)}
+    proc = subprocess.Popen([*cmd, "--micro-batch-size", "3"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
     log = finish(proc)
     assert proc.returncode == 0, log[-3000:]
     two = json.loads((tmp_path / "two" / "train_summary.json").read_text())
@@ -156,6 +166,23 @@ def test_training_on_prefix_trees_gives_the_padded_runs_weights_on_one_and_two_p
         b = load(tmp_path / other / "model")
         for k in a:
             assert torch.allclose(a[k], b[k], atol=1e-5), (other, k)
+    # each process's own: a step's 12 examples sorted by their tokens are cut into runs of 3
+    # neighbours, two per process (no filler), and each process's trees run fewer tokens than its rows
+    seen = read_spy(spy)
+    assert sorted(seen) == [0, 1]
+    splits = {rank: [c for c in calls if c["call"] == "split"] for rank, calls in seen.items()}
+    assert len(splits[0]) == len(splits[1]) == two["steps"] > 0
+    for on_0, on_1 in zip(splits[0], splits[1], strict=True):
+        assert on_0["batch"] == on_1["batch"] and len(on_0["batch"]) == 12  # the same global batch on both
+        assert [len(mb) for mb in on_0["mine"]] == [len(mb) for mb in on_1["mine"]] == [3, 3]
+        mine = [[i for mb in c["mine"] for i in mb] for c in (on_0, on_1)]
+        assert sorted(mine[0] + mine[1]) == sorted(on_0["batch"])  # between them, each example once
+    runs = {rank: [c for c in calls if c["call"] == "collate"] for rank, calls in seen.items()}
+    per_rank = {rank: (sum(c["tokens"] for c in rs), sum(c["forwarded"] for c in rs)) for rank, rs in runs.items()}
+    for rank, (tokens, forwarded) in per_rank.items():
+        assert forwarded < 0.7 * tokens, (rank, per_rank)  # this process packed its own micro-batches
+    assert sum(t for t, _ in per_rank.values()) == two["tokens"]
+    assert sum(f for _, f in per_rank.values()) == two["forwarded_tokens"]
 
 
 def test_steps_of_whole_prompts_share_more_than_shuffled_examples(tmp_path, tiny_model):
