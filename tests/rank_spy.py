@@ -9,7 +9,8 @@ and forwards) without changing what they return, and appends one JSON line per c
   method that cut it (``step`` or ``completion_logprobs``);
 - ``{"call": "collate", "by": caller, "indices": [...], "tokens": n, "forwarded": n, "old_logp": bool}``:
   a micro-batch's real tokens, the tokens it runs (a prefix tree's nodes, or all of its rows'
-  tokens), and whether it carries old log-probs.
+  tokens), whether it carries old log-probs, and ``torch_seed`` (``torch.initial_seed()``: what
+  seeded the process's dropout draws).
 
 ``read_spy(folder)`` gives ``{rank: [record, ...]}``.
 """
@@ -44,7 +45,7 @@ def _spy_collate(examples, *args, **kwargs):
     tokens = sum(len(e.input_ids) for e in examples if e.index >= 0)
     _note({"call": "collate", "by": sys._getframe(2).f_code.co_name, "indices": [e.index for e in examples],
            "tokens": tokens, "forwarded": tokens if batch.packed is None else batch.packed.n_nodes,
-           "old_logp": batch.old_logp is not None})
+           "old_logp": batch.old_logp is not None, "torch_seed": __import__("torch").initial_seed()})
     return batch
 
 

@@ -269,3 +269,27 @@ def test_float16_training_on_a_cpu_is_refused(tmp_path):
     with pytest.raises(DriftError, match=r"float16.*bfloat16 or float32"):
         Trainer(TrainConfig(), dtype="float16", out=tmp_path, pad_token_id=0)
     assert Trainer(TrainConfig(), dtype="bfloat16", out=tmp_path, pad_token_id=0).accelerator.mixed_precision == "bf16"
+
+
+def test_each_process_draws_its_own_dropout(tmp_path, tiny_model):
+    """Every process once seeded torch with --seed alone: under dropout (LoRA's, a model's own) all
+    processes drew the same masks, in the same order, for different examples. After the model is
+    built (identical on every process), process r seeds torch with seed + r; data order has its own
+    seeded generator and does not change."""
+    from rank_spy import CLI, SPY, read_spy
+
+    data = weighted_file(tmp_path / "w.jsonl", [1.0, 0.5, 2.0, 1.0] * 2)
+    script, spy = tmp_path / "cli.py", tmp_path / "spy"
+    script.write_text("import sys\n" + SPY + CLI)
+    spy.mkdir()
+    cmd = [TORCHRUN, "--nproc-per-node", "2", "--master-port", str(free_port()), str(script)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DRIFT_TEST_SPY": str(spy)}
+    args = train_args(data, tmp_path / "two", tiny_model, "--seed", "11", "--lora-r", "4", "--lora-dropout", "0.5")
+    proc = subprocess.Popen([*cmd, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = finish(proc)
+    assert proc.returncode == 0, log[-3000:]
+    seen = read_spy(spy)
+    seeds = {rank: {r["torch_seed"] for r in records if r["call"] == "collate"} for rank, records in seen.items()}
+    assert seeds == {0: {11}, 1: {12}}
+    batches = {rank: [r["batch"] for r in records if r["call"] == "split"] for rank, records in seen.items()}
+    assert batches[0] == batches[1]  # the same data order on both

@@ -97,6 +97,9 @@ def run_train(cfg) -> dict:
     steps_per_epoch = math.ceil(len(examples) / cfg.batch_size)
     total_steps = cfg.max_steps or math.ceil(steps_per_epoch * cfg.epochs)
     trainer.prepare(load_model(path), total_steps, cfg.batch_size)
+    # The model (LoRA's initialisation included) is the same on every process; from here each
+    # draws its own dropout masks. Data order has its own seeded generator (drift.examples).
+    _set_seed(cfg.seed + trainer.rank)
     log_path = out / "train_log.jsonl"
     state = trainer.start("train", cfg, out, log_path)
     start_step = state["step"]
