@@ -36,7 +36,27 @@ LENIENT_CASES = [
     ("#### Final Answer\nThe total is 42.", "42"),  # a Markdown heading is not GSM8K's marker
     ("The answer is 18, since 9 + 9 = 18, right", "18"),
     ("It is 18, I think", "18"),  # no trailing comma
+    ("so x = 12-4", "4"),  # a hyphen between numbers is not a minus sign
+    ("It is -45.", "-45"),  # a minus sign is
+    ("(3)-2", "2"),
+    ("our answer is $\\boxed 2$.", "2"),
 ]
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("our answer is $\\boxed 2$.", "2"),  # \boxed without braces: two MATH training solutions
+        ("so \\boxed 9$", "9"),
+        ("hence \\fbox{42}", "42"),
+        ("\\boxed{1} then \\fbox{\\frac{1}{2}}", "\\frac{1}{2}"),  # the last box of either kind
+        ("\\boxed", None),
+        ("\\boxedx{3}", None),  # another command
+    ],
+)
+def test_boxed_answers_as_math_solutions_write_them(text, expected):
+    """MATH's gold comes from the boxed extractor alone: a box without braces once stopped the load."""
+    assert extract_answer(text, mode=("boxed",)) == expected
 
 
 @pytest.mark.parametrize("text, expected", STRICT_CASES)

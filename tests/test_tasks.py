@@ -410,6 +410,15 @@ def test_mmlu_redux_and_mmlu_pro_rows(tmp_path):
         load_problems("mmlu_redux", redux)
     with pytest.raises(DriftError, match="task 'mmlu_redux' needs a source"):
         load_problems("mmlu_redux")
+    # a corrected answer is a letter or a choice's text; free text (MMLU-Redux has some) is a flaw,
+    # not a letter read from its words ("The answer is a bear" once gave A)
+    fixed = [
+        {"question": f"Q{i}", "choices": ["cat", "bear", "dog", "eel"], "answer": 0, "error_type": "wrong_groundtruth",
+         "correct_answer": answer}
+        for i, answer in enumerate(["B", "bear", "The answer is a bear", "A and C", "2", " c "])
+    ]  # fmt: skip
+    kept = load_problems("mmlu_redux", write_jsonl(tmp_path / "fixed.jsonl", fixed))
+    assert [(p.question.split("\n")[0], p.gold) for p in kept] == [("Q0", "B"), ("Q1", "B"), ("Q5", "C")]
     options = [f"option {i}" for i in range(10)]
     pro = write_jsonl(
         tmp_path / "pro.jsonl",

@@ -33,7 +33,9 @@ MODES: dict[str, tuple[str, ...]] = {
 MAX_ANSWER_CHARS = 1000
 """Longer extracted answers are cut: no real answer is this long, and verifiers stay cheap."""
 
-_NUMBER = re.compile(r"-?\d(?:[\d,]*\d)?(?:\.\d+)?|-?\.\d+")  # never ends in a comma: "18, since"
+# Never ends in a comma ("18, since"); a minus sign only where no word, number or bracket comes
+# right before it ("x = 12-4" ends in 4, not -4).
+_NUMBER = re.compile(r"(?:(?<![\w.)\]])-)?(?:\d(?:[\d,]*\d)?(?:\.\d+)?|\.\d+)")
 # Canonicalised by normalize_answer: commas only as thousands separators, so the list "1,2"
 # is not read as the number 12.
 _PLAIN_NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|-?\.\d+")
@@ -53,11 +55,19 @@ def _from_tag(text: str) -> str | None:
     return boxed if boxed is not None else inside  # a box in the tag: its content
 
 
+_BOX = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])\s*")
+_BARE_BOX_TOKEN = re.compile(r"[^\s${}]+")  # \boxed 2$: the token after a box without braces
+
+
 def _from_boxed(text: str) -> str | None:
-    start = text.rfind("\\boxed{")
-    if start < 0:
+    boxes = deque(_BOX.finditer(text), maxlen=1)
+    if not boxes:
         return None
-    depth, i = 1, start + len("\\boxed{")
+    i = boxes[0].end()
+    if text[i : i + 1] != "{":
+        bare = _BARE_BOX_TOKEN.match(text, i)
+        return bare.group(0) if bare else None
+    depth, i = 1, i + 1
     begin = i
     while i < len(text):
         ch = text[i]

@@ -166,14 +166,26 @@ _REDUX_FLAWED = (
 
 
 def _mmlu_redux_row(row: dict, question_field: str, answer_field: str, choices_field: str):
-    """MMLU-Redux as its authors score it: a ``wrong_groundtruth`` row's gold is its ``correct_answer``,
-    a row with a flaw no answer fixes (:data:`_REDUX_FLAWED`, or a correction missing) is left out
-    (``None``), every other row as given; ``subject`` and ``error_type`` go into meta."""
+    """MMLU-Redux as its authors score it: a ``wrong_groundtruth`` row's gold is its ``correct_answer``
+    (a letter, or a choice's text; free text such as "A and C" counts as a flaw), a row with a flaw
+    no answer fixes (:data:`_REDUX_FLAWED`, or a correction missing) is left out (``None``), every
+    other row as given; ``subject`` and ``error_type`` go into meta."""
     kind = row.get("error_type") if isinstance(row, dict) else None
     if kind == "wrong_groundtruth":
-        if row.get("correct_answer") in (None, ""):
+        corrected = row.get("correct_answer")
+        choices = row.get(choices_field)
+        choices = choices.tolist() if hasattr(choices, "tolist") else choices  # parquet: a numpy array
+        texts = [str(c).strip() for c in choices] if isinstance(choices, list) else []
+        letters = [chr(ord("A") + i) for i in range(len(texts))]
+        # a letter or a choice's text; anything else (free text, "A and C") is a flaw no letter fixes
+        said = corrected.strip().casefold() if isinstance(corrected, str) else None
+        by_text = [t.casefold() for t in texts]
+        if said in (x.casefold() for x in letters):
+            row = {**row, answer_field: said.upper()}
+        elif said in by_text:
+            row = {**row, answer_field: letters[by_text.index(said)]}
+        else:
             return None
-        row = {**row, answer_field: row["correct_answer"]}
     elif kind in _REDUX_FLAWED:
         return None
     return _benchmark_mcq_row(("subject", "error_type"))(row, question_field, answer_field, choices_field)
