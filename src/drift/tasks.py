@@ -173,16 +173,17 @@ def _mmlu_redux_row(row: dict, question_field: str, answer_field: str, choices_f
     kind = row.get("error_type") if isinstance(row, dict) else None
     if kind == "wrong_groundtruth":
         corrected = row.get("correct_answer")
-        choices = row.get(choices_field)
-        choices = choices.tolist() if hasattr(choices, "tolist") else choices  # parquet: a numpy array
+        choices: Any = row.get(choices_field)
+        if hasattr(choices, "tolist"):  # a numpy array, from a parquet file
+            choices = choices.tolist()
         texts = [str(c).strip() for c in choices] if isinstance(choices, list) else []
         letters = [chr(ord("A") + i) for i in range(len(texts))]
         # a letter or a choice's text; anything else (free text, "A and C") is a flaw no letter fixes
-        said = corrected.strip().casefold() if isinstance(corrected, str) else None
+        said = corrected.strip().casefold() if isinstance(corrected, str) else ""
         by_text = [t.casefold() for t in texts]
-        if said in (x.casefold() for x in letters):
+        if said and said in [x.casefold() for x in letters]:
             row = {**row, answer_field: said.upper()}
-        elif said in by_text:
+        elif said and said in by_text:
             row = {**row, answer_field: letters[by_text.index(said)]}
         else:
             return None
