@@ -72,6 +72,38 @@ def test_a_yaml_float_written_without_a_dot_is_a_float(tmp_path):
         load_yaml(path, C.TrainConfig)
 
 
+def test_yaml_reads_numbers_and_booleans_as_written(tmp_path):
+    """YAML 1.1 (PyYAML's default) read 010 as 8, 1:30 as 90, 0x10 as 16 and no/on as booleans,
+    silently, in files and in --task-options; drift reads YAML 1.2's core schema: decimal numbers,
+    true/false, everything else text (refused where an option wants a number)."""
+    import argparse
+
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "num_prompts: 010\nseed: 0012\nanswer_mode: lenient\ntask_options: {digits: 010, mix: 1:30, x: no}\n"
+    )
+    values = load_yaml(path, C.RolloutConfig)
+    assert values["num_prompts"] == 10 and values["seed"] == 12
+    assert values["task_options"] == {"digits": 10, "mix": "1:30", "x": "no"}
+    for text in ("num_prompts: 1:30\n", "num_prompts: 0x10\n"):
+        path.write_text(text)
+        with pytest.raises(DriftError, match="'num_prompts' must be int"):
+            load_yaml(path, C.RolloutConfig)
+    path.write_text("resume: yes\n")
+    with pytest.raises(DriftError, match="'resume' must be bool"):
+        load_yaml(path, C.RolloutConfig)
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, C.RolloutConfig)
+    args = parser.parse_args(["--task-options", "digits=010,mix=1:30,ops=no,flag=true,rate=1e3"])
+    assert resolve(C.RolloutConfig, args).task_options == {
+        "digits": 10,
+        "mix": "1:30",
+        "ops": "no",
+        "flag": True,
+        "rate": 1000.0,
+    }
+
+
 def test_numbers_out_of_range_are_refused_before_anything_runs(tmp_path, capsys):
     """--n 0 once crashed a rollout with ZeroDivisionError after writing its config, --chunk-prompts
     -1 wrote an empty file and exited 0, --log-steps 0 crashed training after a step: every number

@@ -107,6 +107,34 @@ def _unwrap_optional(hint):
     return hint, False
 
 
+class YamlLoader(yaml.SafeLoader):
+    """YAML 1.2's core schema for plain scalars: decimal integers (``010`` is 10), floats (``1e-5``
+    too), ``true``/``false``, null; everything else is text. PyYAML's YAML 1.1 read ``010`` as 8,
+    ``1:30`` as 90, ``0x10`` as 16 and ``yes``/``no``/``on``/``off`` as booleans, silently."""
+
+
+_INT, _FLOAT, _BOOL = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float", "tag:yaml.org,2002:bool"
+YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in (_INT, _FLOAT, _BOOL)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+YamlLoader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+YamlLoader.add_implicit_resolver(_INT, re.compile(r"^[-+]?[0-9]+$"), list("-+0123456789"))
+YamlLoader.add_implicit_resolver(
+    _FLOAT,
+    re.compile(
+        r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
+    list("-+0123456789."),
+)
+YamlLoader.add_constructor(_INT, lambda loader, node: int(loader.construct_scalar(node), 10))
+
+
+def read_yaml(text: str):
+    """``text`` parsed with :class:`YamlLoader` (what every drift config and study file is read with)."""
+    return yaml.load(text, Loader=YamlLoader)
+
+
 def _yaml_scalar(text: str):
     """``"3"`` -> 3, ``"true"`` -> True, ``"null"`` -> None; anything YAML would not read as a
     scalar stays a string.
@@ -115,7 +143,7 @@ def _yaml_scalar(text: str):
     (3, '*', '+-', None)
     """
     try:
-        value = yaml.safe_load(text)
+        value = read_yaml(text)
     except yaml.YAMLError:
         return text
     return value if value is None or isinstance(value, (int, float, bool, str)) else text
@@ -259,8 +287,8 @@ def load_yaml(path: str | Path, cls) -> dict:
     try:
         raw = path.read_bytes()
         text = raw.decode("utf-8")
-        node = yaml.compose(text)
-        data = yaml.safe_load(text)  # inside the try: unsafe tags (!!python/...) fail here, with a line
+        node = yaml.compose(text, Loader=YamlLoader)
+        data = read_yaml(text)  # inside the try: unsafe tags (!!python/...) fail here, with a line
     except OSError as e:
         raise DriftError(f"{path}: cannot read config: {e}") from None
     except UnicodeDecodeError as e:
@@ -319,7 +347,7 @@ def check_resume_config(cfg, path: str | Path, may_change: tuple[str, ...] = ())
     path = Path(path)
     if not path.exists():
         return
-    saved = yaml.safe_load(path.read_text()) or {}
+    saved = read_yaml(path.read_text()) or {}
     now = to_dict(cfg)
     free = ("resume", "out", *may_change)
     differ = [k for k in now if k not in free and k in saved and saved[k] != now[k]]

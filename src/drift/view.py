@@ -49,10 +49,10 @@ HIST_BINS = 30
 def _sidecar_config(path: Path):
     """The parsed sidecar ``<name>.config.yaml`` of ``path`` (``None`` if there is none); read errors
     propagate, each caller decides what they mean."""
-    import yaml
+    from drift.options import read_yaml
 
     config = sidecar(path, "config.yaml")
-    return yaml.safe_load(config.read_text(encoding="utf-8")) if config.is_file() else None
+    return read_yaml(config.read_text(encoding="utf-8")) if config.is_file() else None
 
 
 def weighting_for(path: Path) -> WeightingOptions:

@@ -14,8 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from drift.options import read_yaml
 from drift.outputs import sidecar
 
 CONFIGS_SUFFIX = ".configs.json"
@@ -53,12 +52,10 @@ def collect_configs(folder: Path) -> dict[str, dict]:
     ``train``, ``rl``), and that of the rollouts it weighted (``rollout``: the sidecar of the weight
     stage's ``input``, shared by the offline methods at one seed and turns). A method's stages are
     the ones it ran: base has none, sft only ``train``."""
-    configs = {
-        stage: yaml.safe_load((folder / rel).read_text()) for stage, rel in STAGES.items() if (folder / rel).exists()
-    }
+    configs = {stage: read_yaml((folder / rel).read_text()) for stage, rel in STAGES.items() if (folder / rel).exists()}
     rolled = sidecar(configs["weight"]["input"], "config.yaml") if "weight" in configs else None
     if rolled is not None and rolled.exists():
-        configs = {"rollout": yaml.safe_load(rolled.read_text()), **configs}
+        configs = {"rollout": read_yaml(rolled.read_text()), **configs}
     return configs
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import yaml
 
 from drift import DriftError
+from drift.options import read_yaml
 from drift.outputs import write_json
 from drift.study.provenance import is_points_file
 from drift.study.spec import StudySpec
@@ -61,7 +62,7 @@ def check_same_study(saved: Path, spec: StudySpec) -> None:
     rounds added (runs still to come get them; finished ones keep the points they have)."""
     if not saved.exists():
         return
-    before = yaml.safe_load(saved.read_text())
+    before = read_yaml(saved.read_text())
     now = dict(spec.__dict__)
     grown = set(before.get("snapshot_rounds", [])) <= set(now["snapshot_rounds"])
     changed = [k for k in now if k != "methods" and before.get(k) != now[k] and not (k == "snapshot_rounds" and grown)]
@@ -80,7 +81,7 @@ def write_study(saved: Path, spec: StudySpec) -> None:
     methods = list(spec.methods)
     if saved.exists():
         names = {m["name"] for m in methods}
-        methods += [m for m in yaml.safe_load(saved.read_text())["methods"] if m["name"] not in names]
+        methods += [m for m in read_yaml(saved.read_text())["methods"] if m["name"] not in names]
     saved.write_text(yaml.safe_dump({**spec.__dict__, "methods": methods}, sort_keys=False))
 
 
