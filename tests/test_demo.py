@@ -50,7 +50,52 @@ def test_demo_quick_runs_every_stage_and_reuses_them(tmp_path, tiny_model, monke
     assert capsys.readouterr().out.count("already done, reusing it") == 6
     # ... but not for other options: they once printed the first run's table
     assert main(["demo", "--quick", "--out", str(out), "--seed", "3"]) == 2
-    assert "options differ from the first run (seed)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "options differ from the first run (seed: 0 -> 3)" in err and "--fresh" in err
+    # the weights stage is done when its last file is written: a stage killed after the data
+    # (before the plot and summary) is redone, not reused without them
+    (out / "weighted.summary.json").unlink()
+    (out / "weighted.weights.png").unlink()
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.count("already done, reusing it") == 5
+    assert (out / "weighted.weights.png").exists() and (out / "weighted.summary.json").exists()
+
+
+def test_a_folder_with_stage_outputs_but_no_demo_config_is_refused(tmp_path, capsys):
+    """Without demo.config.yaml nothing says which options made what is there (an interrupted
+    --fresh could leave that): it is not reused under other options."""
+    from drift.cli import main
+
+    out = tmp_path / "demo"
+    (out / "drift" / "model").mkdir(parents=True)
+    (out / "drift" / "model" / "config.json").write_text("{}")
+    assert main(["demo", "--quick", "--out", str(out), "--beta", "0.5"]) == 2
+    assert f"{out} holds a demo's files but no demo.config.yaml" in capsys.readouterr().err
+
+
+def test_fresh_deletes_the_folder_as_a_whole(tmp_path, monkeypatch, capsys):
+    """--fresh moves the folder aside before deleting it: a kill mid-delete leaves no half folder
+    under --out (it once left stage outputs without their demo.config.yaml, reused under new options)."""
+    import shutil
+
+    from drift import config as C
+    from drift.cli import main
+    from drift.options import save_config
+
+    out = tmp_path / "demo"
+    out.mkdir()
+    save_config(C.DemoConfig(quick=True, out=str(out)), out / "demo.config.yaml")
+    (out / "base").mkdir()
+    (out / "base" / "report.json").write_text("{}")
+    seen = []
+
+    def interrupted(path, *a, **k):
+        seen.append(Path(path))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shutil, "rmtree", interrupted)
+    assert main(["demo", "--quick", "--fresh", "--out", str(out)]) == 130
+    assert seen and seen[0] != out and not out.exists()  # what was deleted had been moved away first
 
 
 def test_format_warmup_trains_the_rewritten_text_not_the_sampled_ids(tmp_path, tiny_model):

@@ -165,7 +165,7 @@ def test_resume_with_other_options_is_refused(tmp_path, capsys):
     before = out.read_bytes()
     capsys.readouterr()
     assert rollout(out, "--resume", n=5) == 2
-    assert "options differ from the first run (n)" in capsys.readouterr().err
+    assert "options differ from the first run (n: 3 -> 5)" in capsys.readouterr().err
     assert out.read_bytes() == before
     assert rollout(out, "--resume") == 0  # the same options: nothing left to do
     assert out.read_bytes() == before

@@ -305,7 +305,7 @@ def test_resume_refuses_other_options_and_says_when_there_is_no_checkpoint(tmp_p
     args = ["train", str(data), "--model", tiny_model, "--batch-size", "2", "--dtype", "float32", "--out"]
     assert main([*args, str(tmp_path / "a"), "--save-steps", "1"]) == 0
     assert main([*args, str(tmp_path / "a"), "--save-steps", "1", "--resume", "--lr", "2e-5"]) == 2
-    assert "options differ from the first run (lr)" in capsys.readouterr().err
+    assert "options differ from the first run (lr: 1e-05 -> 2e-05)" in capsys.readouterr().err
     assert main([*args, str(tmp_path / "a"), "--save-steps", "1", "--resume"]) == 0  # the same options
     assert main([*args, str(tmp_path / "b")]) == 0  # no checkpoints kept (save_steps 0)
     capsys.readouterr()
@@ -314,5 +314,5 @@ def test_resume_refuses_other_options_and_says_when_there_is_no_checkpoint(tmp_p
     # starting over in a run's folder is a resume of that run too: with its options, not others
     before = (tmp_path / "b" / "model" / "model.safetensors").read_bytes()
     assert main([*args, str(tmp_path / "b"), "--resume", "--lr", "1e-3"]) == 2
-    assert "options differ from the first run (lr)" in capsys.readouterr().err
+    assert "options differ from the first run (lr: 1e-05 -> 0.001)" in capsys.readouterr().err
     assert (tmp_path / "b" / "model" / "model.safetensors").read_bytes() == before

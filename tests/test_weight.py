@@ -278,3 +278,15 @@ def test_export_trl_end_to_end_from_a_weighted_file(tmp_path):
     summary = json.loads((tmp_path / "trl" / "rows.summary.json").read_text())
     assert summary["rows"] == len(rows) and summary["records"] == len(read_records(weighted))
     assert yaml.safe_load((tmp_path / "trl" / "rows.config.yaml").read_text())["target"] == "all"
+
+
+def test_a_rerun_leaves_no_sidecar_of_the_run_before(tmp_path):
+    """drift weight with --plot, then again with another beta and no --plot: the old plot (of the
+    old weights) once stayed beside the new file, and drift view showed it as this file's."""
+    out = tmp_path / "w.jsonl"
+    assert main(["weight", str(REFERENCE), "--out", str(out), "--plot"]) == 0
+    assert (tmp_path / "w.weights.png").exists()
+    assert main(["weight", str(REFERENCE), "--out", str(out), "--beta", "1.0"]) == 0
+    assert not (tmp_path / "w.weights.png").exists()
+    assert yaml.safe_load((tmp_path / "w.config.yaml").read_text())["beta"] == 1.0
+    assert json.loads((tmp_path / "w.summary.json").read_text())["records"] > 0

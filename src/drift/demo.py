@@ -28,6 +28,7 @@ from typing import Any
 
 from drift import DriftError
 from drift import config as C
+from drift.outputs import sidecar, write_json
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The real demo: SmolLM2-135M-Instruct on 2-digit addition (base multi@1 around 0.25).
@@ -185,9 +186,20 @@ def run_demo(cfg) -> dict:
     if cfg.fresh and out.exists():
         if any(out.iterdir()) and not (out / "demo.config.yaml").exists():
             raise DriftError(f"{out} is not a demo folder (it has no demo.config.yaml): --fresh deletes only a demo's")
-        shutil.rmtree(out)
+        aside = out.with_name(f".{out.name}.deleting")  # a kill mid-delete leaves no half demo under --out
+        if aside.exists():
+            shutil.rmtree(aside)
+        out.rename(aside)
+        shutil.rmtree(aside)
+    if out.exists() and any(out.iterdir()) and not (out / "demo.config.yaml").exists():
+        raise DriftError(
+            f"{out} holds a demo's files but no demo.config.yaml: nothing says which options made them; "
+            "delete the folder or choose another --out"
+        )
     # finished stages are reused: only by a demo with the same options (else --fresh, or another --out)
-    check_resume_config(cfg, out / "demo.config.yaml", may_change=("fresh",))
+    check_resume_config(
+        cfg, out / "demo.config.yaml", may_change=("fresh",), remedy="--fresh to start over, or another --out"
+    )
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "demo.config.yaml")
     print(f"drift demo: {preset['model']} on arithmetic {preset['task_options']}, output in {out}/")
@@ -251,7 +263,8 @@ def run_demo(cfg) -> dict:
         timings,
         lambda: run_rollout(rollout_cfg),
     )
-    _stage("3/5 DRIFT weights", Path(weight_cfg.out).exists(), timings, lambda: run_weight(weight_cfg))
+    weighted_done = sidecar(weight_cfg.out, "summary.json").exists()  # drift weight writes it last
+    _stage("3/5 DRIFT weights", weighted_done, timings, lambda: run_weight(weight_cfg))
     _stage(
         "4/5 weighted SFT", (out / "drift" / "model" / "config.json").exists(), timings, lambda: run_train(train_cfg)
     )
@@ -276,7 +289,7 @@ def run_demo(cfg) -> dict:
     print("stage wall times (s): " + ", ".join(f"{name.split(' ', 1)[1]}: {t}" for name, t in timings.items()))
     print(f"plots: {out}/cumulative_accuracy.png, {out}/multi_at_k.png, {out}/weighted.weights.png")
     summary = {"gain_multi_at_max_turns": gain, "timings": timings, "comparison": comparison}
-    (out / "demo_summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    write_json(out / "demo_summary.json", summary, default=str)
     try:  # the page is a convenience: a failure to draw it does not fail the demo
         from drift.view import run_view
 

@@ -340,21 +340,23 @@ def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def check_resume_config(cfg, path: str | Path, may_change: tuple[str, ...] = ()) -> None:
+def check_resume_config(
+    cfg, path: str | Path, may_change: tuple[str, ...] = (), remedy: str = "choose another --out"
+) -> None:
     """Refuse to resume a run whose saved config (``path``) has other options than ``cfg``: what
     the finished part holds, or a checkpoint restores, was made with those. ``resume``, ``out``
-    and ``may_change`` may differ."""
+    and ``may_change`` may differ; ``remedy`` ends the message."""
     path = Path(path)
     if not path.exists():
         return
     saved = read_yaml(path.read_text()) or {}
     now = to_dict(cfg)
     free = ("resume", "out", *may_change)
-    differ = [k for k in now if k not in free and k in saved and saved[k] != now[k]]
+    differ = [f"{k}: {saved[k]} -> {now[k]}" for k in now if k not in free and k in saved and saved[k] != now[k]]
     if differ:
         raise DriftError(
-            f"cannot resume {getattr(cfg, 'out', path.parent)}: options differ from the first run "
-            f"({', '.join(differ)}); see {path}, or choose another --out"
+            f"cannot resume {getattr(cfg, 'out', None) or path.parent}: options differ from the first run "
+            f"({'; '.join(differ)}); see {path}, or {remedy}"
         )
 
 

@@ -49,10 +49,10 @@ def sidecar(out: str | os.PathLike, suffix: str) -> Path:
     return out.with_name(f"{out.stem}.{suffix}")
 
 
-def write_json(path: str | os.PathLike, data) -> None:
-    """``data`` as indented JSON, atomically."""
+def write_json(path: str | os.PathLike, data, default=None) -> None:
+    """``data`` as indented JSON, atomically (``default``: as ``json.dumps`` takes it)."""
     with atomic_write(path) as f:
-        f.write(json.dumps(data, indent=2).encode() + b"\n")
+        f.write(json.dumps(data, indent=2, default=default).encode() + b"\n")
 
 
 def trim_log(path: Path, step: int) -> None:

@@ -4,8 +4,9 @@ The math is drift.weighting; this module reads, applies it and writes. A schema-
 streamed: only the numbers the math needs are kept (:func:`read_columns`), and the two new fields
 are spliced into the input's lines (a million records in seconds, memory for the numbers only).
 A reference-layout input, or ``--to-format reference``, goes through whole records instead.
-Beside the output: the resolved config, the diagnostics (``.summary.json``) and, with ``--plot``,
-a histogram of weights and returns.
+Beside the output: the resolved config, with ``--plot`` a histogram of weights and returns, and
+the diagnostics (``.summary.json``), written last: it says the output is whole. A rerun first
+deletes the sidecars of the run before, so none of them describes other weights.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ from drift.records import (
 )
 from drift.tables import format_table
 from drift.weighting import Columns, compute_weights
+
+SIDECARS = ("config.yaml", "weights.png", "summary.json")
+"""What drift weight writes beside its output (drift.outputs.sidecar)."""
 
 
 def read_columns(path) -> tuple[Columns, set[int]]:
@@ -64,6 +68,8 @@ def _run_weight(cfg: WeightConfig) -> dict:
         raise DriftError("no output given (--out OUT)")
     start = time.perf_counter()
     params = cfg.weighting()
+    for name in SIDECARS:  # the last run's: a crash below leaves none that describes other weights
+        sidecar(cfg.out, name).unlink(missing_ok=True)
     if cfg.to_format == "drift" and file_format(cfg.input) == "drift":
         cols, reweighted = read_columns(cfg.input)
         returns, weights = compute_weights(cols, params)
@@ -91,11 +97,11 @@ def _run_weight(cfg: WeightConfig) -> dict:
     diag = diagnostics(cols, returns, weights)
     diag["seconds"] = round(time.perf_counter() - start, 3)
     save_config(cfg, sidecar(cfg.out, "config.yaml"))
-    write_json(sidecar(cfg.out, "summary.json"), diag)
     if cfg.plot:
         from drift.plots import plot_weights
 
         plot_weights(returns, [w for w in weights if w is not None], sidecar(cfg.out, "weights.png"))
+    write_json(sidecar(cfg.out, "summary.json"), diag)  # last: the output is whole
     rows = [[k, v] for k, v in diag.items() if k != "success_by_turn"]
     rows += [[f"solved by turn {t}", v] for t, v in diag["success_by_turn"].items()]
     print(format_table(rows, ["weights", cfg.scheme]))

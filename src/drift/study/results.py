@@ -22,7 +22,7 @@ from pathlib import Path
 
 from drift import DriftError
 from drift.metrics import seed_interval, wilson_interval
-from drift.outputs import write_json
+from drift.outputs import atomic_write, write_json
 from drift.study.provenance import differing_options, run_name
 from drift.study.spec import StudySpec
 
@@ -335,7 +335,8 @@ def write_results(out: Path, spec: StudySpec) -> dict:
         "tuning": tuning,
     }
     write_json(out / "table.json", table)
-    (out / "table.md").write_text(markdown(spec, summary, match, tuning))
+    with atomic_write(out / "table.md") as f:
+        f.write(markdown(spec, summary, match, tuning).encode())
     plot_frontier(frontier_curves(rows, methods), spec.max_turns, out / "frontier.png")
     by_turn = {s["method"]: {"cumulative_accuracy": s["multi_at"]} for s in summary}  # means over seeds
     plot_cumulative_accuracy(by_turn, out / "accuracy_by_turn.png")

@@ -26,7 +26,7 @@ import yaml
 
 from drift import DriftError
 from drift.options import read_yaml
-from drift.outputs import write_json
+from drift.outputs import atomic_write, write_json
 from drift.study.provenance import is_points_file
 from drift.study.spec import StudySpec
 
@@ -82,7 +82,8 @@ def write_study(saved: Path, spec: StudySpec) -> None:
     if saved.exists():
         names = {m["name"] for m in methods}
         methods += [m for m in read_yaml(saved.read_text())["methods"] if m["name"] not in names]
-    saved.write_text(yaml.safe_dump({**spec.__dict__, "methods": methods}, sort_keys=False))
+    with atomic_write(saved) as f:  # a rerun reads it back: never half written
+        f.write(yaml.safe_dump({**spec.__dict__, "methods": methods}, sort_keys=False).encode())
 
 
 def check_kept_reports(folder: Path, expected: dict[Path, dict], run: str) -> None:
