@@ -163,3 +163,13 @@ def test_the_accelerate_configs_are_what_drift_expects():
     assert {c["distributed_type"] for c in configs.values()} == {"MULTI_GPU", "DEEPSPEED", "FSDP"}
     ds = configs["deepspeed_zero3"]["deepspeed_config"]
     assert ds["gradient_accumulation_steps"] == 1 and "gradient_clipping" not in ds and ds["zero_stage"] == 3
+
+
+def test_none_means_none_in_a_file_as_on_the_command_line(tmp_path):
+    """--clip none and --source none give None; in a YAML file `clip: none` was an error and
+    `source: none` the text "none" (a dataset of that name)."""
+    path = tmp_path / "c.yaml"
+    path.write_text("clip: none\nsource: None\nnum_prompts: NULL\n")
+    assert load_yaml(path, C.RLConfig) == {"clip": None, "source": None, "num_prompts": None}
+    path.write_text("model: none\n")  # not optional: the text stays (a model folder named none)
+    assert load_yaml(path, C.RLConfig) == {"model": "none"}

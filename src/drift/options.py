@@ -257,6 +257,8 @@ def check_value(f: dataclasses.Field, hint, value, where: str):
 def _coerce(value, hint, where: str):
     """Check a YAML value against a type hint; ints are accepted where floats are expected."""
     inner, optional = _unwrap_optional(hint)
+    if optional and isinstance(value, str) and value.strip().lower() in ("none", "null"):
+        value = None  # as on the command line (--clip none)
     if value is None:
         if optional:
             return None
@@ -273,7 +275,7 @@ def _coerce(value, hint, where: str):
     if inner is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if inner is float and isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
-        value = float(value)  # YAML 1.1 reads 1e-5 (no dot) as a string; the command line takes it
+        value = float(value)  # a quoted "1e-5": the command line takes it
     if inner is float and isinstance(value, float) and not math.isfinite(value):
         raise DriftError(f"{where} must be a finite number, got {value!r}")
     if (inner in (int, float) and isinstance(value, bool)) or not isinstance(value, inner):
