@@ -267,3 +267,16 @@ def test_long_numbers_that_differ_in_the_last_digit_differ(verifier):
     a, b = "1" + "0" * 27 + "1", "1" + "0" * 27 + "2"
     assert not get_verifier(verifier)(a, b) and get_verifier(verifier)(a, a)
     assert number_key(a) != number_key(b)
+
+
+def test_spaces_between_digits_are_read_as_written():
+    """Spaces were dropped before parsing: "1 1/2" read as 11/2 (5.5; a mixed number, 1.5) and
+    "1, 234" (a list) as 1234. Thousands groups ("12 000") still read as one number."""
+    from drift.verifiers import verify_exact, verify_numeric
+
+    assert verify_math("1 1/2", "1.5") and verify_numeric("1 1/2", "3/2") and number_key("1 1/2") == "1.5"
+    assert not verify_math("1 1/2", "5.5") and not verify_numeric("1 1/2", "11/2")
+    assert not verify_exact("1 1/2", "11/2")
+    assert verify_math("12 000", "12000") and verify_numeric("-1 234 567", "-1234567")
+    assert not verify_math("1, 234", "1234") and not verify_numeric("1, 234", "1234")
+    assert verify_numeric("-2 1/4", "-2.25")

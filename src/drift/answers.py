@@ -124,6 +124,20 @@ def extract_answer(text: str, mode: str | tuple[str, ...] = "strict") -> str | N
     return None
 
 
+_DIGIT_GAP = re.compile(r"(?<=\d)(,?)\s+(?=\d)")
+_SPACED_THOUSANDS = re.compile(r"[-+]?\d{1,3}(?:\s\d{3})+(?:\.\d+)?")
+
+
+def spaced_digits(text: str) -> bool:
+    """Does whitespace separate digits otherwise than as thousands groups? Then the spaces are part
+    of what was written: ``1 1/2`` (a mixed number), ``1, 234`` (a list), not ``11/2`` or ``1234``.
+
+    >>> spaced_digits("1 1/2"), spaced_digits("1, 234"), spaced_digits("12 000"), spaced_digits("x = 5")
+    (True, True, False, False)
+    """
+    return bool(_DIGIT_GAP.search(text)) and not _SPACED_THOUSANDS.fullmatch(text.strip().strip("$").rstrip("."))
+
+
 _SIZING = re.compile(r"\\(?:left|right)(?![A-Za-z])")
 _LATEX_WRAPPERS = re.compile(r"\\(?:text|mathrm|textbf|mathbf)\{([^{}]*)\}")
 
@@ -133,7 +147,8 @@ def normalize_answer(answer: str) -> str:
 
     Lower-cases, drops ``$``, spaces, ``\\left``/``\\right``, ``\\text{}`` wrappers, a trailing
     period and thousands separators; writes numbers canonically (``42.0`` -> ``42``). Commas
-    not in groups of three are kept (``1,2`` is a list, not twelve).
+    not in groups of three are kept (``1,2`` is a list, not twelve; ``1, 234`` too), and so is one
+    space between digits that are not thousands groups (:func:`spaced_digits`: ``1 1/2``).
 
     >>> normalize_answer(" $1,234.50$ ")
     '1234.5'
@@ -147,10 +162,14 @@ def normalize_answer(answer: str) -> str:
     s = answer.strip()
     s = _LATEX_WRAPPERS.sub(r"\1", s)
     s = _SIZING.sub("", s)  # \\left( and \\right), not \\leftarrow
+    listed = bool(re.search(r"\d,\s+\d", s))  # "1, 234": a list, never the number 1234
+    if spaced_digits(s):  # "1 1/2": one space kept through the removal below
+        s = _DIGIT_GAP.sub(lambda m: m.group(0) if m.group(1) else "\x00", s)
     for junk in ("$", "\\!", "\\,", "\\;", " ", "\t", "\n"):
         s = s.replace(junk, "")
+    s = s.replace("\x00", " ")
     s = s.rstrip(".").lower()
-    if len(s) <= 100 and _PLAIN_NUMBER.fullmatch(s):
+    if len(s) <= 100 and not listed and _PLAIN_NUMBER.fullmatch(s):
         try:
             number = Decimal(s.replace(",", ""))
         except InvalidOperation:  # pragma: no cover - the regex admits only valid decimals

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 from decimal import Decimal, InvalidOperation, localcontext
 
 from drift import DriftError
-from drift.answers import normalize_answer
+from drift.answers import normalize_answer, spaced_digits
 from drift.math_worker import SHARED_WORKER, MathWorker, MathWorkerError  # noqa: F401 (MathWorkerError: re-exported)
 
 DEFAULT_TIMEOUT = 5.0
@@ -48,6 +48,7 @@ REL_TOL = ABS_TOL = 1e-6
 # Thousands separators only in groups of three ("1,000" yes, "1,00" no); exponents of at most
 # four digits, so no parse can build a number Decimal cannot hold.
 _NUMBER_RE = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:e[-+]?\d{1,4})?|[-+]?\.\d+")
+_MIXED_NUMBER = re.compile(r"([-+]?)(\d+)\s+(\d+)\s*/\s*(\d+)")
 _NUMBER_JUNK = ("$", " ", "\\!", "\\,", "\\;", "\\ ")
 
 
@@ -65,6 +66,16 @@ def parse_number(text: str) -> tuple[Decimal, bool] | None:
     ((Decimal('50'), True), None, None)
     """
     s = text.strip()
+    if mixed := _MIXED_NUMBER.fullmatch(s.strip("$").rstrip(".")):  # 1 1/2: one and a half
+        sign, whole, num, den = mixed.groups()
+        if int(den) == 0:
+            return None
+        with localcontext() as ctx:
+            ctx.prec = 50
+            value = Decimal(whole) + Decimal(num) / Decimal(den)
+        return (-value if sign == "-" else value), False
+    if spaced_digits(s):  # "1, 234" is a list, "1 2" two numbers: not one number
+        return None
     for junk in _NUMBER_JUNK:
         s = s.replace(junk, "")
     s = s.replace("\\%", "%").rstrip(".").removesuffix("%").lower()
@@ -169,6 +180,12 @@ def verify_choice(prediction: str, gold: str) -> bool:
 # -- math (math-verify in a worker process: drift.math_worker) -------------------------------
 
 
+def _as_number(text: str, normalised: str) -> tuple[Decimal, bool] | None:
+    """The number ``text`` states: read from its normalised form, unless spaces between its digits
+    carry meaning (:func:`~drift.answers.spaced_digits`: a mixed number, a list): then as written."""
+    return parse_number(text) if spaced_digits(text) else parse_number(normalised)
+
+
 def verify_math(
     prediction: str, gold: str, *, timeout: float = DEFAULT_TIMEOUT, worker: MathWorker | None = None
 ) -> bool:
@@ -185,7 +202,7 @@ def verify_math(
         return False
     if p_norm == g_norm:
         return True
-    p_num, g_num = parse_number(p_norm), parse_number(g_norm)
+    p_num, g_num = _as_number(prediction, p_norm), _as_number(gold, g_norm)
     if p_num is not None and g_num is not None:
         return numbers_equal(p_num, g_num)
     if len(prediction) > MAX_MATH_CHARS or len(gold) > MAX_MATH_CHARS:
