@@ -174,9 +174,19 @@ def normalize_answer(answer: str) -> str:
             number = Decimal(s.replace(",", ""))
         except InvalidOperation:  # pragma: no cover - the regex admits only valid decimals
             return s
-        if number == 0:
-            return "0"
-        with localcontext() as ctx:
-            ctx.prec = 101  # every digit of a 100-character number (the default context keeps 28)
-            return format(number.normalize(), "f")
+        return decimal_text(number)
     return s
+
+
+def decimal_text(number: Decimal) -> str:
+    """A number as plain decimal text, every digit of up to 100 kept (Decimal's default context
+    keeps 28), no trailing zeros, ``0`` for any zero.
+
+    >>> decimal_text(Decimal("1.50")), decimal_text(Decimal("-0.0")), decimal_text(Decimal("1E+3"))
+    ('1.5', '0', '1000')
+    """
+    if number == 0:
+        return "0"
+    with localcontext() as ctx:
+        ctx.prec = 101
+        return format(number.normalize(), "f")

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 from decimal import Decimal, InvalidOperation, localcontext
 
 from drift import DriftError
-from drift.answers import normalize_answer, spaced_digits
+from drift.answers import decimal_text, normalize_answer, spaced_digits
 from drift.math_worker import SHARED_WORKER, MathWorker, MathWorkerError  # noqa: F401 (MathWorkerError: re-exported)
 
 DEFAULT_TIMEOUT = 5.0
@@ -231,11 +231,7 @@ def number_key(answer: str) -> str:
     parsed = parse_number(answer)
     if parsed is None or len(answer) > 100:
         return normalize_answer(answer)
-    if parsed[0] == 0:
-        return "0"
-    with localcontext() as ctx:
-        ctx.prec = 101  # every digit of a 100-character number (the default context keeps 28)
-        return format(parsed[0].normalize(), "f")
+    return decimal_text(parsed[0])
 
 
 def choice_key(answer: str) -> str:
