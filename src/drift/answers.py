@@ -162,7 +162,7 @@ def normalize_answer(answer: str) -> str:
     s = answer.strip()
     s = _LATEX_WRAPPERS.sub(r"\1", s)
     s = _SIZING.sub("", s)  # \\left( and \\right), not \\leftarrow
-    listed = bool(re.search(r"\d,\s+\d", s))  # "1, 234": a list, never the number 1234
+    listed = any(gap.group(1) for gap in _DIGIT_GAP.finditer(s))  # "1, 234": a list, never the number 1234
     if spaced_digits(s):  # "1 1/2": one space kept through the removal below
         s = _DIGIT_GAP.sub(lambda m: m.group(0) if m.group(1) else "\x00", s)
     for junk in ("$", "\\!", "\\,", "\\;", " ", "\t", "\n"):
