@@ -114,22 +114,32 @@ def _metamathqa_row(
     return _text(row, question_field), gold, {"type": row["type"]} if "type" in row else {}
 
 
+def _letters(n: int) -> list[str]:
+    """The letters of ``n`` choices: A, B, ..."""
+    return [chr(ord("A") + i) for i in range(n)]
+
+
 def _render_mcq(question: str, choices: list[str], gold_index: int) -> tuple[str, str, dict]:
     """The question followed by ``(A) ...`` lines; the gold letter; the choices as meta."""
-    letters = [chr(ord("A") + i) for i in range(len(choices))]
+    letters = _letters(len(choices))
     rendered = question + "\n\n" + "\n".join(f"({letter}) {text}" for letter, text in zip(letters, choices))
     return rendered, letters[gold_index], {"choices": choices}
 
 
-def _mcq_row(row: dict, question_field: str, answer_field: str, choices_field: str) -> tuple[str, str, dict]:
-    question = _text(row, question_field)
+def _choice_texts(row: dict, choices_field: str) -> list[str] | None:
+    """A row's choices as stripped texts (a parquet file's numpy array too); ``None`` if not a list."""
     choices: Any = row.get(choices_field)
     if hasattr(choices, "tolist"):  # a numpy array, from a parquet file
         choices = choices.tolist()
-    if not isinstance(choices, list) or not 2 <= len(choices) <= 26:
+    return [str(c).strip() for c in choices] if isinstance(choices, list) else None
+
+
+def _mcq_row(row: dict, question_field: str, answer_field: str, choices_field: str) -> tuple[str, str, dict]:
+    question = _text(row, question_field)
+    choices = _choice_texts(row, choices_field)
+    if choices is None or not 2 <= len(choices) <= 26:
         raise FieldError(f"field {choices_field!r} must be a list of 2 to 26 choices")
-    choices = [str(c).strip() for c in choices]
-    letters = [chr(ord("A") + i) for i in range(len(choices))]
+    letters = _letters(len(choices))
     answer = row.get(answer_field)
     if isinstance(answer, int) and not isinstance(answer, bool) and 0 <= answer < len(choices):
         gold = letters[answer]  # an index, 0-based (as in MMLU's "answer": 1 for B)
@@ -173,11 +183,8 @@ def _mmlu_redux_row(row: dict, question_field: str, answer_field: str, choices_f
     kind = row.get("error_type") if isinstance(row, dict) else None
     if kind == "wrong_groundtruth":
         corrected = row.get("correct_answer")
-        choices: Any = row.get(choices_field)
-        if hasattr(choices, "tolist"):  # a numpy array, from a parquet file
-            choices = choices.tolist()
-        texts = [str(c).strip() for c in choices] if isinstance(choices, list) else []
-        letters = [chr(ord("A") + i) for i in range(len(texts))]
+        texts = _choice_texts(row, choices_field) or []
+        letters = _letters(len(texts))
         # a letter or a choice's text; anything else (free text, "A and C") is a flaw no letter fixes
         said = corrected.strip().casefold() if isinstance(corrected, str) else ""
         by_text = [t.casefold() for t in texts]
