@@ -202,7 +202,7 @@ class DemoConfig(WeightingOptions):
     out: str = option("", "output folder (default: runs/demo, or runs/demo-quick with --quick)", short="-o")
     quick: bool = option(False, "tiny random model, a handful of problems: about a minute (a smoke test)")
     fresh: bool = option(False, "delete --out first and start over")
-    max_turns: int = option(5, "T: attempts per episode", at_least=1)
+    max_turns: int = option(MAX_TURNS, "T: attempts per episode", at_least=1)
     dtype: Dtype = option("auto", DTYPE_HELP)
     all_fail: Literal["keep", "drop"] | None = option(  # type: ignore[assignment]
         None,

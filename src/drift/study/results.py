@@ -23,7 +23,7 @@ from pathlib import Path
 from drift import DriftError
 from drift.metrics import seed_interval, wilson_interval
 from drift.outputs import atomic_write, write_json
-from drift.study.provenance import differing_options, run_name
+from drift.study.provenance import configs_file, differing_options, run_name
 from drift.study.spec import StudySpec
 
 
@@ -139,7 +139,7 @@ def resolved_options(out: Path, rows: list[dict], method: str) -> dict:
     options that differ between them (drift.study.provenance.differing_options)."""
     by_seed = {}
     for r in final_rows(rows, method):
-        path = out / "points" / method / f"{run_name(r['seed'], r['lr'])}.configs.json"
+        path = configs_file(out / "points" / method / f"{run_name(r['seed'], r['lr'])}.json")
         if r["seed"] is not None and path.exists():
             by_seed[r["seed"]] = json.loads(path.read_text())
     return {"seeds": sorted(by_seed), "differ": differing_options(by_seed)}
