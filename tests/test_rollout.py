@@ -101,7 +101,7 @@ def test_scripted_rollout_writes_valid_records_and_sidecars(tmp_path):
     assert all(r["task"] == "arithmetic" and 1 <= len(r["correct"]) <= 3 for r in records)
     # an episode stops at its first correct turn, and only there
     assert all(
-        r["correct"].index(True) + 1 == r["first_correct_turn"]
+        r["correct"].index(True) + 1 == r["first_correct_turn"] == len(r["correct"])
         if True in r["correct"]
         else r["first_correct_turn"] is None and len(r["correct"]) == 3
         for r in records
@@ -217,6 +217,65 @@ def test_resume_refuses_a_corrupt_middle_line(tmp_path, capsys):
     capsys.readouterr()
     assert rollout(out, "--resume") == 2
     assert "r.jsonl:3" in capsys.readouterr().err
+
+
+def test_resume_refuses_records_of_other_chunks_and_deletes_nothing(tmp_path, capsys):
+    """Records that the current problem list does not put in the finished chunks or the one being
+    written (the source changed, the chunks came out in another order) are refused, not dropped."""
+    out = tmp_path / "r.jsonl"
+    assert rollout(out) == 0
+    lines = out.read_bytes().splitlines(keepends=True)
+    gap = b"".join(lines[6:])  # chunks 2 and 3 are whole, chunk 1 is missing
+    out.write_bytes(gap)
+    capsys.readouterr()
+    assert rollout(out, "--resume") == 2
+    err = capsys.readouterr().err
+    assert "r.jsonl:1" in err and "chunk 2" in err and "nothing was removed" in err
+    assert out.read_bytes() == gap
+    alien = lines[0].replace(b'"prompt_id":"', b'"prompt_id":"other-')
+    assert alien != lines[0]
+    out.write_bytes(b"".join(lines[:6]) + alien)
+    assert rollout(out, "--resume") == 2
+    err = capsys.readouterr().err
+    assert "r.jsonl:7" in err and "not one of" in err
+    assert out.read_bytes() == b"".join(lines[:6]) + alien
+
+
+def test_resume_refuses_records_without_their_config(tmp_path, capsys):
+    out = tmp_path / "r.jsonl"
+    assert rollout(out) == 0
+    (tmp_path / "r.config.yaml").unlink()
+    before = out.read_bytes()
+    capsys.readouterr()
+    assert rollout(out, "--resume", seed=4) == 2
+    assert "r.config.yaml" in capsys.readouterr().err
+    assert out.read_bytes() == before
+
+
+def test_a_fresh_run_does_not_adopt_an_old_runs_counters(tmp_path, monkeypatch):
+    """A fresh run killed between its first chunk's records and its counters, then resumed, must
+    not take the counters an older run left beside the same --out."""
+    import drift.outputs
+
+    out = tmp_path / "r.jsonl"
+    assert rollout(out) == 0
+    progress = tmp_path / "r.progress.json"
+    progress.write_text(json.dumps({**json.loads(progress.read_text()), "chunks": 1, "tokens_generated": 10**9}))
+    out.unlink()
+    write_json = drift.outputs.write_json
+
+    def killed_before_the_counters(path, *args, **kwargs):
+        if Path(path) == progress:
+            raise KeyboardInterrupt
+        return write_json(path, *args, **kwargs)
+
+    monkeypatch.setattr(drift.outputs, "write_json", killed_before_the_counters)
+    assert rollout(out) == 130
+    assert len(out.read_bytes().splitlines()) == 6  # the first chunk's records
+    monkeypatch.setattr(drift.outputs, "write_json", write_json)
+    assert rollout(out, "--resume") == 0
+    summary = json.loads((tmp_path / "r.summary.json").read_text())
+    assert summary["tokens_generated"] < 10**9 and summary["uncounted_chunks"] == 1
 
 
 # -- the tiny real model ---------------------------------------------------------------------

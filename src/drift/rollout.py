@@ -107,23 +107,39 @@ def run_episodes(
 def _completed(out: Path, chunks: list[list], n: int) -> int:
     """Repair ``out`` for ``--resume``: keep the leading complete chunks, return how many.
 
-    A torn last line (a crash mid-write) and the records of a partly written chunk are removed,
-    atomically, so the regenerated chunk starts clean. Any other bad line is corruption: error.
+    A torn last line (a crash mid-write) and the records of the one partly written chunk are
+    removed, atomically, so the regenerated chunk starts clean. Anything else is an error and
+    nothing is removed: a bad line, or a record that the problem list does not put in a finished
+    chunk or the one being written (the source changed, or the problems came out in another order).
     """
     data = out.read_bytes()
     if data and not data.endswith(b"\n"):
         with atomic_write(out) as f:
             f.write(data[: data.rfind(b"\n") + 1])
-    records = [rec for _, rec in iter_records(out)]
-    counts = Counter(r["prompt_id"] for r in records)
+    lines = list(iter_records(out))
+    counts = Counter(r["prompt_id"] for _, r in lines)
     done = 0
     while done < len(chunks) and all(counts.get(ex.prompt_id, 0) == n for ex in chunks[done]):
         done += 1
+    chunk_of = {ex.prompt_id: i for i, chunk in enumerate(chunks) for ex in chunk}
+    for line, rec in lines:
+        where = chunk_of.get(rec["prompt_id"])
+        if where is None or where > done or counts[rec["prompt_id"]] > n:
+            why = (
+                f"prompt_id {rec['prompt_id']!r} is not one of the {len(chunk_of)} problems this run samples"
+                if where is None
+                else f"{counts[rec['prompt_id']]} records of prompt_id {rec['prompt_id']!r}, not {n}"
+                if counts[rec["prompt_id"]] > n
+                else f"prompt_id {rec['prompt_id']!r} belongs to chunk {where + 1}, but chunk {done + 1} is unfinished"
+            )
+            raise DriftError(
+                f"{out}:{line}: cannot resume: {why}; the file was not made from this problem list "
+                "(did the source or its order change?); nothing was removed: choose another --out"
+            )
     keep_ids = {ex.prompt_id for chunk in chunks[:done] for ex in chunk}
-    kept = [r for r in records if r["prompt_id"] in keep_ids]
-    if len(kept) != len(records):
+    if any(rec["prompt_id"] not in keep_ids for _, rec in lines):
         with atomic_write(out) as f:
-            f.write(b"".join(dumps(rec) for rec in kept))
+            f.write(b"".join(dumps(rec) for _, rec in lines if rec["prompt_id"] in keep_ids))
     return done
 
 
@@ -168,10 +184,17 @@ def sample_to_file(cfg, out: Path, *, desc: str = "rollout", generator=None) -> 
         raise DriftError(f"{cfg.source + ': ' if cfg.source else ''}task {cfg.task!r} gave no prompts")
     chunks = [problems[i : i + cfg.chunk_prompts] for i in range(0, len(problems), cfg.chunk_prompts)]
     config_path = sidecar(out, "config.yaml")
-    if out.exists():
-        check_resume_config(cfg, config_path, may_change=TRANSPORT_OPTIONS)
-    done_chunks = _completed(out, chunks, cfg.n) if out.exists() else 0
     progress = sidecar(out, "progress.json")
+    if out.exists():
+        if not config_path.exists():
+            raise DriftError(
+                f"cannot resume {out}: {config_path}, the options it was sampled with, is missing; "
+                "put it back, or choose another --out"
+            )
+        check_resume_config(cfg, config_path, may_change=TRANSPORT_OPTIONS)
+    else:
+        progress.unlink(missing_ok=True)  # an older run's counters, not this one's
+    done_chunks = _completed(out, chunks, cfg.n) if out.exists() else 0
     before, uncounted = _counted(progress, done_chunks)
     make_env, verifier = env_factory(cfg)
     sampling = Sampling(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)

@@ -68,6 +68,13 @@ class StubHandler(BaseHTTPRequestHandler):
             }
             for j in reversed(range(count))
         ]
+        if last == "too-long":  # vLLM's answer to prompt + max_tokens over --max-model-len
+            message = "This model's maximum context length is 2048 tokens. However, you requested 2100 tokens"
+            return self.reply(400, {"object": "error", "message": message})
+        if last == "no-choices":
+            choices = []
+        if last == "no-content":  # a reasoning parser that cut the reply while thinking
+            choices = [{"index": 0, "message": {"content": None, "reasoning_content": "hm"}, "finish_reason": "length"}]
         if last == "spaces":  # a reply with surrounding whitespace, which must come back as sent
             choices = [{"index": 0, "message": {"content": "  <answer>4</answer>\n"}, "finish_reason": "stop"}]
         usage = {"completion_tokens": 5 * count, "prompt_tokens": 20}
@@ -261,6 +268,25 @@ def test_a_response_that_is_not_a_completion_is_a_drift_error(stub):
     with OpenAIGenerator(stub.base_url, "tiny", **FAST) as gen:
         with pytest.raises(DriftError, match="not a chat completion"):
             gen.generate([user("a")], n=1, sampling=Sampling())
+
+
+def test_a_refusal_names_what_to_change(stub):
+    with OpenAIGenerator(stub.base_url, "tiny", **FAST) as gen:
+        with pytest.raises(DriftError, match="HTTP 400") as refused:
+            gen.generate([user("too-long")], n=1, sampling=Sampling())
+    assert "lower --max-new-tokens or --max-turns" in str(refused.value)
+    with OpenAIGenerator(stub.base_url + "/x", "tiny", **FAST) as gen:
+        with pytest.raises(DriftError, match="HTTP 404") as missing:
+            gen.generate([user("a")], n=1, sampling=Sampling())
+    assert "--model" in str(missing.value)
+
+
+def test_no_choices_is_not_a_completion_and_no_content_is_an_empty_reply(stub):
+    with OpenAIGenerator(stub.base_url, "tiny", **FAST) as gen:
+        with pytest.raises(DriftError, match="not a chat completion"):
+            gen.generate([user("no-choices")], n=1, sampling=Sampling())
+        with pytest.warns(UserWarning, match="without content"):
+            assert gen.generate([user("no-content")], n=1, sampling=Sampling()) == [[""]]
 
 
 def test_loads_by_name_and_checks_requests(stub):

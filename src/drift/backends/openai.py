@@ -29,6 +29,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -45,6 +46,21 @@ def is_retryable(status_code: int) -> bool:
     [False, False, False, True, True, True, True]
     """
     return status_code in (408, 429) or status_code >= 500
+
+
+_TOO_LONG = ("context length", "max_model_len", "maximum context", "too long", "too large")
+
+
+def _refusal_hint(status: int, body: str) -> str:
+    """What to check when the server refuses a request with ``status``."""
+    if status == 404:
+        return " (is base_url right? it usually ends in /v1; and is --model a name the server serves?)"
+    if status == 400 and any(words in body.lower() for words in _TOO_LONG):
+        return (
+            " (a conversation plus --max-new-tokens is longer than the server's context, vLLM's --max-model-len: "
+            "lower --max-new-tokens or --max-turns, or serve a longer context)"
+        )
+    return ""
 
 
 def reply_seed(seed: int | None, j: int) -> int | None:
@@ -115,6 +131,7 @@ class OpenAIGenerator:
         self.tokens_generated = 0
         self.tokens_prefilled = 0
         self.supports_n = True  # False once the server has turned down n > 1
+        self.warned_no_content = False
         self._lock = threading.Lock()
         self._jitter = random.Random()
         self._client = httpx.Client(
@@ -186,19 +203,28 @@ class OpenAIGenerator:
         if response.status_code >= 400:
             if may_reject:
                 return None  # most likely n > 1; the single-reply retry reports any other cause
-            hint = " (is base_url right? it usually ends in /v1)" if response.status_code == 404 else ""
             status, body = response.status_code, response.text[:500]
-            raise DriftError(f"{self.url} refused the request{hint}: HTTP {status}: {body}")
+            raise DriftError(f"{self.url} refused the request{_refusal_hint(status, body)}: HTTP {status}: {body}")
         try:
             data = response.json()
             choices = sorted(data["choices"], key=lambda choice: choice.get("index", 0))
+            if not choices:
+                raise ValueError("no choices")
+            texts = [choice["message"]["content"] for choice in choices]
             replies = [
-                Reply(choice["message"]["content"] or "", known_finish_reason(choice.get("finish_reason")))
-                for choice in choices
+                Reply(text or "", known_finish_reason(choice.get("finish_reason")))
+                for text, choice in zip(texts, choices, strict=True)
             ]
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             body = response.text[:500]
             raise DriftError(f"{self.url} sent something that is not a chat completion ({e!r}): {body}") from e
+        if None in texts and not self.warned_no_content:
+            self.warned_no_content = True
+            warnings.warn(
+                f"{self.url} sent a reply without content (a reasoning parser that cut the reply while "
+                "thinking, or a tool call): it counts as an empty, unparsable turn",
+                stacklevel=2,
+            )
         usage = data.get("usage") or {}
         completion_tokens = usage.get("completion_tokens")
         if not isinstance(completion_tokens, int):
