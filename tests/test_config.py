@@ -52,6 +52,27 @@ def test_weighting_defaults_live_in_one_place():
     assert C.RLConfig().weighting() == C.WeightConfig().weighting()
 
 
+def test_library_defaults_are_the_commands_defaults():
+    """What a library user of the backends, the environment, the verifier and the study gets
+    without saying is what the commands' options default to."""
+    import inspect
+
+    from drift.backends.hf import HFGenerator
+    from drift.env import CorrectionEnv, make_env
+    from drift.options import default_of
+    from drift.study.spec import StudySpec
+    from drift.verifiers import Verifier
+
+    def default(fn, name):
+        return inspect.signature(fn).parameters[name].default
+
+    assert default(HFGenerator.__init__, "batch_size") == default_of(C.RolloutConfig, "batch_size")
+    for fn in (CorrectionEnv.__init__, make_env):
+        assert default(fn, "max_turns") == default_of(C.RolloutConfig, "max_turns")
+    assert default(make_env, "timeout") == default(Verifier.__init__, "timeout") == C.RolloutConfig().verifier_timeout
+    assert StudySpec(methods=[]).max_turns == default_of(C.RolloutConfig, "max_turns")
+
+
 @pytest.mark.parametrize("cls", [C.TrainConfig, C.RLConfig])
 def test_keeping_no_checkpoint_is_refused(cls):
     """--save-total-limit 0 once deleted every checkpoint, the one just written included."""

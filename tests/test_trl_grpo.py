@@ -54,8 +54,9 @@ def test_multi_turn_and_resume_are_refused(tmp_path):
     (tmp_path / "b" / "rl_log.jsonl").write_text("{}\n")
     with pytest.raises(DriftError, match="cannot resume"):
         run_trl_grpo(RLConfig(algorithm="trl-grpo", out=str(tmp_path / "b"), max_turns=1, resume=True))
-    with pytest.raises(DriftError, match="is not empty"):
+    with pytest.raises(DriftError, match="is not empty") as refused:
         run_trl_grpo(RLConfig(algorithm="trl-grpo", out=str(tmp_path / "b"), max_turns=1))
+    assert "cannot resume" in str(refused.value) and "pass --resume" not in str(refused.value)
     with pytest.raises(DriftError, match="gave 3 prompts, fewer than --prompts-per-step 8"):
         run_trl_grpo(RLConfig(algorithm="trl-grpo", out=str(tmp_path / "c"), max_turns=1, num_prompts=3))
 

@@ -25,6 +25,7 @@ from typing import Protocol, runtime_checkable
 
 from drift import DriftError
 from drift.answers import MODES, extract_answer, normalize_answer
+from drift.config.groups import MAX_TURNS
 from drift.prompts import (
     DEFAULT_SYSTEM_PROMPT,
     FEEDBACK,
@@ -90,7 +91,7 @@ class CorrectionEnv:
     def __init__(
         self,
         verifier: Callable[[str, str], bool],
-        max_turns: int = 5,
+        max_turns: int = MAX_TURNS,
         protocol: str = "simple",
         answer_mode: str = "strict",
         system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
@@ -207,7 +208,7 @@ class CorrectionEnv:
 def make_env(
     task_spec,
     *,
-    max_turns: int = 5,
+    max_turns: int = MAX_TURNS,
     protocol: str = "simple",
     answer_mode: str = "strict",
     timeout: float = DEFAULT_TIMEOUT,

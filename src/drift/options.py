@@ -211,6 +211,11 @@ def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
         )
 
 
+def default_of(cls, name: str) -> Any:
+    """The default of option ``name`` of the config class ``cls`` (for code that fills in what a file left out)."""
+    return _default(next(f for f in dataclasses.fields(cls) if f.name == name))
+
+
 def _default(f: dataclasses.Field) -> Any:
     if f.default_factory is not dataclasses.MISSING:
         return f.default_factory()
@@ -233,7 +238,7 @@ def _choices(f: dataclasses.Field) -> tuple[str, ...] | None:
 
 def _check_choice(value, f: dataclasses.Field, error: type[Exception], where: str = ""):
     choices = _choices(f)
-    if choices is not None and value not in choices:
+    if choices is not None and value is not None and value not in choices:
         raise error(
             f"{where} must be one of {', '.join(choices)}, got {value!r}"
             if where

@@ -328,9 +328,9 @@ def run_trl_grpo(cfg) -> dict:
         raise DriftError("epochs_per_round must be at least 1")
     out = Path(cfg.out)
     if out.exists() and any(out.iterdir()):
-        if cfg.resume:
-            raise DriftError(f"--algorithm trl-grpo cannot resume (it keeps no checkpoints); {out} is not empty")
-        raise DriftError(f"{out} is not empty; pass --resume to continue that run, or choose another --out")
+        raise DriftError(
+            f"{out} is not empty; --algorithm trl-grpo cannot resume (it keeps no checkpoints): choose another --out"
+        )
     path = resolve_model(cfg.model)
     tokenizer = load_tokenizer(path)
     problems = load_problems(

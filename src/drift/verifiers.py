@@ -32,10 +32,10 @@ from decimal import Decimal, InvalidOperation, localcontext
 
 from drift import DriftError
 from drift.answers import decimal_text, normalize_answer, spaced_digits
+from drift.config.groups import VERIFIER_TIMEOUT
 from drift.math_worker import SHARED_WORKER, MathWorker, MathWorkerError  # noqa: F401 (MathWorkerError: re-exported)
 
-DEFAULT_TIMEOUT = 5.0
-"""Seconds one ``math`` check may take before it counts as wrong."""
+DEFAULT_TIMEOUT = VERIFIER_TIMEOUT
 
 MAX_MATH_CHARS = 2000
 """Longer answers are wrong without asking math-verify (extracted answers are cut at 1000)."""

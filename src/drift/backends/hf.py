@@ -51,6 +51,7 @@ import contextlib
 from drift.backends.base import Reply, Sampling, resolve_seeds
 from drift.backends.hf_decode import decode, use_packed_decode_attention
 from drift.chat import render_prompt
+from drift.config.groups import GENERATION_BATCH
 
 
 class _RowSampler:
@@ -171,7 +172,7 @@ class HFGenerator:
     def __init__(
         self,
         model: str,
-        batch_size: int = 32,
+        batch_size: int = GENERATION_BATCH,
         device: str | None = None,
         dtype: str = "auto",
         cache_dir: str | None = None,

@@ -19,6 +19,18 @@ def _schemes():
     return SCHEMES
 
 
+def _tasks():
+    from drift.tasks import TASKS
+
+    return TASKS
+
+
+def _verifiers():
+    from drift.verifiers import VERIFIERS
+
+    return VERIFIERS
+
+
 def _backends():
     from drift.backends import BACKENDS
 
@@ -27,6 +39,12 @@ def _backends():
 
 MAX_TURNS = 5
 """T, the attempts an episode gets, unless a command is told otherwise."""
+
+GENERATION_BATCH = 64
+"""Sequences the hf backend decodes together, unless told otherwise."""
+
+VERIFIER_TIMEOUT = 5.0
+"""Seconds one ``math`` check may take before it counts as wrong."""
 
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
@@ -126,7 +144,7 @@ class GenerationOptions(Checked):
         "file holding the API key a server needs, sent as a bearer token (--backend openai; a file, so "
         "that the key stays out of the configs runs save)",
     )
-    batch_size: int = option(64, "sequences decoded together for --backend hf", at_least=1)
+    batch_size: int = option(GENERATION_BATCH, "sequences decoded together for --backend hf", at_least=1)
     model_generation_config: bool = option(
         False,
         "--backend hf: also apply the logits processors of the model's own generation_config (repetition "
@@ -143,10 +161,15 @@ class GenerationOptions(Checked):
         at_most=1.0,
     )
     dtype: Dtype = option("auto", DTYPE_HELP)
-    task: str = option("arithmetic", "task name: arithmetic, gsm8k, math, math500, metamathqa, jsonl, mcq, ...")
+    task: str = option("arithmetic", "task name (drift.tasks says what each reads)", choices=_tasks)
     source: str | None = option(None, "dataset: local file/folder or hub name (default: the task's own)")
     split: str = option("train", "dataset split")
-    task_options: dict = option(dict, "task knobs as k=v,k=v (arithmetic: digits, ops, terms, mix)")
+    task_options: dict = option(
+        dict,
+        "task knobs as k=v,k=v: arithmetic: digits=2, ops=+ (any of +-*), terms=2, mix=false; "
+        "row tasks: question_field, answer_field, id_field (math, math500: solution_field; mcq: choices_field; "
+        "metamathqa: type_prefix)",
+    )
     num_prompts: int | None = option(None, "use the first N prompts (none: all)", at_least=1)
     max_turns: int = option(MAX_TURNS, "T: attempts per episode; stop at the first correct answer", at_least=1)
     protocol: Literal["simple", "full"] = option(
@@ -155,8 +178,8 @@ class GenerationOptions(Checked):
     answer_mode: Literal["strict", "lenient"] = option(
         "strict", "strict: only <answer>...</answer>; lenient: also \\boxed{}, '#### x', last number"
     )
-    verifier: str | None = option(None, "override the task's verifier: math, exact, numeric, choice")
-    verifier_timeout: float = option(5.0, "seconds per verification; a timeout counts as wrong", above=0.0)
+    verifier: str | None = option(None, "override the task's verifier (none: the task's own)", choices=_verifiers)
+    verifier_timeout: float = option(VERIFIER_TIMEOUT, "seconds per verification; a timeout counts as wrong", above=0.0)
     temperature: float = option(1.0, "sampling temperature (0: greedy)", at_least=0.0)
     top_p: float = option(1.0, "nucleus sampling mass", above=0.0, at_most=1.0)
     max_new_tokens: int = option(256, "longest reply per turn, in tokens", at_least=1)

@@ -35,6 +35,7 @@ from typing import Any
 
 from drift import DriftError
 from drift import config as C
+from drift.options import default_of
 from drift.outputs import write_json
 from drift.study.methods import KINDS, Point
 from drift.study.provenance import collect_configs, configs_file, run_name
@@ -76,7 +77,7 @@ class Study:
             if spec.warmup_prompts:
                 preset = {"warmup_prompts": spec.warmup_prompts, "warmup_lr": spec.warmup_lr}
                 preset.update(
-                    batch_size=spec.train.get("batch_size", 16), micro_batch_size=spec.train.get("micro_batch_size", 8)
+                    {k: spec.train.get(k, default_of(C.TrainConfig, k)) for k in ("batch_size", "micro_batch_size")}
                 )
                 reference = format_warmup(
                     self.work / "reference", {**spec.shared(), "seed": WARMUP_SEED}, preset, WARMUP_SEED, {}

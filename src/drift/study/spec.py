@@ -27,10 +27,10 @@ import yaml
 
 from drift import DriftError
 from drift import config as C
+from drift.config.groups import MAX_TURNS
 from drift.demo import warmup_problem_seed
 from drift.options import check_value, load_yaml
 
-KIND_NAMES = ("base", "sft", "offline", "online")
 WARMUP_SEED = 0  # the reference policy is drift demo's format warm-up at this seed, whatever the study's seeds
 
 
@@ -54,7 +54,7 @@ class StudySpec:
     model: str = "smollm2-135m"
     task: str = "arithmetic"
     task_options: dict = field(default_factory=dict)
-    max_turns: int = 5
+    max_turns: int = MAX_TURNS
     answer_mode: str = "lenient"
     max_new_tokens: int = 24
     dtype: str = "auto"
@@ -166,8 +166,10 @@ def load_spec(path: str | Path) -> StudySpec:
         if unknown:
             known = sorted(method_fields)
             raise DriftError(f"{where} ({entry['name']}): unknown field(s) {sorted(unknown)}; known: {known}")
-        if entry["kind"] not in KIND_NAMES:
-            kinds = ", ".join(KIND_NAMES)
+        from drift.study.methods import KINDS
+
+        if entry["kind"] not in KINDS:
+            kinds = ", ".join(KINDS)
             raise DriftError(f"{where} ({entry['name']}): kind must be one of {kinds}, got {entry['kind']!r}")
         if entry["name"] in names:
             raise DriftError(f"{where}: the name {entry['name']!r} is used twice")
