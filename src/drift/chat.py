@@ -28,6 +28,7 @@ def end_of_turn_ids(tokenizer) -> tuple[int, ...]:
         [{"role": "user", "content": "q"}, {"role": "assistant", "content": probe}], tokenize=False
     )
     ids = tokenizer(text[text.rindex(probe) + len(probe) :], add_special_tokens=False)["input_ids"]
-    special = set(tokenizer.all_special_ids)
+    added = getattr(tokenizer, "added_tokens_decoder", {})  # special tokens a tokenizer names in no role
+    special = set(tokenizer.all_special_ids) | {i for i, token in added.items() if getattr(token, "special", False)}
     end = next((k for k, i in enumerate(ids) if i in special), None)
     return tuple(ids[: end + 1]) if end is not None else (tokenizer.eos_token_id,)

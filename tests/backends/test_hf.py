@@ -331,7 +331,53 @@ def test_a_reply_ends_at_the_templates_end_of_turn_marker(tiny_model):
     from drift.models import load_tokenizer
 
     tokenizer = load_tokenizer(tiny_model)
-    marker = end_of_turn_ids(tokenizer)[-1]
-    tokenizer.eos_token = next(t for t in tokenizer.all_special_tokens if tokenizer.convert_tokens_to_ids(t) != marker)
-    assert tokenizer.eos_token_id != marker
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    tokenizer.eos_token = next(t for t in tokenizer.all_special_tokens if tokenizer.convert_tokens_to_ids(t) != im_end)
+    assert tokenizer.eos_token_id != im_end
+    marker = end_of_turn_ids(tokenizer)[-1]  # read from the template, not the EOS
+    assert marker == im_end
     assert marker in end_token_ids(tokenizer, SimpleNamespace(eos_token_id=tokenizer.eos_token_id))
+
+
+def test_a_half_precision_backend_keeps_its_rotary_frequencies_in_float32(tiny_model):
+    """Loaded in bf16, not loaded in float32 and cast: a cast rounds RoPE's inv_freq buffer to bf16
+    (0.1% off, a phase error that grows with distance), which transformers' own bf16 loading,
+    drift's trainer and vLLM all keep in float32."""
+    gen = HFGenerator(tiny_model, dtype="bfloat16")
+    frequencies = {name: buf.dtype for name, buf in gen.model.named_buffers() if "inv_freq" in name}
+    assert frequencies and set(frequencies.values()) == {torch.float32}
+    assert {p.dtype for p in gen.model.parameters()} == {torch.bfloat16}
+
+
+def test_a_prefill_computes_the_logits_of_no_column_but_the_last(tiny_model):
+    """The prefill keeps only the cache; logits over every prompt column cost memory and time."""
+    gen = HFGenerator(tiny_model, batch_size=8, dtype="float32")
+    shapes = []
+    gen.model.register_forward_hook(lambda module, args, out: shapes.append(tuple(out.logits.shape)))
+    gen._prefill([(0, 0), (0, 1)], [list(range(5, 25))], 0)  # one prompt, two rows: a shared prefill
+    assert shapes and all(shape[1] == 1 for shape in shapes)
+
+
+def test_a_rows_reply_depends_on_its_seed_not_on_its_batch(tiny_model):
+    """The same conversation and seed give the same reply alone, in a batch with other
+    conversations, and in a later position of the batch (float32, sampled)."""
+    sampling = Sampling(temperature=1.0, max_new_tokens=6)
+    gen = HFGenerator(tiny_model, batch_size=8, dtype="float32", reuse_cache=False)
+    alone = gen.generate([QUESTIONS[1]], 1, sampling, [7])[0]
+    together = gen.generate([QUESTIONS[0], QUESTIONS[2], QUESTIONS[1]], 1, sampling, [3, 4, 7])
+    assert together[2] == alone and alone[0]
+    assert together[0] != together[1] or QUESTIONS[0] == QUESTIONS[2]
+
+
+def test_reply_text_is_decoded_without_clean_up(tiny_model):
+    """The text of a reply is the decoding of its sampled ids, spaces as sampled: a tokenizer that
+    asks for clean-up (" ." -> ".") must not change what the next turn's prompt and the answer
+    parser read."""
+    from drift.backends.hf import decode_reply
+    from drift.models import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_model)
+    tokenizer.clean_up_tokenization_spaces = True
+    ids = tokenizer.encode("It is 4 . I do n't know", add_special_tokens=False)
+    text, _, _ = decode_reply(tokenizer, ids, [])
+    assert text == tokenizer.decode(ids, clean_up_tokenization_spaces=False) == "It is 4 . I do n't know"

@@ -137,14 +137,19 @@ def decode_reply(tokenizer, ids: list[int], end_ids) -> tuple[str, str, list[int
     Also the reward of drift.trl_grpo, so that both read a sample alike.
 
     >>> from types import SimpleNamespace
-    >>> tok = SimpleNamespace(decode=lambda ids, skip_special_tokens: "|".join(map(str, ids)))
+    >>> tok = SimpleNamespace(decode=lambda ids, **how: "|".join(map(str, ids)))
     >>> decode_reply(tok, [5, 6, 2, 9], [2]), decode_reply(tok, [5, 6], [2])
     (('5|6', 'stop', [5, 6, 2]), ('5|6', 'length', [5, 6]))
     """
     end = next((k for k, tok in enumerate(ids) if tok in end_ids), None)
     if end is None:
-        return tokenizer.decode(ids, skip_special_tokens=False), "length", list(ids)
-    return tokenizer.decode(ids[:end], skip_special_tokens=False), "stop", list(ids[: end + 1])
+        return _text(tokenizer, ids), "length", list(ids)
+    return _text(tokenizer, ids[:end]), "stop", list(ids[: end + 1])
+
+
+def _text(tokenizer, ids) -> str:
+    """The text of sampled ids as sampled: special tokens kept, no clean-up of spaces (" ." stays)."""
+    return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
 
 class HFGenerator:
@@ -201,13 +206,12 @@ class HFGenerator:
         if device.split(":")[0] == "cpu":
             keep_freed_memory()  # batches, caches kept and activations: freed and allocated again every call
         self.dtype = resolve_dtype(dtype, self.device)
-        import torch
 
         # The backend's own model holds its weights in the compute dtype; a policy being trained
         # (drift rl) keeps float32 weights and computes in autocast.
         self._autocast_on = model_obj is not None and self.dtype != "float32"
-        compute = getattr(torch, self.dtype)
-        self.model = model_obj if model_obj is not None else load_model(path).to(self.device, dtype=compute)
+        # Loaded in the compute dtype, not cast to it: a cast would round RoPE's inv_freq buffer too.
+        self.model = model_obj if model_obj is not None else load_model(path, self.dtype).to(self.device)
         if device.split(":")[0] == "cpu":
             use_packed_decode_attention(self.model)
         self.batch_size = batch_size
@@ -333,7 +337,15 @@ class HFGenerator:
             input_ids, attention = _left_pad([list(p) for p in batch_prompts], max(map(len, batch_prompts)), pad)
             return input_ids, attention, None, full
         input_ids, attention, cache, encoded = prefill(
-            self.model, self._cache_keyword, unique, matches, rows, pad, self.device, self._autocast()
+            self.model,
+            self._cache_keyword,
+            unique,
+            matches,
+            rows,
+            pad,
+            self.device,
+            self._autocast(),
+            last_logits_only=self._last_logits_only,
         )
         return input_ids, attention, cache, (full if cache is None else encoded + len(batch))
 

@@ -259,13 +259,25 @@ class PrefixStore:
         self.pending, self.pending_bytes = [], 0
 
 
-def prefill(model, name: str, prompts: list[tuple], matches: list, rows: list[int], pad: int, device: str, autocast):
+def prefill(
+    model,
+    name: str,
+    prompts: list[tuple],
+    matches: list,
+    rows: list[int],
+    pad: int,
+    device: str,
+    autocast,
+    *,
+    last_logits_only: bool = False,
+):
     """Encode the distinct ``prompts`` but their last token on top of their ``matches`` (``(L,
     layers)`` each, see :meth:`PrefixStore.match`), in the layout of the module docstring.
 
     Returns ``(input_ids, attention_mask, cache, encoded)``: the batch rows' (``rows[b]`` = index
     of row b's prompt) full layout for the decode loop, the cache of all its columns but the last
     (``None`` when there is nothing to encode nor reuse), and the tokens run through the model.
+    ``last_logits_only``: the model takes ``logits_to_keep`` (only the cache is used here).
     """
     import torch
 
@@ -306,6 +318,8 @@ def prefill(model, name: str, prompts: list[tuple], matches: list, rows: list[in
     if width_n > 1:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         kwargs = {name: cache} if cache is not None else {}
+        if last_logits_only:
+            kwargs["logits_to_keep"] = 1
         with torch.no_grad(), autocast:
             out = model(
                 input_ids=ids[:, width_c:-1].to(device),
