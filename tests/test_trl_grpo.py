@@ -163,3 +163,17 @@ def test_reward_reads_the_sampled_ids_as_drifts_backend_decodes_them(tiny_model)
     reward(prompts=[[]] * 2, completions=["<answer>5</answer>"] * 2, completion_ids=ids, prompt_id=["p0"] * 2)
     assert [r["messages"][-1]["content"] for r in seen] == ["<|im_start|><answer>5</answer>", "<answer>5</answer>"]
     assert [r["finish_reasons"] for r in seen] == [["stop"], ["length"]]
+
+
+def test_trl_trains_without_dropout_and_refuses_top_p(tmp_path):
+    """As drift rl: TRL's GRPOConfig leaves dropout on unless told (its default is False), and its
+    log-probs, like drift's, ignore a top-p truncation."""
+    trl = pytest.importorskip("trl")
+    from drift.trl_grpo import grpo_arguments
+
+    cfg = RLConfig(algorithm="trl-grpo", out=str(tmp_path / "a"), max_turns=1)
+    args = grpo_arguments(cfg, tmp_path / "a", 1, "float32", "cpu")
+    assert args["disable_dropout"] is True
+    assert trl.GRPOConfig(**args).disable_dropout is True
+    with pytest.raises(DriftError, match="--top-p must be 1"):
+        run_trl_grpo(RLConfig(algorithm="trl-grpo", out=str(tmp_path / "b"), max_turns=1, top_p=0.9))

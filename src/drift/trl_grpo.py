@@ -270,6 +270,7 @@ def grpo_arguments(cfg, out: Path, processes: int, dtype: str, device: str) -> d
         epsilon=cfg.clip_ratio,
         beta=cfg.kl_coef,
         use_bias_correction_kl=False,
+        disable_dropout=True,  # as drift rl: the ratio's old log-probs are scored without dropout
         learning_rate=cfg.lr,
         lr_scheduler_type=cfg.lr_scheduler,
         warmup_steps=int(cfg.warmup_ratio * max_steps),
@@ -301,7 +302,7 @@ def run_trl_grpo(cfg) -> dict:
     from transformers import TrainerCallback
 
     from drift.backends.hf import decode_reply, end_token_ids
-    from drift.models import default_device, load_model, load_tokenizer, resolve_dtype, resolve_model
+    from drift.models import default_device, disable_dropout, load_model, load_tokenizer, resolve_dtype, resolve_model
     from drift.options import save_config
     from drift.rollout import env_factory
     from drift.tasks import load_problems
@@ -324,6 +325,8 @@ def run_trl_grpo(cfg) -> dict:
         )
     if not cfg.temperature > 0:
         raise DriftError("--algorithm trl-grpo samples: --temperature must be above 0")
+    if cfg.top_p != 1:  # as drift rl's grpo: the ratio and the KL would ignore the truncation
+        raise DriftError(f"--algorithm trl-grpo samples the whole distribution: --top-p must be 1 (got {cfg.top_p})")
     if cfg.epochs_per_round < 1:
         raise DriftError("epochs_per_round must be at least 1")
     out = Path(cfg.out)
@@ -371,6 +374,7 @@ def run_trl_grpo(cfg) -> dict:
 
     peft_config = lora_config(cfg) if cfg.lora_r > 0 else None
     model = load_model(path)
+    disable_dropout(model)  # attention dropout kept as a rate too, which TRL's disable_dropout leaves on
     ends = end_token_ids(tokenizer, model.generation_config)
     reward = make_reward_function(
         {p.prompt_id: p for p in problems},
