@@ -175,6 +175,11 @@ def test_drift_rl_moves_the_policy_counts_compute_and_resumes(tmp_path, tiny_mod
     assert [json.loads(line)["step"] for line in (crashed / "rl_log.jsonl").read_text().splitlines()] == [1, 2]
     b = AutoModelForCausalLM.from_pretrained(crashed / "model").state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # the compute of round 1 comes back from the checkpoint, counted once: the token counters equal
+    # the uninterrupted run's (seconds differ)
+    resumed = json.loads((crashed / "rl_summary.json").read_text())
+    counters = [k for k in summary if k.endswith("_tokens")] + ["flops"]
+    assert len(counters) >= 6 and {k: resumed[k] for k in counters} == {k: summary[k] for k in counters}
     # and the resumed round 2 is not the round 1 again: without the checkpoint, the result differs
     fresh = tmp_path / "one-round"
     args[args.index(str(crashed))] = str(fresh)
