@@ -247,3 +247,23 @@ def default_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def lora_config(opts):
+    """peft's LoraConfig for ``opts`` (lora_r, lora_alpha, lora_dropout): every linear layer."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=opts.lora_r,
+        lora_alpha=opts.lora_alpha,
+        lora_dropout=opts.lora_dropout,
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )
+
+
+def wrap_lora(model, opts):
+    """``model`` with a fresh LoRA adapter of :func:`lora_config` on every linear layer."""
+    from peft import get_peft_model
+
+    return get_peft_model(model, lora_config(opts))

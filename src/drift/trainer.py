@@ -191,6 +191,8 @@ class Trainer:
             model.gradient_checkpointing_enable()
             model.config.use_cache = False
         if opts.lora_r > 0:
+            from drift.models import wrap_lora
+
             model = wrap_lora(model, opts)
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = OPTIMIZERS[opts.optimizer](
@@ -397,7 +399,7 @@ class Trainer:
             final = self.unwrapped()
             if self.opts.lora_r > 0 and self.opts.merge_lora:
                 # Merge on a fresh CPU copy: under ZeRO-3 / FSDP the live modules hold shards only.
-                from drift.models import load_model
+                from drift.models import load_model, wrap_lora
 
                 fresh = wrap_lora(load_model(base_model), self.opts)
                 fresh.load_state_dict(state)
@@ -407,25 +409,6 @@ class Trainer:
             shutil.rmtree(folder, ignore_errors=True)  # a model of an earlier run in the same folder
             partial.rename(folder)
         self.barrier()
-
-
-def lora_config(opts):
-    """peft's LoraConfig for ``opts`` (lora_r, lora_alpha, lora_dropout): every linear layer."""
-    from peft import LoraConfig
-
-    return LoraConfig(
-        r=opts.lora_r,
-        lora_alpha=opts.lora_alpha,
-        lora_dropout=opts.lora_dropout,
-        target_modules="all-linear",
-        task_type="CAUSAL_LM",
-    )
-
-
-def wrap_lora(model, opts):
-    from peft import get_peft_model
-
-    return get_peft_model(model, lora_config(opts))
 
 
 def latest_checkpoint(root: Path) -> Path | None:

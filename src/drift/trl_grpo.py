@@ -302,11 +302,18 @@ def run_trl_grpo(cfg) -> dict:
     from transformers import TrainerCallback
 
     from drift.backends.hf import decode_reply, end_token_ids
-    from drift.models import default_device, disable_dropout, load_model, load_tokenizer, resolve_dtype, resolve_model
+    from drift.models import (
+        default_device,
+        disable_dropout,
+        load_model,
+        load_tokenizer,
+        lora_config,
+        resolve_dtype,
+        resolve_model,
+    )
     from drift.options import save_config
     from drift.rollout import env_factory
     from drift.tasks import load_problems
-    from drift.trainer import lora_config
 
     if Version(trl.__version__) < Version("1.16"):
         raise DriftError(f"--algorithm trl-grpo needs trl>=1.16 (found {trl.__version__}): pip install 'trl>=1.16'")
