@@ -49,8 +49,10 @@ def flops_of(parameters: int, counts: dict) -> float:
 
 def count_parameters(model_dir: str | Path) -> int:
     """Parameters stored in a model folder's safetensors files, read from their headers (no weights
-    loaded); a tied LM head is stored once, so it is counted once. (A LoRA adapter folder holds the
-    adapter only: pass the merged model.)"""
+    loaded); a tied LM head is stored once, so it is counted once. A hub id is read from its snapshot
+    in the local hub cache. (A LoRA adapter folder holds the adapter only: pass the merged model.)"""
+    if not Path(model_dir).is_dir():
+        model_dir = _cached_snapshot(str(model_dir))
     files = sorted(Path(model_dir).glob("*.safetensors"))
     if not files:
         raise DriftError(f"no .safetensors file in {model_dir}: cannot count the model's parameters")
@@ -66,3 +68,16 @@ def count_parameters(model_dir: str | Path) -> int:
                     n *= d
                 total += n
     return total
+
+
+def _cached_snapshot(repo_id: str) -> str:
+    """The local folder of hub model ``repo_id`` (what ``from_pretrained`` loaded), never downloaded."""
+    import huggingface_hub
+
+    try:
+        return huggingface_hub.snapshot_download(repo_id, local_files_only=True, allow_patterns=["*.safetensors"])
+    except Exception as e:  # not cached, not a hub id, or no hub library: nothing to count
+        raise DriftError(
+            f"{repo_id} is no folder, and no snapshot of it is in the local hub cache ({type(e).__name__}): "
+            "cannot count the model's parameters"
+        ) from None
