@@ -25,7 +25,7 @@ from typing import Protocol, runtime_checkable
 
 from drift import DriftError
 from drift.answers import MODES, extract_answer, normalize_answer
-from drift.config.groups import MAX_TURNS
+from drift.config.groups import MAX_TURNS, VERIFIER_TIMEOUT
 from drift.prompts import (
     DEFAULT_SYSTEM_PROMPT,
     FEEDBACK,
@@ -34,7 +34,7 @@ from drift.prompts import (
     get_protocol,
 )
 from drift.records.schema import SCHEMA_VERSION, first_correct_turn
-from drift.verifiers import DEFAULT_TIMEOUT, get_verifier
+from drift.verifiers import get_verifier
 
 
 @dataclass(frozen=True)
@@ -211,7 +211,7 @@ def make_env(
     max_turns: int = MAX_TURNS,
     protocol: str = "simple",
     answer_mode: str = "strict",
-    timeout: float = DEFAULT_TIMEOUT,
+    timeout: float = VERIFIER_TIMEOUT,
     verifier: Callable[[str, str], bool] | None = None,
     **kwargs,
 ) -> CorrectionEnv:

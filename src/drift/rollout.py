@@ -123,24 +123,29 @@ def _completed(out: Path, chunks: list[list], n: int) -> int:
         done += 1
     chunk_of = {ex.prompt_id: i for i, chunk in enumerate(chunks) for ex in chunk}
     for line, rec in lines:
-        where = chunk_of.get(rec["prompt_id"])
-        if where is None or where > done or counts[rec["prompt_id"]] > n:
-            why = (
-                f"prompt_id {rec['prompt_id']!r} is not one of the {len(chunk_of)} problems this run samples"
-                if where is None
-                else f"{counts[rec['prompt_id']]} records of prompt_id {rec['prompt_id']!r}, not {n}"
-                if counts[rec["prompt_id"]] > n
-                else f"prompt_id {rec['prompt_id']!r} belongs to chunk {where + 1}, but chunk {done + 1} is unfinished"
-            )
+        if why := _misplaced(rec["prompt_id"], chunk_of, counts[rec["prompt_id"]], n, done):
             raise DriftError(
                 f"{out}:{line}: cannot resume: {why}; the file was not made from this problem list "
                 "(did the source or its order change?); nothing was removed: choose another --out"
             )
-    keep_ids = {ex.prompt_id for chunk in chunks[:done] for ex in chunk}
+    keep_ids = {prompt_id for prompt_id, chunk in chunk_of.items() if chunk < done}
     if any(rec["prompt_id"] not in keep_ids for _, rec in lines):
         with atomic_write(out) as f:
             f.write(b"".join(dumps(rec) for _, rec in lines if rec["prompt_id"] in keep_ids))
     return done
+
+
+def _misplaced(prompt_id: str, chunk_of: dict[str, int], count: int, n: int, done: int) -> str | None:
+    """Why a record of ``prompt_id`` (``count`` of them on disk) cannot be in a file whose first
+    ``done`` chunks are complete; ``None`` when it can."""
+    where = chunk_of.get(prompt_id)
+    if where is None:
+        return f"prompt_id {prompt_id!r} is not one of the {len(chunk_of)} problems this run samples"
+    if count > n:
+        return f"{count} records of prompt_id {prompt_id!r}, not {n}"
+    if where > done:
+        return f"prompt_id {prompt_id!r} belongs to chunk {where + 1}, but chunk {done + 1} is unfinished"
+    return None
 
 
 COUNTERS = ("tokens_generated", "tokens_prefilled", "wall_seconds")

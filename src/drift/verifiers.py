@@ -35,8 +35,6 @@ from drift.answers import decimal_text, normalize_answer, spaced_digits
 from drift.config.groups import VERIFIER_TIMEOUT
 from drift.math_worker import SHARED_WORKER, MathWorker, MathWorkerError  # noqa: F401 (MathWorkerError: re-exported)
 
-DEFAULT_TIMEOUT = VERIFIER_TIMEOUT
-
 MAX_MATH_CHARS = 2000
 """Longer answers are wrong without asking math-verify (extracted answers are cut at 1000)."""
 
@@ -187,7 +185,7 @@ def _as_number(text: str, normalised: str) -> tuple[Decimal, bool] | None:
 
 
 def verify_math(
-    prediction: str, gold: str, *, timeout: float = DEFAULT_TIMEOUT, worker: MathWorker | None = None
+    prediction: str, gold: str, *, timeout: float = VERIFIER_TIMEOUT, worker: MathWorker | None = None
 ) -> bool:
     """math-verify equivalence, with fast paths and a hard time limit.
 
@@ -271,7 +269,7 @@ class Verifier:
     VerifierStats(calls=2, timeouts=0, errors=0)
     """
 
-    def __init__(self, name: str, timeout: float = DEFAULT_TIMEOUT, *, worker: MathWorker | None = None):
+    def __init__(self, name: str, timeout: float = VERIFIER_TIMEOUT, *, worker: MathWorker | None = None):
         if name not in VERIFIERS:
             raise DriftError(f"unknown verifier {name!r}; known: {', '.join(sorted(VERIFIERS))}")
         if not timeout > 0:
@@ -306,7 +304,7 @@ class Verifier:
         return f"Verifier({self.name!r}, timeout={self.timeout})"
 
 
-def get_verifier(name: str, timeout: float = DEFAULT_TIMEOUT) -> Verifier:
+def get_verifier(name: str, timeout: float = VERIFIER_TIMEOUT) -> Verifier:
     """A fresh :class:`Verifier` (own stats; ``math`` ones share this process's worker).
 
     >>> get_verifier("exact")("Yes", "yes")

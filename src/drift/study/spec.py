@@ -146,6 +146,8 @@ def _method_lines(path: Path) -> list[int]:
 
 def load_spec(path: str | Path) -> StudySpec:
     """Read and check a study file; every error names the file, the line and the field."""
+    from drift.study.methods import KINDS  # here: drift.study.methods imports this module
+
     path = Path(path)
     values = load_yaml(path, StudySpec)
     if "methods" not in values or not values["methods"]:
@@ -166,8 +168,6 @@ def load_spec(path: str | Path) -> StudySpec:
         if unknown:
             known = sorted(method_fields)
             raise DriftError(f"{where} ({entry['name']}): unknown field(s) {sorted(unknown)}; known: {known}")
-        from drift.study.methods import KINDS
-
         if entry["kind"] not in KINDS:
             kinds = ", ".join(KINDS)
             raise DriftError(f"{where} ({entry['name']}): kind must be one of {kinds}, got {entry['kind']!r}")
