@@ -104,6 +104,7 @@ def test_drift_rl_moves_the_policy_counts_compute_and_resumes(tmp_path, tiny_mod
     from transformers import AutoModelForCausalLM
 
     from drift.cli import main
+    from drift.compute import flops_as_run
 
     out = tmp_path / "rl"
     args = [
@@ -154,7 +155,9 @@ def test_drift_rl_moves_the_policy_counts_compute_and_resumes(tmp_path, tiny_mod
     assert 0 < summary["generated_tokens"] <= 2 * 8 * 2 * 4
     assert summary["trained_tokens"] > 0 and summary["generation_seconds"] > 0
     # a round's samples share their prompts: the training forwards run them once (drift.packing)
-    assert 0 < summary["forwarded_tokens"] < summary["trained_tokens"]
+    assert 0 < summary["trained_forwarded_tokens"] < summary["trained_tokens"]
+    assert summary["flops_as_run"] == flops_as_run(summary["parameters"], summary) < summary["flops"]
+    assert log[-1]["trained_forwarded_tokens"] == summary["trained_forwarded_tokens"]
     assert log[-1]["generated_tokens"] == summary["generated_tokens"]
     assert 0 < summary["prefilled_tokens"] == log[-1]["prefilled_tokens"]
     base = AutoModelForCausalLM.from_pretrained(tiny_model).state_dict()
@@ -175,6 +178,11 @@ def test_drift_rl_moves_the_policy_counts_compute_and_resumes(tmp_path, tiny_mod
     assert [json.loads(line)["step"] for line in (crashed / "rl_log.jsonl").read_text().splitlines()] == [1, 2]
     b = AutoModelForCausalLM.from_pretrained(crashed / "model").state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # the compute of round 1 comes back from the checkpoint, counted once: the token counters equal
+    # the uninterrupted run's (seconds differ)
+    resumed = json.loads((crashed / "rl_summary.json").read_text())
+    counters = [k for k in summary if k.endswith("_tokens")] + ["flops", "flops_as_run"]
+    assert len(counters) >= 6 and {k: resumed[k] for k in counters} == {k: summary[k] for k in counters}
     # and the resumed round 2 is not the round 1 again: without the checkpoint, the result differs
     fresh = tmp_path / "one-round"
     args[args.index(str(crashed))] = str(fresh)
@@ -306,6 +314,23 @@ def test_a_kl_penalty_runs_on_every_micro_batch(tmp_path, tiny_model, even_lengt
     summary = json.loads((out / "rl_summary.json").read_text())
     assert any(e["kl"] is not None for e in log) and all(e["kl"] >= 0 for e in log if e["kl"] is not None)
     assert summary["reference_tokens"] == summary["trained_tokens"] > 0
+    assert summary["reference_forwarded_tokens"] == summary["trained_forwarded_tokens"] > 0
+
+
+def test_old_log_probs_are_counted_as_forwarded(tmp_path, tiny_model, even_length_is_right):
+    """grpo's scoring of the old log-probs runs the update's packed micro-batches: counted as run,
+    it costs the tokens forwarded, fewer than the examples' tokens where a group shares its prompt."""
+    from drift.cli import main
+    from drift.compute import flops_as_run
+
+    out = tmp_path / "grpo"
+    flags = _rl_flags(tiny_model, "--algorithm", "grpo", "--steps", "1", "--epochs-per-round", "2",
+                      "--micro-batch-size", "8", "--dtype", "float32", "--out", str(out))  # fmt: skip
+    assert main(flags) == 0
+    summary = json.loads((out / "rl_summary.json").read_text())
+    assert 0 < summary["scored_forwarded_tokens"] < summary["scored_tokens"]
+    assert summary["reference_tokens"] == summary["reference_forwarded_tokens"] == 0  # no KL penalty
+    assert summary["flops_as_run"] == flops_as_run(summary["parameters"], summary) < summary["flops"]
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.5])

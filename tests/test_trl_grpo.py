@@ -117,6 +117,9 @@ def test_trl_grpo_end_to_end(tmp_path, tiny_model, even_length_is_right):
     assert summary["parameters"] == n == count_parameters(tiny_model)
     assert summary["flops"] == pytest.approx(flops(n, **{k: summary[f"{k}_tokens"] for k in TOKEN_KINDS}))
     assert log[-1]["flops"] == pytest.approx(summary["flops"])
+    # TRL forwards every example whole (no prefix trees): counted as run, the same FLOPs
+    assert all(summary[f"{k}_forwarded_tokens"] == summary[f"{k}_tokens"] for k in ("scored", "reference", "trained"))
+    assert summary["flops_as_run"] == summary["flops"] and log[-1]["flops_as_run"] == log[-1]["flops"]
     assert summary["generation_seconds"] > 0 and summary["training_seconds"] > 0
     assert all(-0.1 <= e["mean_return"] <= 1 and 0 <= e["solved"] <= 1 for e in log)
     assert sorted(p.name for p in (out / "snapshots").iterdir()) == ["round-00001", "round-00002"]

@@ -13,6 +13,19 @@ quadratic term (small at these lengths: a few hundred tokens against d_model x l
 LM head's saving where only the last positions get logits. It is the same formula for every
 method, so the comparison is fair even where the absolute number is a little off; wall seconds
 are reported next to it, and depend on the machine.
+
+Two counts of the same work:
+
+- **nominal** (:func:`flops_of`): scored, reference and trained tokens are every token of every
+  example forwarded, as if each ran alone.
+- **as run** (:func:`flops_as_run`): those three are the tokens actually run
+  (``<field>_forwarded_tokens``): drift's trainer runs a micro-batch's shared prefixes once
+  (drift.packing), so a group of trajectories that share a prompt costs less than its examples.
+
+Sampling (prefilled, generated) is counted as run in both: after the backend's prefix sharing and
+KV-cache reuse, the tokens the model ran. Online RL spends most of its compute training and
+scoring, offline DRIFT most of it sampling, so the nominal count charges online RL more for the
+same work: compare methods as run, and read the nominal count as the cost without prefix trees.
 """
 
 from __future__ import annotations
@@ -45,6 +58,28 @@ def flops_of(parameters: int, counts: dict) -> float:
     4200.0
     """
     return flops(parameters, **{f: counts.get(f"{f}_tokens", 0) for f in TOKEN_FIELDS})
+
+
+SHARED = ("scored", "reference", "trained")  # forwards whose shared prefixes a prefix tree runs once
+
+
+def flops_as_run(parameters: int, counts: dict) -> float | None:
+    """:func:`flops_of` with the scored, reference and trained tokens actually run
+    (``<field>_forwarded_tokens``); ``None`` where one of them is missing but its nominal count is
+    not zero (a count kept before drift counted forwarded tokens: not guessed).
+
+    >>> flops_as_run(100, {"prefilled_tokens": 10, "trained_tokens": 4, "trained_forwarded_tokens": 3})
+    3800.0
+    >>> flops_as_run(100, {"trained_tokens": 4}) is None
+    True
+    """
+    run = {f"{f}_tokens": counts.get(f"{f}_tokens", 0) for f in TOKEN_FIELDS}
+    for f in SHARED:
+        forwarded = counts.get(f"{f}_forwarded_tokens")
+        if forwarded is None and run[f"{f}_tokens"]:
+            return None
+        run[f"{f}_tokens"] = forwarded or 0
+    return flops_of(parameters, run)
 
 
 def count_parameters(model_dir: str | Path) -> int:

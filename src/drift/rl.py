@@ -45,10 +45,11 @@ Departures from textbook PPO / GRPO, on purpose:
 
 Compute is counted the same way for every method (``rl_summary.json``, and every line of
 ``rl_log.jsonl``): tokens prefilled and generated in sampling, scored (the old log-probs),
-forwarded through the reference model (KL), trained (and of those, ``forwarded_tokens``: the ones
-actually run, fewer where a round's samples share prefixes, drift.packing; the FLOP estimate counts
-them all), wall seconds generating and training, and the FLOP estimate of drift.compute.
-``max_flops`` stops a run on that estimate; ``snapshot_steps`` saves the policy along the way, so a
+forwarded through the reference model (KL), trained, and of the last three the ones actually run
+(``scored_forwarded_tokens``, ``reference_forwarded_tokens``, ``trained_forwarded_tokens``: fewer
+where a round's samples share prefixes, drift.packing); wall seconds generating and training; and
+the FLOP estimates of drift.compute, nominal (``flops``) and as run (``flops_as_run``).
+``max_flops`` stops a run on the nominal estimate; ``snapshot_steps`` saves the policy along the way, so a
 run is a curve of accuracy against compute, not a point. Each round's trajectories are kept in
 ``rounds/round-N.jsonl`` with their return and coefficient (``write_round``).
 
@@ -70,7 +71,7 @@ from functools import partial
 from pathlib import Path
 
 from drift import DriftError
-from drift.compute import count_parameters, flops_of
+from drift.compute import SHARED, count_parameters, flops_as_run, flops_of
 from drift.outputs import write_json
 from drift.weighting import compute_returns, compute_weights, group_indices
 
@@ -186,6 +187,25 @@ def write_round(path: Path, records: list[dict], returns: list[float], coef: lis
     )
 
 
+def _restored(saved: dict | None) -> dict:
+    """A checkpoint's compute counters. One kept before drift counted a forward's tokens as run has
+    ``forwarded_tokens`` for the trained ones only, or none: the as-run counts it lacks stay unknown
+    (``None``, and so does ``flops_as_run``), not guessed."""
+    saved = dict(saved or {})
+    if "forwarded_tokens" in saved:
+        saved["trained_forwarded_tokens"] = saved.pop("forwarded_tokens")
+    if saved:
+        for k in SHARED:
+            saved.setdefault(f"{k}_forwarded_tokens", None if saved.get(f"{k}_tokens") else 0)
+    return saved
+
+
+def _tally(compute: dict, **counts: int) -> None:
+    """Add ``counts`` to ``compute``'s counters; an unknown one (``None``) stays unknown."""
+    for k, n in counts.items():
+        compute[k] = None if compute[k] is None else compute[k] + n
+
+
 def run_rl(cfg) -> dict:
     """``drift rl``: online rounds of sample -> score -> step; returns the summary with compute."""
     if cfg.algorithm == "trl-grpo":  # TRL's own trainer, not this loop (drift.trl_grpo)
@@ -257,15 +277,13 @@ def run_rl(cfg) -> dict:
         "scored_tokens": 0,  # forwarded to get the sampling policy's log-probs (PPO's ratio)
         "reference_tokens": 0,  # forwarded through the reference model (KL penalty)
         "trained_tokens": 0,
-        "forwarded_tokens": 0,  # of the trained ones, those actually run (prefix trees: drift.packing)
+        # of the last three, those actually run (prefix trees run shared prefixes once: drift.packing)
+        **{f"{k}_forwarded_tokens": 0 for k in SHARED},
         "generation_seconds": 0.0,
         "training_seconds": 0.0,
     }
     state = trainer.start("rl", cfg, out, out / "rl_log.jsonl")
-    saved = state.get("compute", {})
-    step, compute = state["step"], {**compute, **saved}
-    if "forwarded_tokens" not in saved:  # a checkpoint from before the count: every token was run
-        compute["forwarded_tokens"] = compute["trained_tokens"]
+    step, compute = state["step"], {**compute, **_restored(state.get("compute"))}
     bar = tqdm(
         total=cfg.steps,
         initial=step,
@@ -313,7 +331,7 @@ def run_rl(cfg) -> dict:
         if clipped:  # the ratio's denominator: the sampling policy, before any update, in the updates' micro-batches
             for kept, _ in forward:
                 old, scored = trainer.completion_logprobs(kept)
-                compute["scored_tokens"] += scored
+                _tally(compute, scored_tokens=scored["tokens"], scored_forwarded_tokens=scored["forwarded_tokens"])
                 for example, values in zip(kept, old):
                     example.old_logp = values
         for order in orders:
@@ -324,10 +342,10 @@ def run_rl(cfg) -> dict:
         # a round with fewer updates (all dropped, or fewer examples than minibatches) keeps to the schedule
         trainer.advance_schedule(cfg.epochs_per_round * cfg.minibatches - len(stats))
         compute["training_seconds"] += time.perf_counter() - t0
-        compute["trained_tokens"] += int(sum(s["tokens"] for s in stats))
-        compute["forwarded_tokens"] += int(sum(s["forwarded_tokens"] for s in stats))
-        if ref_model is not None:
-            compute["reference_tokens"] += int(sum(s["tokens"] for s in stats))
+        trained, run = (int(sum(s[k] for s in stats)) for k in ("tokens", "forwarded_tokens"))
+        _tally(compute, trained_tokens=trained, trained_forwarded_tokens=run)
+        if ref_model is not None:  # the reference runs the step's micro-batches
+            _tally(compute, reference_tokens=trained, reference_forwarded_tokens=run)
         step += 1
         firsts = [r["first_correct_turn"] for r in records]
         entry = {
@@ -352,6 +370,7 @@ def run_rl(cfg) -> dict:
             ),
             **compute,
             "flops": spent(),
+            "flops_as_run": flops_as_run(parameters, compute),
         }
         if trainer.is_main:
             with open(out / "rl_log.jsonl", "a") as f:
@@ -371,6 +390,7 @@ def run_rl(cfg) -> dict:
         "trajectories": step * cfg.prompts_per_step * cfg.group_size,
         "parameters": parameters,
         "flops": spent(),
+        "flops_as_run": flops_as_run(parameters, compute),
         "verifier_timeouts": verifier.stats.timeouts,
         "verifier_errors": verifier.stats.errors,
         **trainer.describe(),

@@ -290,10 +290,11 @@ class Trainer:
         out.update(grad_norm=float(grad_norm) if grad_norm is not None else None, lr=lr)
         return out
 
-    def completion_logprobs(self, examples: list[Example]) -> tuple[list[list[float]], int]:
+    def completion_logprobs(self, examples: list[Example]) -> tuple[list[list[float]], dict]:
         """Log-probabilities of every example's completion tokens under the current model (no
-        gradient, the training step's mixed precision), in order, and the tokens forwarded over all
-        processes. ``examples`` are cut into the micro-batches :meth:`step` would cut them into
+        gradient, the training step's mixed precision), in order, and the counts over all processes:
+        ``tokens`` (the examples' tokens) and ``forwarded_tokens`` (those run, as :meth:`step`
+        counts them). ``examples`` are cut into the micro-batches :meth:`step` would cut them into
         (drift.examples.split_micro_batches): in bf16 or fp16 a batch's shape changes the rounding,
         so scored any other way the log-probs of an unchanged policy differ from the step's (by up
         to ~0.2 nats on SmolLM2-135M). Every process gets the whole list."""
@@ -303,24 +304,27 @@ class Trainer:
         from drift.losses import completion_logits, token_logprobs
 
         position = {id(e): i for i, e in enumerate(examples)}
-        scored, tokens, model = [], 0, self.unwrapped()
+        scored, model = [], self.unwrapped()
+        counts = {"tokens": 0, "forwarded_tokens": 0}
         model.eval()  # no dropout (LoRA's included): the ratio's denominator is the policy itself
         with torch.no_grad(), self.accelerator.autocast():
             for mb in self._micro_batches(examples):
                 batch = self._tensors(mb)
                 logp, _ = token_logprobs(completion_logits(model, batch), batch[3])
+                tokens = sum(len(e.input_ids) for e in mb if id(e) in position)  # fillers: not examples
+                counts["tokens"] += tokens
+                counts["forwarded_tokens"] += tokens if batch.packed is None else int(batch.packed.n_nodes)
                 for row, e in enumerate(mb):
-                    if id(e) not in position:  # a filler of split_micro_batches: not one of the examples
-                        continue
-                    tokens += len(e.input_ids)
-                    n = e.n_completion
-                    scored.append((position[id(e)], logp[row, logp.shape[1] - n :].tolist() if n else []))
+                    if id(e) in position:
+                        n = e.n_completion
+                        scored.append((position[id(e)], logp[row, logp.shape[1] - n :].tolist() if n else []))
         model.train()
         if self.processes > 1:
-            pieces = gather_object([(scored, tokens)])
-            scored, tokens = [s for p, _ in pieces for s in p], sum(t for _, t in pieces)
+            pieces = gather_object([(scored, counts)])
+            scored = [s for p, _ in pieces for s in p]
+            counts = {k: sum(c[k] for _, c in pieces) for k in counts}
         scored.sort(key=lambda pair: pair[0])
-        return [values for _, values in scored], tokens
+        return [values for _, values in scored], counts
 
     def start(self, command: str, cfg, out: Path, log: Path) -> dict:
         """Begin or resume a run in ``out``: with ``cfg.resume``, restore the newest checkpoint and trim

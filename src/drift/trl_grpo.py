@@ -69,8 +69,10 @@ Compute, per round, from what TRL did (``rl_log.jsonl`` lines are cumulative, as
 - seconds: generation runs from the round's first step to its reward call (sampling, plus the
   old and reference log-prob forwards TRL runs in the same call); training is the rest of the round.
 
-FLOPs follow drift.compute.flops. ``rl_log.jsonl`` holds drift's per-round line; TRL's own log
-lines (loss, reward, kl, clip ratios, entropy, num_tokens) go to ``trl_log.jsonl``.
+FLOPs follow drift.compute; as run they equal the nominal ones (``*_forwarded_tokens`` = the
+counts above: TRL runs every row whole, with no prefix trees). ``rl_log.jsonl`` holds drift's
+per-round line; TRL's own log lines (loss, reward, kl, clip ratios, entropy, num_tokens) go to
+``trl_log.jsonl``.
 ``save_steps`` is ignored and ``resume`` refused: there are no checkpoints to resume from. Also
 unused: target (one turn is its own last turn), max_length, group_by_length, share_prefixes, batch_size,
 skip_weight_share, model_generation_config, and the weighting scheme options (only the return's
@@ -87,7 +89,7 @@ from pathlib import Path
 from typing import Any
 
 from drift import DriftError
-from drift.compute import TOKEN_FIELDS, count_parameters, flops_of
+from drift.compute import SHARED, TOKEN_FIELDS, count_parameters, flops_as_run, flops_of
 from drift.outputs import write_json
 
 OPTIMIZERS = {"adamw": "adamw_torch", "sgd": "sgd"}
@@ -168,6 +170,7 @@ class RoundLog:
         self.cfg, self.out, self.parameters = cfg, out, parameters
         self.steps_per_round, self.scores_old, self.iterations = steps_per_round, scores_old, iterations
         self.compute: dict[str, float] = {f"{k}_tokens": 0 for k in TOKEN_FIELDS}
+        self.compute.update({f"{k}_forwarded_tokens": 0 for k in SHARED})
         self.compute.update(generation_seconds=0.0, training_seconds=0.0)
         self.rounds, self.seen = 0, 0
         self.local = [0.0, 0.0, 0.0, 0.0]  # this process, this round: sum R, correct, completions, generated
@@ -206,6 +209,8 @@ class RoundLog:
         c["scored_tokens"] += int(tokens) if self.scores_old else 0
         c["reference_tokens"] += int(tokens) if self.cfg.kl_coef > 0 else 0
         c["trained_tokens"] += int(tokens) * self.iterations
+        for k in SHARED:  # TRL runs every example whole: as run, the nominal counts
+            c[f"{k}_forwarded_tokens"] = c[f"{k}_tokens"]
         now = time.perf_counter()
         c["generation_seconds"] += self.scored_at - self.started
         c["training_seconds"] += now - self.scored_at
@@ -219,6 +224,7 @@ class RoundLog:
             "optimizer_steps": state.global_step,
             **c,
             "flops": self.flops(),
+            "flops_as_run": flops_as_run(self.parameters, c),
         }
         if accelerator.is_main_process:
             with open(self.out / "rl_log.jsonl", "a") as f:
@@ -400,6 +406,7 @@ def run_trl_grpo(cfg) -> dict:
         "trajectories": rounds.rounds * cfg.prompts_per_step * cfg.group_size,
         "parameters": parameters,
         "flops": rounds.flops(),
+        "flops_as_run": flops_as_run(parameters, rounds.compute),
         "verifier_timeouts": verifier.stats.timeouts,
         "verifier_errors": verifier.stats.errors,
         "processes": processes,

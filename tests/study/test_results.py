@@ -8,7 +8,7 @@ from drift.study.results import read_rows, write_results
 from drift.study.spec import StudySpec
 
 
-def _report(out, method, kind, seed, rnd, acc, flops, n=10, final=True):
+def _report(out, method, kind, seed, rnd, acc, flops, n=10, final=True, as_run=None):
     tag = "final" if rnd is None else f"round-{rnd:05d}"
     path = out / "reports" / method / (f"seed-{seed}" if seed is not None else "") / (tag if seed is not None else "")
     path.mkdir(parents=True, exist_ok=True)
@@ -21,6 +21,8 @@ def _report(out, method, kind, seed, rnd, acc, flops, n=10, final=True):
                   "lr_from": None, "round": rnd, "final": final,
                   "compute": {"flops": flops, "sampling_seconds": 1.0, "training_seconds": 2.0}},
     }  # fmt: skip
+    if as_run is not None:  # points made before drift counted the forwarded tokens have none
+        report["study"]["compute"]["flops_as_run"] = as_run
     (path / "report.json").write_text(json.dumps(report))
 
 
@@ -235,3 +237,33 @@ def test_the_table_notes_resolved_options_that_differ_between_a_method_s_seeds(t
         path.unlink()
     write_results(tmp_path, spec)
     assert "no method has two seeds whose runs record them" in (tmp_path / "table.md").read_text()
+
+
+def test_the_match_is_also_counted_as_run_over_the_seeds_that_recorded_it(tmp_path):
+    """Two FLOP axes: nominal (every example's tokens) and as run (shared prefixes once). Online RL
+    trains most of its FLOPs, so counted as run its crossing moves left of the nominal one; a seed
+    whose points lack the as-run count (made by older code) is left out of that axis, not guessed."""
+    spec = StudySpec(
+        methods=[{"name": "drift", "kind": "offline"}, {"name": "rl", "kind": "online"}],
+        max_turns=2, seeds=[0, 1], budget_method="drift",
+    )  # fmt: skip
+    _report(tmp_path, "drift", "offline", 0, None, (0.3, 0.5), 100.0, as_run=90.0)
+    _report(tmp_path, "drift", "offline", 1, None, (0.3, 0.5), 100.0)  # older: no as-run count
+    for seed in (0, 1):
+        for rnd, acc, flops in ((1, 0.3, 100.0), (2, 0.5, 300.0), (3, 0.6, 500.0)):
+            _report(tmp_path, "rl", "online", seed, rnd, (0.1, acc), flops, final=rnd == 3,
+                    as_run=flops * 0.6 if seed == 0 else None)  # fmt: skip
+    table = write_results(tmp_path, spec)
+    (match,) = table["match"]
+    assert match["per_seed"]["0"]["flops"] == 300.0 and match["per_seed"]["0"]["ratio"] == 3.0
+    as_run = match["as_run"]
+    assert list(as_run["per_seed"]) == ["0"]
+    assert as_run["per_seed"]["0"]["flops"] == pytest.approx(180.0) and as_run["per_seed"]["0"]["ratio"] == 2.0
+    assert as_run["per_seed"]["0"]["flops_below"] == pytest.approx(60.0)
+    assert as_run["mean"]["flops"] == pytest.approx(180.0) and as_run["mean"]["target_flops"] == 90.0
+    drift, rl = table["summary"]
+    assert drift["flops_as_run"] is None  # not over every seed: no mean
+    assert rl["flops_as_run"] is None and table["rows"][0]["flops_as_run"] == 90.0
+    md = (tmp_path / "table.md").read_text()
+    assert "counted as run" in md and "| 0 | 0.500 | 90.000 | 60.000 (0.67x) | 180.000 (2.00x) | 3.33 |" in md
+    assert "seed 1: no as-run count" in md

@@ -125,6 +125,10 @@ def test_a_tiny_study_end_to_end(tmp_path, study_file, tiny_model, monkeypatch, 
             budget = next(r["flops"] for r in rows if r["method"] == "drift" and r["seed"] == seed)
             assert curve[-1][1] >= 6 * budget or curve[-1][0] == 6
     assert all(r["flops"] > 0 for r in rows if r["method"] != "base")
+    # counted as run too: every point made by this code has it, and a prefix tree never costs more
+    assert all(0 <= r["flops_as_run"] <= r["flops"] for r in rows)
+    assert any(r["flops_as_run"] < r["flops"] for r in rows if r["method"] == "grpo")  # a group shares its prompt
+    assert all(set(m["as_run"]["per_seed"]) == {"0", "1"} for m in table["match"])
     sft = next(r for r in rows if r["method"] == "sft")
     assert sft["compute"]["generated_tokens"] == 0 and sft["compute"]["trained_tokens"] > 0
     # the summary is the mean of the final points; the match table covers every online method

@@ -6,10 +6,12 @@ spent to reach each. Every stage it calls writes into ``folder`` and is skipped 
 already there, so a killed study continues where it stopped.
 
 Compute of a point (drift.compute): the tokens the method ran through the model to get there, and
-their FLOP estimate. An offline method pays for its own rollouts in full (RFT and DRIFT on the same
-rollouts are each charged them: that is what either would cost alone). The reference policy's
-format warm-up is shared by every method, the base row included, and is charged to none;
-evaluation is the same for every point and is charged to none.
+their FLOP estimates, nominal (``flops``) and as run (``flops_as_run``; ``None`` where the run's
+summary kept no count of the tokens forwarded, as drift's did not before December 2026). An offline
+method pays for its own rollouts in full (RFT and DRIFT on the same rollouts are each charged them:
+that is what either would cost alone). The reference policy's format warm-up is shared by every
+method, the base row included, and is charged to none; evaluation is the same for every point and is
+charged to none.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from drift import config as C
-from drift.compute import flops_of
+from drift.compute import SHARED, flops_as_run, flops_of
 from drift.study.spec import MethodSpec
 
 ZERO = {
@@ -38,7 +40,8 @@ ZERO = {
 @dataclass
 class Point:
     """A model to evaluate, the round of the online run it was saved at (none: the end of the run),
-    and the compute spent to reach it (the fields of ``ZERO``, plus ``flops``)."""
+    and the compute spent to reach it (the fields of ``ZERO``, the ``*_forwarded_tokens`` its run
+    kept, ``flops`` and ``flops_as_run``)."""
 
     model: str
     round: int | None
@@ -49,6 +52,7 @@ class Point:
 def with_flops(parameters: int, compute: dict) -> dict:
     out = {**ZERO, **compute}
     out["flops"] = flops_of(parameters, out)
+    out["flops_as_run"] = flops_as_run(parameters, out)
     return out
 
 
@@ -107,7 +111,7 @@ def gold_answers(study, seed: int, path: Path) -> Path:
 def run_sft(study, method: MethodSpec, seed: int, lr: float, folder: Path) -> list[Point]:
     data = gold_answers(study, seed, study.work / "data" / f"gold-seed{seed}.jsonl")
     summary = _train(study, method, seed, lr, data, folder)
-    compute = {"trained_tokens": summary["tokens"], "training_seconds": summary["wall_seconds"]}
+    compute = {**_trained(summary), "training_seconds": summary["wall_seconds"]}
     return [Point(str(folder / "train" / "model"), None, with_flops(study.parameters(), compute))]
 
 
@@ -123,15 +127,24 @@ def run_offline(study, method: MethodSpec, seed: int, lr: float, folder: Path) -
         "prefilled_tokens": rolled["tokens_prefilled"],
         "generated_tokens": rolled["tokens_generated"],
         "sampling_seconds": rolled["wall_seconds"],
-        "trained_tokens": summary["tokens"],
+        **_trained(summary),
         "training_seconds": summary["wall_seconds"],
     }
     return [Point(str(folder / "train" / "model"), None, with_flops(study.parameters(), compute))]
 
 
+def _trained(summary: dict) -> dict:
+    """drift train's counts: every token of the examples forwarded, and those run (older summaries: unknown)."""
+    return {"trained_tokens": summary["tokens"], "trained_forwarded_tokens": summary.get("forwarded_tokens")}
+
+
 def _rl_compute(entry: dict) -> dict:
+    forwarded = {f"{k}_forwarded_tokens": entry.get(f"{k}_forwarded_tokens") for k in SHARED}
+    if "forwarded_tokens" in entry:  # an older drift rl's name for the trained ones
+        forwarded["trained_forwarded_tokens"] = entry["forwarded_tokens"]
     return {
         **{k: entry.get(k, 0) for k in ZERO if k.endswith("_tokens")},
+        **forwarded,
         "sampling_seconds": entry["generation_seconds"],
         "training_seconds": entry["training_seconds"],
     }

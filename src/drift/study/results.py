@@ -5,13 +5,14 @@ evaluation and, under ``study``, the method, seed, learning rate, round and comp
 so the table always equals what the reports say and can be rebuilt at any time.
 
 - ``table.json``: one row per evaluated point (``method``, ``seed``, ``round``, ``multi_at_T``,
-  ``multi_at`` (1..T), ``correction_rate``, ``unique_answer_ratio``, ``flops``, the compute,
-  ``report``: the report's path relative to the study folder), the per-method ``summary`` of
-  final points (and :func:`resolved_options`), and ``match``: between which evaluated points each
-  online method first reaches the budget method's multi@T (``flops_below``, ``flops``), per seed
-  and on the mean over seeds.
+  ``multi_at`` (1..T), ``correction_rate``, ``unique_answer_ratio``, ``flops``, ``flops_as_run``
+  (drift.compute: ``None`` for points made before it was counted), the compute, ``report``: the
+  report's path relative to the study folder), the per-method ``summary`` of final points (and
+  :func:`resolved_options`), and ``match``: between which evaluated points each online method first
+  reaches the budget method's multi@T (``flops_below``, ``flops``), per seed and on the mean over
+  seeds; the same counted as run under ``as_run``, over the seeds whose points all have it.
 - ``table.md``: the summary as a table (with the seeds each mean is over), a note on the resolved
-  options that differ between a method's seeds, and the match.
+  options that differ between a method's seeds, and the match on both FLOP axes.
 - ``frontier.png`` (multi@T against FLOPs, log x, a band over seeds), ``accuracy_by_turn.png``.
 """
 
@@ -49,6 +50,7 @@ def read_rows(out: Path, max_turns: int) -> list[dict]:
                 "correction_rate": report.get("correction_rate_overall"),
                 "unique_answer_ratio": report.get("unique_answer_ratio"),
                 "flops": meta["compute"]["flops"],
+                "flops_as_run": meta["compute"].get("flops_as_run"),
                 "compute": meta["compute"],
                 "report": path.relative_to(out).as_posix(),
             }
@@ -65,11 +67,12 @@ def read_rows(out: Path, max_turns: int) -> list[dict]:
     return rows
 
 
-def seed_band(rows: list[dict], seeds: list) -> list[tuple[float, float, float, float]]:
+def seed_band(rows: list[dict], seeds: list, axis: str = "flops") -> list[tuple[float, float, float, float]]:
     """One method's curve over ``seeds``: ``(mean FLOPs, mean multi@T, lowest, highest multi@T)`` at
     every point all of them have (the snapshot rounds, and each run's end, ``point = "final"``: each
     seed's run ends at its own round, where its FLOP budget ran out), in order of mean FLOPs. A round
-    that only some seeds reached is left out: it is no mean over seeds.
+    that only some seeds reached is left out: it is no mean over seeds. ``axis``: the FLOP count
+    (``flops``, or ``flops_as_run``).
 
     >>> rows = [{"seed": s, "point": p, "flops": f, "multi_at_T": a} for s, p, f, a in
     ...         [(0, 1, 10.0, 0.1), (0, 2, 30.0, 0.2), (0, "final", 40.0, 0.3), (1, 1, 12.0, 0.3),
@@ -82,13 +85,13 @@ def seed_band(rows: list[dict], seeds: list) -> list[tuple[float, float, float, 
     for key in keys:
         group = [r for r in rows if r["point"] == key and r["seed"] in seeds]
         acc = [r["multi_at_T"] for r in group]
-        band.append((sum(r["flops"] for r in group) / len(group), sum(acc) / len(acc), min(acc), max(acc)))
+        band.append((sum(r[axis] for r in group) / len(group), sum(acc) / len(acc), min(acc), max(acc)))
     return sorted(band)
 
 
-def mean_curve(rows: list[dict], seeds: list) -> list[tuple[float, float]]:
+def mean_curve(rows: list[dict], seeds: list, axis: str = "flops") -> list[tuple[float, float]]:
     """:func:`seed_band` without the band: ``(mean FLOPs, mean multi@T)``."""
-    return [(flops, acc) for flops, acc, _, _ in seed_band(rows, seeds)]
+    return [(flops, acc) for flops, acc, _, _ in seed_band(rows, seeds, axis)]
 
 
 def frontier_curves(rows: list[dict], methods: list[str]) -> dict:
@@ -112,6 +115,12 @@ def _mean(values) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def _mean_of_all(values) -> float | None:
+    """The mean, or ``None`` when a value is missing: a mean over some seeds is not the method's."""
+    values = list(values)
+    return None if None in values else _mean(values)
+
+
 def summarize_method(rows: list[dict], method: str, max_turns: int) -> dict:
     """Mean over seeds of ``method``'s ended runs (:func:`final_rows`; at least one)."""
     finals = final_rows(rows, method)
@@ -128,6 +137,7 @@ def summarize_method(rows: list[dict], method: str, max_turns: int) -> dict:
         "correction_rate": _mean(r["correction_rate"] for r in finals),
         "unique_answer_ratio": _mean(r["unique_answer_ratio"] for r in finals),
         "flops": _mean(r["flops"] for r in finals),
+        "flops_as_run": _mean_of_all(r["flops_as_run"] for r in finals),
         "sampling_seconds": _mean(r["compute"]["sampling_seconds"] for r in finals),
         "training_seconds": _mean(r["compute"]["training_seconds"] for r in finals),
     }
@@ -214,37 +224,44 @@ def _bracket(curve: list, target: float | None, target_flops: float | None) -> d
     }
 
 
+def _match_on(mine: list[dict], ref: dict, axis: str) -> dict:
+    """One online method's match on one FLOP ``axis``: per seed (against that seed's budget run) and
+    on the curve averaged over seeds (:func:`mean_curve`), over the seeds whose budget run and
+    points all have the count (the others: ``missing``)."""
+    per_seed, missing = {}, []
+    for seed in sorted({r["seed"] for r in mine}):
+        if seed not in ref:
+            continue
+        run = [r for r in mine if r["seed"] == seed]
+        if ref[seed][axis] is None or any(r[axis] is None for r in run):
+            missing.append(seed)
+            continue
+        curve = [(r[axis], r["multi_at_T"]) for r in run]
+        per_seed[str(seed)] = {
+            **_bracket(curve, ref[seed]["multi_at_T"], ref[seed][axis]),
+            "budget_ratio": round(max(f for f, _ in curve) / ref[seed][axis], 3),
+            "ended": any(r["point"] == "final" for r in run),  # else: still going
+        }
+    seeds = [int(s) for s in per_seed]
+    curve = mean_curve(mine, seeds, axis)
+    target = _mean(ref[s]["multi_at_T"] for s in seeds) if seeds else None
+    target_flops = _mean(ref[s][axis] for s in seeds) if seeds else None
+    return {"per_seed": per_seed, "mean": _bracket(curve, target, target_flops), "missing": missing}
+
+
 def match_table(rows: list[dict], spec: StudySpec) -> list[dict]:
-    """For every online method: the FLOPs at which it first reaches the budget method's multi@T, per
-    seed (against that seed's budget run) and on the curve averaged over seeds (:func:`mean_curve`)."""
+    """For every online method: the FLOPs at which it first reaches the budget method's multi@T,
+    counted nominally (``per_seed``, ``mean``) and as run (``as_run``), by :func:`_match_on`."""
     ref = {r["seed"]: r for r in final_rows(rows, spec.budget_method)}
     out = []
     for m in spec.method_specs():
-        if m.kind != "online":
-            continue
         mine = [r for r in rows if r["method"] == m.name]
-        if not mine:  # not evaluated yet
+        if m.kind != "online" or not mine:  # not evaluated yet
             continue
-        per_seed = {}
-        for seed in sorted({r["seed"] for r in mine}):
-            if seed not in ref:
-                continue
-            curve = [(r["flops"], r["multi_at_T"]) for r in mine if r["seed"] == seed]
-            per_seed[str(seed)] = {
-                **_bracket(curve, ref[seed]["multi_at_T"], ref[seed]["flops"]),
-                "budget_ratio": round(max(f for f, _ in curve) / ref[seed]["flops"], 3),
-                "ended": any(r["seed"] == seed and r["point"] == "final" for r in mine),  # else: still going
-            }
-        curve = mean_curve(mine, [int(s) for s in per_seed])
-        target = _mean(ref[int(s)]["multi_at_T"] for s in per_seed) if per_seed else None
-        target_flops = _mean(ref[int(s)]["flops"] for s in per_seed) if per_seed else None
+        nominal = _match_on(mine, ref, "flops")
+        del nominal["missing"]  # every point has it
         out.append(
-            {
-                "method": m.name,
-                "against": spec.budget_method,
-                "per_seed": per_seed,
-                "mean": _bracket(curve, target, target_flops),
-            }
+            {"method": m.name, "against": spec.budget_method, **nominal, "as_run": _match_on(mine, ref, "flops_as_run")}
         )
     return out
 
@@ -270,11 +287,28 @@ def _row(cells) -> str:
     return "| " + " | ".join(map(str, cells)) + " |\n"
 
 
+def _match_rows(m: dict) -> str:
+    """One axis of a match (:func:`_match_on`) as a table: per seed, and the mean curve."""
+    head = ["seed", "target multi@T", "target FLOPs", "last point below (x target)",
+            "first point at or above (x target)", "run's FLOPs x target"]  # fmt: skip
+    text = _row(head) + "|" + "---|" * len(head) + "\n"
+    mean = {**m["mean"], "budget_ratio": None, "ended": all(v["ended"] for v in m["per_seed"].values())}
+    for seed, v in [*m["per_seed"].items(), ("mean curve", mean)]:
+        below = f"{_fmt(v['flops_below'])} ({_fmt(v['ratio_below'], 2)}x)"
+        if v["flops"] is None or v["flops_below"] is None:
+            below = "–" if v["flops"] is None else "none (the first point)"
+        reached = f"{_fmt(v['flops'])} ({_fmt(v['ratio'], 2)}x)"
+        if v["flops"] is None:
+            reached = "not reached" if v["ended"] else "not yet (the run is still going)"
+        text += _row([seed, _fmt(v["target"]), _fmt(v["target_flops"]), below, reached, _fmt(v["budget_ratio"], 2)])
+    return text
+
+
 def markdown(spec: StudySpec, summary: list[dict], match: list[dict], tuning: dict) -> str:
     T = spec.max_turns
     head = ["method", "lr (tries)", "seeds", *[f"multi@{t}" for t in range(1, T + 1)],
             f"multi@{T} 95% CI (seeds)", f"multi@{T} 95% CI (pooled episodes, as if independent)", "correction rate",
-            "unique ratio", "FLOPs", "sampling s", "training s"]  # fmt: skip
+            "unique ratio", "FLOPs", "FLOPs as run", "sampling s", "training s"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in summary:
         ci = s["multi_at_T_seed_ci"]
@@ -287,7 +321,7 @@ def markdown(spec: StudySpec, summary: list[dict], match: list[dict], tuning: di
         cells = [s["method"], lr, _seeds(s["seeds"]), *[_fmt(s["multi_at"][str(t)]) for t in range(1, T + 1)],
                  f"[{ci[1]:.3f}, {ci[2]:.3f}]" if ci and len(s["seeds"]) > 1 else "–",
                  "[{:.3f}, {:.3f}]".format(*s["multi_at_T_pooled_ci"]),
-                 _fmt(s["correction_rate"]), _fmt(s["unique_answer_ratio"]), _fmt(s["flops"]),
+                 _fmt(s["correction_rate"]), _fmt(s["unique_answer_ratio"]), _fmt(s["flops"]), _fmt(s["flops_as_run"]),
                  _fmt(s["sampling_seconds"], 0), _fmt(s["training_seconds"], 0)]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     text = (
@@ -299,19 +333,15 @@ def markdown(spec: StudySpec, summary: list[dict], match: list[dict], tuning: di
     ) + options_note(summary)
     for m in match:
         text += f"\n## When does {m['method']} reach {m['against']}'s multi@{T}?\n\n"
-        text += "Between its last evaluated point below the target and its first at or above it.\n\n"
-        head = ["seed", "target multi@T", "target FLOPs", "last point below (x target)",
-                "first point at or above (x target)", "run's FLOPs x target"]  # fmt: skip
-        text += _row(head) + "|" + "---|" * len(head) + "\n"
-        mean = {**m["mean"], "budget_ratio": None, "ended": all(v["ended"] for v in m["per_seed"].values())}
-        for seed, v in [*m["per_seed"].items(), ("mean curve", mean)]:
-            below = f"{_fmt(v['flops_below'])} ({_fmt(v['ratio_below'], 2)}x)"
-            if v["flops"] is None or v["flops_below"] is None:
-                below = "–" if v["flops"] is None else "none (the first point)"
-            reached = f"{_fmt(v['flops'])} ({_fmt(v['ratio'], 2)}x)"
-            if v["flops"] is None:
-                reached = "not reached" if v["ended"] else "not yet (the run is still going)"
-            text += _row([seed, _fmt(v["target"]), _fmt(v["target_flops"]), below, reached, _fmt(v["budget_ratio"], 2)])
+        text += "Between its last evaluated point below the target and its first at or above it.\n"
+        text += "\nFLOPs counted nominally (every token of every example forwarded, as if each ran alone):\n\n"
+        text += _match_rows(m)
+        text += "\nFLOPs counted as run (a micro-batch's shared prefixes once; drift.compute):\n\n"
+        text += _match_rows(m["as_run"]) if m["as_run"]["per_seed"] else ""
+        text += "".join(
+            f"\n- seed {s}: no as-run count (points made before drift kept one)" for s in m["as_run"]["missing"]
+        )
+        text += "\n" if m["as_run"]["missing"] else ""
     return text
 
 
