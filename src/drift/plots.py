@@ -164,13 +164,18 @@ def plot_weights(returns: Sequence[float], weights: Sequence[float], path: str |
     _save(fig, path)
 
 
-def plot_frontier(curves: Mapping[str, Mapping], max_turns: int, path: str | Path) -> None:
+NOMINAL = "estimated FLOPs: 2N per forwarded token, 6N per trained token"
+AS_RUN = "estimated FLOPs as run: shared prefixes counted once"
+
+
+def plot_frontier(curves: Mapping[str, Mapping], max_turns: int, path: str | Path, counted: str = NOMINAL) -> None:
     """Accuracy against compute (drift study): multi@T over estimated FLOPs (log x), one line per
     method through the mean over seeds at each point all its seeds have (online runs: one point per
     evaluated round), with a band from the lowest to the highest seed; a method with one point is a
     marker with that range as an error bar; a method that spent nothing (base) is a dashed
     horizontal line. ``curves``: method -> ``{"seeds": n, "points": [(mean FLOPs, mean multi@T,
-    lowest, highest), ...]}`` in order of FLOPs (drift.study.results.frontier_curves)."""
+    lowest, highest), ...]}`` in order of FLOPs (drift.study.results.frontier_curves). ``counted``:
+    how the FLOPs were counted (:data:`NOMINAL` or :data:`AS_RUN`, drift.compute), for the axis label."""
     fig, ax = _figure(9.6, 4.6)
     top = 0.0
     for i, (name, curve) in enumerate(curves.items()):
@@ -191,7 +196,7 @@ def plot_frontier(curves: Mapping[str, Mapping], max_turns: int, path: str | Pat
             ax.fill_between(xs, lo, hi, color=color, alpha=0.15, linewidth=0)
     ax.set_xscale("log")
     _percent_axis(ax, top)
-    ax.set_xlabel("compute spent (estimated FLOPs: 2N per forwarded token, 6N per trained token)")
+    ax.set_xlabel(f"compute spent ({counted})")
     ax.set_ylabel(f"solved within {max_turns} turns (multi@{max_turns})")
     ax.set_title("Accuracy against compute")
     ax.grid(axis="x", which="both", alpha=0.2)

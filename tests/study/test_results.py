@@ -267,3 +267,32 @@ def test_the_match_is_also_counted_as_run_over_the_seeds_that_recorded_it(tmp_pa
     md = (tmp_path / "table.md").read_text()
     assert "counted as run" in md and "| 0 | 0.500 | 90.000 | 60.000 (0.67x) | 180.000 (2.00x) | 3.33 |" in md
     assert "seed 1: no as-run count" in md
+
+
+def test_a_second_frontier_counts_compute_as_run_over_the_seeds_that_have_it(tmp_path, monkeypatch):
+    """frontier_as_run.png: the same curves on the as-run FLOP axis, each method over the seeds whose
+    points all have the count; not drawn when no point has one (a study made before the count)."""
+    import drift.plots as plots
+
+    saved = {}
+    monkeypatch.setattr(plots, "_save", lambda fig, path: saved.setdefault(path.name, fig))
+    spec = StudySpec(methods=[{"name": "rl", "kind": "online"}], max_turns=2, seeds=[0, 1], budget_method="rl")
+    for rnd, flops in ((1, 10.0), (None, 40.0)):
+        _report(tmp_path, "rl", "online", 0, rnd, (0.1, flops / 100), flops, final=rnd is None)  # no count
+        _report(tmp_path, "rl", "online", 1, rnd, (0.1, flops / 50), flops, final=rnd is None, as_run=flops / 2)
+    write_results(tmp_path, spec)
+    (nominal,) = saved["frontier.png"].axes
+    (as_run,) = saved["frontier_as_run.png"].axes
+    assert list(nominal.get_lines()[0].get_xdata()) == pytest.approx([10.0, 40.0])
+    assert list(as_run.get_lines()[0].get_xdata()) == pytest.approx([5.0, 20.0])  # seed 1 only
+    assert list(as_run.get_lines()[0].get_ydata()) == pytest.approx([0.2, 0.8])
+    assert "as run" in as_run.get_xlabel() and "as run" not in nominal.get_xlabel()
+    assert "(1 seed)" in saved["frontier_as_run.png"].legends[0].get_texts()[0].get_text()
+    saved.clear()
+    for path in (tmp_path / "reports").rglob("report.json"):
+        report = json.loads(path.read_text())
+        report["study"]["compute"].pop("flops_as_run", None)
+        path.write_text(json.dumps(report))
+    (tmp_path / "frontier_as_run.png").write_bytes(b"stale")
+    write_results(tmp_path, spec)
+    assert set(saved) == {"frontier.png", "accuracy_by_turn.png"} and not (tmp_path / "frontier_as_run.png").exists()

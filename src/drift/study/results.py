@@ -13,7 +13,8 @@ so the table always equals what the reports say and can be rebuilt at any time.
   seeds; the same counted as run under ``as_run``, over the seeds whose points all have it.
 - ``table.md``: the summary as a table (with the seeds each mean is over), a note on the resolved
   options that differ between a method's seeds, and the match on both FLOP axes.
-- ``frontier.png`` (multi@T against FLOPs, log x, a band over seeds), ``accuracy_by_turn.png``.
+- ``frontier.png`` (multi@T against FLOPs, log x, a band over seeds), ``frontier_as_run.png`` (the
+  same against FLOPs as run, where points have the count), ``accuracy_by_turn.png``.
 """
 
 from __future__ import annotations
@@ -94,13 +95,15 @@ def mean_curve(rows: list[dict], seeds: list, axis: str = "flops") -> list[tuple
     return [(flops, acc) for flops, acc, _, _ in seed_band(rows, seeds, axis)]
 
 
-def frontier_curves(rows: list[dict], methods: list[str]) -> dict:
-    """What drift.plots.plot_frontier draws: per method, its :func:`seed_band` over the seeds it has."""
+def frontier_curves(rows: list[dict], methods: list[str], axis: str = "flops") -> dict:
+    """What drift.plots.plot_frontier draws: per method, its :func:`seed_band` on ``axis`` over the
+    seeds whose points all have that count (points made before ``flops_as_run`` was kept lack it)."""
     curves = {}
     for name in methods:
         mine = [r for r in rows if r["method"] == name]
         seeds = sorted({r["seed"] for r in mine}, key=lambda s: -1 if s is None else s)
-        curves[name] = {"seeds": len(seeds), "points": seed_band(mine, seeds)}
+        seeds = [s for s in seeds if all(r[axis] is not None for r in mine if r["seed"] == s)]
+        curves[name] = {"seeds": len(seeds), "points": seed_band(mine, seeds, axis)}
     return curves
 
 
@@ -347,7 +350,7 @@ def markdown(spec: StudySpec, summary: list[dict], match: list[dict], tuning: di
 
 def write_results(out: Path, spec: StudySpec) -> dict:
     """Build ``table.json``, ``table.md`` and the figures from the reports in ``out``; return the table."""
-    from drift.plots import plot_cumulative_accuracy, plot_frontier
+    from drift.plots import AS_RUN, plot_cumulative_accuracy, plot_frontier
 
     rows = read_rows(out, spec.max_turns)
     methods = [m.name for m in spec.method_specs() if any(r["method"] == m.name for r in rows)]
@@ -368,6 +371,11 @@ def write_results(out: Path, spec: StudySpec) -> dict:
     with atomic_write(out / "table.md") as f:
         f.write(markdown(spec, summary, match, tuning).encode())
     plot_frontier(frontier_curves(rows, methods), spec.max_turns, out / "frontier.png")
+    as_run = out / "frontier_as_run.png"
+    if any(r["flops_as_run"] for r in rows):
+        plot_frontier(frontier_curves(rows, methods, "flops_as_run"), spec.max_turns, as_run, counted=AS_RUN)
+    else:  # no point has the count: no figure (nor one left from an earlier table)
+        as_run.unlink(missing_ok=True)
     by_turn = {s["method"]: {"cumulative_accuracy": s["multi_at"]} for s in summary}  # means over seeds
     plot_cumulative_accuracy(by_turn, out / "accuracy_by_turn.png")
     print((out / "table.md").read_text())
