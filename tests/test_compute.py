@@ -63,3 +63,13 @@ def test_flops_as_run_are_unknown_where_a_forwarded_count_is_missing():
         2 * 100 * 10 + 6 * 100 * 12
     )
     assert flops_as_run(100, {}) == 0.0
+
+
+@pytest.mark.parametrize("field", ["scored", "reference", "trained"])
+def test_any_forwarded_count_missing_makes_flops_as_run_unknown(field):
+    from drift.compute import flops_as_run
+
+    counts = {f"{f}_{kind}tokens": 4 for f in ("scored", "reference", "trained") for kind in ("", "forwarded_")}
+    assert flops_as_run(100, counts) == 2 * 100 * 8 + 6 * 100 * 4
+    del counts[f"{field}_forwarded_tokens"]
+    assert flops_as_run(100, counts) is None

@@ -8,11 +8,12 @@ back-propagated in training, not only the labelled ones; rl: scored and referenc
 
 with N the number of parameters of the model (tied embeddings counted once): a forward pass costs
 about 2N FLOPs per token and a training step (forward + backward) about 6N (Kaplan et al. 2020,
-"Scaling laws for neural language models", section 2.1). The estimate ignores attention's
-quadratic term (small at these lengths: a few hundred tokens against d_model x layers) and the
-LM head's saving where only the last positions get logits. It is the same formula for every
-method, so the comparison is fair even where the absolute number is a little off; wall seconds
-are reported next to it, and depend on the machine.
+"Scaling laws for neural language models", section 2.1). The estimate ignores the LM head's
+saving where only the last positions get logits, and attention's quadratic term: a forward over
+a sequence of n positions adds about 4 d_model n_layers n^2 FLOPs (QK^T and AV, every pair), i.e.
+2 d_model n_layers n / N of its 2Nn (SmolLM2-135M: 2.6e-4 n, 4-5% at an example's ~150-200 tokens).
+It is the same formula for every method; wall seconds are reported next to it, and depend on the
+machine.
 
 Two counts of the same work:
 
@@ -24,8 +25,15 @@ Two counts of the same work:
 
 Sampling (prefilled, generated) is counted as run in both: after the backend's prefix sharing and
 KV-cache reuse, the tokens the model ran. Online RL spends most of its compute training and
-scoring, offline DRIFT most of it sampling, so the nominal count charges online RL more for the
-same work: compare methods as run, and read the nominal count as the cost without prefix trees.
+scoring, offline DRIFT most of it sampling, so the two counts differ most for online RL.
+
+The true cost lies between them. A prefix tree is one sequence of all its nodes under a dense
+attention mask, so its quadratic term is that of the whole tree: measured on GRPO in the ``mixed``
+study (SmolLM2-135M, seed 2's first 5 rounds: trees of ~1,000-1,100 nodes from examples of
+~150-200 tokens), counting attention puts training as drift runs it at ~0.97-0.99x the nominal
+count, not the 0.81x of the as-run one. The as-run
+count is what training costs with an attention kernel that skips masked pairs (a lower bound);
+the nominal count is close to what drift's dense trees cost at these shapes.
 """
 
 from __future__ import annotations
@@ -61,6 +69,7 @@ def flops_of(parameters: int, counts: dict) -> float:
 
 
 SHARED = ("scored", "reference", "trained")  # forwards whose shared prefixes a prefix tree runs once
+RUNS_WHOLE = frozenset({"trl-grpo"})  # drift rl algorithms whose trainer runs every example whole: as run = nominal
 
 
 def flops_as_run(parameters: int, counts: dict) -> float | None:

@@ -296,3 +296,39 @@ def test_a_second_frontier_counts_compute_as_run_over_the_seeds_that_have_it(tmp
     (tmp_path / "frontier_as_run.png").write_bytes(b"stale")
     write_results(tmp_path, spec)
     assert set(saved) == {"frontier.png", "accuracy_by_turn.png"} and not (tmp_path / "frontier_as_run.png").exists()
+
+
+def test_points_made_before_the_count_are_known_as_run_where_nothing_is_shared(tmp_path):
+    """Reports made before drift kept the as-run count: base forwarded nothing (0 either way) and
+    TRL's GRPOTrainer runs every example whole (as run = nominal); others stay unknown, and the
+    match says on which side the count is missing."""
+    spec = StudySpec(
+        methods=[{"name": "base", "kind": "base"}, {"name": "drift", "kind": "offline"},
+                 {"name": "trl", "kind": "online", "rl": {"algorithm": "trl-grpo"}},
+                 {"name": "rl", "kind": "online"}],
+        max_turns=2, seeds=[0], budget_method="drift",
+    )  # fmt: skip
+    _report(tmp_path, "base", "base", None, None, (0.1, 0.2), 0.0)
+    _report(tmp_path, "drift", "offline", 0, None, (0.3, 0.5), 100.0, as_run=80.0)
+    for name in ("trl", "rl"):
+        for rnd, acc, flops in ((1, 0.3, 100.0), (2, 0.6, 300.0)):
+            _report(tmp_path, name, "online", 0, rnd, (0.1, acc), flops, final=rnd == 2)
+    table = write_results(tmp_path, spec)
+    as_run = {(r["method"], r["point"]): r["flops_as_run"] for r in table["rows"]}
+    assert as_run[("base", "final")] == 0.0 and as_run[("trl", "final")] == 300.0 and as_run[("rl", "final")] is None
+    trl, rl = table["match"]
+    assert trl["as_run"]["per_seed"]["0"]["ratio"] == pytest.approx(300 / 80, abs=1e-3)
+    assert rl["as_run"]["per_seed"] == {} and rl["as_run"]["missing"] == [{"seed": 0, "in": "rl"}]
+    md = (tmp_path / "table.md").read_text()
+    assert "- seed 0: no as-run count in rl's points (made before drift kept one)" in md
+
+
+def test_the_as_run_match_says_when_there_is_nothing_to_compare_yet(tmp_path):
+    spec = _drift_and_a_running_rl(tmp_path)  # no budget run with an as-run count, no ended online run
+    (tmp_path / "reports" / "drift").rename(tmp_path / "drift-report")  # no budget run at all
+    (match,) = write_results(tmp_path, spec)["match"]
+    assert match["as_run"]["per_seed"] == {} and match["as_run"]["missing"] == []
+    assert (
+        "FLOPs counted as run (a micro-batch's shared prefixes once; drift.compute): no seed to compare yet"
+        in (tmp_path / "table.md").read_text()
+    )

@@ -23,15 +23,30 @@ import json
 from pathlib import Path
 
 from drift import DriftError
+from drift.compute import RUNS_WHOLE
 from drift.metrics import seed_interval, wilson_interval
 from drift.outputs import atomic_write, write_json
 from drift.study.provenance import configs_file, differing_options, run_name
 from drift.study.spec import StudySpec
 
 
-def read_rows(out: Path, max_turns: int) -> list[dict]:
+def as_run(compute: dict, runs_whole: bool = False) -> float | None:
+    """A point's FLOPs as run (drift.compute). A point made before drift kept the count has none;
+    it is still known where nothing was forwarded (no FLOPs: base) or where the trainer runs every
+    example whole (``runs_whole``: TRL's GRPOTrainer), as the nominal count.
+
+    >>> as_run({"flops": 5.0, "flops_as_run": 4.0}), as_run({"flops": 0.0}), as_run({"flops": 5.0})
+    (4.0, 0.0, None)
+    """
+    if compute.get("flops_as_run") is not None:
+        return compute["flops_as_run"]
+    return compute["flops"] if runs_whole or not compute["flops"] else None
+
+
+def read_rows(out: Path, max_turns: int, runs_whole: frozenset = frozenset()) -> list[dict]:
     """One row per report under ``out/reports``, in a stable order (method, seed, flops); two
-    reports that both end one method's run at one seed are refused."""
+    reports that both end one method's run at one seed are refused. ``runs_whole``: the methods
+    whose trainer runs every example whole (:func:`as_run`)."""
     rows = []
     for path in sorted((out / "reports").rglob("report.json")):
         report = json.loads(path.read_text())
@@ -51,7 +66,7 @@ def read_rows(out: Path, max_turns: int) -> list[dict]:
                 "correction_rate": report.get("correction_rate_overall"),
                 "unique_answer_ratio": report.get("unique_answer_ratio"),
                 "flops": meta["compute"]["flops"],
-                "flops_as_run": meta["compute"].get("flops_as_run"),
+                "flops_as_run": as_run(meta["compute"], meta["method"] in runs_whole),
                 "compute": meta["compute"],
                 "report": path.relative_to(out).as_posix(),
             }
@@ -237,7 +252,9 @@ def _match_on(mine: list[dict], ref: dict, axis: str) -> dict:
             continue
         run = [r for r in mine if r["seed"] == seed]
         if ref[seed][axis] is None or any(r[axis] is None for r in run):
-            missing.append(seed)
+            missing.append(
+                {"seed": seed, "in": run[0]["method"] if ref[seed][axis] is not None else ref[seed]["method"]}
+            )
             continue
         curve = [(r[axis], r["multi_at_T"]) for r in run]
         per_seed[str(seed)] = {
@@ -339,12 +356,16 @@ def markdown(spec: StudySpec, summary: list[dict], match: list[dict], tuning: di
         text += "Between its last evaluated point below the target and its first at or above it.\n"
         text += "\nFLOPs counted nominally (every token of every example forwarded, as if each ran alone):\n\n"
         text += _match_rows(m)
-        text += "\nFLOPs counted as run (a micro-batch's shared prefixes once; drift.compute):\n\n"
-        text += _match_rows(m["as_run"]) if m["as_run"]["per_seed"] else ""
+        text += "\nFLOPs counted as run (a micro-batch's shared prefixes once; drift.compute):"
+        as_run, missing = m["as_run"], m["as_run"]["missing"]
+        if as_run["per_seed"]:
+            text += "\n\n" + _match_rows(as_run)
+        elif not missing:
+            text += " no seed to compare yet\n"
         text += "".join(
-            f"\n- seed {s}: no as-run count (points made before drift kept one)" for s in m["as_run"]["missing"]
+            f"\n- seed {x['seed']}: no as-run count in {x['in']}'s points (made before drift kept one)" for x in missing
         )
-        text += "\n" if m["as_run"]["missing"] else ""
+        text += "\n" if missing else ""
     return text
 
 
@@ -352,7 +373,8 @@ def write_results(out: Path, spec: StudySpec) -> dict:
     """Build ``table.json``, ``table.md`` and the figures from the reports in ``out``; return the table."""
     from drift.plots import AS_RUN, plot_cumulative_accuracy, plot_frontier
 
-    rows = read_rows(out, spec.max_turns)
+    runs_whole = frozenset(m.name for m in spec.method_specs() if {**spec.rl, **m.rl}.get("algorithm") in RUNS_WHOLE)
+    rows = read_rows(out, spec.max_turns, runs_whole)
     methods = [m.name for m in spec.method_specs() if any(r["method"] == m.name for r in rows)]
     summary = [summarize_method(rows, m, spec.max_turns) for m in methods if final_rows(rows, m)]  # ended runs only
     for s in summary:
