@@ -141,3 +141,17 @@ def test_the_frontier_legend_hides_no_data(tmp_path, monkeypatch):
     assert legend is not None and len(legend.get_texts()) == len(methods)
     box, axes_box = legend.get_window_extent(), ax.get_window_extent()
     assert not box.overlaps(axes_box), "the legend is drawn over the axes"
+
+
+def test_a_study_s_eleventh_method_is_not_drawn_as_its_first(tmp_path, monkeypatch):
+    """drift study compares eleven methods; ten colours drew the eleventh (a DRIFT variant) in the
+    base line's colour and marker."""
+    import drift.plots as plots
+
+    saved = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: saved.append(fig))
+    curves = {f"m{i}": {"seeds": 1, "points": [(1e12 * (i + 1), 0.1, 0.1, 0.1)]} for i in range(11)}
+    plots.plot_frontier(curves, 5, tmp_path / "frontier.png")
+    (ax,) = saved[0].axes
+    drawn = [(tuple(line.get_color()), line.get_marker()) for line in ax.get_lines() if line.get_marker() in ("o", "s")]
+    assert len(drawn) == 11 and len(set(drawn)) == 11

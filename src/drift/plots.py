@@ -29,6 +29,15 @@ def _figure(width: float, height: float, ncols: int = 1):
     return fig, axes
 
 
+def _style(i: int) -> tuple[Any, str]:
+    """The colour and marker of the ``i``-th method: tab10's ten colours with circles, then their
+    light tab20 companions with squares, so that a study's eleventh method is not drawn as its first.
+    """
+    from matplotlib import colormaps
+
+    return colormaps["tab20"](2 * (i % 10) + (i // 10) % 2), "os"[(i // 10) % 2]
+
+
 def _save(fig, path: str | Path) -> None:
     with atomic_write(path) as f:
         fig.savefig(f, format="png")
@@ -67,8 +76,8 @@ def plot_cumulative_accuracy(reports: Mapping[str, Mapping], path: str | Path) -
         if not points:
             continue
         turns, values = zip(*points)
-        color = f"C{i % 10}"
-        ax.plot(turns, values, marker="o", color=color, linewidth=2, label=_label(name, report))
+        color, marker = _style(i)
+        ax.plot(turns, values, marker=marker, color=color, linewidth=2, label=_label(name, report))
         top = max(top, *values)
         bands = [(t, ci) for t, ci in _turn_series(report.get("cumulative_accuracy_ci")) if t in turns]
         if bands:
@@ -110,7 +119,7 @@ def plot_multi_at_k(reports: Mapping[str, Mapping], path: str | Path) -> None:
             [ks.index(k) + offset for k in shown],
             values,
             width * 0.92,
-            color=f"C{i % 10}",
+            color=_style(i)[0],
             label=_label(name, report),
             yerr=err,
             capsize=2,
@@ -179,7 +188,7 @@ def plot_frontier(curves: Mapping[str, Mapping], max_turns: int, path: str | Pat
     fig, ax = _figure(9.6, 4.6)
     top = 0.0
     for i, (name, curve) in enumerate(curves.items()):
-        points, color = curve["points"], f"C{i % 10}"
+        points, (color, marker) = curve["points"], _style(i)
         if not points:  # seeds with no point in common yet
             continue
         xs, ys, lo, hi = (list(column) for column in zip(*points))
@@ -189,10 +198,10 @@ def plot_frontier(curves: Mapping[str, Mapping], max_turns: int, path: str | Pat
             continue
         seeds = f"{curve['seeds']} seed" + ("s" if curve["seeds"] != 1 else "")
         if len(xs) == 1:
-            ax.errorbar(xs, ys, yerr=[[ys[0] - lo[0]], [hi[0] - ys[0]]], fmt="o", color=color, capsize=4,
+            ax.errorbar(xs, ys, yerr=[[ys[0] - lo[0]], [hi[0] - ys[0]]], fmt=marker, color=color, capsize=4,
                         markersize=7, label=f"{name} ({seeds})")  # fmt: skip
         else:
-            ax.plot(xs, ys, marker="o", color=color, linewidth=2, label=f"{name} ({seeds})")
+            ax.plot(xs, ys, marker=marker, color=color, linewidth=2, label=f"{name} ({seeds})")
             ax.fill_between(xs, lo, hi, color=color, alpha=0.15, linewidth=0)
     ax.set_xscale("log")
     _percent_axis(ax, top)
