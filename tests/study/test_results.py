@@ -271,7 +271,8 @@ def test_the_match_is_also_counted_as_run_over_the_seeds_that_recorded_it(tmp_pa
 
 def test_a_second_frontier_counts_compute_as_run_over_the_seeds_that_have_it(tmp_path, monkeypatch):
     """frontier_as_run.png: the same curves on the as-run FLOP axis, each method over the seeds whose
-    points all have the count; not drawn when no point has one (a study made before the count)."""
+    points all have the count; not drawn when no run of the budget method has one (a study made
+    before the count: base and TRL GRPO alone would have it)."""
     import drift.plots as plots
 
     saved = {}
@@ -293,6 +294,8 @@ def test_a_second_frontier_counts_compute_as_run_over_the_seeds_that_have_it(tmp
         report = json.loads(path.read_text())
         report["study"]["compute"].pop("flops_as_run", None)
         path.write_text(json.dumps(report))
+    _report(tmp_path, "trl", "online", 0, None, (0.1, 0.2), 30.0)  # as run = nominal, known without the count
+    spec.methods.append({"name": "trl", "kind": "online", "rl": {"algorithm": "trl-grpo"}})
     (tmp_path / "frontier_as_run.png").write_bytes(b"stale")
     write_results(tmp_path, spec)
     assert set(saved) == {"frontier.png", "accuracy_by_turn.png"} and not (tmp_path / "frontier_as_run.png").exists()

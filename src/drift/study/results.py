@@ -14,7 +14,8 @@ so the table always equals what the reports say and can be rebuilt at any time.
 - ``table.md``: the summary as a table (with the seeds each mean is over), a note on the resolved
   options that differ between a method's seeds, and the match on both FLOP axes.
 - ``frontier.png`` (multi@T against FLOPs, log x, a band over seeds), ``frontier_as_run.png`` (the
-  same against FLOPs as run, where points have the count), ``accuracy_by_turn.png``.
+  same against FLOPs as run, where points have the count, drawn once a run of the budget method
+  has it), ``accuracy_by_turn.png``.
 """
 
 from __future__ import annotations
@@ -394,9 +395,9 @@ def write_results(out: Path, spec: StudySpec) -> dict:
         f.write(markdown(spec, summary, match, tuning).encode())
     plot_frontier(frontier_curves(rows, methods), spec.max_turns, out / "frontier.png")
     as_run = out / "frontier_as_run.png"
-    if any(r["flops_as_run"] for r in rows):
+    if any(r["flops_as_run"] is not None for r in final_rows(rows, spec.budget_method)):
         plot_frontier(frontier_curves(rows, methods, "flops_as_run"), spec.max_turns, as_run, counted=AS_RUN)
-    else:  # no point has the count: no figure (nor one left from an earlier table)
+    else:  # no run to compare with has the count: no figure (nor one left from an earlier table)
         as_run.unlink(missing_ok=True)
     by_turn = {s["method"]: {"cumulative_accuracy": s["multi_at"]} for s in summary}  # means over seeds
     plot_cumulative_accuracy(by_turn, out / "accuracy_by_turn.png")
