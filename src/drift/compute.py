@@ -27,13 +27,13 @@ Sampling (prefilled, generated) is counted as run in both: after the backend's p
 KV-cache reuse, the tokens the model ran. Online RL spends most of its compute training and
 scoring, offline DRIFT most of it sampling, so the two counts differ most for online RL.
 
-The true cost lies between them. A prefix tree is one sequence of all its nodes under a dense
-attention mask, so its quadratic term is that of the whole tree: measured on GRPO in the ``mixed``
-study (SmolLM2-135M, seed 2's first 5 rounds: trees of ~1,000-1,100 nodes from examples of
-~150-200 tokens), counting attention puts training as drift runs it at ~0.97-0.99x the nominal
-count, not the 0.81x of the as-run one. The as-run
-count is what training costs with an attention kernel that skips masked pairs (a lower bound);
-the nominal count is close to what drift's dense trees cost at these shapes.
+Both counts leave attention's quadratic term out, so both are lower bounds, and a prefix tree
+pays that term over all its nodes under a dense mask. Computed from the token counts of GRPO in
+the ``mixed`` study (SmolLM2-135M, seed 2's first 5 rounds: trees of ~1,000-1,100 nodes from
+examples of ~150-200 tokens, 2.6e-4 of a token's 2N per attended pair), training as drift runs it
+costs ~1.01-1.04x the nominal count with attention included, while the as-run count says 0.81x.
+The nominal count is thus the closer one for drift's own trainer; the as-run count is what the
+sharing would save if attention were free (drift.packing.worth_packing weighs the same pairs).
 """
 
 from __future__ import annotations

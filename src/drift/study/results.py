@@ -310,6 +310,8 @@ def _row(cells) -> str:
 
 def _match_rows(m: dict) -> str:
     """One axis of a match (:func:`_match_on`) as a table: per seed, and the mean curve."""
+    if not m["per_seed"]:  # no seed has both an online run and a budget run (with this count)
+        return "no seed to compare yet\n"
     head = ["seed", "target multi@T", "target FLOPs", "last point below (x target)",
             "first point at or above (x target)", "run's FLOPs x target"]  # fmt: skip
     text = _row(head) + "|" + "---|" * len(head) + "\n"
@@ -357,16 +359,10 @@ def markdown(spec: StudySpec, summary: list[dict], match: list[dict], tuning: di
         text += "Between its last evaluated point below the target and its first at or above it.\n"
         text += "\nFLOPs counted nominally (every token of every example forwarded, as if each ran alone):\n\n"
         text += _match_rows(m)
-        text += "\nFLOPs counted as run (a micro-batch's shared prefixes once; drift.compute):"
-        as_run, missing = m["as_run"], m["as_run"]["missing"]
-        if as_run["per_seed"]:
-            text += "\n\n" + _match_rows(as_run)
-        elif not missing:
-            text += " no seed to compare yet\n"
-        text += "".join(
-            f"\n- seed {x['seed']}: no as-run count in {x['in']}'s points (made before drift kept one)" for x in missing
-        )
-        text += "\n" if missing else ""
+        text += "\nFLOPs counted as run (a micro-batch's shared prefixes once; drift.compute):\n\n"
+        text += _match_rows(m["as_run"])
+        for x in m["as_run"]["missing"]:
+            text += f"- seed {x['seed']}: no as-run count in {x['in']}'s points (made before drift kept one)\n"
     return text
 
 
@@ -374,7 +370,9 @@ def write_results(out: Path, spec: StudySpec) -> dict:
     """Build ``table.json``, ``table.md`` and the figures from the reports in ``out``; return the table."""
     from drift.plots import AS_RUN, plot_cumulative_accuracy, plot_frontier
 
-    runs_whole = frozenset(m.name for m in spec.method_specs() if {**spec.rl, **m.rl}.get("algorithm") in RUNS_WHOLE)
+    runs_whole = frozenset(
+        m.name for m in spec.method_specs() if m.kind == "online" and {**spec.rl, **m.rl}.get("algorithm") in RUNS_WHOLE
+    )
     rows = read_rows(out, spec.max_turns, runs_whole)
     methods = [m.name for m in spec.method_specs() if any(r["method"] == m.name for r in rows)]
     summary = [summarize_method(rows, m, spec.max_turns) for m in methods if final_rows(rows, m)]  # ended runs only
