@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from drift import DriftError
-from drift.compute import count_parameters
+from drift.compute import count_parameters, known_counts
 
 
 def _model_folder(path):
@@ -73,3 +73,19 @@ def test_any_forwarded_count_missing_makes_flops_as_run_unknown(field):
     assert flops_as_run(100, counts) == 2 * 100 * 8 + 6 * 100 * 4
     del counts[f"{field}_forwarded_tokens"]
     assert flops_as_run(100, counts) is None
+
+
+def test_a_checkpoint_s_compute_from_before_the_as_run_counts():
+    """A checkpoint or log line of an older drift rl: its ``forwarded_tokens`` are the trained
+    ones; a forwarded count it never kept is unknown (None, and so is flops_as_run) unless its
+    nominal count is 0; a checkpoint of this drift comes back as it was."""
+    assert known_counts(None) == {} and known_counts({}) == {}
+    old = {"scored_tokens": 10, "reference_tokens": 0, "trained_tokens": 20, "forwarded_tokens": 15}
+    assert known_counts(old) == {"scored_tokens": 10, "reference_tokens": 0, "trained_tokens": 20,
+                                 "trained_forwarded_tokens": 15, "scored_forwarded_tokens": None,
+                                 "reference_forwarded_tokens": 0}  # fmt: skip
+    older = {"trained_tokens": 20}  # before drift counted forwarded tokens at all
+    assert known_counts(older)["trained_forwarded_tokens"] is None
+    new = {"scored_tokens": 10, "scored_forwarded_tokens": 6, "reference_tokens": 0, "reference_forwarded_tokens": 0,
+           "trained_tokens": 20, "trained_forwarded_tokens": 15}  # fmt: skip
+    assert known_counts(new) == new

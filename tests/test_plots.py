@@ -155,3 +155,22 @@ def test_a_study_s_eleventh_method_is_not_drawn_as_its_first(tmp_path, monkeypat
     (ax,) = saved[0].axes
     drawn = [(tuple(line.get_color()), line.get_marker()) for line in ax.get_lines() if line.get_marker() in ("o", "s")]
     assert len(drawn) == 11 and len(set(drawn)) == 11
+
+
+def test_a_method_the_frontier_cannot_draw_is_named_not_dropped(tmp_path, monkeypatch):
+    """frontier_as_run.png left out, without a word, every method none of whose seeds had the as-run
+    count (in mixed: DRIFT's variants, run once before drift kept it); the legend names them."""
+    import drift.plots as plots
+
+    saved = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: saved.append(fig))
+    curves = {
+        "drift": {"seeds": 1, "points": [(1e13, 0.1, 0.1, 0.1)]},
+        "drift-keep": {"seeds": 0, "points": []},
+        "grpo": {"seeds": 2, "points": []},  # seeds that share no point yet
+    }
+    plots.plot_frontier(curves, 5, tmp_path / "frontier.png", counted=plots.AS_RUN)
+    texts = [t.get_text() for t in saved[0].legends[0].get_texts()]
+    assert texts[0] == "drift (1 seed)"
+    assert any("drift-keep" in t and "no seed" in t for t in texts), texts
+    assert any("grpo" in t and "no point" in t for t in texts), texts

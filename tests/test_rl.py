@@ -614,21 +614,3 @@ def _flag(value) -> str:
     if isinstance(value, list):
         return ",".join(map(str, value))
     return str(value)
-
-
-def test_a_checkpoint_s_compute_from_before_the_as_run_counts():
-    """Resumed from a checkpoint of an older drift rl: its ``forwarded_tokens`` are the trained
-    ones; a forwarded count it never kept is unknown (None, and so is flops_as_run) unless its
-    nominal count is 0; a checkpoint of this drift comes back as it was."""
-    from drift.rl import _restored
-
-    assert _restored(None) == {} and _restored({}) == {}
-    old = {"scored_tokens": 10, "reference_tokens": 0, "trained_tokens": 20, "forwarded_tokens": 15}
-    assert _restored(old) == {"scored_tokens": 10, "reference_tokens": 0, "trained_tokens": 20,
-                              "trained_forwarded_tokens": 15, "scored_forwarded_tokens": None,
-                              "reference_forwarded_tokens": 0}  # fmt: skip
-    older = {"trained_tokens": 20}  # before drift counted forwarded tokens at all
-    assert _restored(older)["trained_forwarded_tokens"] is None
-    new = {"scored_tokens": 10, "scored_forwarded_tokens": 6, "reference_tokens": 0, "reference_forwarded_tokens": 0,
-           "trained_tokens": 20, "trained_forwarded_tokens": 15}  # fmt: skip
-    assert _restored(new) == new

@@ -91,6 +91,27 @@ def flops_as_run(parameters: int, counts: dict) -> float | None:
     return flops_of(parameters, run)
 
 
+def known_counts(saved: dict | None) -> dict:
+    """A saved counter dict (a checkpoint's compute, a line of ``rl_log.jsonl``) in this drift's
+    layout. One kept before drift counted a forward's tokens as run has ``forwarded_tokens`` for the
+    trained ones only, or none: a forwarded count it lacks is unknown (``None``, and so is
+    :func:`flops_as_run`) unless its nominal count is 0; it is not guessed.
+
+    >>> counts = known_counts({"scored_tokens": 0, "trained_tokens": 8, "forwarded_tokens": 6})
+    >>> {k: v for k, v in counts.items() if "forwarded" in k}
+    {'trained_forwarded_tokens': 6, 'scored_forwarded_tokens': 0, 'reference_forwarded_tokens': 0}
+    >>> known_counts({"trained_tokens": 8})["trained_forwarded_tokens"] is None
+    True
+    """
+    saved = dict(saved or {})
+    if "forwarded_tokens" in saved:
+        saved["trained_forwarded_tokens"] = saved.pop("forwarded_tokens")
+    if saved:
+        for f in SHARED:
+            saved.setdefault(f"{f}_forwarded_tokens", None if saved.get(f"{f}_tokens") else 0)
+    return saved
+
+
 def count_parameters(model_dir: str | Path) -> int:
     """Parameters stored in a model folder's safetensors files, read from their headers (no weights
     loaded); a tied LM head is stored once, so it is counted once. A hub id is read from its snapshot

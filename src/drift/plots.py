@@ -182,14 +182,20 @@ def plot_frontier(curves: Mapping[str, Mapping], max_turns: int, path: str | Pat
     method through the mean over seeds at each point all its seeds have (online runs: one point per
     evaluated round), with a band from the lowest to the highest seed; a method with one point is a
     marker with that range as an error bar; a method that spent nothing (base) is a dashed
-    horizontal line. ``curves``: method -> ``{"seeds": n, "points": [(mean FLOPs, mean multi@T,
-    lowest, highest), ...]}`` in order of FLOPs (drift.study.results.frontier_curves). ``counted``:
-    how the FLOPs were counted (:data:`NOMINAL` or :data:`AS_RUN`, drift.compute), for the axis label."""
+    horizontal line; a method with no point to draw (no seed has the count, or its seeds share no
+    point yet) is named in the legend with the reason. ``curves``: method -> ``{"seeds": n,
+    "points": [(mean FLOPs, mean multi@T, lowest, highest), ...]}`` in order of FLOPs
+    (drift.study.results.frontier_curves). ``counted``: how the FLOPs were counted (:data:`NOMINAL`
+    or :data:`AS_RUN`, drift.compute), for the axis label."""
+    from matplotlib.lines import Line2D
+
     fig, ax = _figure(9.6, 4.6)
-    top = 0.0
+    top, undrawn = 0.0, []
     for i, (name, curve) in enumerate(curves.items()):
         points, (color, marker) = curve["points"], _style(i)
-        if not points:  # seeds with no point in common yet
+        if not points:  # named in the legend, not dropped without a word
+            why = "no seed on this axis yet" if not curve["seeds"] else "its seeds share no point yet"
+            undrawn.append(f"{name}: not drawn ({why})")
             continue
         xs, ys, lo, hi = (list(column) for column in zip(*points))
         top = max(top, *hi)
@@ -209,8 +215,12 @@ def plot_frontier(curves: Mapping[str, Mapping], max_turns: int, path: str | Pat
     ax.set_ylabel(f"solved within {max_turns} turns (multi@{max_turns})")
     ax.set_title("Accuracy against compute")
     ax.grid(axis="x", which="both", alpha=0.2)
-    if ax.get_legend_handles_labels()[0]:  # beside the axes: a study's many methods would cover its curves
+    handles, labels = ax.get_legend_handles_labels()
+    handles += [Line2D([], [], linestyle="none") for _ in undrawn]  # after the drawn ones, no mark
+    if handles:  # beside the axes: a study's many methods would cover its curves
         fig.legend(
+            handles,
+            labels + undrawn,
             loc="outside right upper",
             fontsize="small",
             title="mean over seeds;\nband, bars: lowest to highest",

@@ -71,7 +71,7 @@ from functools import partial
 from pathlib import Path
 
 from drift import DriftError
-from drift.compute import SHARED, count_parameters, flops_as_run, flops_of
+from drift.compute import SHARED, count_parameters, flops_as_run, flops_of, known_counts
 from drift.outputs import write_json
 from drift.weighting import compute_returns, compute_weights, group_indices
 
@@ -187,19 +187,6 @@ def write_round(path: Path, records: list[dict], returns: list[float], coef: lis
     )
 
 
-def _restored(saved: dict | None) -> dict:
-    """A checkpoint's compute counters. One kept before drift counted a forward's tokens as run has
-    ``forwarded_tokens`` for the trained ones only, or none: the as-run counts it lacks stay unknown
-    (``None``, and so does ``flops_as_run``), not guessed."""
-    saved = dict(saved or {})
-    if "forwarded_tokens" in saved:
-        saved["trained_forwarded_tokens"] = saved.pop("forwarded_tokens")
-    if saved:
-        for k in SHARED:
-            saved.setdefault(f"{k}_forwarded_tokens", None if saved.get(f"{k}_tokens") else 0)
-    return saved
-
-
 def _tally(compute: dict, **counts: int) -> None:
     """Add ``counts`` to ``compute``'s counters; an unknown one (``None``) stays unknown."""
     for k, n in counts.items():
@@ -283,7 +270,7 @@ def run_rl(cfg) -> dict:
         "training_seconds": 0.0,
     }
     state = trainer.start("rl", cfg, out, out / "rl_log.jsonl")
-    step, compute = state["step"], {**compute, **_restored(state.get("compute"))}
+    step, compute = state["step"], {**compute, **known_counts(state.get("compute"))}
     bar = tqdm(
         total=cfg.steps,
         initial=step,

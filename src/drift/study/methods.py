@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from drift import config as C
-from drift.compute import SHARED, flops_as_run, flops_of
+from drift.compute import SHARED, flops_as_run, flops_of, known_counts
 from drift.study.spec import MethodSpec
 
 ZERO = {
@@ -139,12 +139,10 @@ def _trained(summary: dict) -> dict:
 
 
 def _rl_compute(entry: dict) -> dict:
-    forwarded = {f"{k}_forwarded_tokens": entry.get(f"{k}_forwarded_tokens") for k in SHARED}
-    if "forwarded_tokens" in entry:  # an older drift rl's name for the trained ones
-        forwarded["trained_forwarded_tokens"] = entry["forwarded_tokens"]
+    counts = known_counts(entry)  # an older drift rl's log names or lacks the forwarded counts
     return {
-        **{k: entry.get(k, 0) for k in ZERO if k.endswith("_tokens")},
-        **forwarded,
+        **{k: counts.get(k, 0) for k in ZERO if k.endswith("_tokens")},
+        **{f"{k}_forwarded_tokens": counts[f"{k}_forwarded_tokens"] for k in SHARED},
         "sampling_seconds": entry["generation_seconds"],
         "training_seconds": entry["training_seconds"],
     }
