@@ -174,3 +174,15 @@ def test_a_method_the_frontier_cannot_draw_is_named_not_dropped(tmp_path, monkey
     assert texts[0] == "drift (1 seed)"
     assert any("drift-keep" in t and "no seed" in t for t in texts), texts
     assert any("grpo" in t and "no point" in t for t in texts), texts
+
+
+@pytest.mark.parametrize("top", [0.04, 0.13, 0.16, 0.3, 0.55, 1.0])
+def test_percent_tick_labels_say_their_ticks_value(figures, top):
+    # A 2.5% step labelled without decimals read "2%, 5%, 8%, 10%, 12%" (mixed's frontier_as_run.png).
+    reports = {"run": {"n": 10, "cumulative_accuracy": {"1": top / 2, "2": top}}}
+    plot_cumulative_accuracy(reports, "unused.png")
+    (ax,) = figures[0].axes
+    ticks = [y for y in ax.get_yticks() if 0 <= y <= ax.get_ylim()[1]]
+    assert len(ticks) >= 3
+    labels = [ax.yaxis.get_major_formatter()(y, i) for i, y in enumerate(ticks)]
+    assert [float(label.rstrip("%")) for label in labels] == pytest.approx([100 * y for y in ticks])

@@ -52,10 +52,13 @@ def _turn_series(table: Mapping[str, Any] | None) -> list[tuple[int, Any]]:
 def _percent_axis(ax, top: float) -> None:
     from matplotlib.ticker import PercentFormatter
 
-    ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
     # Headroom above 100% for value labels, but no tick beyond it.
     ax.set_ylim(0.0, min(1.12, top * 1.15 + 0.03) if top > 0 else 1.0)
-    ax.set_yticks([y for y in ax.get_yticks() if -1e-9 <= y <= 1 + 1e-9])
+    ticks = [y for y in ax.get_yticks() if -1e-9 <= y <= 1 + 1e-9]
+    ax.set_yticks(ticks)
+    # As few decimals as say every tick exactly (a 2.5% step needs one: 12.5%, not 12%).
+    decimals = next((d for d in range(4) if all(abs(round(100 * y, d) - 100 * y) < 1e-6 for y in ticks)), 3)
+    ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=decimals))
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
 
