@@ -1,5 +1,6 @@
 """Shipped config files stay valid as options change."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -31,8 +32,10 @@ def test_scheme_and_backend_names_come_from_their_tables(tmp_path, monkeypatch, 
     monkeypatch.setitem(BACKENDS, "remote", "somewhere:Remote")
     parser = argparse.ArgumentParser()
     add_arguments(parser, C.RLConfig)
-    args = parser.parse_args(["--scheme", "mine", "--backend", "remote"])
-    assert resolve(C.RLConfig, args).scheme == "mine" and args.backend == "remote"
+    assert resolve(C.RLConfig, parser.parse_args(["--scheme", "mine"])).scheme == "mine"
+    rollout = argparse.ArgumentParser()
+    add_arguments(rollout, C.RolloutConfig)
+    assert resolve(C.RolloutConfig, rollout.parse_args(["--backend", "remote"])).backend == "remote"
     with pytest.raises(SystemExit):
         parser.parse_args(["--scheme", "nope"])
     assert "choose from drift, rwr, sft, rft, mine" in capsys.readouterr().err
@@ -194,3 +197,47 @@ def test_none_means_none_in_a_file_as_on_the_command_line(tmp_path):
     assert load_yaml(path, C.RLConfig) == {"clip": None, "source": None, "num_prompts": None}
     path.write_text("model: none\n")  # not optional: the text stays (a model folder named none)
     assert load_yaml(path, C.RLConfig) == {"model": "none"}
+
+
+def test_drift_rl_offers_only_what_it_can_run(tmp_path, capsys):
+    """drift rl samples from the policy it trains, so its --backend lists only the backends that can
+    (drift.backends.POLICY_BACKENDS), and the options of the others (a server's URL, vLLM's engine)
+    are not its options: not in --help, an error on the command line and in a file."""
+    from drift.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["rl", "--help"])
+    text = capsys.readouterr().out
+    assert "--backend {hf}" in text
+    for flag in ("--base-url", "--concurrency", "--api-key-file", "--tensor-parallel-size", "--gpu-memory-utilization"):
+        assert flag not in text, flag
+    with pytest.raises(SystemExit):
+        main(["rl", "--backend", "openai", "--out", str(tmp_path / "rl")])
+    assert "choose from hf" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["rl", "--base-url", "http://x/v1", "--out", str(tmp_path / "rl")])
+    assert "unrecognized arguments: --base-url" in capsys.readouterr().err
+    bad = tmp_path / "rl.yaml"
+    bad.write_text("lr: 1e-5\ntensor_parallel_size: 2\n")
+    with pytest.raises(DriftError, match=r"rl.yaml:2: .*tensor_parallel_size"):
+        load_yaml(bad, C.RLConfig)
+    assert not (tmp_path / "rl").exists()
+    for cls in (C.RolloutConfig, C.EvalConfig):  # the commands that run those backends keep them
+        names = {f.name for f in dataclasses.fields(cls)}
+        assert {"base_url", "concurrency", "tensor_parallel_size", "gpu_memory_utilization"} <= names, cls
+
+
+def test_the_policy_backends_are_those_that_can_follow_a_policy():
+    """POLICY_BACKENDS (drift rl's --backend choices, read without importing any backend) names
+    exactly the backends whose class has for_policy and forget."""
+    import importlib
+
+    from drift.backends import BACKENDS, POLICY_BACKENDS
+
+    able = set()
+    for name, path in BACKENDS.items():
+        module, cls = path.split(":")
+        klass = getattr(importlib.import_module(module), cls)
+        if hasattr(klass, "for_policy") and hasattr(klass, "forget"):
+            able.add(name)
+    assert set(POLICY_BACKENDS) == able and able

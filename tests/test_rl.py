@@ -1,65 +1,12 @@
-"""Online RL baseline: advantages and coefficients by hand, the loss on a hand-built group, a tiny run."""
+"""Online RL: the loss on a hand-built group, tiny runs (one and two processes), resume, snapshots."""
 
 import json
 import os
 
 import pytest
 
-from drift.config import RLConfig, WeightConfig
-from drift.rl import group_advantages, round_coefficients
-from drift.weighting import compute_weights, group_weights
+from drift.config import RLConfig
 from factories import make_record
-
-
-def test_group_advantages_by_hand():
-    # returns (1, 0.9, 0, 0): mean 0.475, deviations (0.525, 0.425, -0.475, -0.475)
-    adv = group_advantages([1.0, 0.9, 0.0, 0.0], {"p": [0, 1, 2, 3]}, normalize_std=False)
-    assert adv == pytest.approx([0.525, 0.425, -0.475, -0.475])
-    # population std = sqrt((0.525^2 + 0.425^2 + 2 * 0.475^2) / 4) = 0.4776
-    std = ((0.525**2 + 0.425**2 + 2 * 0.475**2) / 4) ** 0.5
-    adv = group_advantages([1.0, 0.9, 0.0, 0.0], {"p": [0, 1, 2, 3]})
-    assert adv == pytest.approx([0.525 / std, 0.425 / std, -0.475 / std, -0.475 / std], rel=1e-5)
-    assert sum(adv) == pytest.approx(0.0, abs=1e-9)
-    # two groups are independent; a group without spread gives no signal
-    adv = group_advantages([1.0, 0.0, 0.3, 0.3], {"a": [0, 1], "b": [2, 3]})
-    assert adv[2:] == [0.0, 0.0] and adv[0] == pytest.approx(1.0, rel=1e-5)
-
-
-def test_round_coefficients_grpo_and_iterated_drift():
-    recs = [make_record("p", 0, ["5"], 1), make_record("p", 1, ["4", "5"], 2), make_record("p", 2, ["4", "4"])]
-    returns, coef = round_coefficients(recs, RLConfig())
-    # returns: 1, 0.9, -0.5 * (1 - 1/2) = -0.25
-    assert returns == pytest.approx([1.0, 0.9, -0.25])
-    assert coef == pytest.approx(group_advantages(returns, {"p": [0, 1, 2]}))
-    _, coef = round_coefficients(recs, RLConfig(algorithm="drift"))
-    assert coef == pytest.approx(group_weights(returns, 0.1))
-
-
-@pytest.mark.parametrize(
-    "options",
-    [
-        {"all_fail": "drop"},
-        {"zero_variance": "drop"},
-        {"clip": 1.2},
-        {"scheme": "rft"},
-        {"beta": 0.5, "gamma": 0.5, "lam": 0.0},
-    ],
-)
-def test_iterated_drift_weighs_a_round_exactly_as_drift_weight_would(options):
-    """Every weighting option of drift rl --algorithm drift acts as it does in drift weight
-    (all-fail and zero-variance groups dropped, weights clipped, another scheme)."""
-    recs = [
-        make_record("p", 0, ["5"], 1),
-        make_record("p", 1, ["4", "5"], 2),
-        make_record("p", 2, ["4", "4"]),
-        make_record("q", 0, ["1", "2"]),
-        make_record("q", 1, ["1", None]),  # all fail, returns differ
-        make_record("z", 0, ["3"]),
-        make_record("z", 1, ["3"]),
-    ]  # all fail, zero variance
-    expected = compute_weights(recs, WeightConfig(**options).weighting())
-    assert round_coefficients(recs, RLConfig(algorithm="drift", **options)) == expected
-    assert None in expected[1] or options.get("clip") or "beta" in options  # the option really acted
 
 
 def test_policy_gradient_loss_on_a_hand_built_group(tiny_model):
@@ -392,7 +339,6 @@ def test_iterated_drift_does_not_forward_negligible_weights(tmp_path, tiny_model
 def test_fewer_prompts_than_a_round_takes_are_refused(tmp_path, tiny_model):
     """A round would sample one prompt twice with the same seeds: twin trajectories, one merged group."""
     from drift import DriftError
-    from drift.config import RLConfig
     from drift.rl import run_rl
 
     cfg = RLConfig(model=tiny_model, out=str(tmp_path / "rl"), num_prompts=3, prompts_per_step=4, steps=1,
@@ -409,7 +355,6 @@ def test_grpo_samples_from_the_policy_it_trains(tmp_path, tiny_model, sampling):
     import dataclasses
 
     from drift import DriftError
-    from drift.config import RLConfig
     from drift.rl import run_rl
 
     cfg = RLConfig(model=tiny_model, out=str(tmp_path / "rl"), steps=1, prompts_per_step=2, group_size=2,
@@ -551,7 +496,6 @@ def test_each_round_samples_the_current_policy_and_is_kept(tmp_path, tiny_model,
     from drift.backends.base import Sampling
     from drift.backends.hf import HFGenerator
     from drift.cli import main
-    from drift.config import RLConfig
     from drift.options import resolve
     from drift.records import read_records
     from drift.rl import _round_prompts
@@ -614,3 +558,32 @@ def _flag(value) -> str:
     if isinstance(value, list):
         return ",".join(map(str, value))
     return str(value)
+
+
+def test_an_algorithm_is_a_line_in_the_table(tmp_path, tiny_model, even_length_is_right, monkeypatch, capsys):
+    """--algorithm takes the names of drift.algorithms.ALGORITHMS (and the whole-run ones of RUNNERS): a new
+    entry is accepted on the command line, its coefficients are what the round trains with and what
+    rounds/ keeps under its column, and an on-policy entry is held to temperature 1."""
+    from drift.algorithms import ALGORITHMS, Algorithm
+    from drift.cli import main
+    from drift.records import read_records
+
+    seen = []
+
+    def halves(records, cfg):
+        seen.append(len(records))
+        return [0.0] * len(records), [0.5] * len(records)
+
+    monkeypatch.setitem(ALGORITHMS, "halves", Algorithm(halves, column="weight", on_policy=False))
+    flags = ["--model", tiny_model, "--steps", "1", "--prompts-per-step", "2", "--group-size", "2",
+             "--max-new-tokens", "4", "--max-turns", "1", "--task-options", "digits=1", "--num-prompts", "4",
+             "--verifier", "even", "--dtype", "float32", "--temperature", "0.7"]  # fmt: skip
+    assert main(["rl", "--algorithm", "halves", *flags, "--out", str(tmp_path / "a")]) == 0
+    assert seen == [4]
+    assert [r["weight"] for r in read_records(tmp_path / "a" / "rounds" / "round-00001.jsonl")] == [0.5] * 4
+    monkeypatch.setitem(ALGORITHMS, "halves", Algorithm(halves, column="weight", on_policy=True))
+    assert main(["rl", "--algorithm", "halves", *flags, "--out", str(tmp_path / "b")]) == 2
+    assert "--algorithm halves samples at temperature 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["rl", "--algorithm", "nope", *flags, "--out", str(tmp_path / "c")])
+    assert "choose from grpo, drift, halves, trl-grpo" in capsys.readouterr().err

@@ -62,8 +62,8 @@ FSDP) are refused: sampling needs the whole policy on every process.
 
 from __future__ import annotations
 
+import importlib
 import json
-import math
 import random
 import shutil
 import time
@@ -71,44 +71,9 @@ from functools import partial
 from pathlib import Path
 
 from drift import DriftError
+from drift.algorithms import ALGORITHMS, RUNNERS, round_coefficients, write_round
 from drift.compute import SHARED, count_parameters, flops_as_run, flops_of, known_counts
 from drift.outputs import write_json
-from drift.weighting import compute_returns, compute_weights, group_indices
-
-
-def group_advantages(
-    returns: list[float], groups: dict[str, list[int]], normalize_std: bool = True, eps: float = 1e-6
-) -> list[float]:
-    """``A_i = R_i - mean_g R`` (``/ std_g R`` when ``normalize_std``), per prompt group g.
-
-    >>> # group of 4 returns (1, 0, 0, 0): mean 0.25, population std sqrt(3)/4 = 0.4330
-    >>> [round(a, 3) for a in group_advantages([1.0, 0.0, 0.0, 0.0], {"p": [0, 1, 2, 3]})]
-    [1.732, -0.577, -0.577, -0.577]
-    >>> group_advantages([0.5, 0.5], {"p": [0, 1]})       # no spread: no signal
-    [0.0, 0.0]
-    """
-    adv = [0.0] * len(returns)
-    for idx in groups.values():
-        values = [returns[i] for i in idx]
-        mean = sum(values) / len(values)
-        std = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
-        for i in idx:
-            centred = returns[i] - mean
-            adv[i] = 0.0 if std < eps else (centred / (std + eps) if normalize_std else centred)
-    return adv
-
-
-def round_coefficients(records: list[dict], cfg) -> tuple[list[float], list[float | None]]:
-    """Returns and per-trajectory loss coefficients of one round: group-relative advantages
-    (``grpo``), or exactly the weights ``drift weight`` would give the round's records with the
-    same options (``drift``: scheme, beta, all-fail / zero-variance drops, clip; ``None`` drops a
-    trajectory)."""
-    params = cfg.weighting()
-    if cfg.algorithm == "grpo":
-        returns = compute_returns(records, params)
-        advantages: list[float | None] = list(group_advantages(returns, group_indices(records), cfg.normalize_std))
-        return returns, advantages
-    return compute_weights(records, params)
 
 
 def _pass_orders(n: int, per: int, seed: int, passes: int) -> list[list[int]]:
@@ -171,22 +136,6 @@ def _sample_round(
     return [r for _, recs, _ in pieces for r in recs], (generated, prefilled)
 
 
-def write_round(path: Path, records: list[dict], returns: list[float], coef: list, algorithm: str) -> None:
-    """What a round sampled, as drift weight writes it (``return``, and the coefficient it trained
-    with: ``weight`` for iterated DRIFT, 0 where dropped; ``advantage`` for grpo, null where dropped),
-    for ``drift view`` and the like."""
-    from drift.records import write_records
-
-    name = "weight" if algorithm == "drift" else "advantage"
-    write_records(
-        path,
-        (
-            {**rec, "return": r, name: (c or 0.0) if name == "weight" else c}
-            for rec, r, c in zip(records, returns, coef)
-        ),
-    )
-
-
 def _tally(compute: dict, **counts: int) -> None:
     """Add ``counts`` to ``compute``'s counters; an unknown one (``None``) stays unknown."""
     for k, n in counts.items():
@@ -195,10 +144,10 @@ def _tally(compute: dict, **counts: int) -> None:
 
 def run_rl(cfg) -> dict:
     """``drift rl``: online rounds of sample -> score -> step; returns the summary with compute."""
-    if cfg.algorithm == "trl-grpo":  # TRL's own trainer, not this loop (drift.trl_grpo)
-        from drift.trl_grpo import run_trl_grpo
-
-        return run_trl_grpo(cfg)
+    if cfg.algorithm in RUNNERS:  # e.g. TRL's own trainer, not this loop (drift.trl_grpo)
+        module, function = RUNNERS[cfg.algorithm].split(":")
+        return getattr(importlib.import_module(module), function)(cfg)
+    algorithm = ALGORITHMS[cfg.algorithm]
     import torch
     from tqdm.auto import tqdm
 
@@ -216,13 +165,14 @@ def run_rl(cfg) -> dict:
     backend_cls = policy_backend_class(cfg.backend)  # before any model loads: fail fast
     if cfg.epochs_per_round < 1 or cfg.minibatches < 1:
         raise DriftError("epochs_per_round and minibatches must be at least 1")
-    if cfg.algorithm == "grpo" and (cfg.temperature != 1 or cfg.top_p != 1):
+    if algorithm.on_policy and (cfg.temperature != 1 or cfg.top_p != 1):
         raise DriftError(
-            f"--algorithm grpo samples at temperature 1 and top_p 1 (got {cfg.temperature:g} and {cfg.top_p:g}): "
+            f"--algorithm {cfg.algorithm} samples at temperature 1 and top_p 1 "
+            f"(got {cfg.temperature:g} and {cfg.top_p:g}): "
             "its gradient, ratio and KL take the policy's log-probs as they are, so other samples would "
             "train a policy other than the one that drew them"
         )
-    clipped = cfg.algorithm == "grpo" and cfg.epochs_per_round * cfg.minibatches > 1
+    clipped = algorithm.on_policy and cfg.epochs_per_round * cfg.minibatches > 1
     out = Path(cfg.out)
     if out.exists() and any(out.iterdir()) and not cfg.resume:
         raise DriftError(f"{out} is not empty; pass --resume to continue that run, or choose another --out")

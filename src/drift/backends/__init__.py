@@ -27,6 +27,7 @@ from drift.backends.base import Generator, Reply, Sampling, resolve_seeds
 
 __all__ = [
     "BACKENDS",
+    "POLICY_BACKENDS",
     "Generator",
     "Reply",
     "Sampling",
@@ -49,6 +50,11 @@ here). The class takes its options as keywords and builds itself from a command'
 ``from_config(cfg)``; one that can sample from a policy being trained (``drift rl``) also has
 ``for_policy(model, tokenizer, cfg, device=, dtype=)`` and ``forget()`` (drop whatever it kept from
 the weights it sampled with, before they change). Adding a backend: write the module, add a line."""
+
+POLICY_BACKENDS: tuple[str, ...] = ("hf",)
+"""The backends of :data:`BACKENDS` whose class has ``for_policy`` and ``forget``: drift rl's
+``--backend`` choices, named here so that its flags are built without importing a backend
+(a test checks the two agree)."""
 
 
 def _build(name: str, make: Callable[[Any], T]) -> T:
@@ -87,11 +93,9 @@ def backend_from_config(cfg) -> Generator:
 def policy_backend_class(name: str) -> Any:
     """The class of backend ``name`` if it can sample from a policy being trained (drift rl): it has
     ``for_policy(model, tokenizer, cfg, device=, dtype=)``."""
-    cls = _build(name, lambda cls: cls)
-    if not hasattr(cls, "for_policy"):
-        able = [n for n in sorted(BACKENDS) if n != name and hasattr(_build(n, lambda c: c), "for_policy")]
+    if name in BACKENDS and name not in POLICY_BACKENDS:
         raise DriftError(
             f"backend {name!r} cannot sample from a policy while it trains (it has no for_policy); "
-            f"drift rl supports: {', '.join(able)}"
+            f"drift rl supports: {', '.join(POLICY_BACKENDS)}"
         )
-    return cls
+    return _build(name, lambda cls: cls)

@@ -15,12 +15,22 @@ from drift.config.groups import (
     MAX_TURNS,
     TRANSPORT_OPTIONS,
     Dtype,
+    EngineOptions,
     GenerationOptions,
     OptimizationOptions,
     ReturnOptions,
     WeightingOptions,
+    policy_backends,
 )
 from drift.options import Checked, option
+
+
+def rl_algorithms():
+    """drift rl's ``--algorithm`` choices (drift.algorithms.ALGORITHMS, then its RUNNERS)."""
+    from drift.algorithms import algorithm_names
+
+    return algorithm_names()
+
 
 __all__ = [
     "DTYPE_HELP",
@@ -28,6 +38,7 @@ __all__ = [
     "CompareConfig",
     "DemoConfig",
     "Dtype",
+    "EngineOptions",
     "EvalConfig",
     "ExportTRLConfig",
     "GenerationOptions",
@@ -59,7 +70,7 @@ class WeightConfig(WeightingOptions):
 
 # How a server is reached, not what it generates: a resumed run may change these.
 @dataclass
-class RolloutConfig(GenerationOptions):
+class RolloutConfig(EngineOptions, GenerationOptions):
     """drift rollout: sample K multi-turn correction trajectories per prompt from a fixed policy.
 
     Each episode: the problem -> the model answers -> the verifier checks -> on a wrong answer the
@@ -159,7 +170,7 @@ class ExportTRLConfig(Checked):
 
 
 @dataclass
-class EvalConfig(GenerationOptions):
+class EvalConfig(EngineOptions, GenerationOptions):
     """drift eval: multi-turn accuracy of a model in the correction environment, or of existing records.
 
     Runs the same environment as drift rollout (greedy by default, as in the paper) on a held-out
@@ -231,11 +242,18 @@ class RLConfig(OptimizationOptions, GenerationOptions, WeightingOptions):
     --format-penalty.
     """
 
+    backend: str = option(  # only the backends that sample from the policy being trained
+        "hf",
+        "hf: a transformers model (drift's decode loop, KV caches reused across turns, dropped at every "
+        "optimizer step)",
+        choices=policy_backends,
+    )
     out: str = option("", "run folder: model/, checkpoints/, rl_log.jsonl, rl_summary.json", short="-o")
-    algorithm: Literal["grpo", "drift", "trl-grpo"] = option(
+    algorithm: str = option(
         "grpo",
         "grpo: group-relative policy gradient; drift: iterated DRIFT; trl-grpo: TRL's own GRPOTrainer on the "
         "same model, prompts and verifier (single-turn: --max-turns 1; drift.trl_grpo)",
+        choices=rl_algorithms,
     )
     steps: int = option(20, "rounds of sample -> score -> update", at_least=1)
     prompts_per_step: int = option(8, "B: prompts sampled per round", at_least=1)

@@ -1,5 +1,6 @@
 """The option groups that commands share: :class:`ReturnOptions` and :class:`WeightingOptions` (the
 return and the weights), :class:`GenerationOptions` (the policy, the task and the environment),
+:class:`EngineOptions` (a server's or vLLM's settings, for the commands that can use them),
 :class:`OptimizationOptions` (the optimizer step). Their defaults, bounds and help text live here
 and nowhere else; drift.config composes them into the commands' configs.
 """
@@ -35,6 +36,13 @@ def _backends():
     from drift.backends import BACKENDS
 
     return BACKENDS
+
+
+def policy_backends():
+    """drift rl's ``--backend`` choices (drift.backends.POLICY_BACKENDS), read when its flags are built."""
+    from drift.backends import POLICY_BACKENDS
+
+    return POLICY_BACKENDS
 
 
 MAX_TURNS = 5
@@ -126,24 +134,6 @@ class GenerationOptions(Checked):
         "scripted: a fake policy for tests",
         choices=_backends,
     )
-    base_url: str = option("http://127.0.0.1:8000/v1", "server URL for --backend openai")
-    concurrency: int = option(16, "parallel requests for --backend openai", at_least=1)
-    request_timeout: float = option(
-        600.0,
-        "seconds --backend openai waits for a connection or for a reply (replies are not streamed: "
-        "the server sends a reply when all of it is written, so a long reply on a busy server needs long)",
-        above=0.0,
-    )
-    max_retries: int = option(
-        5,
-        "extra tries of a request after a refused connection, a timeout, HTTP 408, 429 or 5xx (--backend openai)",
-        at_least=0,
-    )
-    api_key_file: str | None = option(
-        None,
-        "file holding the API key a server needs, sent as a bearer token (--backend openai; a file, so "
-        "that the key stays out of the configs runs save)",
-    )
     batch_size: int = option(GENERATION_BATCH, "sequences decoded together for --backend hf", at_least=1)
     model_generation_config: bool = option(
         False,
@@ -151,14 +141,6 @@ class GenerationOptions(Checked):
         "penalty, no-repeat n-grams, ...; not its top-k / min-p / typical-p: drift samples at --temperature / "
         "--top-p) through transformers' generate (slower: a batch's rows run until its last one ends); "
         "off: samples come from the model's distribution at --temperature / --top-p only",
-    )
-    tensor_parallel_size: int = option(1, "GPUs one model is split across, for --backend vllm", at_least=1)
-    gpu_memory_utilization: float | None = option(
-        None,
-        "share of memory vLLM may use (weights + KV cache), for --backend vllm (none: 0.9 on GPUs; "
-        "on CPUs 80%% of the memory free at start, at most 0.5)",
-        above=0.0,
-        at_most=1.0,
     )
     dtype: Dtype = option("auto", DTYPE_HELP)
     task: str = option("arithmetic", "task name (drift.tasks says what each reads)", choices=_tasks)
@@ -184,6 +166,40 @@ class GenerationOptions(Checked):
     top_p: float = option(1.0, "nucleus sampling mass", above=0.0, at_most=1.0)
     max_new_tokens: int = option(256, "longest reply per turn, in tokens", at_least=1)
     seed: int = option(0, "seed of the prompts (procedural tasks) and of every trajectory")
+
+
+@dataclass
+class EngineOptions(Checked):
+    """How the backends that drift rl cannot use are reached and set up: an OpenAI-compatible
+    server's address and transport (:data:`TRANSPORT_OPTIONS`), vLLM's engine. Commands that sample
+    from a fixed policy (rollout, eval) have them; drift rl samples from the policy it trains (hf)."""
+
+    base_url: str = option("http://127.0.0.1:8000/v1", "server URL for --backend openai")
+    concurrency: int = option(16, "parallel requests for --backend openai", at_least=1)
+    request_timeout: float = option(
+        600.0,
+        "seconds --backend openai waits for a connection or for a reply (replies are not streamed: "
+        "the server sends a reply when all of it is written, so a long reply on a busy server needs long)",
+        above=0.0,
+    )
+    max_retries: int = option(
+        5,
+        "extra tries of a request after a refused connection, a timeout, HTTP 408, 429 or 5xx (--backend openai)",
+        at_least=0,
+    )
+    api_key_file: str | None = option(
+        None,
+        "file holding the API key a server needs, sent as a bearer token (--backend openai; a file, so "
+        "that the key stays out of the configs runs save)",
+    )
+    tensor_parallel_size: int = option(1, "GPUs one model is split across, for --backend vllm", at_least=1)
+    gpu_memory_utilization: float | None = option(
+        None,
+        "share of memory vLLM may use (weights + KV cache), for --backend vllm (none: 0.9 on GPUs; "
+        "on CPUs 80%% of the memory free at start, at most 0.5)",
+        above=0.0,
+        at_most=1.0,
+    )
 
 
 @dataclass
