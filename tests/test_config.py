@@ -241,3 +241,15 @@ def test_the_policy_backends_are_those_that_can_follow_a_policy():
         if hasattr(klass, "for_policy") and hasattr(klass, "forget"):
             able.add(name)
     assert set(POLICY_BACKENDS) == able and able
+
+
+def test_a_config_built_in_code_checks_its_choices():
+    """A library user's config is checked as a command line is: a name outside an option's table is
+    a DriftError naming the option and the names it takes, before anything runs."""
+    with pytest.raises(DriftError, match=r"algorithm must be one of grpo, drift, trl-grpo, got 'ppo'"):
+        C.RLConfig(algorithm="ppo")
+    with pytest.raises(DriftError, match=r"backend must be one of hf, got 'vllm'"):
+        C.RLConfig(backend="vllm")
+    with pytest.raises(DriftError, match=r"scheme must be one of .*rft, got 'nope'"):
+        C.WeightConfig(scheme="nope")
+    assert C.RolloutConfig(backend="vllm").backend == "vllm"

@@ -78,8 +78,20 @@ ALGORITHMS: dict[str, Algorithm] = {
 group-relative advantages, or exactly the weights ``drift weight`` would give the round's records
 with the same options (iterated DRIFT: scheme, beta, all-fail / zero-variance drops, clip)."""
 
-RUNNERS: dict[str, str] = {"trl-grpo": "drift.trl_grpo:run_trl_grpo"}
-"""Algorithms that run the whole of ``drift rl`` their own way, not this loop: name -> ``"module:function(cfg)"``."""
+
+@dataclass(frozen=True)
+class Runner:
+    """An ``--algorithm`` that runs the whole of ``drift rl`` its own way, not drift rl's loop:
+    ``run``, ``"module:function"`` taking the RLConfig and returning the summary; ``runs_whole``:
+    its trainer forwards every example whole (no shared prefixes), so its compute as run is the
+    nominal one even in counts that predate the as-run counters (drift.study.results)."""
+
+    run: str
+    runs_whole: bool
+
+
+RUNNERS: dict[str, Runner] = {"trl-grpo": Runner("drift.trl_grpo:run_trl_grpo", runs_whole=True)}
+"""Whole-run algorithms by name: TRL's own GRPOTrainer (drift.trl_grpo)."""
 
 
 def algorithm_names() -> list[str]:

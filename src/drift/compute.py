@@ -69,7 +69,6 @@ def flops_of(parameters: int, counts: dict) -> float:
 
 
 SHARED = ("scored", "reference", "trained")  # forwards whose shared prefixes a prefix tree runs once
-RUNS_WHOLE = frozenset({"trl-grpo"})  # drift rl algorithms whose trainer runs every example whole: as run = nominal
 
 
 def flops_as_run(parameters: int, counts: dict) -> float | None:

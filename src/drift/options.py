@@ -78,13 +78,16 @@ def out_of_range(f: dataclasses.Field, value) -> str | None:
 
 
 class Checked:
-    """Base of every config: building one checks each option's bounds, then :meth:`check` (what
-    depends on several options); a ``DriftError`` names the option."""
+    """Base of every config: building one checks each option's bounds and, where it names an
+    entry of a table (``choices``), that the table has it, then :meth:`check` (what depends on
+    several options); a ``DriftError`` names the option."""
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            if (problem := out_of_range(f, getattr(self, f.name))) is not None:
+            value = getattr(self, f.name)
+            if (problem := out_of_range(f, value)) is not None:
                 raise DriftError(f"{f.name} {problem}")
+            _check_choice(value, f, DriftError, f.name)
         self.check()
 
     def check(self) -> None:

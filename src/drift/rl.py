@@ -145,7 +145,7 @@ def _tally(compute: dict, **counts: int) -> None:
 def run_rl(cfg) -> dict:
     """``drift rl``: online rounds of sample -> score -> step; returns the summary with compute."""
     if cfg.algorithm in RUNNERS:  # e.g. TRL's own trainer, not this loop (drift.trl_grpo)
-        module, function = RUNNERS[cfg.algorithm].split(":")
+        module, function = RUNNERS[cfg.algorithm].run.split(":")
         return getattr(importlib.import_module(module), function)(cfg)
     algorithm = ALGORITHMS[cfg.algorithm]
     import torch

@@ -79,8 +79,9 @@ class Generator(Protocol):
     minus each request's ``num_cached_tokens`` (prefix cache hits), openai ``usage.prompt_tokens``
     minus ``usage.prompt_tokens_details.cached_tokens``, the scripted backend 0 (no model).
     ``tokens_prefilled / tokens_generated`` is the prompt work per reply token. ``from_config(cfg)`` builds
-    the backend from a command's config (drift.config.GenerationOptions): which options it reads
-    is its own business.
+    the backend from a command's config (drift.config.GenerationOptions, and EngineOptions for
+    the commands that have them: a server's or vLLM's settings): which options it reads is its own
+    business.
     """
 
     tokens_generated: int

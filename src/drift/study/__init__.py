@@ -7,4 +7,5 @@
 - :mod:`drift.study.provenance` each run's resolved command configs, kept beside its points
 - :mod:`drift.study.plan`     ``--dry-run``: the units, what is done, an estimated time
 - :mod:`drift.study.results`  ``table.json``, ``table.md`` and figures, from the reports alone
+- :mod:`drift.study.markdown` ``table.md``'s text
 """

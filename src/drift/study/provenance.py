@@ -23,6 +23,9 @@ CONFIGS_SUFFIX = ".configs.json"
 # a file output's config is its sidecar, a folder output's its config.yaml)
 STAGES = {"weight": "weighted.config.yaml", "train": "train/config.yaml", "rl": "rl/config.yaml"}
 
+# stage: the config class of its command (what it has as options today)
+COMMANDS = {"rollout": "RolloutConfig", "weight": "WeightConfig", "train": "TrainConfig", "rl": "RLConfig"}
+
 # options that differ between a method's seeds by design: the seed, the paths (each seed's own
 # rollouts, data and run folder), and an online run's FLOP budget (a multiple of that seed's budget run)
 PER_RUN = frozenset({"seed", "input", "out", "model", "max_flops"})
@@ -65,16 +68,29 @@ def _flatten(value: Any, prefix: str) -> dict[str, Any]:
     return {k: v for key, sub in value.items() for k, v in _flatten(sub, f"{prefix}.{key}").items()}
 
 
+def _still_an_option(key: str) -> bool:
+    """Whether ``stage.name[.sub]``'s option is one its command has today (:data:`COMMANDS`); an
+    option a command has dropped lives on only in the configs of runs made before."""
+    from drift import config
+
+    stage, name = key.split(".")[:2]
+    cls = getattr(config, COMMANDS[stage]) if stage in COMMANDS else None
+    return cls is None or name in cls.__dataclass_fields__
+
+
 def differing_options(by_seed: dict[int, dict]) -> dict[str, dict[str, Any]]:
     """The options (``stage.name``) whose resolved values are not the same in every seed's configs,
-    with each seed's value (``None``: the seed's run has no such option); :data:`PER_RUN` left out.
+    with each seed's value (``None``: the seed's run has no such option); :data:`PER_RUN` left out,
+    and options the stage's command no longer has (:func:`_still_an_option`).
 
     >>> differing_options({0: {"rl": {"kl_coef": 0.0, "seed": 0}}, 2: {"rl": {"kl_coef": 0.1, "seed": 2}}})
     {'rl.kl_coef': {'0': 0.0, '2': 0.1}}
     """
     flat = {seed: {k: v for stage, c in configs.items() for k, v in _flatten(c, stage).items()}
             for seed, configs in by_seed.items()}  # fmt: skip
-    keys = sorted({k for options in flat.values() for k in options if k.rsplit(".", 1)[-1] not in PER_RUN})
+    keys = sorted(
+        {k for options in flat.values() for k in options if k.rsplit(".", 1)[-1] not in PER_RUN and _still_an_option(k)}
+    )
     differ = {}
     for key in keys:
         values = {str(seed): options.get(key) for seed, options in sorted(flat.items())}

@@ -24,7 +24,7 @@ import json
 from pathlib import Path
 
 from drift import DriftError
-from drift.compute import RUNS_WHOLE
+from drift.algorithms import RUNNERS
 from drift.metrics import seed_interval, wilson_interval
 from drift.outputs import atomic_write, write_json
 from drift.study.markdown import markdown
@@ -270,14 +270,17 @@ def match_table(rows: list[dict], spec: StudySpec) -> list[dict]:
     return out
 
 
+def _runs_whole(spec: StudySpec, method) -> bool:
+    """Whether ``method`` is an online run whose trainer forwards every example whole (drift.algorithms.Runner)."""
+    runner = RUNNERS.get({**spec.rl, **method.rl}.get("algorithm", ""))
+    return method.kind == "online" and runner is not None and runner.runs_whole
+
+
 def write_results(out: Path, spec: StudySpec) -> dict:
     """Build ``table.json``, ``table.md`` and the figures from the reports in ``out``; return the table."""
     from drift.plots import AS_RUN, plot_cumulative_accuracy, plot_frontier
 
-    runs_whole = frozenset(
-        m.name for m in spec.method_specs() if m.kind == "online" and {**spec.rl, **m.rl}.get("algorithm") in RUNS_WHOLE
-    )
-    rows = read_rows(out, spec.max_turns, runs_whole)
+    rows = read_rows(out, spec.max_turns, frozenset(m.name for m in spec.method_specs() if _runs_whole(spec, m)))
     methods = [m.name for m in spec.method_specs() if any(r["method"] == m.name for r in rows)]
     summary = [summarize_method(rows, m, spec.max_turns) for m in methods if final_rows(rows, m)]  # ended runs only
     for s in summary:
