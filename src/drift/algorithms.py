@@ -82,15 +82,21 @@ with the same options (iterated DRIFT: scheme, beta, all-fail / zero-variance dr
 @dataclass(frozen=True)
 class Runner:
     """An ``--algorithm`` that runs the whole of ``drift rl`` its own way, not drift rl's loop:
-    ``run``, ``"module:function"`` taking the RLConfig and returning the summary; ``runs_whole``:
-    its trainer forwards every example whole (no shared prefixes), so its compute as run is the
-    nominal one even in counts that predate the as-run counters (drift.study.results)."""
+    ``run(cfg) -> summary`` (importing its trainer only when called); ``runs_whole``: its trainer
+    forwards every example whole (no shared prefixes), so its compute as run is the nominal one
+    even in counts that predate the as-run counters (drift.study.results)."""
 
-    run: str
+    run: Callable[[Any], dict]
     runs_whole: bool
 
 
-RUNNERS: dict[str, Runner] = {"trl-grpo": Runner("drift.trl_grpo:run_trl_grpo", runs_whole=True)}
+def _trl_grpo(cfg) -> dict:
+    from drift.trl_grpo import run_trl_grpo
+
+    return run_trl_grpo(cfg)
+
+
+RUNNERS: dict[str, Runner] = {"trl-grpo": Runner(_trl_grpo, runs_whole=True)}
 """Whole-run algorithms by name: TRL's own GRPOTrainer (drift.trl_grpo)."""
 
 

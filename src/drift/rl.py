@@ -62,7 +62,6 @@ FSDP) are refused: sampling needs the whole policy on every process.
 
 from __future__ import annotations
 
-import importlib
 import json
 import random
 import shutil
@@ -145,8 +144,7 @@ def _tally(compute: dict, **counts: int) -> None:
 def run_rl(cfg) -> dict:
     """``drift rl``: online rounds of sample -> score -> step; returns the summary with compute."""
     if cfg.algorithm in RUNNERS:  # e.g. TRL's own trainer, not this loop (drift.trl_grpo)
-        module, function = RUNNERS[cfg.algorithm].run.split(":")
-        return getattr(importlib.import_module(module), function)(cfg)
+        return RUNNERS[cfg.algorithm].run(cfg)
     algorithm = ALGORITHMS[cfg.algorithm]
     import torch
     from tqdm.auto import tqdm

@@ -11,6 +11,7 @@ out of the comparison.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,6 @@ CONFIGS_SUFFIX = ".configs.json"
 # stage: where its command saved its resolved config, in a run folder (drift.options.save_config;
 # a file output's config is its sidecar, a folder output's its config.yaml)
 STAGES = {"weight": "weighted.config.yaml", "train": "train/config.yaml", "rl": "rl/config.yaml"}
-
-# stage: the config class of its command (what it has as options today)
-COMMANDS = {"rollout": "RolloutConfig", "weight": "WeightConfig", "train": "TrainConfig", "rl": "RLConfig"}
 
 # options that differ between a method's seeds by design: the seed, the paths (each seed's own
 # rollouts, data and run folder), and an online run's FLOP budget (a multiple of that seed's budget run)
@@ -69,13 +67,13 @@ def _flatten(value: Any, prefix: str) -> dict[str, Any]:
 
 
 def _still_an_option(key: str) -> bool:
-    """Whether ``stage.name[.sub]``'s option is one its command has today (:data:`COMMANDS`); an
-    option a command has dropped lives on only in the configs of runs made before."""
-    from drift import config
+    """Whether ``stage.name[.sub]``'s option is one its command (a stage is named after the command
+    that ran it: drift.cli.COMMANDS) has today; an option a command has dropped lives on only in the
+    configs of runs made before."""
+    from drift.cli import COMMANDS
 
     stage, name = key.split(".")[:2]
-    cls = getattr(config, COMMANDS[stage]) if stage in COMMANDS else None
-    return cls is None or name in cls.__dataclass_fields__
+    return stage not in COMMANDS or name in {f.name for f in dataclasses.fields(COMMANDS[stage][0])}
 
 
 def differing_options(by_seed: dict[int, dict]) -> dict[str, dict[str, Any]]:
