@@ -70,9 +70,29 @@ def _terminate(signum, frame):
     raise KeyboardInterrupt  # SIGTERM (kill, a launcher, a scheduler) unwinds like Ctrl-C: engines close
 
 
+def _group_up() -> bool:
+    """Whether a torch.distributed process group is up; never imports torch."""
+    dist = sys.modules.get("torch.distributed")
+    return dist is not None and dist.is_available() and dist.is_initialized()
+
+
+def _end_group() -> None:
+    """End the process group a command started (under torchrun, accelerate starts it). A process
+    that exits with a gloo group alive can abort in its exit handlers ("terminate called without
+    an active exception"), and torchrun then fails a run that finished. accelerate's state forgets
+    the group too, so another command in the same process starts a new one."""
+    import torch.distributed as dist
+
+    dist.destroy_process_group()
+    state = sys.modules.get("accelerate.state")
+    if state is not None:
+        state.AcceleratorState._reset_state(reset_partial_state=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else list(argv))
     cls, target, _ = COMMANDS[args.command]
+    started_group = not _group_up()
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
@@ -88,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)
+        if started_group and _group_up():
+            _end_group()
     return 0
 
 
