@@ -57,3 +57,20 @@ def test_iterated_drift_weighs_a_round_exactly_as_drift_weight_would(options):
     expected = compute_weights(recs, WeightConfig(**options).weighting())
     assert round_coefficients(recs, RLConfig(algorithm="drift", **options)) == expected
     assert None in expected[1] or options.get("clip") or "beta" in options  # the option really acted
+
+
+def test_a_round_writes_a_dropped_coefficient_as_its_algorithm_says(tmp_path, monkeypatch):
+    # drift weight writes a dropped trajectory's weight 0; grpo leaves its advantage null. That is the
+    # algorithm's to say, not the column name's: a new algorithm's "score" may be 0 where dropped.
+    from drift.algorithms import ALGORITHMS, Algorithm, write_round
+    from drift.records import read_records
+
+    recs = [make_record("p", 0, ["5"], 1), make_record("p", 1, ["4"])]
+    monkeypatch.setitem(
+        ALGORITHMS, "scored", Algorithm(round_coefficients, column="score", on_policy=False, dropped=0.0)
+    )
+    written = {}
+    for name in ("drift", "grpo", "scored"):
+        write_round(tmp_path / f"{name}.jsonl", recs, [1.0, 0.0], [0.5, None], name)
+        written[name] = [r[ALGORITHMS[name].column] for r in read_records(tmp_path / f"{name}.jsonl")]
+    assert written == {"drift": [0.5, 0.0], "grpo": [0.5, None], "scored": [0.5, 0.0]}

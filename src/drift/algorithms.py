@@ -51,14 +51,16 @@ class Algorithm:
     """One ``--algorithm`` of drift rl's loop: how a round's records become returns and loss coefficients.
 
     ``coefficients(records, cfg) -> (returns, coefficients)``, a coefficient ``None`` dropping its
-    trajectory; ``column``, the coefficient's name in ``rounds/round-N.jsonl`` (``weight``: a
-    dropped one is written 0; otherwise null); ``on_policy``: its gradient takes the sampling
-    policy's log-probabilities as they are, so it samples at temperature 1 and top_p 1 and, with
-    more than one update a round, uses PPO's clipped ratio to the sampling policy."""
+    trajectory; ``column``, the coefficient's name in ``rounds/round-N.jsonl``; ``on_policy``: its
+    gradient takes the sampling policy's log-probabilities as they are, so it samples at
+    temperature 1 and top_p 1 and, with more than one update a round, uses PPO's clipped ratio to
+    the sampling policy; ``dropped``: what ``rounds/`` writes for a dropped trajectory's
+    coefficient (``0.0`` as drift weight writes a weight, or ``None``: null)."""
 
     coefficients: Callable[[list[dict], Any], tuple[list[float], list[float | None]]]
     column: str
     on_policy: bool
+    dropped: float | None = None
 
 
 def _grpo_coefficients(records: list[dict], cfg) -> tuple[list[float], list[float | None]]:
@@ -72,7 +74,7 @@ def _drift_coefficients(records: list[dict], cfg) -> tuple[list[float], list[flo
 
 ALGORITHMS: dict[str, Algorithm] = {
     "grpo": Algorithm(_grpo_coefficients, column="advantage", on_policy=True),
-    "drift": Algorithm(_drift_coefficients, column="weight", on_policy=False),
+    "drift": Algorithm(_drift_coefficients, column="weight", on_policy=False, dropped=0.0),
 }
 """The algorithms of drift rl's own loop (``--algorithm`` reads its choices here and in :data:`RUNNERS`):
 group-relative advantages, or exactly the weights ``drift weight`` would give the round's records
@@ -112,15 +114,16 @@ def round_coefficients(records: list[dict], cfg) -> tuple[list[float], list[floa
 
 def write_round(path: Path, records: list[dict], returns: list[float], coef: list, algorithm: str) -> None:
     """What a round sampled, as drift weight writes it (``return``, and the coefficient it trained
-    with under the algorithm's column: ``weight`` for iterated DRIFT, 0 where dropped; ``advantage``
-    for grpo, null where dropped), for ``drift view`` and the like."""
+    with under the algorithm's column, :attr:`Algorithm.dropped` where dropped: ``weight`` for
+    iterated DRIFT, 0 where dropped; ``advantage`` for grpo, null where dropped), for ``drift view``
+    and the like."""
     from drift.records import write_records
 
-    name = ALGORITHMS[algorithm].column
+    algo = ALGORITHMS[algorithm]
     write_records(
         path,
         (
-            {**rec, "return": r, name: (c or 0.0) if name == "weight" else c}
+            {**rec, "return": r, algo.column: algo.dropped if c is None else c}
             for rec, r, c in zip(records, returns, coef)
         ),
     )

@@ -27,6 +27,7 @@ import yaml
 
 from drift import DriftError
 from drift import config as C
+from drift.cli import COMMANDS
 from drift.config.groups import MAX_TURNS
 from drift.demo import warmup_problem_seed
 from drift.options import check_value, load_yaml
@@ -102,7 +103,6 @@ _FIXED = {  # options the study sets itself for every run: a method cannot chang
     | set(StudySpec.__dataclass_fields__) & {f.name for f in dataclasses.fields(C.GenerationOptions)},
     "weight": {"input", "out", "to_format", "plot"},
 }
-_TARGETS = {"train": C.TrainConfig, "rl": C.RLConfig, "weight": C.WeightConfig}
 # An online run's schedule spans max_rounds, but the FLOP budget ends it earlier, at a different
 # round for each method: only a schedule that does not decay is the same whatever the end.
 ONLINE_SCHEDULERS = ("constant", "constant_with_warmup")
@@ -110,7 +110,7 @@ ONLINE_SCHEDULERS = ("constant", "constant_with_warmup")
 
 def _check_options(section: str, values: dict, where: str) -> None:
     """Options of drift train / rl / weight, checked like a config file's (types, choices, names)."""
-    cls = _TARGETS[section]
+    cls = COMMANDS[section][0]  # the option section names its command
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     for key, value in values.items():
