@@ -235,26 +235,36 @@ def test_kill_one_process_then_resume_gives_the_uninterrupted_weights(tmp_path, 
 
 def test_a_command_ends_its_process_group_before_the_process_exits(tmp_path, tiny_model):
     """A process that exits with its gloo group alive may abort at exit ("terminate called without
-    an active exception", SIGABRT; once in CI, once in 52 runs here): a finished run then fails under torchrun.
-    Each process says whether its group was still up once ``drift.cli.main`` returned."""
+    an active exception", SIGABRT; once in CI, once in 52 runs here): a finished run then fails under
+    torchrun. Each process runs two commands, which share one group of two, and says at exit (after
+    drift's exit handler, registered later, has run) whether the group is still up."""
     data = weighted_file(tmp_path / "w.jsonl", [1.0, 0.5, 2.0, 1.0])
     script = tmp_path / "cli.py"
     script.write_text(
-        "import os, sys\n"
+        "import atexit, os, sys\n"
         "import torch.distributed as dist\n"
         "from drift.cli import main\n"
-        "rc = main(sys.argv[1:])\n"
-        "print(f'rank {os.environ[\"RANK\"]}: rc {rc}, group up {dist.is_initialized()}', flush=True)\n"
-        "sys.exit(rc)\n"
+        "rank = os.environ['RANK']\n"
+        "atexit.register(lambda: print(f'rank {rank} at exit: group up {dist.is_initialized()}', flush=True))\n"
+        "for run in ('a', 'b'):\n"
+        "    rc = main([*sys.argv[2:], '--out', sys.argv[1] + run])\n"
+        "    print(f'rank {rank}, run {run}: rc {rc}, group up {dist.is_initialized()}', flush=True)\n"
     )
     cmd = [TORCHRUN, "--nproc-per-node", "2", "--master-port", str(free_port()), str(script)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    args = train_args(data, tmp_path / "two", tiny_model, "--batch-size", "2", "--micro-batch-size", "1")
-    proc = subprocess.Popen([*cmd, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    args = ["train", str(data), "--model", tiny_model, *SGD, "--batch-size", "2", "--micro-batch-size", "1"]
+    proc = subprocess.Popen(
+        [*cmd, str(tmp_path / "run-"), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     log = finish(proc)
-    assert "process 1 of 2 (MULTI_CPU" in log, log[-3000:]  # the run did form a group of two
+    assert proc.returncode == 0, log[-3000:]
+    for run in ("a", "b"):
+        summary = json.loads((tmp_path / f"run-{run}" / "train_summary.json").read_text())
+        assert summary["processes"] == 2 and summary["strategy"] == "MULTI_CPU"  # a group of two
+        for rank in (0, 1):
+            assert f"rank {rank}, run {run}: rc 0, group up True" in log, log[-3000:]
     for rank in (0, 1):
-        assert f"rank {rank}: rc 0, group up False" in log, log[-3000:]
+        assert f"rank {rank} at exit: group up False" in log, log[-3000:]
 
 
 @pytest.mark.parametrize("max_grad_norm, written, expected", [(0.3, "auto", 0.3), (0.0, "auto", 0.0), (1.0, None, 1.0)])

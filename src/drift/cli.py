@@ -7,6 +7,7 @@ their command runs, so ``drift --help`` and ``drift weight`` never import torch.
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib
 import signal
 import sys
@@ -77,16 +78,14 @@ def _group_up() -> bool:
 
 
 def _end_group() -> None:
-    """End the process group a command started (under torchrun, accelerate starts it). A process
-    that exits with a gloo group alive can abort in its exit handlers ("terminate called without
-    an active exception"), and torchrun then fails a run that finished. accelerate's state forgets
-    the group too, so another command in the same process starts a new one."""
-    import torch.distributed as dist
-
-    dist.destroy_process_group()
-    state = sys.modules.get("accelerate.state")
-    if state is not None:
-        state.AcceleratorState._reset_state(reset_partial_state=True)
+    """End the process group while the interpreter is still whole (an ``atexit`` handler). A process
+    that exits with a gloo group alive can abort in its exit handlers ("terminate called without an
+    active exception"), and torchrun then fails a run that finished. Ended at exit, not when the
+    command returns: a second command in the same process keeps the group (a new one on the same
+    launcher's store would not connect)."""
+    dist = sys.modules["torch.distributed"]
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)
-        if started_group and _group_up():
-            _end_group()
+        if started_group and _group_up():  # under torchrun, accelerate started it for this command
+            atexit.register(_end_group)
     return 0
 
 
